@@ -1,0 +1,131 @@
+//! The object store behind a share. The uploader and the read-through path reach S3
+//! only through [`ObjectStore`], so tests can wrap a real store with fault injection.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod local;
+pub mod meta;
+pub mod s3;
+
+pub use meta::ObjectMeta;
+
+/// One object as seen in a listing or a HEAD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    /// Last-Modified in nanoseconds since the epoch, when the store reports it.
+    pub last_modified_ns: Option<u64>,
+    /// POSIX attributes from user metadata; `None` when the object carries none
+    /// (listings never carry them; HEAD does).
+    pub meta: Option<ObjectMeta>,
+}
+
+/// One page of a ListObjectsV2-style listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Prefixes ending in the delimiter ("dir/"), when a delimiter was given.
+    pub common_prefixes: Vec<String>,
+    /// Token for the next page; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub part_number: i32,
+    pub etag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found")]
+    NotFound,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// Worth retrying: network errors, timeouts, 5xx, 503 SlowDown, clock skew.
+    #[error("transient store error ({code}): {message}")]
+    Transient { code: String, message: String },
+    /// Retrying the same request will not help (403, 400, ...); the file is
+    /// reported as failing and retried later on a slow schedule.
+    #[error("store error ({code}): {message}")]
+    Permanent { code: String, message: String },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+    /// Short code for metrics labels and status output.
+    pub fn code(&self) -> &str {
+        match self {
+            StoreError::NotFound => "NotFound",
+            StoreError::PreconditionFailed => "PreconditionFailed",
+            StoreError::Transient { code, .. } | StoreError::Permanent { code, .. } => code,
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the gateway needs from S3 (or a local directory standing in for it).
+/// Keys are full object keys (share prefix included). Every write carries the POSIX
+/// metadata in the same request as the data: one object version per upload.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Single-request upload; returns the new ETag.
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String>;
+    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String>;
+    /// Returns the part's ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> StoreResult<String>;
+    /// Server-side copy of bytes `[start, end]` (inclusive) of `src_key` into a part.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        src_key: &str,
+        start: u64,
+        end_inclusive: u64,
+    ) -> StoreResult<String>;
+    /// Returns the ETag of the assembled object.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<String>;
+    /// Idempotent: an unknown upload id is not an error.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+    /// Multipart uploads in progress under `prefix`: (key, upload id).
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Bytes `[start, start+len)`, shorter at the end of the object.
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> StoreResult<Bytes>;
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>>;
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        continuation: Option<&str>,
+        max_keys: i32,
+    ) -> StoreResult<ListPage>;
+    /// Server-side copy (objects up to 5 GiB; larger ones go through
+    /// `upload_part_copy`). `Some(meta)` replaces the metadata (REPLACE directive);
+    /// `None` keeps the source's (COPY directive). Returns the new ETag.
+    async fn copy_object(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+    ) -> StoreResult<String>;
+    /// Idempotent: deleting a missing key is not an error.
+    async fn delete_object(&self, key: &str) -> StoreResult<()>;
+}
