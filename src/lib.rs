@@ -1,1 +1,1 @@
-
+//! bucketgate: an NFSv3 file gateway in front of S3.

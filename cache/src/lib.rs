@@ -1,1 +1,16 @@
-pub fn x() {}
+//! bucketgate's write-back cache engine: the namespace, attributes and file data of a
+//! share, on the local cache disk, with the durable queue of what the store still
+//! has to learn. Nothing here knows NFS or S3 wire formats.
+
+mod engine;
+mod error;
+mod inode;
+mod perm;
+
+pub use engine::{
+    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES, ROOT_ID,
+    SetAttr, SetTime, WccAttr,
+};
+pub use error::{CacheError, Result};
+pub use inode::{FileId, Inode, Kind, RemoteState};
+pub use perm::{Caller, EXEC, READ, WRITE};

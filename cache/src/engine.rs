@@ -1,0 +1,1196 @@
+//! The namespace and file data of one share.
+//!
+//! Metadata (inodes, directory entries, the upload queue) lives in one sled tree;
+//! every change that touches several records is one atomic batch. File data lives in
+//! one file per inode under `data/`. A single mutex serialises read-modify-write of
+//! records (microseconds each); file I/O happens outside it.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sled::Batch;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::{CacheError, Result};
+use crate::inode::{DirEntry, FileId, Inode, Kind, RemoteState, keys};
+use crate::perm::{self, Caller};
+
+/// The largest file S3 can hold.
+pub const MAX_FILE_SIZE: u64 = 5 << 40;
+pub const MAX_NAME_BYTES: usize = 255;
+pub const ROOT_ID: FileId = 1;
+/// READDIR cookies 1 and 2 are "." and ".."; entries count up from here.
+const FIRST_DIR_SEQ: u64 = 3;
+
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// Longest path (relative to the share prefix, in bytes) a file may have, so its
+    /// key stays within S3's 1024-byte limit.
+    pub max_path_bytes: usize,
+    /// Mode, owner and group of the share's root directory when first created.
+    pub root_mode: u32,
+    pub root_uid: u32,
+    pub root_gid: u32,
+    /// Writes that would take dirty bytes past this get `TryLater`.
+    pub dirty_limit_bytes: u64,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            max_path_bytes: 1024,
+            root_mode: 0o777,
+            root_uid: 65534,
+            root_gid: 65534,
+            dirty_limit_bytes: u64::MAX,
+        }
+    }
+}
+
+/// How a SETATTR changes a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetTime {
+    #[default]
+    DontChange,
+    ServerTime,
+    Client(u64),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: SetTime,
+    pub mtime: SetTime,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum CreateMode {
+    Unchecked(SetAttr),
+    Guarded(SetAttr),
+    Exclusive([u8; 8]),
+}
+
+/// The pre-operation attributes NFS reports in wcc_data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WccAttr {
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub ctime_ns: u64,
+}
+
+impl From<&Inode> for WccAttr {
+    fn from(i: &Inode) -> Self {
+        WccAttr { size: i.size, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns }
+    }
+}
+
+/// Before and after attributes of a directory an operation changed.
+#[derive(Clone, Debug)]
+pub struct DirChange {
+    pub before: WccAttr,
+    pub after: Inode,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirEntryInfo {
+    pub name: Vec<u8>,
+    pub cookie: u64,
+    pub attr: Inode,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub entries: Vec<DirEntryInfo>,
+    pub eof: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FsStat {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub avail_bytes: u64,
+    pub total_files: u64,
+    pub free_files: u64,
+}
+
+struct State {
+    next_id: FileId,
+    /// Dirty data bytes per inode, and their sum.
+    dirty: HashMap<FileId, u64>,
+    dirty_total: u64,
+    rng: u64,
+}
+
+impl State {
+    fn account(&mut self, ino: &Inode) {
+        let now = ino.dirty_data_bytes();
+        let before = if now == 0 { self.dirty.remove(&ino.id) } else { self.dirty.insert(ino.id, now) };
+        self.dirty_total = self.dirty_total - before.unwrap_or(0) + now;
+    }
+
+    fn forget(&mut self, id: FileId) {
+        if let Some(b) = self.dirty.remove(&id) {
+            self.dirty_total -= b;
+        }
+    }
+
+    fn random_u32(&mut self) -> u32 {
+        // xorshift64*: handles need unpredictable-enough generations, not crypto.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    }
+}
+
+pub struct Cache {
+    db: sled::Db,
+    data_dir: PathBuf,
+    state: Mutex<State>,
+    files: moka::sync::Cache<FileId, Arc<File>>,
+    notify: Mutex<Option<UnboundedSender<FileId>>>,
+    opts: CacheOptions,
+    share_id: u32,
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn decode_inode(bytes: &[u8]) -> Result<Inode> {
+    Ok(bincode::deserialize(bytes)?)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory records always serialize")
+}
+
+impl Cache {
+    /// Opens (or creates) the share's cache under `dir`: `dir/meta` (sled) and
+    /// `dir/data` (one file per inode).
+    pub fn open(dir: &Path, opts: CacheOptions) -> Result<Cache> {
+        let data_dir = dir.join("data");
+        fs::create_dir_all(&data_dir)?;
+        let db = sled::Config::new().path(dir.join("meta")).flush_every_ms(Some(500)).open()?;
+        let seed = now_ns() ^ (std::process::id() as u64).rotate_left(32) | 1;
+        let mut state = State { next_id: ROOT_ID + 1, dirty: HashMap::new(), dirty_total: 0, rng: seed };
+
+        let share_id = match db.get(keys::meta("share_id"))? {
+            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Meta("share_id".into()))?),
+            None => {
+                let id = state.random_u32();
+                db.insert(keys::meta("share_id"), &id.to_be_bytes())?;
+                id
+            }
+        };
+        if let Some(v) = db.get(keys::meta("next_id"))? {
+            state.next_id = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Meta("next_id".into()))?);
+        }
+        if db.get(keys::inode(ROOT_ID))?.is_none() {
+            let now = now_ns();
+            let root = Inode {
+                id: ROOT_ID,
+                generation: 0,
+                kind: Kind::Dir,
+                mode: opts.root_mode & 0o7777,
+                uid: opts.root_uid,
+                gid: opts.root_gid,
+                size: 0,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                parent: ROOT_ID,
+                name: Vec::new(),
+                symlink_target: Vec::new(),
+                create_verifier: None,
+                next_dir_seq: FIRST_DIR_SEQ,
+                change_seq: 0,
+                data_seq: 0,
+                synced_seq: 0,
+                dirty_since_ns: 0,
+                last_change_ns: 0,
+                unlinked: false,
+                remote: RemoteState::default(),
+            };
+            db.insert(keys::inode(ROOT_ID), encode(&root))?;
+        }
+        for kv in db.scan_prefix([keys::QUEUE]) {
+            let (k, _) = kv?;
+            if let Some(v) = db.get(keys::inode(keys::id_from(&k)))? {
+                state.account(&decode_inode(&v)?);
+            }
+        }
+        db.flush()?;
+        Ok(Cache {
+            db,
+            data_dir,
+            state: Mutex::new(state),
+            files: moka::sync::Cache::builder().max_capacity(512).build(),
+            notify: Mutex::new(None),
+            opts,
+            share_id,
+        })
+    }
+
+    /// Identifies this share's cache in file handles; random at creation, so handles
+    /// of a wiped and recreated cache are stale instead of aliasing new files.
+    pub fn share_id(&self) -> u32 {
+        self.share_id
+    }
+
+    pub fn root(&self) -> FileId {
+        ROOT_ID
+    }
+
+    /// Every change that leaves an inode needing an upload sends its id here.
+    pub fn set_notifier(&self, tx: UnboundedSender<FileId>) {
+        *self.notify.lock() = Some(tx);
+    }
+
+    fn notify(&self, id: FileId) {
+        if let Some(tx) = self.notify.lock().as_ref() {
+            let _ = tx.send(id);
+        }
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.state.lock().dirty_total
+    }
+
+    pub fn options(&self) -> &CacheOptions {
+        &self.opts
+    }
+
+    fn load(&self, id: FileId) -> Result<Option<Inode>> {
+        match self.db.get(keys::inode(id))? {
+            Some(v) => Ok(Some(decode_inode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A live inode, or `Stale` for one that no longer exists.
+    pub fn get(&self, id: FileId) -> Result<Inode> {
+        match self.load(id)? {
+            Some(i) if !i.unlinked => Ok(i),
+            _ => Err(CacheError::Stale),
+        }
+    }
+
+    /// Checks a handle's generation.
+    pub fn get_checked(&self, id: FileId, generation: u32) -> Result<Inode> {
+        let i = self.get(id)?;
+        if i.generation != generation {
+            return Err(CacheError::Stale);
+        }
+        Ok(i)
+    }
+
+    fn get_dir(&self, id: FileId) -> Result<Inode> {
+        let d = self.get(id)?;
+        if d.kind != Kind::Dir {
+            return Err(CacheError::NotDir);
+        }
+        Ok(d)
+    }
+
+    fn data_path(&self, id: FileId) -> PathBuf {
+        self.data_dir.join(format!("{id:016x}"))
+    }
+
+    fn file(&self, id: FileId) -> Result<Arc<File>> {
+        if let Some(f) = self.files.get(&id) {
+            return Ok(f);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.data_path(id))
+            .map_err(CacheError::from_io)?;
+        let f = Arc::new(f);
+        self.files.insert(id, f.clone());
+        Ok(f)
+    }
+
+    fn drop_data(&self, id: FileId) {
+        self.files.invalidate(&id);
+        let _ = fs::remove_file(self.data_path(id));
+    }
+
+    fn lookup_entry(&self, dir: FileId, name: &[u8]) -> Result<Option<DirEntry>> {
+        match self.db.get(keys::name(dir, name))? {
+            Some(v) => Ok(Some(bincode::deserialize(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks `ino` changed (needing an upload) and queues it, in `batch`.
+    fn touch_for_upload(ino: &mut Inode, batch: &mut Batch, now: u64, data_changed: bool) {
+        ino.change_seq += 1;
+        if data_changed {
+            ino.data_seq = ino.change_seq;
+        }
+        if ino.dirty_since_ns == 0 {
+            ino.dirty_since_ns = now;
+        }
+        ino.last_change_ns = now;
+        batch.insert(&keys::queue(ino.id), &[]);
+    }
+
+    fn put(batch: &mut Batch, ino: &Inode) {
+        batch.insert(&keys::inode(ino.id), encode(ino));
+    }
+
+    fn commit_batch(&self, batch: Batch) -> Result<()> {
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn flush_metadata(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ----- names -----------------------------------------------------------------
+
+    fn check_name(&self, dir: &Inode, name: &[u8]) -> Result<()> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(CacheError::NameTooLong);
+        }
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+            return Err(CacheError::Invalid);
+        }
+        // Object keys are UTF-8; a name that is not cannot become a key.
+        if std::str::from_utf8(name).is_err() {
+            return Err(CacheError::Invalid);
+        }
+        let dir_path = self.path_of(dir)?;
+        if dir_path.len() + 1 + name.len() + 1 > self.opts.max_path_bytes {
+            return Err(CacheError::NameTooLong);
+        }
+        Ok(())
+    }
+
+    /// Path of an inode relative to the share root ("" for the root, "a/b" below).
+    pub fn path_of(&self, ino: &Inode) -> Result<String> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = ino.clone();
+        let mut hops = 0;
+        while cur.id != ROOT_ID {
+            parts.push(cur.name.clone());
+            cur = self.load(cur.parent)?.ok_or(CacheError::Stale)?;
+            hops += 1;
+            if hops > 4096 {
+                return Err(CacheError::Meta("directory loop".into()));
+            }
+        }
+        parts.reverse();
+        let joined = parts.join(&b'/');
+        String::from_utf8(joined).map_err(|_| CacheError::Meta("non-UTF-8 name".into()))
+    }
+
+    /// The inode a share-relative path names, if any.
+    pub fn resolve(&self, path: &str) -> Result<Option<Inode>> {
+        let mut cur = self.get(ROOT_ID)?;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if cur.kind != Kind::Dir {
+                return Ok(None);
+            }
+            match self.lookup_entry(cur.id, part.as_bytes())? {
+                Some(e) => match self.load(e.child)? {
+                    Some(i) => cur = i,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    // ----- reads -----------------------------------------------------------------
+
+    pub fn lookup(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Inode> {
+        let d = self.get_dir(dir)?;
+        perm::require(caller, &d, perm::EXEC)?;
+        if name == b"." {
+            return Ok(d);
+        }
+        if name == b".." {
+            return self.get(d.parent);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(CacheError::NameTooLong);
+        }
+        let e = self.lookup_entry(dir, name)?.ok_or(CacheError::NotFound)?;
+        self.get(e.child)
+    }
+
+    /// ACCESS: which of the asked rights (`perm::READ|WRITE|EXEC` bits as NFS
+    /// ACCESS3 flags mapped by the caller) the caller has.
+    pub fn access(&self, caller: &Caller, id: FileId) -> Result<(Inode, u32)> {
+        let i = self.get(id)?;
+        let granted = perm::granted(caller, &i);
+        Ok((i, granted))
+    }
+
+    pub fn readlink(&self, caller: &Caller, id: FileId) -> Result<Vec<u8>> {
+        let i = self.get(id)?;
+        if i.kind != Kind::Symlink {
+            return Err(CacheError::Invalid);
+        }
+        perm::require(caller, &i, perm::READ)?;
+        Ok(i.symlink_target)
+    }
+
+    /// Reads up to `count` bytes at `offset`; returns the bytes, eof, attributes.
+    pub fn read(&self, caller: &Caller, id: FileId, offset: u64, count: u32) -> Result<(Vec<u8>, bool, Inode)> {
+        let i = self.get(id)?;
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(CacheError::IsDir),
+            Kind::Symlink => return Err(CacheError::Invalid),
+        }
+        if caller.uid != i.uid {
+            perm::require(caller, &i, perm::READ)?;
+        }
+        if offset >= i.size {
+            return Ok((Vec::new(), true, i));
+        }
+        let len = (i.size - offset).min(count as u64) as usize;
+        let mut buf = vec![0u8; len];
+        let f = self.file(id)?;
+        let mut done = 0;
+        while done < len {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break, // sparse tail past the data file's end reads as zeros
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::from_io(e)),
+            }
+        }
+        let eof = offset + len as u64 >= i.size;
+        Ok((buf, eof, i))
+    }
+
+    /// Lists `dir` after `cookie`, at most `max` entries (including "." and "..").
+    pub fn readdir(&self, caller: &Caller, dir: FileId, cookie: u64, max: usize) -> Result<Listing> {
+        let d = self.get_dir(dir)?;
+        perm::require(caller, &d, perm::READ)?;
+        let mut entries = Vec::new();
+        if cookie < 1 && entries.len() < max {
+            entries.push(DirEntryInfo { name: b".".to_vec(), cookie: 1, attr: d.clone() });
+        }
+        if cookie < 2 && entries.len() < max {
+            entries.push(DirEntryInfo { name: b"..".to_vec(), cookie: 2, attr: self.get(d.parent)? });
+        }
+        if cookie >= d.next_dir_seq && cookie > 2 {
+            return Err(CacheError::BadCookie);
+        }
+        let start = keys::seq(dir, cookie.max(2) + 1);
+        let end = keys::seq(dir, u64::MAX);
+        let mut eof = true;
+        for kv in self.db.range(start..=end) {
+            let (k, name) = kv?;
+            if entries.len() >= max {
+                eof = false;
+                break;
+            }
+            let seq = u64::from_be_bytes(k[9..17].try_into().expect("17-byte key"));
+            let Some(e) = self.lookup_entry(dir, &name)? else { continue };
+            let Some(attr) = self.load(e.child)? else { continue };
+            entries.push(DirEntryInfo { name: name.to_vec(), cookie: seq, attr });
+        }
+        Ok(Listing { entries, eof })
+    }
+
+    pub fn fsstat(&self) -> Result<FsStat> {
+        let path = std::ffi::CString::new(self.data_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| CacheError::Invalid)?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `s` a valid out-pointer.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
+            return Err(CacheError::Io(std::io::Error::last_os_error()));
+        }
+        let frsize = s.f_frsize as u64;
+        Ok(FsStat {
+            total_bytes: s.f_blocks as u64 * frsize,
+            free_bytes: s.f_bfree as u64 * frsize,
+            avail_bytes: s.f_bavail as u64 * frsize,
+            total_files: s.f_files as u64,
+            free_files: s.f_ffree as u64,
+        })
+    }
+
+    // ----- data writes ---------------------------------------------------------
+
+    /// Writes `data` at `offset`. With `sync`, data and metadata are durable before
+    /// this returns (FILE_SYNC / DATA_SYNC); otherwise they are in the page cache and
+    /// sled's buffers until a COMMIT.
+    pub fn write(&self, caller: &Caller, id: FileId, offset: u64, data: &[u8], sync: bool) -> Result<(WccAttr, Inode)> {
+        let i = self.get(id)?;
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(CacheError::IsDir),
+            Kind::Symlink => return Err(CacheError::Invalid),
+        }
+        // The owner may write a file whose mode lacks write permission, as knfsd
+        // allows, so `cp` of a read-only file (create 0444, then write) works.
+        if caller.uid != i.uid {
+            perm::require(caller, &i, perm::WRITE)?;
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(CacheError::TooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(CacheError::TooBig);
+        }
+        {
+            let st = self.state.lock();
+            let growth = end.saturating_sub(i.size);
+            let newly_dirty = if i.dirty_data_bytes() == 0 { i.size.max(end) } else { growth };
+            if newly_dirty > 0 && st.dirty_total.saturating_add(newly_dirty) > self.opts.dirty_limit_bytes {
+                return Err(CacheError::TryLater);
+            }
+        }
+        let f = self.file(id)?;
+        f.write_all_at(data, offset).map_err(CacheError::from_io)?;
+        if sync {
+            f.sync_data().map_err(CacheError::from_io)?;
+        }
+        let (before, after) = {
+            let mut st = self.state.lock();
+            let mut i = self.get(id)?;
+            let before = WccAttr::from(&i);
+            let now = now_ns();
+            i.size = i.size.max(end);
+            i.mtime_ns = now;
+            i.ctime_ns = now;
+            let mut b = Batch::default();
+            Self::touch_for_upload(&mut i, &mut b, now, true);
+            Self::put(&mut b, &i);
+            self.commit_batch(b)?;
+            st.account(&i);
+            (before, i)
+        };
+        self.notify(id);
+        if sync {
+            self.flush_metadata()?;
+        }
+        Ok((before, after))
+    }
+
+    /// COMMIT: the file's data fdatasync'ed and all metadata (its size, its place in
+    /// the upload queue) durable before this returns.
+    pub fn commit(&self, id: FileId) -> Result<Inode> {
+        let i = self.get(id)?;
+        if i.kind == Kind::File {
+            if let Some(f) = self.files.get(&id) {
+                f.sync_data().map_err(CacheError::from_io)?;
+            } else if self.data_path(id).exists() {
+                File::open(self.data_path(id))?.sync_data().map_err(CacheError::from_io)?;
+            }
+        }
+        self.flush_metadata()?;
+        Ok(i)
+    }
+
+    // ----- attributes --------------------------------------------------------------
+
+    pub fn setattr(&self, caller: &Caller, id: FileId, set: SetAttr, guard_ctime_ns: Option<u64>) -> Result<(WccAttr, Inode)> {
+        let mut st = self.state.lock();
+        let mut i = self.get(id)?;
+        let before = WccAttr::from(&i);
+        if let Some(g) = guard_ctime_ns {
+            if g != i.ctime_ns {
+                return Err(CacheError::NotSync);
+            }
+        }
+        perm::check_setattr(caller, &i, &set)?;
+        let now = now_ns();
+        let mut remote_visible = false;
+        let mut data_changed = false;
+        if let Some(size) = set.size {
+            if i.kind != Kind::File {
+                return Err(if i.kind == Kind::Dir { CacheError::IsDir } else { CacheError::Invalid });
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(CacheError::TooBig);
+            }
+            if size != i.size {
+                let f = self.file(id)?;
+                f.set_len(size).map_err(CacheError::from_io)?;
+                i.size = size;
+                data_changed = true;
+                i.mtime_ns = now;
+            }
+        }
+        if let Some(m) = set.mode {
+            i.mode = m & 0o7777;
+            remote_visible = true;
+        }
+        if let Some(u) = set.uid {
+            if u != i.uid {
+                // Changing the owner drops setuid/setgid, as POSIX chown does.
+                i.mode &= !0o6000;
+            }
+            i.uid = u;
+            remote_visible = true;
+        }
+        if let Some(g) = set.gid {
+            i.gid = g;
+            remote_visible = true;
+        }
+        match set.atime {
+            SetTime::DontChange => {}
+            SetTime::ServerTime => i.atime_ns = now,
+            SetTime::Client(t) => i.atime_ns = t,
+        }
+        match set.mtime {
+            SetTime::DontChange => {}
+            SetTime::ServerTime => {
+                i.mtime_ns = now;
+                remote_visible = true;
+            }
+            SetTime::Client(t) => {
+                i.mtime_ns = t;
+                remote_visible = true;
+            }
+        }
+        i.ctime_ns = now;
+        let mut b = Batch::default();
+        if remote_visible || data_changed {
+            Self::touch_for_upload(&mut i, &mut b, now, data_changed);
+        }
+        Self::put(&mut b, &i);
+        self.commit_batch(b)?;
+        st.account(&i);
+        drop(st);
+        if remote_visible || data_changed {
+            self.notify(id);
+        }
+        Ok((before, i))
+    }
+
+    // ----- namespace -----------------------------------------------------------------
+
+    fn new_inode(&self, st: &mut State, kind: Kind, caller: &Caller, dir: &Inode, name: &[u8], mode: u32, now: u64) -> Inode {
+        let id = st.next_id;
+        st.next_id += 1;
+        // BSD semantics for a setgid directory: new entries inherit its group.
+        let gid = if dir.mode & 0o2000 != 0 { dir.gid } else { caller.gid };
+        Inode {
+            id,
+            generation: st.random_u32(),
+            kind,
+            mode: mode & 0o7777,
+            uid: caller.uid,
+            gid,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            parent: dir.id,
+            name: name.to_vec(),
+            symlink_target: Vec::new(),
+            create_verifier: None,
+            next_dir_seq: FIRST_DIR_SEQ,
+            change_seq: 0,
+            data_seq: 0,
+            synced_seq: 0,
+            dirty_since_ns: 0,
+            last_change_ns: 0,
+            unlinked: false,
+            remote: RemoteState::default(),
+        }
+    }
+
+    /// Adds `child` to `dir` and records both, queued for upload, in one batch.
+    fn link_new(&self, st: &mut State, mut dir: Inode, mut child: Inode, now: u64) -> Result<DirChange> {
+        let before = WccAttr::from(&dir);
+        let seq = dir.next_dir_seq;
+        dir.next_dir_seq += 1;
+        dir.mtime_ns = now;
+        dir.ctime_ns = now;
+        let mut b = Batch::default();
+        Self::touch_for_upload(&mut child, &mut b, now, true);
+        Self::put(&mut b, &child);
+        b.insert(keys::name(dir.id, &child.name), encode(&DirEntry { child: child.id, seq }));
+        b.insert(&keys::seq(dir.id, seq), child.name.clone());
+        Self::put(&mut b, &dir);
+        b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
+        self.commit_batch(b)?;
+        st.account(&child);
+        self.notify(child.id);
+        Ok(DirChange { before, after: dir })
+    }
+
+    fn prepare_create(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Inode> {
+        let d = self.get_dir(dir)?;
+        self.check_name(&d, name)?;
+        perm::require(caller, &d, perm::WRITE | perm::EXEC)?;
+        Ok(d)
+    }
+
+    pub fn create(&self, caller: &Caller, dir: FileId, name: &[u8], how: CreateMode) -> Result<(Inode, DirChange)> {
+        let mut st = self.state.lock();
+        let d = self.prepare_create(caller, dir, name)?;
+        if let Some(e) = self.lookup_entry(dir, name)? {
+            let existing = self.get(e.child)?;
+            let unchanged = DirChange { before: WccAttr::from(&d), after: d.clone() };
+            return match how {
+                CreateMode::Guarded(_) => Err(CacheError::Exists),
+                CreateMode::Exclusive(v) if existing.create_verifier == Some(v) => Ok((existing, unchanged)),
+                CreateMode::Exclusive(_) => Err(CacheError::Exists),
+                CreateMode::Unchecked(set) => {
+                    if existing.kind != Kind::File {
+                        return Err(CacheError::Exists);
+                    }
+                    drop(st);
+                    // UNCHECKED on an existing file applies only the size (truncate).
+                    let only_size = SetAttr { size: set.size, ..SetAttr::default() };
+                    let (_, i) = if only_size.size.is_some() {
+                        self.setattr(caller, existing.id, only_size, None)?
+                    } else {
+                        (WccAttr::from(&existing), existing)
+                    };
+                    Ok((i, unchanged))
+                }
+            };
+        }
+        let now = now_ns();
+        let (mode, set) = match how {
+            CreateMode::Unchecked(s) | CreateMode::Guarded(s) => (s.mode.unwrap_or(0o644), Some(s)),
+            CreateMode::Exclusive(_) => (0o644, None),
+        };
+        let mut child = self.new_inode(&mut st, Kind::File, caller, &d, name, mode, now);
+        if let CreateMode::Exclusive(v) = how {
+            child.create_verifier = Some(v);
+        }
+        if let Some(s) = set {
+            apply_initial_attrs(&mut child, caller, &s, now)?;
+        }
+        if child.size > 0 {
+            self.file(child.id)?.set_len(child.size).map_err(CacheError::from_io)?;
+        }
+        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        let child = self.get(child.id)?;
+        Ok((child, change))
+    }
+
+    pub fn mkdir(&self, caller: &Caller, dir: FileId, name: &[u8], set: SetAttr) -> Result<(Inode, DirChange)> {
+        let mut st = self.state.lock();
+        let d = self.prepare_create(caller, dir, name)?;
+        if self.lookup_entry(dir, name)?.is_some() {
+            return Err(CacheError::Exists);
+        }
+        let now = now_ns();
+        let mut child = self.new_inode(&mut st, Kind::Dir, caller, &d, name, set.mode.unwrap_or(0o755), now);
+        if d.mode & 0o2000 != 0 {
+            child.mode |= 0o2000;
+        }
+        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, ..set }, now)?;
+        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        Ok((self.get(child.id)?, change))
+    }
+
+    pub fn symlink(&self, caller: &Caller, dir: FileId, name: &[u8], target: &[u8], set: SetAttr) -> Result<(Inode, DirChange)> {
+        let mut st = self.state.lock();
+        let d = self.prepare_create(caller, dir, name)?;
+        if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+            return Err(if target.len() > 4096 { CacheError::NameTooLong } else { CacheError::Invalid });
+        }
+        if self.lookup_entry(dir, name)?.is_some() {
+            return Err(CacheError::Exists);
+        }
+        let now = now_ns();
+        let mut child = self.new_inode(&mut st, Kind::Symlink, caller, &d, name, 0o777, now);
+        child.symlink_target = target.to_vec();
+        child.size = target.len() as u64;
+        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, mode: None, ..set }, now)?;
+        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        Ok((self.get(child.id)?, change))
+    }
+
+    /// Takes `victim` out of the namespace inside `b`: it stays as a record only while
+    /// the store still holds an object for it.
+    fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
+        victim.unlinked = true;
+        victim.ctime_ns = now;
+        if let Some(k) = victim.remote.key.take() {
+            if !victim.remote.stale_keys.contains(&k) {
+                victim.remote.stale_keys.push(k);
+            }
+        }
+        if victim.remote.stale_keys.is_empty() {
+            b.remove(&keys::inode(victim.id));
+            b.remove(&keys::queue(victim.id));
+            st.forget(victim.id);
+        } else {
+            Self::touch_for_upload(&mut victim, b, now, false);
+            Self::put(b, &victim);
+            st.account(&victim);
+        }
+        if victim.kind == Kind::File {
+            self.drop_data(victim.id);
+        }
+    }
+
+    fn check_sticky(caller: &Caller, dir: &Inode, victim: &Inode) -> Result<()> {
+        if dir.mode & 0o1000 != 0 && caller.uid != 0 && caller.uid != dir.uid && caller.uid != victim.uid {
+            return Err(CacheError::Access);
+        }
+        Ok(())
+    }
+
+    fn remove_entry(&self, caller: &Caller, dir: FileId, name: &[u8], want_dir: bool) -> Result<DirChange> {
+        let mut st = self.state.lock();
+        let mut d = self.get_dir(dir)?;
+        if name == b"." || name == b".." {
+            return Err(if want_dir { CacheError::Invalid } else { CacheError::Access });
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(CacheError::NameTooLong);
+        }
+        perm::require(caller, &d, perm::WRITE | perm::EXEC)?;
+        let e = self.lookup_entry(dir, name)?.ok_or(CacheError::NotFound)?;
+        let victim = self.get(e.child)?;
+        Self::check_sticky(caller, &d, &victim)?;
+        match (want_dir, victim.kind == Kind::Dir) {
+            (true, false) => return Err(CacheError::NotDir),
+            (false, true) => return Err(CacheError::IsDir),
+            (true, true) => {
+                if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() {
+                    return Err(CacheError::NotEmpty);
+                }
+            }
+            _ => {}
+        }
+        let before = WccAttr::from(&d);
+        let now = now_ns();
+        let mut b = Batch::default();
+        b.remove(keys::name(dir, name));
+        b.remove(&keys::seq(dir, e.seq));
+        d.mtime_ns = now;
+        d.ctime_ns = now;
+        Self::put(&mut b, &d);
+        let victim_id = victim.id;
+        self.unlink_in_batch(&mut st, &mut b, victim, now);
+        self.commit_batch(b)?;
+        drop(st);
+        self.notify(victim_id);
+        Ok(DirChange { before, after: d })
+    }
+
+    pub fn remove(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<DirChange> {
+        self.remove_entry(caller, dir, name, false)
+    }
+
+    pub fn rmdir(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<DirChange> {
+        self.remove_entry(caller, dir, name, true)
+    }
+
+    /// Renames; returns the (from, to) directory changes. Renaming a directory
+    /// queues every inode below it, since all their keys change.
+    pub fn rename(&self, caller: &Caller, from_dir: FileId, from_name: &[u8], to_dir: FileId, to_name: &[u8]) -> Result<(DirChange, DirChange)> {
+        let mut st = self.state.lock();
+        let mut fd = self.get_dir(from_dir)?;
+        let mut td = self.get_dir(to_dir)?;
+        for n in [from_name, to_name] {
+            if n == b"." || n == b".." {
+                return Err(CacheError::Invalid);
+            }
+        }
+        self.check_name(&td, to_name)?;
+        perm::require(caller, &fd, perm::WRITE | perm::EXEC)?;
+        perm::require(caller, &td, perm::WRITE | perm::EXEC)?;
+        let e = self.lookup_entry(from_dir, from_name)?.ok_or(CacheError::NotFound)?;
+        let mut moving = self.get(e.child)?;
+        Self::check_sticky(caller, &fd, &moving)?;
+        let fd_before = WccAttr::from(&fd);
+        let td_before = WccAttr::from(&td);
+        let target = self.lookup_entry(to_dir, to_name)?;
+        if let Some(t) = &target {
+            if t.child == moving.id {
+                return Ok((DirChange { before: fd_before, after: fd.clone() }, DirChange { before: td_before, after: td }));
+            }
+        }
+        if moving.kind == Kind::Dir {
+            // A directory cannot move below itself.
+            let mut cur = td.clone();
+            loop {
+                if cur.id == moving.id {
+                    return Err(CacheError::Invalid);
+                }
+                if cur.id == ROOT_ID {
+                    break;
+                }
+                cur = self.get(cur.parent)?;
+            }
+            let new_path_len = self.path_of(&td)?.len() + 1 + to_name.len();
+            if new_path_len + self.deepest_suffix(&moving)? + 1 > self.opts.max_path_bytes {
+                return Err(CacheError::NameTooLong);
+            }
+        }
+        let now = now_ns();
+        let mut b = Batch::default();
+        if let Some(t) = target {
+            let victim = self.get(t.child)?;
+            Self::check_sticky(caller, &td, &victim)?;
+            match (moving.kind == Kind::Dir, victim.kind == Kind::Dir) {
+                (true, false) => return Err(CacheError::NotDir),
+                (false, true) => return Err(CacheError::IsDir),
+                (true, true) => {
+                    if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() {
+                        return Err(CacheError::NotEmpty);
+                    }
+                }
+                _ => {}
+            }
+            b.remove(keys::name(to_dir, to_name));
+            b.remove(&keys::seq(to_dir, t.seq));
+            self.unlink_in_batch(&mut st, &mut b, victim, now);
+        }
+        b.remove(keys::name(from_dir, from_name));
+        b.remove(&keys::seq(from_dir, e.seq));
+        let same_dir = from_dir == to_dir;
+        let seq = if same_dir {
+            let s = fd.next_dir_seq;
+            fd.next_dir_seq += 1;
+            s
+        } else {
+            let s = td.next_dir_seq;
+            td.next_dir_seq += 1;
+            s
+        };
+        b.insert(keys::name(to_dir, to_name), encode(&DirEntry { child: moving.id, seq }));
+        b.insert(&keys::seq(to_dir, seq), to_name.to_vec());
+        moving.parent = to_dir;
+        moving.name = to_name.to_vec();
+        moving.ctime_ns = now;
+        Self::touch_for_upload(&mut moving, &mut b, now, false);
+        Self::put(&mut b, &moving);
+        fd.mtime_ns = now;
+        fd.ctime_ns = now;
+        if same_dir {
+            Self::put(&mut b, &fd);
+            td = fd.clone();
+        } else {
+            td.mtime_ns = now;
+            td.ctime_ns = now;
+            Self::put(&mut b, &fd);
+            Self::put(&mut b, &td);
+        }
+        let mut requeued = vec![moving.id];
+        if moving.kind == Kind::Dir {
+            self.requeue_subtree(moving.id, &mut b, now, &mut requeued)?;
+        }
+        self.commit_batch(b)?;
+        st.account(&moving);
+        drop(st);
+        for id in requeued {
+            self.notify(id);
+        }
+        Ok((DirChange { before: fd_before, after: fd }, DirChange { before: td_before, after: td }))
+    }
+
+    /// Longest path below `dir`, relative to it, in bytes.
+    fn deepest_suffix(&self, dir: &Inode) -> Result<usize> {
+        let mut longest = 0;
+        let mut stack = vec![(dir.id, 0usize)];
+        while let Some((id, base)) = stack.pop() {
+            for kv in self.db.scan_prefix(keys::seq_prefix(id)) {
+                let (_, name) = kv?;
+                let len = base + 1 + name.len();
+                longest = longest.max(len);
+                if let Some(e) = self.lookup_entry(id, &name)? {
+                    if let Some(c) = self.load(e.child)? {
+                        if c.kind == Kind::Dir {
+                            stack.push((c.id, len));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(longest)
+    }
+
+    fn requeue_subtree(&self, dir: FileId, b: &mut Batch, now: u64, out: &mut Vec<FileId>) -> Result<()> {
+        let mut stack = vec![dir];
+        while let Some(id) = stack.pop() {
+            for kv in self.db.scan_prefix(keys::seq_prefix(id)) {
+                let (_, name) = kv?;
+                let Some(e) = self.lookup_entry(id, &name)? else { continue };
+                let Some(mut c) = self.load(e.child)? else { continue };
+                Self::touch_for_upload(&mut c, b, now, false);
+                Self::put(b, &c);
+                out.push(c.id);
+                if c.kind == Kind::Dir {
+                    stack.push(c.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- upload interface ----------------------------------------------------------
+
+    /// Ids of every inode that has something left to send to (or delete from) the store.
+    pub fn pending(&self) -> Result<Vec<FileId>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([keys::QUEUE]) {
+            let (k, _) = kv?;
+            out.push(keys::id_from(&k));
+        }
+        Ok(out)
+    }
+
+    /// The inode record, unlinked or not (for the uploader).
+    pub fn load_any(&self, id: FileId) -> Result<Option<Inode>> {
+        self.load(id)
+    }
+
+    /// Opens the data file for reading by the uploader.
+    pub fn open_data(&self, id: FileId) -> Result<Arc<File>> {
+        self.file(id)
+    }
+
+    /// Is there a live inode whose object key is `key` (share-relative; a trailing
+    /// "/" names a directory marker)? A stale key that is live again must not be deleted.
+    pub fn key_is_live(&self, key: &str) -> Result<bool> {
+        let (path, want_dir) = match key.strip_suffix('/') {
+            Some(p) => (p, true),
+            None => (key, false),
+        };
+        Ok(match self.resolve(path)? {
+            Some(i) if i.id != ROOT_ID => (i.kind == Kind::Dir) == want_dir,
+            _ => false,
+        })
+    }
+
+    /// Records what the store now holds for `id` after a step that made the object at
+    /// `key` carry `data_seq` and `meta`, planned when the inode was at `planned_seq`.
+    /// Returns false when the inode no longer exists at all (the caller must delete
+    /// the object it just wrote, which nothing claims).
+    pub fn record_upload(&self, id: FileId, planned_seq: u64, key: &str, etag: &str, data_seq: u64, meta: (u32, u32, u32, u64)) -> Result<bool> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else { return Ok(false) };
+        let r = &mut i.remote;
+        if let Some(old) = r.key.take() {
+            if old != key && !r.stale_keys.contains(&old) {
+                r.stale_keys.push(old);
+            }
+        }
+        r.stale_keys.retain(|k| k != key);
+        r.etag = etag.to_string();
+        r.data_seq = data_seq;
+        r.meta = meta;
+        if i.unlinked {
+            // Removed while uploading: the object just written is an orphan.
+            r.stale_keys.push(key.to_string());
+        } else {
+            r.key = Some(key.to_string());
+            if i.change_seq == planned_seq {
+                i.synced_seq = planned_seq;
+            }
+        }
+        self.save_upload_state(&mut st, i)?;
+        Ok(true)
+    }
+
+    /// The object under `key` is gone from the store (deleted by us, or found missing).
+    pub fn record_deleted(&self, id: FileId, key: &str) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        i.remote.stale_keys.retain(|k| k != key);
+        if i.remote.key.as_deref() == Some(key) {
+            i.remote.key = None;
+            i.remote.data_seq = 0;
+        }
+        self.save_upload_state(&mut st, i)
+    }
+
+    /// Nothing to send for `planned_seq`: the store already matches.
+    pub fn record_clean(&self, id: FileId, planned_seq: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        if i.change_seq == planned_seq {
+            i.synced_seq = planned_seq;
+        }
+        self.save_upload_state(&mut st, i)
+    }
+
+    /// Forces the next step to upload the data again (e.g. a copy source vanished).
+    pub fn force_reupload(&self, id: FileId) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        let mut b = Batch::default();
+        Self::touch_for_upload(&mut i, &mut b, now_ns(), true);
+        Self::put(&mut b, &i);
+        self.commit_batch(b)?;
+        st.account(&i);
+        Ok(())
+    }
+
+    fn save_upload_state(&self, st: &mut State, mut i: Inode) -> Result<()> {
+        let mut b = Batch::default();
+        if i.unlinked && i.remote.stale_keys.is_empty() {
+            b.remove(&keys::inode(i.id));
+            b.remove(&keys::queue(i.id));
+            self.commit_batch(b)?;
+            st.forget(i.id);
+            return Ok(());
+        }
+        if !i.is_dirty() {
+            i.dirty_since_ns = 0;
+            b.remove(&keys::queue(i.id));
+        }
+        Self::put(&mut b, &i);
+        self.commit_batch(b)?;
+        st.account(&i);
+        Ok(())
+    }
+}
+
+fn apply_initial_attrs(i: &mut Inode, caller: &Caller, s: &SetAttr, now: u64) -> Result<()> {
+    if let Some(m) = s.mode {
+        i.mode = m & 0o7777;
+    }
+    // Only root may give a new file away; others' uid/gid requests must match them.
+    if let Some(u) = s.uid {
+        if u != caller.uid && caller.uid != 0 {
+            return Err(CacheError::Perm);
+        }
+        i.uid = u;
+    }
+    if let Some(g) = s.gid {
+        if caller.uid != 0 && !caller.in_group(g) {
+            return Err(CacheError::Perm);
+        }
+        i.gid = g;
+    }
+    if let Some(sz) = s.size {
+        if sz > MAX_FILE_SIZE {
+            return Err(CacheError::TooBig);
+        }
+        i.size = sz;
+    }
+    match s.atime {
+        SetTime::Client(t) => i.atime_ns = t,
+        SetTime::ServerTime => i.atime_ns = now,
+        SetTime::DontChange => {}
+    }
+    match s.mtime {
+        SetTime::Client(t) => i.mtime_ns = t,
+        SetTime::ServerTime => i.mtime_ns = now,
+        SetTime::DontChange => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+use std::io;
+
+/// What can go wrong in the engine. The NFS layer maps each variant to one nfsstat3
+/// in a single table; nothing here knows about NFS or S3 wire formats.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("permission denied")]
+    Access,
+    #[error("operation not permitted")]
+    Perm,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("name too long")]
+    NameTooLong,
+    #[error("file too large")]
+    TooBig,
+    #[error("stale file handle")]
+    Stale,
+    #[error("read-only share")]
+    ReadOnly,
+    #[error("not supported")]
+    NotSupported,
+    #[error("no space left on the cache disk")]
+    NoSpace,
+    /// The caller should retry later (dirty limit reached, data still being fetched).
+    #[error("try again later")]
+    TryLater,
+    /// The ctime guard of a SETATTR did not match.
+    #[error("attribute guard mismatch")]
+    NotSync,
+    #[error("bad readdir cookie")]
+    BadCookie,
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("metadata store error: {0}")]
+    Meta(String),
+}
+
+impl From<sled::Error> for CacheError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => CacheError::from(io),
+            other => CacheError::Meta(other.to_string()),
+        }
+    }
+}
+
+impl From<bincode::Error> for CacheError {
+    fn from(e: bincode::Error) -> Self {
+        CacheError::Meta(format!("corrupt record: {e}"))
+    }
+}
+
+impl CacheError {
+    /// ENOSPC and EDQUOT from the cache disk become `NoSpace` so writers get a clear
+    /// answer instead of a generic I/O error.
+    pub(crate) fn from_io(e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => CacheError::NoSpace,
+            _ => CacheError::Io(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CacheError>;

@@ -1,0 +1,158 @@
+//! The records kept in sled. One tree, keys prefixed by record type, so that a
+//! namespace change touching several records is one atomic `apply_batch`.
+
+use serde::{Deserialize, Serialize};
+
+pub type FileId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    /// st_mode type bits, as written to `x-amz-meta-file-permissions`.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => 0o100000,
+            Kind::Dir => 0o040000,
+            Kind::Symlink => 0o120000,
+        }
+    }
+}
+
+/// What the store holds for one inode, as far as the gateway knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteState {
+    /// Key (relative to the share prefix) of the object that carries this inode's
+    /// current uploaded version; `None` before the first upload.
+    pub key: Option<String>,
+    pub etag: String,
+    /// The `data_seq` whose bytes that object holds.
+    pub data_seq: u64,
+    /// The attributes that object carries (uid, gid, st_mode, mtime_ns).
+    pub meta: (u32, u32, u32, u64),
+    /// Keys that once held this inode and must be deleted once nothing live claims
+    /// them (the old name after a rename, the key of a removed file).
+    pub stale_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub id: FileId,
+    /// Changes whenever a file id is reused; never, today, since ids only grow; kept
+    /// in handles so a future id reuse cannot alias an old handle.
+    pub generation: u32,
+    pub kind: Kind,
+    /// Permission bits only (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime_ns: u64,
+    pub mtime_ns: u64,
+    pub ctime_ns: u64,
+    pub parent: FileId,
+    pub name: Vec<u8>,
+    pub symlink_target: Vec<u8>,
+    /// Set by an EXCLUSIVE create so a retransmitted create succeeds.
+    pub create_verifier: Option<[u8; 8]>,
+    /// Directories: next READDIR cookie to hand out.
+    pub next_dir_seq: u64,
+    /// Bumped by every change the store must learn about (data, attributes, name).
+    pub change_seq: u64,
+    /// The `change_seq` of the last change to the bytes.
+    pub data_seq: u64,
+    /// The `change_seq` the store reflects; clean when equal to `change_seq`.
+    pub synced_seq: u64,
+    /// When it first became dirty, and when it last changed (ns since epoch); used to
+    /// schedule its upload. 0 when clean.
+    pub dirty_since_ns: u64,
+    pub last_change_ns: u64,
+    /// Removed from the namespace; kept until its object is deleted from the store.
+    pub unlinked: bool,
+    pub remote: RemoteState,
+}
+
+impl Inode {
+    pub fn is_dirty(&self) -> bool {
+        self.synced_seq != self.change_seq || !self.remote.stale_keys.is_empty()
+    }
+
+    /// Bytes not yet in the store (counted against the dirty limit).
+    pub fn dirty_data_bytes(&self) -> u64 {
+        if self.kind == Kind::File && !self.unlinked && self.remote.data_seq != self.data_seq {
+            self.size
+        } else {
+            0
+        }
+    }
+
+    pub fn st_mode(&self) -> u32 {
+        self.kind.type_bits() | (self.mode & 0o7777)
+    }
+}
+
+pub(crate) mod keys {
+    use super::FileId;
+
+    pub const INODE: u8 = b'I';
+    pub const NAME: u8 = b'N';
+    pub const SEQ: u8 = b'S';
+    pub const QUEUE: u8 = b'Q';
+    pub const META: u8 = b'M';
+
+    pub fn inode(id: FileId) -> [u8; 9] {
+        let mut k = [INODE; 9];
+        k[1..].copy_from_slice(&id.to_be_bytes());
+        k
+    }
+
+    pub fn queue(id: FileId) -> [u8; 9] {
+        let mut k = [QUEUE; 9];
+        k[1..].copy_from_slice(&id.to_be_bytes());
+        k
+    }
+
+    pub fn name(dir: FileId, name: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + name.len());
+        k.push(NAME);
+        k.extend_from_slice(&dir.to_be_bytes());
+        k.extend_from_slice(name);
+        k
+    }
+
+    pub fn seq(dir: FileId, seq: u64) -> [u8; 17] {
+        let mut k = [SEQ; 17];
+        k[1..9].copy_from_slice(&dir.to_be_bytes());
+        k[9..].copy_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn seq_prefix(dir: FileId) -> [u8; 9] {
+        let mut k = [SEQ; 9];
+        k[1..].copy_from_slice(&dir.to_be_bytes());
+        k
+    }
+
+    pub fn meta(name: &str) -> Vec<u8> {
+        let mut k = vec![META];
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    pub fn id_from(k: &[u8]) -> FileId {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k[1..9]);
+        u64::from_be_bytes(b)
+    }
+}
+
+/// A directory entry's value under its `N` key: the child and its READDIR cookie.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub child: FileId,
+    pub seq: u64,
+}
