@@ -1,1 +1,6 @@
 //! bucketgate: an NFSv3 file gateway in front of S3.
+
+pub mod config;
+pub mod remote;
+pub mod upload;
+pub mod nfs;

@@ -1,0 +1,809 @@
+//! The NFSv3 procedures (RFC 1813): decode arguments, find the share and inode from
+//! the handle, apply the share's client list, squash and read-only rules, call the
+//! cache engine, encode the reply. No file semantics here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketgate_cache::{
+    Cache, CacheError, Caller, CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr,
+};
+use bytes::Bytes;
+use nfs3_types::nfs3::*;
+use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack};
+
+use super::handle::Handle;
+use super::status::nfs_status;
+use super::xdr::{NAME_MAX, XdrCursor, encode};
+use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
+use crate::config::Squash;
+
+/// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
+pub const NOBODY: u32 = 65534;
+/// Largest READ/WRITE we offer in FSINFO and accept.
+pub const MAX_IO: u32 = 1 << 20;
+
+/// Everything the NFS layer needs to know about one exported share.
+pub struct Share {
+    pub name: String,
+    /// "/name"
+    pub export_path: String,
+    pub cache: Arc<Cache>,
+    pub squash: Squash,
+    pub read_only: bool,
+    pub allowed_clients: Vec<String>,
+    pub allows: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
+}
+
+impl Share {
+    fn caller(&self, ctx: &CallContext) -> Caller {
+        let Some(a) = &ctx.auth else { return Caller::new(NOBODY, NOBODY, Vec::new()) };
+        match self.squash {
+            Squash::All => Caller::new(NOBODY, NOBODY, Vec::new()),
+            Squash::Root => {
+                let uid = if a.uid == 0 { NOBODY } else { a.uid };
+                let gid = if a.gid == 0 { NOBODY } else { a.gid };
+                let gids = a.gids.iter().copied().filter(|&g| g != 0).collect();
+                Caller::new(uid, gid, gids)
+            }
+            Squash::None => Caller::new(a.uid, a.gid, a.gids.clone()),
+        }
+    }
+
+    fn handle(&self, ino: &Inode) -> nfs_fh3 {
+        let h = Handle { share_id: self.cache.share_id(), file_id: ino.id, generation: ino.generation };
+        nfs_fh3 { data: Opaque::owned(h.encode()) }
+    }
+}
+
+pub struct NfsService {
+    shares: Vec<Arc<Share>>,
+    by_id: HashMap<u32, Arc<Share>>,
+    write_verifier: writeverf3,
+}
+
+type Res<T> = Result<T, nfsstat3>;
+
+fn nstime(ns: u64) -> nfstime3 {
+    nfstime3 { seconds: (ns / 1_000_000_000).min(u32::MAX as u64) as u32, nseconds: (ns % 1_000_000_000) as u32 }
+}
+
+fn time_ns(t: &nfstime3) -> u64 {
+    t.seconds as u64 * 1_000_000_000 + t.nseconds.min(999_999_999) as u64
+}
+
+fn fattr(share_id: u32, i: &Inode) -> fattr3 {
+    fattr3 {
+        type_: match i.kind {
+            Kind::File => ftype3::NF3REG,
+            Kind::Dir => ftype3::NF3DIR,
+            Kind::Symlink => ftype3::NF3LNK,
+        },
+        mode: i.mode,
+        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        uid: i.uid,
+        gid: i.gid,
+        size: i.size,
+        used: i.size.div_ceil(4096) * 4096,
+        rdev: specdata3::default(),
+        fsid: share_id as u64,
+        fileid: i.id,
+        atime: nstime(i.atime_ns),
+        mtime: nstime(i.mtime_ns),
+        ctime: nstime(i.ctime_ns),
+    }
+}
+
+fn pre(w: WccAttr) -> pre_op_attr {
+    Nfs3Option::Some(wcc_attr { size: w.size, mtime: nstime(w.mtime_ns), ctime: nstime(w.ctime_ns) })
+}
+
+fn dir_wcc(share_id: u32, c: &DirChange) -> wcc_data {
+    wcc_data { before: pre(c.before), after: Nfs3Option::Some(fattr(share_id, &c.after)) }
+}
+
+fn set_time(t: SetTimeWire) -> SetTime {
+    match t {
+        SetTimeWire::Dont => SetTime::DontChange,
+        SetTimeWire::Server => SetTime::ServerTime,
+        SetTimeWire::Client(t) => SetTime::Client(time_ns(&t)),
+    }
+}
+
+enum SetTimeWire {
+    Dont,
+    Server,
+    Client(nfstime3),
+}
+
+fn to_setattr(s: &sattr3) -> SetAttr {
+    let opt = |o: &Nfs3Option<u32>| match o {
+        Nfs3Option::Some(v) => Some(*v),
+        Nfs3Option::None => None,
+    };
+    let atime = match s.atime {
+        set_atime::DONT_CHANGE => SetTimeWire::Dont,
+        set_atime::SET_TO_SERVER_TIME => SetTimeWire::Server,
+        set_atime::SET_TO_CLIENT_TIME(t) => SetTimeWire::Client(t),
+    };
+    let mtime = match s.mtime {
+        set_mtime::DONT_CHANGE => SetTimeWire::Dont,
+        set_mtime::SET_TO_SERVER_TIME => SetTimeWire::Server,
+        set_mtime::SET_TO_CLIENT_TIME(t) => SetTimeWire::Client(t),
+    };
+    SetAttr {
+        mode: opt(&s.mode),
+        uid: opt(&s.uid),
+        gid: opt(&s.gid),
+        size: match s.size {
+            Nfs3Option::Some(v) => Some(v),
+            Nfs3Option::None => None,
+        },
+        atime: set_time(atime),
+        mtime: set_time(mtime),
+    }
+}
+
+fn ok<T: Pack, E: Pack>(r: Nfs3Result<T, E>) -> ProcReply {
+    ProcReply::Success(encode(&r))
+}
+
+/// Runs blocking engine work (file I/O, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CacheError> + Send + 'static) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
+}
+
+macro_rules! args {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(_) => return ProcReply::GarbageArgs,
+        }
+    };
+}
+
+impl NfsService {
+    pub fn new(shares: Vec<Arc<Share>>) -> Self {
+        let by_id = shares.iter().map(|s| (s.cache.share_id(), s.clone())).collect();
+        // Differs between any two process lifetimes, so clients resend every write
+        // they had not seen committed when the gateway restarts.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ ((std::process::id() as u64) << 40);
+        NfsService { shares, by_id, write_verifier: writeverf3(seed.to_be_bytes()) }
+    }
+
+    pub fn shares(&self) -> &[Arc<Share>] {
+        &self.shares
+    }
+
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.write_verifier.0
+    }
+
+    /// The share and inode a handle names, for this client.
+    fn resolve(&self, ctx: &CallContext, fh: &nfs_fh3) -> Res<(Arc<Share>, Inode)> {
+        let h = Handle::decode(&fh.data).ok_or(nfsstat3::NFS3ERR_BADHANDLE)?;
+        let share = self.by_id.get(&h.share_id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        if !(share.allows)(ctx.client.ip()) {
+            return Err(nfsstat3::NFS3ERR_ACCES);
+        }
+        let ino = share.cache.get_checked(h.file_id, h.generation).map_err(|e| nfs_status(&e))?;
+        Ok((share.clone(), ino))
+    }
+
+    fn writable(share: &Share) -> Res<()> {
+        if share.read_only { Err(nfsstat3::NFS3ERR_ROFS) } else { Ok(()) }
+    }
+
+    fn attr_of(share: &Share, ino: &Inode) -> post_op_attr {
+        Nfs3Option::Some(fattr(share.cache.share_id(), ino))
+    }
+
+    fn current_attr(share: &Share, id: FileId) -> post_op_attr {
+        match share.cache.get(id) {
+            Ok(i) => Self::attr_of(share, &i),
+            Err(_) => Nfs3Option::None,
+        }
+    }
+
+    fn current_wcc(share: &Share, id: FileId) -> wcc_data {
+        wcc_data { before: Nfs3Option::None, after: Self::current_attr(share, id) }
+    }
+
+    async fn getattr(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        match self.resolve(ctx, &fh) {
+            Ok((s, i)) => ok::<_, nfs3_types::xdr_codec::Void>(Nfs3Result::Ok(GETATTR3resok {
+                obj_attributes: fattr(s.cache.share_id(), &i),
+            })),
+            Err(st) => ok::<GETATTR3resok, _>(Nfs3Result::Err((st, nfs3_types::xdr_codec::Void))),
+        }
+    }
+
+    async fn setattr(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let attrs = args!(c.sattr3());
+        let guard = args!(c.sattrguard3());
+        let (s, i) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<SETATTR3resok, _>(Nfs3Result::Err((st, SETATTR3resfail::default()))),
+        };
+        let fail = |st, s: &Share| {
+            ok::<SETATTR3resok, _>(Nfs3Result::Err((st, SETATTR3resfail { obj_wcc: Self::current_wcc(s, i.id) })))
+        };
+        if let Err(st) = Self::writable(&s) {
+            return fail(st, &s);
+        }
+        let caller = s.caller(ctx);
+        let set = to_setattr(&attrs);
+        let guard = match guard {
+            Nfs3Option::Some(t) => Some(time_ns(&t)),
+            Nfs3Option::None => None,
+        };
+        let cache = s.cache.clone();
+        let id = i.id;
+        match blocking(move || cache.setattr(&caller, id, set, guard)).await {
+            Ok((before, after)) => ok::<_, SETATTR3resfail>(Nfs3Result::Ok(SETATTR3resok {
+                obj_wcc: wcc_data { before: pre(before), after: Self::attr_of(&s, &after) },
+            })),
+            Err(e) => fail(nfs_status(&e), &s),
+        }
+    }
+
+    async fn lookup(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let (dir, name) = args!(c.diropargs3());
+        let (s, d) = match self.resolve(ctx, &dir) {
+            Ok(v) => v,
+            Err(st) => return ok::<LOOKUP3resok, _>(Nfs3Result::Err((st, LOOKUP3resfail::default()))),
+        };
+        let caller = s.caller(ctx);
+        match s.cache.lookup(&caller, d.id, &name) {
+            Ok(i) => ok::<_, LOOKUP3resfail>(Nfs3Result::Ok(LOOKUP3resok {
+                object: s.handle(&i),
+                obj_attributes: Self::attr_of(&s, &i),
+                dir_attributes: Self::attr_of(&s, &d),
+            })),
+            Err(e) => ok::<LOOKUP3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                LOOKUP3resfail { dir_attributes: Self::attr_of(&s, &d) },
+            ))),
+        }
+    }
+
+    async fn access(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let want = args!(c.u32());
+        let (s, _) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<ACCESS3resok, _>(Nfs3Result::Err((st, ACCESS3resfail::default()))),
+        };
+        let caller = s.caller(ctx);
+        let h = Handle::decode(&fh.data).expect("resolved above");
+        match s.cache.access(&caller, h.file_id) {
+            Ok((i, rwx)) => {
+                let mut granted = 0;
+                if rwx & bucketgate_cache::READ != 0 {
+                    granted |= ACCESS3_READ;
+                }
+                if rwx & bucketgate_cache::WRITE != 0 && !s.read_only {
+                    granted |= ACCESS3_MODIFY | ACCESS3_EXTEND;
+                    if i.kind == Kind::Dir {
+                        granted |= ACCESS3_DELETE;
+                    }
+                }
+                if rwx & bucketgate_cache::EXEC != 0 {
+                    granted |= if i.kind == Kind::Dir { ACCESS3_LOOKUP } else { ACCESS3_EXECUTE };
+                }
+                ok::<_, ACCESS3resfail>(Nfs3Result::Ok(ACCESS3resok {
+                    obj_attributes: Self::attr_of(&s, &i),
+                    access: granted & want,
+                }))
+            }
+            Err(e) => ok::<ACCESS3resok, _>(Nfs3Result::Err((nfs_status(&e), ACCESS3resfail::default()))),
+        }
+    }
+
+    async fn readlink(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let (s, i) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<READLINK3resok, _>(Nfs3Result::Err((st, READLINK3resfail::default()))),
+        };
+        match s.cache.readlink(&s.caller(ctx), i.id) {
+            Ok(target) => ok::<_, READLINK3resfail>(Nfs3Result::Ok(READLINK3resok {
+                symlink_attributes: Self::attr_of(&s, &i),
+                data: nfspath3(Opaque::owned(target)),
+            })),
+            Err(e) => ok::<READLINK3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                READLINK3resfail { symlink_attributes: Self::attr_of(&s, &i) },
+            ))),
+        }
+    }
+
+    async fn read(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let offset = args!(c.u64());
+        let count = args!(c.u32()).min(MAX_IO);
+        let (s, i) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<READ3resok, _>(Nfs3Result::Err((st, READ3resfail::default()))),
+        };
+        let caller = s.caller(ctx);
+        let cache = s.cache.clone();
+        let id = i.id;
+        match blocking(move || cache.read(&caller, id, offset, count)).await {
+            Ok((data, eof, after)) => ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
+                file_attributes: Self::attr_of(&s, &after),
+                count: data.len() as u32,
+                eof,
+                data: Opaque::owned(data),
+            })),
+            Err(e) => ok::<READ3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                READ3resfail { file_attributes: Self::attr_of(&s, &i) },
+            ))),
+        }
+    }
+
+    async fn write(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let a = args!(c.write3args());
+        if (a.count as usize) > a.data.len() {
+            return ProcReply::GarbageArgs;
+        }
+        let data: Bytes = a.data.slice(..a.count as usize);
+        let (s, i) = match self.resolve(ctx, &a.file) {
+            Ok(v) => v,
+            Err(st) => return ok::<WRITE3resok, _>(Nfs3Result::Err((st, WRITE3resfail::default()))),
+        };
+        let fail = |st, s: &Share| {
+            ok::<WRITE3resok, _>(Nfs3Result::Err((st, WRITE3resfail { file_wcc: Self::current_wcc(s, i.id) })))
+        };
+        if let Err(st) = Self::writable(&s) {
+            return fail(st, &s);
+        }
+        if data.len() > MAX_IO as usize {
+            return fail(nfsstat3::NFS3ERR_INVAL, &s);
+        }
+        let caller = s.caller(ctx);
+        let sync = a.stable != stable_how::UNSTABLE;
+        // Past the dirty limit, hold the writer back a while (the uploader is
+        // draining), then answer JUKEBOX so the client retries: never an error
+        // that loses data.
+        let mut waited = Duration::ZERO;
+        let result = loop {
+            let (cache, caller, data) = (s.cache.clone(), caller.clone(), data.clone());
+            let id = i.id;
+            match blocking(move || cache.write(&caller, id, a.offset, &data, sync)).await {
+                Err(CacheError::TryLater) if waited < Duration::from_secs(2) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    waited += Duration::from_millis(100);
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok((before, after)) => ok::<_, WRITE3resfail>(Nfs3Result::Ok(WRITE3resok {
+                file_wcc: wcc_data { before: pre(before), after: Self::attr_of(&s, &after) },
+                count: data.len() as u32,
+                committed: if sync { stable_how::FILE_SYNC } else { stable_how::UNSTABLE },
+                verf: self.write_verifier,
+            })),
+            Err(e) => fail(nfs_status(&e), &s),
+        }
+    }
+
+    /// Shared by CREATE, MKDIR and SYMLINK: resolve the directory, check writability,
+    /// run `make`, encode the three-field success or the dir_wcc failure.
+    async fn make_node(
+        &self,
+        ctx: &CallContext,
+        dir: nfs_fh3,
+        name: &[u8],
+        make: impl FnOnce(&Cache, &Caller, FileId) -> Result<(Inode, DirChange), CacheError> + Send + 'static,
+    ) -> Res<(post_op_fh3, post_op_attr, wcc_data)> {
+        let (s, d) = self.resolve(ctx, &dir)?;
+        Self::writable(&s)?;
+        if name.len() > NAME_MAX {
+            return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
+        }
+        let caller = s.caller(ctx);
+        let cache = s.cache.clone();
+        let did = d.id;
+        let (i, change) = blocking(move || make(&cache, &caller, did)).await.map_err(|e| nfs_status(&e))?;
+        Ok((Nfs3Option::Some(s.handle(&i)), Self::attr_of(&s, &i), dir_wcc(s.cache.share_id(), &change)))
+    }
+
+    fn dir_fail_wcc(&self, ctx: &CallContext, dir: &nfs_fh3) -> wcc_data {
+        match self.resolve(ctx, dir) {
+            Ok((s, d)) => wcc_data { before: Nfs3Option::None, after: Self::attr_of(&s, &d) },
+            Err(_) => wcc_data::default(),
+        }
+    }
+
+    async fn create(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let (dir, name) = args!(c.diropargs3());
+        let how = match args!(c.u32()) {
+            0 => CreateMode::Unchecked(to_setattr(&args!(c.sattr3()))),
+            1 => CreateMode::Guarded(to_setattr(&args!(c.sattr3()))),
+            2 => CreateMode::Exclusive(args!(c.createverf3()).0),
+            _ => return ProcReply::GarbageArgs,
+        };
+        let n = name.clone();
+        match self.make_node(ctx, dir.clone(), &name, move |cache, caller, d| cache.create(caller, d, &n, how)).await
+        {
+            Ok((obj, obj_attributes, dir_wcc)) => {
+                ok::<_, CREATE3resfail>(Nfs3Result::Ok(CREATE3resok { obj, obj_attributes, dir_wcc }))
+            }
+            Err(st) => ok::<CREATE3resok, _>(Nfs3Result::Err((st, CREATE3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) }))),
+        }
+    }
+
+    async fn mkdir(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let (dir, name) = args!(c.diropargs3());
+        let set = to_setattr(&args!(c.sattr3()));
+        let n = name.clone();
+        match self.make_node(ctx, dir.clone(), &name, move |cache, caller, d| cache.mkdir(caller, d, &n, set)).await {
+            Ok((obj, obj_attributes, dir_wcc)) => {
+                ok::<_, MKDIR3resfail>(Nfs3Result::Ok(MKDIR3resok { obj, obj_attributes, dir_wcc }))
+            }
+            Err(st) => ok::<MKDIR3resok, _>(Nfs3Result::Err((st, MKDIR3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) }))),
+        }
+    }
+
+    async fn symlink(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let (dir, name) = args!(c.diropargs3());
+        let set = to_setattr(&args!(c.sattr3()));
+        let target = args!(c.nfspath3());
+        let n = name.clone();
+        let make = move |cache: &Cache, caller: &Caller, d| cache.symlink(caller, d, &n, &target, set);
+        match self.make_node(ctx, dir.clone(), &name, make).await {
+            Ok((obj, obj_attributes, dir_wcc)) => {
+                ok::<_, SYMLINK3resfail>(Nfs3Result::Ok(SYMLINK3resok { obj, obj_attributes, dir_wcc }))
+            }
+            Err(st) => {
+                ok::<SYMLINK3resok, _>(Nfs3Result::Err((st, SYMLINK3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
+            }
+        }
+    }
+
+    async fn mknod(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        // Devices, sockets and FIFOs have no meaning as S3 objects.
+        let (dir, _name) = args!(c.diropargs3());
+        let st = match self.resolve(ctx, &dir) {
+            Ok((s, _)) if s.read_only => nfsstat3::NFS3ERR_ROFS,
+            Ok(_) => nfsstat3::NFS3ERR_NOTSUPP,
+            Err(st) => st,
+        };
+        ok::<MKNOD3resok, _>(Nfs3Result::Err((st, MKNOD3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
+    }
+
+    async fn remove_or_rmdir(&self, ctx: &CallContext, c: &mut XdrCursor, rmdir: bool) -> ProcReply {
+        let (dir, name) = args!(c.diropargs3());
+        let result = async {
+            let (s, d) = self.resolve(ctx, &dir)?;
+            Self::writable(&s)?;
+            let caller = s.caller(ctx);
+            let cache = s.cache.clone();
+            let r = blocking(move || {
+                if rmdir { cache.rmdir(&caller, d.id, &name) } else { cache.remove(&caller, d.id, &name) }
+            })
+            .await
+            .map_err(|e| nfs_status(&e))?;
+            Ok(dir_wcc(s.cache.share_id(), &r))
+        }
+        .await;
+        match (result, rmdir) {
+            (Ok(dir_wcc), false) => ok::<_, REMOVE3resfail>(Nfs3Result::Ok(REMOVE3resok { dir_wcc })),
+            (Ok(dir_wcc), true) => ok::<_, RMDIR3resfail>(Nfs3Result::Ok(RMDIR3resok { dir_wcc })),
+            (Err(st), false) => {
+                ok::<REMOVE3resok, _>(Nfs3Result::Err((st, REMOVE3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
+            }
+            (Err(st), true) => {
+                ok::<RMDIR3resok, _>(Nfs3Result::Err((st, RMDIR3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
+            }
+        }
+    }
+
+    async fn rename(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let (from_dir, from_name) = args!(c.diropargs3());
+        let (to_dir, to_name) = args!(c.diropargs3());
+        let result = async {
+            let (s, fd) = self.resolve(ctx, &from_dir)?;
+            let (s2, td) = self.resolve(ctx, &to_dir)?;
+            if !Arc::ptr_eq(&s, &s2) {
+                return Err(nfsstat3::NFS3ERR_XDEV);
+            }
+            Self::writable(&s)?;
+            if from_name.len() > NAME_MAX || to_name.len() > NAME_MAX {
+                return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
+            }
+            let caller = s.caller(ctx);
+            let cache = s.cache.clone();
+            let (a, b) = blocking(move || cache.rename(&caller, fd.id, &from_name, td.id, &to_name))
+                .await
+                .map_err(|e| nfs_status(&e))?;
+            let sid = s.cache.share_id();
+            Ok((dir_wcc(sid, &a), dir_wcc(sid, &b)))
+        }
+        .await;
+        match result {
+            Ok((fromdir_wcc, todir_wcc)) => {
+                ok::<_, RENAME3resfail>(Nfs3Result::Ok(RENAME3resok { fromdir_wcc, todir_wcc }))
+            }
+            Err(st) => ok::<RENAME3resok, _>(Nfs3Result::Err((
+                st,
+                RENAME3resfail {
+                    fromdir_wcc: self.dir_fail_wcc(ctx, &from_dir),
+                    todir_wcc: self.dir_fail_wcc(ctx, &to_dir),
+                },
+            ))),
+        }
+    }
+
+    async fn link(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        // One file is one object: a second name would be a second object that
+        // diverges on the next write, so hard links are not offered.
+        let file = args!(c.nfs_fh3());
+        let (dir, _name) = args!(c.diropargs3());
+        let (st, attrs) = match self.resolve(ctx, &file) {
+            Ok((s, i)) => (
+                if s.read_only { nfsstat3::NFS3ERR_ROFS } else { nfsstat3::NFS3ERR_NOTSUPP },
+                Self::attr_of(&s, &i),
+            ),
+            Err(st) => (st, Nfs3Option::None),
+        };
+        ok::<LINK3resok, _>(Nfs3Result::Err((
+            st,
+            LINK3resfail { file_attributes: attrs, linkdir_wcc: self.dir_fail_wcc(ctx, &dir) },
+        )))
+    }
+
+    fn cookie_verifier(share: &Share) -> cookieverf3 {
+        // Cookies are per-directory sequence numbers that never move, so one verifier
+        // per share is enough: it only changes if the share's cache is recreated.
+        let mut v = [0u8; 8];
+        v[4..].copy_from_slice(&share.cache.share_id().to_be_bytes());
+        cookieverf3(v)
+    }
+
+    fn check_verifier(share: &Share, cookie: u64, verf: &cookieverf3) -> Res<()> {
+        if cookie != 0 && verf.0 != [0; 8] && *verf != Self::cookie_verifier(share) {
+            return Err(nfsstat3::NFS3ERR_BAD_COOKIE);
+        }
+        Ok(())
+    }
+
+    async fn readdir(&self, ctx: &CallContext, c: &mut XdrCursor, plus: bool) -> ProcReply {
+        let dir = args!(c.nfs_fh3());
+        let cookie = args!(c.u64());
+        let verf = args!(c.cookieverf3());
+        let (dircount, maxcount) = if plus { (args!(c.u32()), args!(c.u32())) } else { (0, args!(c.u32())) };
+        let (s, d) = match self.resolve(ctx, &dir) {
+            Ok(v) => v,
+            Err(st) => return Self::readdir_fail(plus, st, Nfs3Option::None),
+        };
+        if let Err(st) = Self::check_verifier(&s, cookie, &verf) {
+            return Self::readdir_fail(plus, st, Self::attr_of(&s, &d));
+        }
+        let caller = s.caller(ctx);
+        // Reply overhead: status, dir attributes, verifier, list end and eof.
+        let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
+        let per_entry = if plus { 220 } else { 40 };
+        let want = (budget / per_entry).clamp(2, 4096);
+        let cache = s.cache.clone();
+        let did = d.id;
+        let listing = match blocking(move || cache.readdir(&caller, did, cookie, want)).await {
+            Ok(l) => l,
+            Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d)),
+        };
+        let sid = s.cache.share_id();
+        let total = listing.entries.len();
+        let dir_attributes = Self::attr_of(&s, &d);
+        let cookieverf = Self::cookie_verifier(&s);
+        if plus {
+            let mut list = BoundedList::new(budget);
+            // dircount bounds the name/cookie part alone (RFC 1813); honour the smaller.
+            let mut dir_bytes = 0usize;
+            let mut pushed = 0;
+            for e in listing.entries {
+                dir_bytes += 24 + e.name.len().div_ceil(4) * 4;
+                if dircount > 0 && dir_bytes > dircount as usize && pushed > 0 {
+                    break;
+                }
+                let entry = entryplus3 {
+                    fileid: e.attr.id,
+                    name: filename3(Opaque::owned(e.name)),
+                    cookie: e.cookie,
+                    name_attributes: Nfs3Option::Some(fattr(sid, &e.attr)),
+                    name_handle: Nfs3Option::Some(s.handle(&e.attr)),
+                };
+                if list.try_push(entry).is_err() {
+                    break;
+                }
+                pushed += 1;
+            }
+            if pushed == 0 && total > 0 {
+                return Self::readdir_fail(plus, nfsstat3::NFS3ERR_TOOSMALL, dir_attributes);
+            }
+            let eof = listing.eof && pushed == total;
+            ok::<_, READDIRPLUS3resfail>(Nfs3Result::Ok(READDIRPLUS3resok {
+                dir_attributes,
+                cookieverf,
+                reply: dirlistplus3 { entries: list.into_inner(), eof },
+            }))
+        } else {
+            let mut list = BoundedList::new(budget);
+            let mut pushed = 0;
+            for e in listing.entries {
+                let entry = entry3 { fileid: e.attr.id, name: filename3(Opaque::owned(e.name)), cookie: e.cookie };
+                if list.try_push(entry).is_err() {
+                    break;
+                }
+                pushed += 1;
+            }
+            if pushed == 0 && total > 0 {
+                return Self::readdir_fail(plus, nfsstat3::NFS3ERR_TOOSMALL, dir_attributes);
+            }
+            let eof = listing.eof && pushed == total;
+            ok::<_, READDIR3resfail>(Nfs3Result::Ok(READDIR3resok {
+                dir_attributes,
+                cookieverf,
+                reply: dirlist3 { entries: list.into_inner(), eof },
+            }))
+        }
+    }
+
+    fn readdir_fail(plus: bool, st: nfsstat3, dir_attributes: post_op_attr) -> ProcReply {
+        if plus {
+            ok::<READDIRPLUS3resok, _>(Nfs3Result::Err((st, READDIRPLUS3resfail { dir_attributes })))
+        } else {
+            ok::<READDIR3resok, _>(Nfs3Result::Err((st, READDIR3resfail { dir_attributes })))
+        }
+    }
+
+    async fn fsstat(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let (s, i) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<FSSTAT3resok, _>(Nfs3Result::Err((st, FSSTAT3resfail::default()))),
+        };
+        match s.cache.fsstat() {
+            Ok(f) => ok::<_, FSSTAT3resfail>(Nfs3Result::Ok(FSSTAT3resok {
+                obj_attributes: Self::attr_of(&s, &i),
+                tbytes: f.total_bytes,
+                fbytes: f.free_bytes,
+                abytes: if s.read_only { 0 } else { f.avail_bytes },
+                tfiles: f.total_files,
+                ffiles: f.free_files,
+                afiles: if s.read_only { 0 } else { f.free_files },
+                invarsec: 0,
+            })),
+            Err(e) => ok::<FSSTAT3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                FSSTAT3resfail { obj_attributes: Self::attr_of(&s, &i) },
+            ))),
+        }
+    }
+
+    async fn fsinfo(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        match self.resolve(ctx, &fh) {
+            Ok((s, i)) => ok::<_, FSINFO3resfail>(Nfs3Result::Ok(FSINFO3resok {
+                obj_attributes: Self::attr_of(&s, &i),
+                rtmax: MAX_IO,
+                rtpref: MAX_IO,
+                rtmult: 4096,
+                wtmax: MAX_IO,
+                wtpref: MAX_IO,
+                wtmult: 4096,
+                dtpref: 64 * 1024,
+                maxfilesize: bucketgate_cache::MAX_FILE_SIZE,
+                time_delta: nfstime3 { seconds: 0, nseconds: 1 },
+                properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+            })),
+            Err(st) => ok::<FSINFO3resok, _>(Nfs3Result::Err((st, FSINFO3resfail::default()))),
+        }
+    }
+
+    async fn pathconf(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        match self.resolve(ctx, &fh) {
+            Ok((s, i)) => ok::<_, PATHCONF3resfail>(Nfs3Result::Ok(PATHCONF3resok {
+                obj_attributes: Self::attr_of(&s, &i),
+                linkmax: 1,
+                name_max: NAME_MAX as u32,
+                no_trunc: true,
+                chown_restricted: true,
+                case_insensitive: false,
+                case_preserving: true,
+            })),
+            Err(st) => ok::<PATHCONF3resok, _>(Nfs3Result::Err((st, PATHCONF3resfail::default()))),
+        }
+    }
+
+    async fn commit(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
+        let fh = args!(c.nfs_fh3());
+        let _offset = args!(c.u64());
+        let _count = args!(c.u32());
+        let (s, i) = match self.resolve(ctx, &fh) {
+            Ok(v) => v,
+            Err(st) => return ok::<COMMIT3resok, _>(Nfs3Result::Err((st, COMMIT3resfail { file_wcc: wcc_data::default() }))),
+        };
+        let cache = s.cache.clone();
+        let id = i.id;
+        // The whole file is made durable whatever range is asked: simpler, and the
+        // client's next COMMIT is then free.
+        match blocking(move || cache.commit(id)).await {
+            Ok(after) => ok::<_, COMMIT3resfail>(Nfs3Result::Ok(COMMIT3resok {
+                file_wcc: wcc_data { before: pre(WccAttr::from(&i)), after: Self::attr_of(&s, &after) },
+                verf: self.write_verifier,
+            })),
+            Err(e) => ok::<COMMIT3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                COMMIT3resfail { file_wcc: Self::current_wcc(&s, id) },
+            ))),
+        }
+    }
+}
+
+impl Nfs3Program for NfsService {
+    async fn call(&self, ctx: CallContext, proc: u32, args: Bytes) -> ProcReply {
+        let mut c = XdrCursor::new(args);
+        let c = &mut c;
+        let ctx = &ctx;
+        match proc {
+            0 => ProcReply::Success(Vec::new()),
+            1 => self.getattr(ctx, c).await,
+            2 => self.setattr(ctx, c).await,
+            3 => self.lookup(ctx, c).await,
+            4 => self.access(ctx, c).await,
+            5 => self.readlink(ctx, c).await,
+            6 => self.read(ctx, c).await,
+            7 => self.write(ctx, c).await,
+            8 => self.create(ctx, c).await,
+            9 => self.mkdir(ctx, c).await,
+            10 => self.symlink(ctx, c).await,
+            11 => self.mknod(ctx, c).await,
+            12 => self.remove_or_rmdir(ctx, c, false).await,
+            13 => self.remove_or_rmdir(ctx, c, true).await,
+            14 => self.rename(ctx, c).await,
+            15 => self.link(ctx, c).await,
+            16 => self.readdir(ctx, c, false).await,
+            17 => self.readdir(ctx, c, true).await,
+            18 => self.fsstat(ctx, c).await,
+            19 => self.fsinfo(ctx, c).await,
+            20 => self.pathconf(ctx, c).await,
+            21 => self.commit(ctx, c).await,
+            _ => ProcReply::ProcUnavail,
+        }
+    }
+}
+
+impl Exports for NfsService {
+    fn exports(&self) -> Vec<ExportEntry> {
+        self.shares
+            .iter()
+            .map(|s| ExportEntry { path: s.export_path.clone(), allowed_clients: s.allowed_clients.clone() })
+            .collect()
+    }
+
+    fn mount(&self, path: &[u8], client: IpAddr) -> Result<Vec<u8>, nfs3_types::mount::mountstat3> {
+        use nfs3_types::mount::mountstat3;
+        let path = std::str::from_utf8(path).map_err(|_| mountstat3::MNT3ERR_NOENT)?;
+        let norm = format!("/{}", path.trim_matches('/'));
+        let share = self.shares.iter().find(|s| s.export_path == norm).ok_or(mountstat3::MNT3ERR_NOENT)?;
+        if !(share.allows)(client) {
+            return Err(mountstat3::MNT3ERR_ACCES);
+        }
+        let root = share.cache.get(share.cache.root()).map_err(|_| mountstat3::MNT3ERR_SERVERFAULT)?;
+        Ok(Handle { share_id: share.cache.share_id(), file_id: root.id, generation: root.generation }.encode())
+    }
+}

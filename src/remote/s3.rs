@@ -1,0 +1,1 @@
+//! (merged from the remote branch)

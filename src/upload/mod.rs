@@ -1,0 +1,516 @@
+//! The background uploader: drives the store towards what the cache holds.
+//!
+//! The cache engine records, per inode, what the store holds (key, data version,
+//! attributes, keys to delete). The uploader compares that with the inode, performs
+//! the one store operation that closes the gap (PutObject or multipart upload, a
+//! server-side copy for renames and attribute changes, DeleteObject), records the
+//! outcome, and repeats until the inode is clean. Each step is idempotent, so a crash
+//! between any two of them only repeats a step: a renamed object's old key is deleted
+//! only after the copy to the new key has been recorded.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bucketgate_cache::{Cache, FileId, Inode, Kind};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError};
+
+mod keylock;
+mod transfer;
+
+use keylock::KeyLocks;
+
+/// S3's limits on a multipart upload.
+const MAX_PARTS: u64 = 10_000;
+const MAX_SINGLE_COPY: u64 = 5 << 30;
+
+#[derive(Clone, Debug)]
+pub struct UploadSettings {
+    /// Quiet time after the last change before a file is uploaded.
+    pub upload_delay: Duration,
+    /// A file dirty this long is uploaded even if it keeps changing.
+    pub max_dirty_age: Duration,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+    pub part_concurrency: usize,
+}
+
+/// Why a file has not reached the store yet.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailingFile {
+    pub file_id: FileId,
+    pub path: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub error_code: String,
+    /// Seconds since the epoch of the first failure in this run of failures.
+    pub failing_since_s: u64,
+}
+
+/// Counters the metrics layer reads.
+#[derive(Debug, Default)]
+pub struct UploadCounters {
+    pub bytes_uploaded: AtomicU64,
+    pub objects_put: AtomicU64,
+    pub objects_copied: AtomicU64,
+    pub objects_deleted: AtomicU64,
+    pub files_renamed: AtomicU64,
+}
+
+struct Schedule {
+    /// Due time per queued inode, and the same ordered by time.
+    due: HashMap<FileId, Instant>,
+    order: BTreeSet<(Instant, FileId)>,
+    /// First time each queued inode was seen dirty, for `max_dirty_age`.
+    first_dirty: HashMap<FileId, Instant>,
+    in_flight: HashSet<FileId>,
+    /// Changed while in flight: go again when the current pass ends.
+    again: HashSet<FileId>,
+    failing: HashMap<FileId, FailingFile>,
+}
+
+impl Schedule {
+    fn set_due(&mut self, id: FileId, at: Instant) {
+        if let Some(old) = self.due.insert(id, at) {
+            self.order.remove(&(old, id));
+        }
+        self.order.insert((at, id));
+    }
+
+    fn take_due(&mut self, now: Instant) -> Option<FileId> {
+        let &(at, id) = self.order.iter().next()?;
+        if at > now {
+            return None;
+        }
+        self.order.remove(&(at, id));
+        self.due.remove(&id);
+        Some(id)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.order.iter().next().map(|(at, _)| *at)
+    }
+}
+
+/// The uploader of one share.
+pub struct Uploader {
+    cache: Arc<Cache>,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    settings: UploadSettings,
+    sched: Mutex<Schedule>,
+    wake: tokio::sync::Notify,
+    locks: KeyLocks,
+    pub counters: UploadCounters,
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn backoff(attempts: u32) -> Duration {
+    // 1 s doubling to 5 min, with up to 25% jitter so a recovered store is not hit
+    // by every file at once.
+    let base = Duration::from_secs(1) * 2u32.saturating_pow(attempts.saturating_sub(1).min(9));
+    let base = base.min(Duration::from_secs(300));
+    let jitter = rand::random::<f64>() * 0.25;
+    base.mul_f64(1.0 + jitter)
+}
+
+impl Uploader {
+    pub fn new(cache: Arc<Cache>, store: Arc<dyn ObjectStore>, prefix: String, settings: UploadSettings) -> Arc<Self> {
+        Arc::new(Uploader {
+            cache,
+            store,
+            prefix,
+            settings,
+            sched: Mutex::new(Schedule {
+                due: HashMap::new(),
+                order: BTreeSet::new(),
+                first_dirty: HashMap::new(),
+                in_flight: HashSet::new(),
+                again: HashSet::new(),
+                failing: HashMap::new(),
+            }),
+            wake: tokio::sync::Notify::new(),
+            locks: KeyLocks::default(),
+            counters: UploadCounters::default(),
+        })
+    }
+
+    pub fn full_key(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel)
+    }
+
+    /// Files currently failing to upload, for status and metrics.
+    pub fn failing(&self) -> Vec<FailingFile> {
+        let mut v: Vec<_> = self.sched.lock().failing.values().cloned().collect();
+        v.sort_by_key(|f| f.file_id);
+        v
+    }
+
+    /// Queued inodes (waiting or in flight).
+    pub fn queued(&self) -> usize {
+        let s = self.sched.lock();
+        s.due.len() + s.in_flight.len()
+    }
+
+    /// Seconds the longest-dirty queued file has waited.
+    pub fn oldest_dirty_age(&self) -> Duration {
+        let s = self.sched.lock();
+        s.first_dirty.values().min().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// A change to `id`: (re)schedule it after the quiet time, capped by max dirty age.
+    pub fn changed(&self, id: FileId) {
+        let now = Instant::now();
+        let mut s = self.sched.lock();
+        if s.in_flight.contains(&id) {
+            s.again.insert(id);
+            s.first_dirty.entry(id).or_insert(now);
+            return;
+        }
+        let first = *s.first_dirty.entry(id).or_insert(now);
+        let at = (now + self.settings.upload_delay).min(first + self.settings.max_dirty_age);
+        // A failing file keeps its backoff; a new change does not make it hammer the store.
+        let at = match s.due.get(&id) {
+            Some(&cur) if s.failing.contains_key(&id) => cur.max(at),
+            _ => at,
+        };
+        s.set_due(id, at);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Makes every queued inode (under `path`, when given) due now. Returns the ids
+    /// that were pending, with the change they must reach to count as uploaded.
+    pub fn flush_now(&self, path: Option<&str>) -> Vec<(FileId, u64)> {
+        let pending = self.cache.pending().unwrap_or_default();
+        let now = Instant::now();
+        let mut targets = Vec::new();
+        let mut s = self.sched.lock();
+        for id in pending {
+            let Ok(Some(ino)) = self.cache.load_any(id) else { continue };
+            if let Some(p) = path {
+                let p = p.trim_matches('/');
+                let in_scope = match self.cache.path_of(&ino) {
+                    Ok(ip) => p.is_empty() || ip == p || ip.starts_with(&format!("{p}/")),
+                    Err(_) => true, // unlinked: its deletion is part of any flush
+                };
+                if !in_scope {
+                    continue;
+                }
+            }
+            targets.push((id, ino.change_seq));
+            if s.in_flight.contains(&id) {
+                s.again.insert(id);
+            } else {
+                s.first_dirty.entry(id).or_insert(now);
+                s.set_due(id, now);
+            }
+        }
+        drop(s);
+        self.wake.notify_one();
+        targets
+    }
+
+    /// True once every target has reached the store (or no longer exists).
+    pub fn reached(&self, targets: &[(FileId, u64)]) -> bool {
+        targets.iter().all(|&(id, seq)| match self.cache.load_any(id) {
+            Ok(Some(ino)) => ino.synced_seq >= seq && ino.remote.stale_keys.is_empty(),
+            _ => true,
+        })
+    }
+
+    /// Runs until `stop`: aborts multipart uploads a crash left behind, queues what
+    /// the cache says is pending, then uploads as files become due.
+    pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<FileId>, stop: CancellationToken) {
+        self.abort_leftover_multiparts().await;
+        let now = Instant::now();
+        {
+            let mut s = self.sched.lock();
+            for id in self.cache.pending().unwrap_or_default() {
+                s.first_dirty.entry(id).or_insert(now);
+                s.set_due(id, now);
+            }
+        }
+        let workers = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        loop {
+            // Start everything that is due while workers are free.
+            loop {
+                let Ok(permit) = workers.clone().try_acquire_owned() else { break };
+                let id = {
+                    let mut s = self.sched.lock();
+                    let Some(id) = s.take_due(Instant::now()) else { break };
+                    s.in_flight.insert(id);
+                    id
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.process(id).await;
+                    drop(permit);
+                    me.wake.notify_one();
+                });
+            }
+            let next = self.sched.lock().next_due();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(id) = changes.recv() => self.changed(id),
+                _ = self.wake.notified() => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    async fn abort_leftover_multiparts(&self) {
+        // Nothing survives a restart mid-upload (the file is uploaded again from the
+        // start), so any multipart upload under our prefix is a leftover.
+        match self.store.list_multipart_uploads(&self.prefix).await {
+            Ok(list) => {
+                for (key, id) in list {
+                    if let Err(e) = self.store.abort_multipart(&key, &id).await {
+                        tracing::warn!(key, error = %e, "could not abort a leftover multipart upload");
+                    } else {
+                        tracing::info!(key, "aborted a multipart upload left by an earlier run");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list leftover multipart uploads"),
+        }
+    }
+
+    async fn process(self: &Arc<Self>, id: FileId) {
+        let result = self.sync_inode(id).await;
+        let mut s = self.sched.lock();
+        s.in_flight.remove(&id);
+        let again = s.again.remove(&id);
+        match result {
+            Ok(clean) => {
+                s.failing.remove(&id);
+                if clean && !again {
+                    s.first_dirty.remove(&id);
+                } else {
+                    let first = *s.first_dirty.entry(id).or_insert_with(Instant::now);
+                    let at = (Instant::now() + self.settings.upload_delay).min(first + self.settings.max_dirty_age);
+                    s.set_due(id, at.max(Instant::now()));
+                }
+            }
+            Err(e) => {
+                let path = self
+                    .cache
+                    .load_any(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|i| self.cache.path_of(&i).ok())
+                    .unwrap_or_else(|| format!("<file {id}>"));
+                let entry = s.failing.entry(id).or_insert_with(|| FailingFile {
+                    file_id: id,
+                    path: path.clone(),
+                    attempts: 0,
+                    last_error: String::new(),
+                    error_code: String::new(),
+                    failing_since_s: now_s(),
+                });
+                entry.attempts += 1;
+                entry.path = path;
+                entry.last_error = e.to_string();
+                entry.error_code = e.code().to_string();
+                let delay = backoff(entry.attempts);
+                tracing::warn!(file_id = id, path = %entry.path, attempts = entry.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "upload failed; will retry");
+                s.set_due(id, Instant::now() + delay);
+            }
+        }
+    }
+
+    /// Brings one inode's objects up to date. Ok(true) when it is clean afterwards.
+    async fn sync_inode(&self, id: FileId) -> Result<bool, UploadError> {
+        // A few passes absorb changes made during an upload; a file that keeps
+        // changing is rescheduled rather than uploaded in a tight loop.
+        for _ in 0..3 {
+            let Some(ino) = self.cache.load_any(id)? else { return Ok(true) };
+            if !ino.is_dirty() {
+                return Ok(true);
+            }
+            if !ino.unlinked && ino.synced_seq != ino.change_seq {
+                self.sync_content(&ino).await?;
+            }
+            let Some(ino) = self.cache.load_any(id)? else { return Ok(true) };
+            for rel in ino.remote.stale_keys.clone() {
+                self.delete_stale(id, &rel).await?;
+            }
+        }
+        Ok(self.cache.load_any(id)?.is_none_or(|i| !i.is_dirty()))
+    }
+
+    fn meta_of(ino: &Inode) -> ObjectMeta {
+        ObjectMeta { uid: ino.uid, gid: ino.gid, mode: ino.st_mode(), mtime_ns: ino.mtime_ns }
+    }
+
+    async fn sync_content(&self, ino: &Inode) -> Result<(), UploadError> {
+        let path = self.cache.path_of(ino)?;
+        let rel = if ino.kind == Kind::Dir { format!("{path}/") } else { path };
+        let meta = Self::meta_of(ino);
+        let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
+        let key = self.full_key(&rel);
+        let _guard = self.locks.lock(&key).await;
+        let r = &ino.remote;
+        let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
+        let etag = if ino.kind == Kind::Dir {
+            if r.key.as_deref() == Some(rel.as_str()) && r.meta == meta_tuple {
+                self.cache.record_clean(ino.id, ino.change_seq)?;
+                return Ok(());
+            }
+            self.store.put_object(&key, Bytes::new(), &meta).await?
+        } else if !data_current {
+            self.upload_data(ino, &key, &meta).await?
+        } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta_tuple {
+            let src = self.full_key(r.key.as_deref().unwrap_or_default());
+            let renamed = src != key;
+            match self.copy(&src, &key, &meta, ino.size).await {
+                Ok(etag) => {
+                    self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
+                    if renamed {
+                        self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    etag
+                }
+                Err(UploadError::Store(StoreError::NotFound)) => {
+                    // The object we meant to copy is gone (deleted behind our back):
+                    // upload the bytes instead.
+                    tracing::warn!(key = src, "copy source missing; uploading the data again");
+                    self.upload_data(ino, &key, &meta).await?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.cache.record_clean(ino.id, ino.change_seq)?;
+            return Ok(());
+        };
+        if !self.cache.record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)? {
+            // The inode vanished entirely while we wrote its object: nothing claims it.
+            if !self.cache.key_is_live(&rel)? {
+                self.store.delete_object(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upload_data(&self, ino: &Inode, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+        let etag = if ino.kind == Kind::Symlink {
+            self.store.put_object(key, Bytes::from(ino.symlink_target.clone()), meta).await?
+        } else if ino.size < self.settings.multipart_threshold {
+            let body = transfer::read_range(&self.cache, ino.id, 0, ino.size).await?;
+            self.store.put_object(key, body, meta).await?
+        } else {
+            self.multipart_upload(ino, key, meta).await?
+        };
+        self.counters.objects_put.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_uploaded.fetch_add(ino.size, Ordering::Relaxed);
+        Ok(etag)
+    }
+
+    fn part_size_for(&self, size: u64) -> u64 {
+        let min_for_count = size.div_ceil(MAX_PARTS);
+        let mib = 1 << 20;
+        self.settings.part_size.max(min_for_count.div_ceil(mib) * mib)
+    }
+
+    async fn multipart_upload(&self, ino: &Inode, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+        let size = ino.size;
+        let part_size = self.part_size_for(size);
+        let upload_id = self.store.create_multipart(key, meta).await?;
+        let result = transfer::upload_parts(
+            &self.cache,
+            &self.store,
+            ino.id,
+            key,
+            &upload_id,
+            size,
+            part_size,
+            self.settings.part_concurrency.max(1),
+        )
+        .await;
+        let parts: Vec<CompletedPart> = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.store.abort_multipart(key, &upload_id).await;
+                return Err(e);
+            }
+        };
+        match self.store.complete_multipart(key, &upload_id, &parts).await {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                let _ = self.store.abort_multipart(key, &upload_id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn copy(&self, src: &str, dst: &str, meta: &ObjectMeta, size: u64) -> Result<String, UploadError> {
+        if size <= MAX_SINGLE_COPY {
+            return Ok(self.store.copy_object(src, dst, Some(meta)).await?);
+        }
+        let part_size = self.part_size_for(size).max(512 << 20);
+        let upload_id = self.store.create_multipart(dst, meta).await?;
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut n = 1;
+        while start < size {
+            let end = (start + part_size).min(size) - 1;
+            match self.store.upload_part_copy(dst, &upload_id, n, src, start, end).await {
+                Ok(etag) => parts.push(CompletedPart { part_number: n, etag }),
+                Err(e) => {
+                    let _ = self.store.abort_multipart(dst, &upload_id).await;
+                    return Err(e.into());
+                }
+            }
+            start = end + 1;
+            n += 1;
+        }
+        Ok(self.store.complete_multipart(dst, &upload_id, &parts).await?)
+    }
+
+    async fn delete_stale(&self, id: FileId, rel: &str) -> Result<(), UploadError> {
+        let key = self.full_key(rel);
+        let _guard = self.locks.lock(&key).await;
+        // A key that a live file or directory claims again (a file recreated under
+        // an old name) belongs to that inode's upload now: forget it, don't delete it.
+        if !self.cache.key_is_live(rel)? {
+            self.store.delete_object(&key).await?;
+            self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.cache.record_deleted(id, rel)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cache: {0}")]
+    Cache(#[from] bucketgate_cache::CacheError),
+}
+
+impl UploadError {
+    pub fn code(&self) -> &str {
+        match self {
+            UploadError::Store(e) => e.code(),
+            UploadError::Cache(_) => "CacheError",
+        }
+    }
+}

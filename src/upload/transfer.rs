@@ -1,0 +1,77 @@
+//! Moving file bytes from the cache disk to the store.
+
+use std::sync::Arc;
+
+use bucketgate_cache::{Cache, FileId};
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::UploadError;
+use crate::remote::{CompletedPart, ObjectStore};
+
+/// Reads `[offset, offset+len)` of a cached file. Bytes past the data file's end
+/// (a sparse tail from a truncate that extended the file) read as zeros.
+pub async fn read_range(cache: &Arc<Cache>, id: FileId, offset: u64, len: u64) -> Result<Bytes, UploadError> {
+    let cache = cache.clone();
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, UploadError> {
+        use std::os::unix::fs::FileExt;
+        let f = cache.open_data(id)?;
+        let mut buf = vec![0u8; len as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(bucketgate_cache::CacheError::Io(e).into()),
+            }
+        }
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| bucketgate_cache::CacheError::Meta(format!("read task failed: {e}")))??;
+    Ok(Bytes::from(bytes))
+}
+
+/// Uploads the parts of one multipart upload, `concurrency` at a time.
+#[allow(clippy::too_many_arguments)]
+pub async fn upload_parts(
+    cache: &Arc<Cache>,
+    store: &Arc<dyn ObjectStore>,
+    id: FileId,
+    key: &str,
+    upload_id: &str,
+    size: u64,
+    part_size: u64,
+    concurrency: usize,
+) -> Result<Vec<CompletedPart>, UploadError> {
+    let part_count = size.div_ceil(part_size).max(1);
+    let mut parts = Vec::with_capacity(part_count as usize);
+    let mut tasks: JoinSet<Result<CompletedPart, UploadError>> = JoinSet::new();
+    let mut next = 0u64;
+    while next < part_count || !tasks.is_empty() {
+        while next < part_count && tasks.len() < concurrency {
+            let offset = next * part_size;
+            let len = part_size.min(size - offset);
+            let number = (next + 1) as i32;
+            let (cache, store, key, upload_id) = (cache.clone(), store.clone(), key.to_string(), upload_id.to_string());
+            tasks.spawn(async move {
+                let body = read_range(&cache, id, offset, len).await?;
+                let etag = store.upload_part(&key, &upload_id, number, body).await?;
+                Ok(CompletedPart { part_number: number, etag })
+            });
+            next += 1;
+        }
+        if let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(p)) => parts.push(p),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(bucketgate_cache::CacheError::Meta(format!("part task failed: {e}")).into());
+                }
+            }
+        }
+    }
+    parts.sort_by_key(|p| p.part_number);
+    Ok(parts)
+}
