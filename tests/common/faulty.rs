@@ -1,0 +1,119 @@
+//! An `ObjectStore` wrapper that can hold uploads at a gate or fail them, for tests
+//! of races and outages. Everything else passes through to a real store.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use bucketgate::remote::*;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+pub struct Faulty {
+    pub inner: Arc<dyn ObjectStore>,
+    /// When set, every call fails with a transient error (the store is "down").
+    pub down: AtomicBool,
+    /// Puts (single and parts) wait for a permit here when `hold` is set.
+    pub hold: AtomicBool,
+    pub gate: Semaphore,
+    /// Puts that reached the gate.
+    pub puts_started: AtomicUsize,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            down: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            puts_started: AtomicUsize::new(0),
+        })
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient { code: "ServiceUnavailable".into(), message: "injected outage".into() });
+        }
+        Ok(())
+    }
+
+    async fn maybe_hold(&self) {
+        self.puts_started.fetch_add(1, Ordering::SeqCst);
+        if self.hold.load(Ordering::SeqCst) {
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+        self.check()?;
+        self.maybe_hold().await;
+        self.check()?;
+        self.inner.put_object(key, body, meta).await
+    }
+    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
+        self.check()?;
+        self.inner.create_multipart(key, meta).await
+    }
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> StoreResult<String> {
+        self.check()?;
+        self.maybe_hold().await;
+        self.check()?;
+        self.inner.upload_part(key, upload_id, part_number, body).await
+    }
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        src_key: &str,
+        start: u64,
+        end_inclusive: u64,
+    ) -> StoreResult<String> {
+        self.check()?;
+        self.inner.upload_part_copy(key, upload_id, part_number, src_key, start, end_inclusive).await
+    }
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
+        self.check()?;
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.check()?;
+        self.inner.abort_multipart(key, upload_id).await
+    }
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        self.check()?;
+        self.inner.list_multipart_uploads(prefix).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> StoreResult<Bytes> {
+        self.check()?;
+        self.inner.get_range(key, start, len).await
+    }
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
+        self.check()?;
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        continuation: Option<&str>,
+        max_keys: i32,
+    ) -> StoreResult<ListPage> {
+        self.check()?;
+        self.inner.list(prefix, delimiter, continuation, max_keys).await
+    }
+    async fn copy_object(&self, src_key: &str, dst_key: &str, meta: Option<&ObjectMeta>) -> StoreResult<String> {
+        self.check()?;
+        self.inner.copy_object(src_key, dst_key, meta).await
+    }
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        self.check()?;
+        self.inner.delete_object(key).await
+    }
+}

@@ -1,0 +1,70 @@
+//! Starts a real gateway in-process on loopback, for tests.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketgate::config::{ByteSize, Config, HumanDuration, ShareConfig};
+use bucketgate::gateway::{Gateway, Running};
+use bucketgate::remote::ObjectStore;
+
+/// A config with one share `data` at `url`, NFS on an ephemeral loopback port, the
+/// cache under `dir`, and quick uploads.
+pub fn config(dir: &std::path::Path, url: &str) -> Config {
+    let mut cfg = Config::from_toml(&format!(
+        r#"
+        [nfs]
+        listen = "127.0.0.1:0"
+        [admin]
+        listen = "127.0.0.1:0"
+        [cache]
+        dir = "{}"
+        capacity = "8GiB"
+        upload_delay = "100ms"
+        max_dirty_age = "2s"
+        [[share]]
+        name = "data"
+        url = "{url}"
+        "#,
+        dir.join("cache").display()
+    ))
+    .expect("test config");
+    cfg.upload.multipart_threshold = ByteSize(8 << 20);
+    cfg.upload.part_size = ByteSize(8 << 20);
+    cfg.cache.upload_delay = HumanDuration(Duration::from_millis(100));
+    cfg
+}
+
+pub fn share_with(cfg: &Config, f: impl FnOnce(&mut ShareConfig)) -> Config {
+    let mut c = cfg.clone();
+    f(&mut c.shares[0]);
+    c
+}
+
+pub async fn start(cfg: Config, creds: Option<(String, String)>) -> Running {
+    Gateway::open(cfg, creds, None).await.expect("open gateway").start().await.expect("start gateway")
+}
+
+pub async fn start_with_store(cfg: Config, store: Arc<dyn ObjectStore>) -> Running {
+    Gateway::open(cfg, None, Some(store)).await.expect("open gateway").start().await.expect("start gateway")
+}
+
+/// Uploads everything now and waits until the store holds it (like `flush --wait`).
+pub async fn flush(r: &Running) {
+    flush_within(r, Duration::from_secs(60)).await.expect("flush within 60 s")
+}
+
+pub async fn flush_within(r: &Running, limit: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    for s in &r.gateway.shares {
+        let targets = s.uploader.flush_now(None);
+        while !s.uploader.reached(&targets) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("not uploaded in time; failing: {:?}", s.uploader.failing()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! A real NFSv3 client (the `nfs3_client` crate) and small helpers over it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
+use nfs3_types::nfs3::*;
+use nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_types::xdr_codec::Opaque;
+use tokio::net::TcpStream;
+
+pub type Conn = Nfs3Connection<TokioIo<TcpStream>>;
+
+/// Mounts `export` as uid/gid over NFS and MOUNT on the gateway's one port.
+pub async fn mount_as(addr: SocketAddr, export: &str, uid: u32, gid: u32) -> Conn {
+    try_mount_as(addr, export, uid, gid).await.expect("mount")
+}
+
+pub async fn try_mount_as(
+    addr: SocketAddr,
+    export: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<Conn, nfs3_client::ConnectError> {
+    let cred = opaque_auth::auth_unix(&auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"test-client"),
+        uid,
+        gid,
+        gids: vec![],
+    });
+    Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), export)
+        .connect_from_privileged_port(false)
+        .mount_port(addr.port())
+        .nfs3_port(addr.port())
+        .credential(cred)
+        .mount()
+        .await
+}
+
+pub async fn mount(addr: SocketAddr) -> Conn {
+    mount_as(addr, "/data", 1000, 1000).await
+}
+
+pub fn name(n: &str) -> filename3<'static> {
+    filename3(Opaque::owned(n.as_bytes().to_vec()))
+}
+
+pub fn mode_attr(mode: u32) -> sattr3 {
+    sattr3 { mode: Nfs3Option::Some(mode), ..sattr3::default() }
+}
+
+pub async fn create(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 {
+    let r = c
+        .create(&CREATE3args {
+            where_: diropargs3 { dir: dir.clone(), name: name(n) },
+            how: createhow3::UNCHECKED(mode_attr(mode)),
+        })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            Nfs3Option::Some(fh) => fh,
+            Nfs3Option::None => panic!("no handle"),
+        },
+        Nfs3Result::Err((st, _)) => panic!("create {n}: {st:?}"),
+    }
+}
+
+pub async fn mkdir(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 {
+    let r = c
+        .mkdir(&MKDIR3args { where_: diropargs3 { dir: dir.clone(), name: name(n) }, attributes: mode_attr(mode) })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            Nfs3Option::Some(fh) => fh,
+            Nfs3Option::None => panic!("no handle"),
+        },
+        Nfs3Result::Err((st, _)) => panic!("mkdir {n}: {st:?}"),
+    }
+}
+
+pub async fn lookup(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<nfs_fh3, nfsstat3> {
+    match c.lookup(&LOOKUP3args { what: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {
+        Nfs3Result::Ok(ok) => Ok(ok.object),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn getattr(c: &mut Conn, fh: &nfs_fh3) -> Result<fattr3, nfsstat3> {
+    match c.getattr(&GETATTR3args { object: fh.clone() }).await.expect("rpc") {
+        Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn write_at(c: &mut Conn, fh: &nfs_fh3, offset: u64, data: &[u8], stable: stable_how) -> Result<WRITE3resok, nfsstat3> {
+    let r = c
+        .write(&WRITE3args {
+            file: fh.clone(),
+            offset,
+            count: data.len() as u32,
+            stable,
+            data: Opaque::borrowed(data),
+        })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(ok) => Ok(ok),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn commit(c: &mut Conn, fh: &nfs_fh3) -> COMMIT3resok {
+    match c.commit(&COMMIT3args { file: fh.clone(), offset: 0, count: 0 }).await.expect("rpc") {
+        Nfs3Result::Ok(ok) => ok,
+        Nfs3Result::Err((st, _)) => panic!("commit: {st:?}"),
+    }
+}
+
+/// Writes `data` from offset 0 in 1 MiB UNSTABLE writes, then COMMITs, like the
+/// Linux client does.
+pub async fn write_all(c: &mut Conn, fh: &nfs_fh3, data: &[u8]) {
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        write_at(c, fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await.expect("write");
+    }
+    commit(c, fh).await;
+}
+
+pub async fn put_file(c: &mut Conn, dir: &nfs_fh3, n: &str, data: &[u8]) -> nfs_fh3 {
+    let fh = create(c, dir, n, 0o644).await;
+    write_all(c, &fh, data).await;
+    fh
+}
+
+pub async fn read_all(c: &mut Conn, fh: &nfs_fh3) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let r = c.read(&READ3args { file: fh.clone(), offset: out.len() as u64, count: 1 << 20 }).await.expect("rpc");
+        match r {
+            Nfs3Result::Ok(ok) => {
+                out.extend_from_slice(&ok.data);
+                if ok.eof || ok.data.is_empty() {
+                    return out;
+                }
+            }
+            Nfs3Result::Err((st, _)) => panic!("read: {st:?}"),
+        }
+    }
+}
+
+pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsstat3> {
+    let r = c
+        .setattr(&SETATTR3args { object: fh.clone(), new_attributes: mode_attr(mode), guard: Nfs3Option::None })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
+    match c.remove(&REMOVE3args { object: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn rename(c: &mut Conn, from: &nfs_fh3, fname: &str, to: &nfs_fh3, tname: &str) -> Result<(), nfsstat3> {
+    let r = c
+        .rename(&RENAME3args {
+            from: diropargs3 { dir: from.clone(), name: name(fname) },
+            to: diropargs3 { dir: to.clone(), name: name(tname) },
+        })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+pub async fn symlink(c: &mut Conn, dir: &nfs_fh3, n: &str, target: &str) -> nfs_fh3 {
+    let r = c
+        .symlink(&SYMLINK3args {
+            where_: diropargs3 { dir: dir.clone(), name: name(n) },
+            symlink: symlinkdata3 {
+                symlink_attributes: sattr3::default(),
+                symlink_data: nfspath3(Opaque::owned(target.as_bytes().to_vec())),
+            },
+        })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            Nfs3Option::Some(fh) => fh,
+            Nfs3Option::None => panic!("no handle"),
+        },
+        Nfs3Result::Err((st, _)) => panic!("symlink: {st:?}"),
+    }
+}
+
+/// Every name in a directory through READDIRPLUS, following cookies.
+pub async fn list_names(c: &mut Conn, dir: &nfs_fh3) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut cookie = 0;
+    let mut verf = cookieverf3::default();
+    loop {
+        let r = c
+            .readdirplus(&READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 8192, maxcount: 32768 })
+            .await
+            .expect("rpc");
+        let ok = match r {
+            Nfs3Result::Ok(ok) => ok,
+            Nfs3Result::Err((st, _)) => panic!("readdirplus: {st:?}"),
+        };
+        verf = ok.cookieverf;
+        for e in ok.reply.entries.0 {
+            cookie = e.cookie;
+            let n = String::from_utf8(e.name.0.to_vec()).unwrap();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+        }
+        if ok.reply.eof {
+            return names;
+        }
+    }
+}
+
+/// A deterministic pseudo-random body.
+pub fn body(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

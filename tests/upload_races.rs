@@ -1,0 +1,72 @@
+//! A file that changes while it uploads is uploaded again; a store outage delays
+//! uploads without losing anything and the backlog drains when the store returns.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bucketgate::remote::ObjectStore;
+use bucketgate::remote::local::LocalStore;
+use common::faulty::Faulty;
+use common::gateway::{config, flush, flush_within, start_with_store};
+use common::nfs::*;
+use nfs3_types::nfs3::stable_how;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_during_its_upload_ends_up_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.hold.store(true, Ordering::SeqCst);
+    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = put_file(&mut c, &root, "moving.txt", b"version one").await;
+    let s = &gw.gateway.shares[0];
+    s.uploader.flush_now(None);
+    // Wait until the upload of version one is in flight (held at the gate)...
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.puts_started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("upload started");
+    // ...change the file under it, then let the upload finish.
+    write_at(&mut c, &fh, 0, b"VERSION TWO", stable_how::FILE_SYNC).await.unwrap();
+    faulty.hold.store(false, Ordering::SeqCst);
+    faulty.gate.add_permits(1000);
+    flush(&gw).await;
+    let got = local.get_range("moving.txt", 0, 100).await.unwrap();
+    assert_eq!(got.as_ref(), b"VERSION TWO", "the store holds the bytes on disk, not the first upload");
+    assert!(s.uploader.counters.objects_put.load(Ordering::Relaxed) >= 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_accepted_during_an_outage_and_drain_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.down.store(true, Ordering::SeqCst);
+    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    for i in 0..5 {
+        put_file(&mut c, &root, &format!("f{i}"), &body(10_000, i)).await;
+    }
+    assert!(flush_within(&gw, Duration::from_secs(2)).await.is_err(), "nothing can be uploaded while down");
+    let failing = gw.gateway.shares[0].uploader.failing();
+    assert!(!failing.is_empty(), "failing files are reported");
+    assert!(failing.iter().all(|f| f.error_code == "ServiceUnavailable" && f.attempts >= 1));
+    faulty.down.store(false, Ordering::SeqCst);
+    flush_within(&gw, Duration::from_secs(60)).await.expect("backlog drains once the store is back");
+    for i in 0..5 {
+        let got = local.get_range(&format!("f{i}"), 0, 20_000).await.unwrap();
+        assert_eq!(got.as_ref(), &body(10_000, i)[..]);
+    }
+    assert!(gw.gateway.shares[0].uploader.failing().is_empty());
+    gw.shutdown().await;
+}
