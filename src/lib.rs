@@ -1,1 +1,4 @@
+//! bucketgate: an NFSv3 file gateway in front of S3.
 
+pub mod config;
+pub mod remote;

@@ -7,8 +7,12 @@ use bytes::Bytes;
 pub mod local;
 pub mod meta;
 pub mod s3;
+pub mod url;
 
+pub use local::LocalStore;
 pub use meta::ObjectMeta;
+pub use s3::{S3Settings, S3Store};
+pub use url::{ShareUrl, parse_share_url};
 
 /// One object as seen in a listing or a HEAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
