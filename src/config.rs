@@ -52,9 +52,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9108".parse().expect("valid literal"),
-        }
+        AdminConfig { listen: "127.0.0.1:9108".parse().expect("valid literal") }
     }
 }
 
@@ -196,9 +194,7 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size such as \"150GiB\""))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size such as \"150GiB\""))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -209,34 +205,23 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` (use KiB, MiB, GiB, TiB)"
-            ));
-        }
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB, TiB)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as \"5s\""))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as \"5s\""))?;
     Ok(match unit.trim() {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
         "d" => Duration::from_secs(n * 86400),
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m, h, d)"
-            ));
-        }
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h, d)")),
     })
 }
 
@@ -250,9 +235,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_byte_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_byte_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -260,9 +243,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -271,9 +252,7 @@ impl<'de> Deserialize<'de> for OctalMode {
         let s = String::deserialize(d)?;
         match u32::from_str_radix(s.trim(), 8) {
             Ok(m) if m <= 0o7777 => Ok(OctalMode(m)),
-            _ => Err(serde::de::Error::custom(format!(
-                "`{s}` is not an octal mode such as \"0644\""
-            ))),
+            _ => Err(serde::de::Error::custom(format!("`{s}` is not an octal mode such as \"0644\""))),
         }
     }
 }
