@@ -1,0 +1,5 @@
+//! Shared test helpers. Each test binary includes this with `mod common;` and uses
+//! what it needs.
+#![allow(dead_code)]
+
+pub mod s3server;

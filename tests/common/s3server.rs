@@ -1,0 +1,400 @@
+//! An in-process S3 protocol server for tests: s3s-fs (a real S3 wire-protocol
+//! implementation over a temp directory) served by hyper on 127.0.0.1, with
+//! SigV4 authentication against static keys.
+//!
+//! ```ignore
+//! let srv = S3TestServer::start().await;           // bucket already created
+//! let store = srv.store().await;                    // bucketgate S3Store for it
+//! srv.client.head_bucket().bucket(&srv.bucket).send().await?; // plain SDK client
+//! srv.handle.stop().await;                          // port closed, connections cut
+//! srv.handle.restart().await;                       // same port, same data
+//! ```
+//!
+//! By default s3s-fs is wrapped in [`Compat`], which fills gaps where s3s-fs 0.14.1
+//! differs from S3 in ways the gateway depends on (see there). `start_raw()` serves
+//! bare s3s-fs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use bucketgate::remote::{S3Settings, S3Store};
+use hyper_util::rt::TokioIo;
+use s3s::dto::*;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::net::TcpSocket;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub const ACCESS_KEY: &str = "bucketgate-test-ak";
+pub const SECRET_KEY: &str = "bucketgate-test-sk-0123456789";
+pub const BUCKET: &str = "bucketgate-test";
+pub const REGION: &str = "us-east-1";
+
+pub struct S3TestServer {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// A plain aws-sdk-s3 client for this server (path style, static keys), for
+    /// checking what landed in the bucket independently of bucketgate's code.
+    pub client: aws_sdk_s3::Client,
+    /// Stops and restarts the server; clone it into other tasks freely.
+    pub handle: ServerHandle,
+    /// s3s-fs's data directory: `<data_dir>/<bucket>/<key>` are the objects.
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Stops and restarts one server on the same port, keeping its data.
+#[derive(Clone)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    service: S3Service,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl ServerHandle {
+    /// Closes the listening socket and every open connection; returns when the port
+    /// refuses connections. Idempotent.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address (after `stop`). Idempotent.
+    pub async fn restart(&self) {
+        if self.is_running() {
+            return;
+        }
+        let listener = bind(self.addr).await;
+        *self.task.lock().unwrap() = Some(tokio::spawn(serve(listener, self.service.clone())));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.task.lock().unwrap().as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    // SO_REUSEADDR so a restart can take the port while closed connections linger
+    // in TIME_WAIT. A few tries in case the kernel is slow to release it.
+    let mut last_err = None;
+    for _ in 0..50 {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
+        match sock.bind(addr).and_then(|()| sock.listen(128)) {
+            Ok(l) => return l,
+            Err(e) => last_err = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr}: {last_err:?}");
+}
+
+/// Accepts connections until aborted; aborting drops the JoinSet, which aborts
+/// (and so closes) every connection.
+async fn serve(listener: tokio::net::TcpListener, service: S3Service) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = service.clone();
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+impl S3TestServer {
+    /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
+    pub async fn start() -> S3TestServer {
+        Self::start_with(true).await
+    }
+
+    /// Bare s3s-fs, to observe its own behaviour.
+    pub async fn start_raw() -> S3TestServer {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(compat: bool) -> S3TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("s3");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let fs = s3s_fs::FileSystem::new(&data_dir).expect("s3s-fs");
+        let mut b = if compat {
+            S3ServiceBuilder::new(Compat { fs, root: data_dir.canonicalize().unwrap() })
+        } else {
+            S3ServiceBuilder::new(fs)
+        };
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await;
+        let addr = listener.local_addr().unwrap();
+        let handle = ServerHandle {
+            addr,
+            service: service.clone(),
+            task: Arc::new(Mutex::new(Some(tokio::spawn(serve(listener, service))))),
+        };
+        let endpoint = format!("http://{addr}");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(conf);
+        client.create_bucket().bucket(BUCKET).send().await.expect("create bucket");
+        S3TestServer {
+            endpoint,
+            addr,
+            bucket: BUCKET.into(),
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            client,
+            handle,
+            data_dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// S3Store settings for this server, with short timeouts and one retry so
+    /// outage tests finish quickly. Storage class, SSE, ACL and requester-pays are
+    /// set so every request carries those headers too.
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            region: Some(REGION.into()),
+            endpoint: Some(self.endpoint.clone()),
+            path_style: true,
+            storage_class: Some("STANDARD".into()),
+            sse: Some("AES256".into()),
+            acl: Some("private".into()),
+            requester_pays: true,
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(30),
+            max_attempts: 2,
+            ..S3Settings::new(&self.bucket)
+        }
+    }
+
+    pub async fn store(&self) -> S3Store {
+        S3Store::new(self.settings()).await.expect("S3Store")
+    }
+
+    /// Where s3s-fs keeps object `key`.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.data_dir.join(&self.bucket).join(key)
+    }
+}
+
+/// s3s-fs with the gaps the gateway depends on filled, each as S3 documents it:
+/// - an unknown upload id is `404 NoSuchUpload` (s3s-fs: `403 AccessDenied`, or
+///   `400 InvalidRequest` when it is not a UUID) for UploadPart, UploadPartCopy,
+///   CompleteMultipartUpload, AbortMultipartUpload and ListParts;
+/// - ListMultipartUploads (s3s-fs: NotImplemented), read from s3s-fs's own
+///   per-upload metadata files, prefix filter only, one page.
+///
+/// Everything else is passed to s3s-fs unchanged.
+pub struct Compat {
+    fs: s3s_fs::FileSystem,
+    root: PathBuf,
+}
+
+impl Compat {
+    fn upload_exists(&self, upload_id: &str) -> bool {
+        uuid_like(upload_id) && self.root.join(format!(".upload-{upload_id}.json")).exists()
+    }
+
+    fn check_upload(&self, upload_id: &str) -> S3Result<()> {
+        if self.upload_exists(upload_id) { Ok(()) } else { Err(s3_error!(NoSuchUpload)) }
+    }
+
+    /// (bucket, key, upload id) of every upload in progress, from s3s-fs's files
+    /// `.bucket-<b64>.object-<b64>.upload-<uuid>.metadata.json`.
+    fn uploads(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.root) else { return out };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".bucket-") else { continue };
+            let Some(rest) = rest.strip_suffix(".metadata.json") else { continue };
+            let Some((b, rest)) = rest.split_once(".object-") else { continue };
+            let Some((k, id)) = rest.split_once(".upload-") else { continue };
+            if !self.upload_exists(id) {
+                continue;
+            }
+            if let (Some(b), Some(k)) = (b64url_decode(b), b64url_decode(k)) {
+                out.push((b, k, id.to_owned()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn b64url_decode(s: &str) -> Option<String> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[async_trait::async_trait]
+impl S3 for Compat {
+    // s3s's trait methods go through #[async_trait], so they are written out.
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.fs.list_buckets(req).await
+    }
+
+    async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.fs.put_object(req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.fs.head_object(req).await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.fs.delete_object(req).await
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.fs.delete_objects(req).await
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.fs.copy_object(req).await
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.fs.list_objects(req).await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.upload_part(req).await
+    }
+
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.upload_part_copy(req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.list_parts(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.abort_multipart_upload(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads: Vec<MultipartUpload> = self
+            .uploads()
+            .into_iter()
+            .filter(|(b, k, _)| *b == input.bucket && k.starts_with(&prefix))
+            .map(|(_, key, id)| MultipartUpload { key: Some(key), upload_id: Some(id), ..Default::default() })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}
+
+/// True when `path` exists below `root` (helper for on-disk assertions).
+pub fn exists_under(root: &Path, rel: &str) -> bool {
+    root.join(rel).exists()
+}
