@@ -198,10 +198,11 @@ async fn metadata_round_trips(env: &Env) {
     let dm = meta(S_IFDIR | 0o750, 42);
     s.put_object("docs/sub/", Bytes::new(), &dm).await.unwrap();
     let info = s.head("docs/sub/").await.unwrap().expect("marker exists");
-    if env.s3_server().is_none() {
-        // s3s-fs keeps a marker as a bare directory: no metadata, size of the inode.
-        assert_eq!((info.size, info.meta), (0, Some(dm)));
-    }
+    assert_eq!((info.size, info.meta), (0, Some(dm)));
+    assert!(s.get_range("docs/sub/", 0, 100).await.unwrap().is_empty());
+    // A directory that only holds deeper keys is not an object.
+    s.put_object("docs/implicit/f", Bytes::from_static(b"f"), &m).await.unwrap();
+    assert!(s.head("docs/implicit/").await.unwrap().is_none());
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -282,7 +283,7 @@ async fn list_with_delimiter_and_pagination(env: &Env) {
     keys.extend((0..1200).map(|i| format!("p/b/c/{i:04}")));
     keys.extend((0..100).map(|i| format!("p/z{i:03}")));
     put_many(s, keys.clone()).await;
-    put_many(s, vec!["other/x".into(), "p".into()]).await;
+    put_many(s, vec!["other/x".into(), "o".into(), "q".into()]).await;
     keys.sort();
 
     // Everything under p/: 2,500 keys in three pages, in key order.
@@ -574,7 +575,6 @@ async fn s3_store_request_with_a_wrong_checksum_is_refused() {
         .unwrap_err();
     use aws_sdk_s3::error::ProvideErrorMetadata;
     assert_eq!(err.code(), Some("BadDigest"), "{err:?}");
-    assert!(srv.client.head_object().bucket(&srv.bucket).key("corrupt").send().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,8 +591,12 @@ async fn s3_store_errors_keep_their_codes() {
     let mut settings = srv.settings();
     settings.bucket = "no-such-bucket".into();
     let s = bucketgate::remote::S3Store::new(settings).await.unwrap();
-    let err = s.get_range("k", 0, 1).await.unwrap_err();
+    let err = s.list("", None, None, 10).await.unwrap_err();
     assert_eq!((err.is_transient(), err.code()), (false, "NoSuchBucket"));
+    // HEAD answers carry no error code, so the startup check is HeadBucket.
+    let err = s.check_bucket().await.unwrap_err();
+    assert_eq!((err.is_transient(), err.code()), (false, "NoSuchBucket"));
+    srv.store().await.check_bucket().await.unwrap();
     // Invalid settings are refused before any request, naming the setting.
     let mut settings = srv.settings();
     settings.storage_class = Some("CHEAP".into());
@@ -608,8 +612,26 @@ async fn s3s_fs_gaps_that_compat_fills() {
     assert_eq!(err.code(), "NotImplemented");
     let err = s.abort_multipart("k", "3f1d2c4b-0000-4000-8000-000000000000").await.unwrap_err();
     assert_eq!(err.code(), "AccessDenied");
-    // Directory markers: a bare directory, no metadata, not listed.
+    // Directory markers: a bare directory whose HEAD fails.
     s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1)).await.unwrap();
-    assert_eq!(s.head("dir/").await.unwrap().map(|i| i.meta), Some(None));
-    assert!(s.list("", None, None, 1000).await.unwrap().objects.is_empty());
+    assert_eq!(s.head("dir/").await.unwrap_err().code(), "HTTP500");
+    // A PutObject refused for its checksum still replaced the object.
+    let _ = srv
+        .client
+        .put_object()
+        .bucket(&srv.bucket)
+        .key("corrupt")
+        .body(Bytes::from_static(b"payload").into())
+        .checksum_crc32_c(b64(&crc32c::crc32c(b"other").to_be_bytes()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(std::fs::read(srv.object_path("corrupt")).unwrap(), b"payload");
+
+    // Not filled by Compat either: markers are missing from listings.
+    let srv = S3TestServer::start().await;
+    let s = srv.store().await;
+    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1)).await.unwrap();
+    assert!(s.head("dir/").await.unwrap().is_some());
+    assert_eq!(s.list("", None, None, 1000).await.unwrap(), Default::default());
 }

@@ -257,6 +257,22 @@ impl S3Store {
         })
     }
 
+    /// HeadBucket: that the bucket exists and these credentials may use it. Worth
+    /// calling at startup and in readiness checks: a HEAD on an object in a missing
+    /// bucket is indistinguishable from a missing object (HEAD answers carry no
+    /// error code), so `head` cannot report it.
+    pub async fn check_bucket(&self) -> StoreResult<()> {
+        let res = self.client.head_bucket().bucket(&self.bucket).send().await;
+        match res.map_err(|e| map_sdk_err("HeadBucket", e)) {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound) => Err(StoreError::Permanent {
+                code: "NoSuchBucket".into(),
+                message: format!("HeadBucket: bucket `{}` does not exist", self.bucket),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

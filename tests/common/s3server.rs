@@ -213,7 +213,15 @@ impl S3TestServer {
 ///   `400 InvalidRequest` when it is not a UUID) for UploadPart, UploadPartCopy,
 ///   CompleteMultipartUpload, AbortMultipartUpload and ListParts;
 /// - ListMultipartUploads (s3s-fs: NotImplemented), read from s3s-fs's own
-///   per-upload metadata files, prefix filter only, one page.
+///   per-upload metadata files, prefix filter only, one page;
+/// - directory markers (`key/`): s3s-fs makes a bare directory, drops the
+///   metadata and answers HEAD/GET with 500. Compat keeps the metadata beside it
+///   and answers HEAD/GET as S3 does for an empty object.
+///
+/// Still missing (not filled): markers do not appear in ListObjectsV2 (neither
+/// as keys nor as common prefixes when empty), a key cannot be both an object and
+/// a directory ("a" and "a/b"), UploadPart ignores checksums, and a PutObject
+/// refused with BadDigest still replaces the object.
 ///
 /// Everything else is passed to s3s-fs unchanged.
 pub struct Compat {
@@ -228,6 +236,20 @@ impl Compat {
 
     fn check_upload(&self, upload_id: &str) -> S3Result<()> {
         if self.upload_exists(upload_id) { Ok(()) } else { Err(s3_error!(NoSuchUpload)) }
+    }
+
+    fn marker_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(".compat-marker-{}-{}.json", b64url_encode(bucket), b64url_encode(key)))
+    }
+
+    /// User metadata and time of a directory marker, if `key` is one.
+    fn marker(&self, bucket: &str, key: &str) -> Option<(Metadata, std::time::SystemTime)> {
+        if !self.root.join(bucket).join(key).is_dir() {
+            return None;
+        }
+        let path = self.marker_path(bucket, key);
+        let md = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        Some((md, std::fs::metadata(&path).ok()?.modified().ok()?))
     }
 
     /// (bucket, key, upload id) of every upload in progress, from s3s-fs's files
@@ -255,6 +277,20 @@ impl Compat {
 
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+fn b64url_encode(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 fn b64url_decode(s: &str) -> Option<String> {
@@ -305,22 +341,6 @@ impl S3 for Compat {
         self.fs.get_bucket_location(req).await
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        self.fs.put_object(req).await
-    }
-
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        self.fs.get_object(req).await
-    }
-
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
-        self.fs.head_object(req).await
-    }
-
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
-        self.fs.delete_object(req).await
-    }
-
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         self.fs.delete_objects(req).await
     }
@@ -339,6 +359,60 @@ impl S3 for Compat {
 
     async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.fs.create_multipart_upload(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        if !req.input.key.ends_with('/') {
+            return self.fs.put_object(req).await;
+        }
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let md = req.input.metadata.clone().unwrap_or_default();
+        let out = self.fs.put_object(req).await?;
+        let json = serde_json::to_vec(&md).map_err(|e| s3_error!(e, InternalError))?;
+        std::fs::write(self.marker_path(&bucket, &key), json).map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(MD5_EMPTY.into())), ..out.output }))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let (bucket, key) = (&req.input.bucket, &req.input.key);
+        if !key.ends_with('/') {
+            return self.fs.head_object(req).await;
+        }
+        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(0),
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            last_modified: Some(modified.into()),
+            metadata: Some(md),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let (bucket, key) = (&req.input.bucket, &req.input.key);
+        if !key.ends_with('/') {
+            return self.fs.get_object(req).await;
+        }
+        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        if req.input.range.is_some() {
+            // Any range of an empty object is unsatisfiable.
+            return Err(s3_error!(InvalidRange));
+        }
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::from(s3s::Body::empty())),
+            content_length: Some(0),
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            last_modified: Some(modified.into()),
+            metadata: Some(md),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        if req.input.key.ends_with('/') {
+            let _ = std::fs::remove_file(self.marker_path(&req.input.bucket, &req.input.key));
+        }
+        self.fs.delete_object(req).await
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
