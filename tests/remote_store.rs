@@ -17,7 +17,7 @@ use common::s3server::S3TestServer;
 const MIB: usize = 1 << 20;
 
 enum Backend {
-    S3(S3TestServer),
+    S3(Box<S3TestServer>),
     Local(tempfile::TempDir),
 }
 
@@ -30,13 +30,19 @@ impl Env {
     async fn s3() -> Env {
         let srv = S3TestServer::start().await;
         let store = Arc::new(srv.store().await);
-        Env { store, backend: Backend::S3(srv) }
+        Env {
+            store,
+            backend: Backend::S3(Box::new(srv)),
+        }
     }
 
     fn local() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalStore::new(dir.path().join("bucket")).unwrap());
-        Env { store, backend: Backend::Local(dir) }
+        Env {
+            store,
+            backend: Backend::Local(dir),
+        }
     }
 
     fn s3_server(&self) -> Option<&S3TestServer> {
@@ -96,7 +102,12 @@ conformance!(
 );
 
 fn meta(mode: u32, mtime_ns: u64) -> ObjectMeta {
-    ObjectMeta { uid: 1000, gid: 100, mode, mtime_ns }
+    ObjectMeta {
+        uid: 1000,
+        gid: 100,
+        mode,
+        mtime_ns,
+    }
 }
 
 /// Deterministic, non-repeating test bytes.
@@ -114,39 +125,77 @@ fn pattern(len: usize, seed: u64) -> Bytes {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 async fn put_head_and_ranged_reads(env: &Env) {
     let s = &env.store;
     let m = meta(S_IFREG | 0o644, 1_700_000_000_123_456_789);
     let body = pattern(1000, 1);
-    let etag = s.put_object("dir/file.bin", body.clone(), &m).await.unwrap();
+    let etag = s
+        .put_object("dir/file.bin", body.clone(), &m)
+        .await
+        .unwrap();
     assert!(!etag.is_empty() && !etag.contains('"'), "etag {etag:?}");
 
-    let info = s.head("dir/file.bin").await.unwrap().expect("object exists");
+    let info = s
+        .head("dir/file.bin")
+        .await
+        .unwrap()
+        .expect("object exists");
     assert_eq!(info.key, "dir/file.bin");
     assert_eq!(info.size, 1000);
     assert_eq!(info.etag, etag);
     let lm = info.last_modified_ns.expect("last modified");
     let hour = 3_600_000_000_000;
-    assert!(lm > now_ns() - hour && lm < now_ns() + hour, "last_modified_ns {lm}");
+    assert!(
+        lm > now_ns() - hour && lm < now_ns() + hour,
+        "last_modified_ns {lm}"
+    );
 
-    assert_eq!(s.get_range("dir/file.bin", 0, 10).await.unwrap(), body.slice(0..10));
-    assert_eq!(s.get_range("dir/file.bin", 500, 100).await.unwrap(), body.slice(500..600));
+    assert_eq!(
+        s.get_range("dir/file.bin", 0, 10).await.unwrap(),
+        body.slice(0..10)
+    );
+    assert_eq!(
+        s.get_range("dir/file.bin", 500, 100).await.unwrap(),
+        body.slice(500..600)
+    );
     // Shorter at the end, empty past it.
-    assert_eq!(s.get_range("dir/file.bin", 990, 100).await.unwrap(), body.slice(990..1000));
+    assert_eq!(
+        s.get_range("dir/file.bin", 990, 100).await.unwrap(),
+        body.slice(990..1000)
+    );
     assert_eq!(s.get_range("dir/file.bin", 0, 1 << 30).await.unwrap(), body);
-    assert!(s.get_range("dir/file.bin", 1000, 10).await.unwrap().is_empty());
-    assert!(s.get_range("dir/file.bin", 5000, 1).await.unwrap().is_empty());
+    assert!(
+        s.get_range("dir/file.bin", 1000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.get_range("dir/file.bin", 5000, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.get_range("dir/file.bin", 3, 0).await.unwrap().is_empty());
 
     // Overwrite: new size, new ETag, one version.
-    let etag2 = s.put_object("dir/file.bin", pattern(10, 2), &m).await.unwrap();
+    let etag2 = s
+        .put_object("dir/file.bin", pattern(10, 2), &m)
+        .await
+        .unwrap();
     assert_ne!(etag2, etag);
     let info = s.head("dir/file.bin").await.unwrap().unwrap();
     assert_eq!((info.size, info.etag.as_str()), (10, etag2.as_str()));
-    assert_eq!(s.get_range("dir/file.bin", 0, 100).await.unwrap(), pattern(10, 2));
+    assert_eq!(
+        s.get_range("dir/file.bin", 0, 100).await.unwrap(),
+        pattern(10, 2)
+    );
 
     // Empty objects are objects.
     s.put_object("empty", Bytes::new(), &m).await.unwrap();
@@ -156,10 +205,20 @@ async fn put_head_and_ranged_reads(env: &Env) {
 
 async fn metadata_round_trips(env: &Env) {
     let s = &env.store;
-    let m = ObjectMeta { uid: 4_000_000_000, gid: 65534, mode: S_IFREG | 0o4755, mtime_ns: 1_234_567_890_987_654_321 };
+    let m = ObjectMeta {
+        uid: 4_000_000_000,
+        gid: 65534,
+        mode: S_IFREG | 0o4755,
+        mtime_ns: 1_234_567_890_987_654_321,
+    };
     let body = Bytes::from_static(b"hello, bucket\n");
-    s.put_object("docs/readme.txt", body.clone(), &m).await.unwrap();
-    assert_eq!(s.head("docs/readme.txt").await.unwrap().unwrap().meta, Some(m));
+    s.put_object("docs/readme.txt", body.clone(), &m)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.head("docs/readme.txt").await.unwrap().unwrap().meta,
+        Some(m)
+    );
 
     if let Some(srv) = env.s3_server() {
         // What a plain S3 client (DataSync, FSx, an operator) sees.
@@ -175,15 +234,27 @@ async fn metadata_round_trips(env: &Env) {
         let md = out.metadata().unwrap();
         assert_eq!(md.get("file-owner").map(String::as_str), Some("4000000000"));
         assert_eq!(md.get("file-group").map(String::as_str), Some("65534"));
-        assert_eq!(md.get("file-permissions").map(String::as_str), Some("0104755"));
-        assert_eq!(md.get("file-mtime").map(String::as_str), Some("1234567890987654321ns"));
-        assert_eq!(md.get("user-agent").map(String::as_str), Some(concat!("bucketgate/", env!("CARGO_PKG_VERSION"))));
+        assert_eq!(
+            md.get("file-permissions").map(String::as_str),
+            Some("0104755")
+        );
+        assert_eq!(
+            md.get("file-mtime").map(String::as_str),
+            Some("1234567890987654321ns")
+        );
+        assert_eq!(
+            md.get("user-agent").map(String::as_str),
+            Some(concat!("bucketgate/", env!("CARGO_PKG_VERSION")))
+        );
         assert_eq!(md.len(), 5, "{md:?}");
         assert_eq!(out.content_type(), Some("text/plain"));
         // The CRC32C the store sent was checked and kept by the server.
         let crc = crc32c::crc32c(&body).to_be_bytes();
         assert_eq!(out.checksum_crc32_c(), Some(b64(&crc).as_str()));
-        assert_eq!(std::fs::read(srv.object_path("docs/readme.txt")).unwrap(), body);
+        assert_eq!(
+            std::fs::read(srv.object_path("docs/readme.txt")).unwrap(),
+            body
+        );
     }
     if let Some(root) = env.local_root() {
         // Browsable: the object is the plain file.
@@ -201,7 +272,9 @@ async fn metadata_round_trips(env: &Env) {
     assert_eq!((info.size, info.meta), (0, Some(dm)));
     assert!(s.get_range("docs/sub/", 0, 100).await.unwrap().is_empty());
     // A directory that only holds deeper keys is not an object.
-    s.put_object("docs/implicit/f", Bytes::from_static(b"f"), &m).await.unwrap();
+    s.put_object("docs/implicit/f", Bytes::from_static(b"f"), &m)
+        .await
+        .unwrap();
     assert!(s.head("docs/implicit/").await.unwrap().is_none());
 }
 
@@ -209,7 +282,9 @@ fn b64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -245,7 +320,12 @@ async fn put_many(store: &Arc<dyn ObjectStore>, keys: Vec<String>) {
         let mut set = tokio::task::JoinSet::new();
         for k in chunk {
             let (store, k) = (store.clone(), k.clone());
-            set.spawn(async move { store.put_object(&k, Bytes::from_static(b"."), &m).await.unwrap() });
+            set.spawn(async move {
+                store
+                    .put_object(&k, Bytes::from_static(b"."), &m)
+                    .await
+                    .unwrap()
+            });
         }
         while let Some(r) = set.join_next().await {
             r.unwrap();
@@ -262,7 +342,10 @@ async fn list_all(
     let (mut objects, mut prefixes, mut pages) = (Vec::new(), Vec::new(), 0);
     let mut token: Option<String> = None;
     loop {
-        let page = s.list(prefix, delimiter, token.as_deref(), max_keys).await.unwrap();
+        let page = s
+            .list(prefix, delimiter, token.as_deref(), max_keys)
+            .await
+            .unwrap();
         pages += 1;
         assert!(page.objects.len() + page.common_prefixes.len() <= max_keys as usize);
         objects.extend(page.objects.into_iter().map(|o| o.key));
@@ -306,7 +389,10 @@ async fn list_with_delimiter_and_pagination(env: &Env) {
     assert_eq!(objects, keys[2400..].to_vec());
 
     let page = s.list("p/b/", Some("/"), None, 1000).await.unwrap();
-    assert_eq!((page.common_prefixes.as_slice(), page.objects.len()), (&["p/b/c/".to_string()][..], 0));
+    assert_eq!(
+        (page.common_prefixes.as_slice(), page.objects.len()),
+        (&["p/b/c/".to_string()][..], 0)
+    );
 
     // A prefix that is not a whole segment; exactly max_keys keys means no next page.
     let (objects, _, pages) = list_all(s, "p/a/0", None, 1000).await;
@@ -322,28 +408,61 @@ async fn multipart_upload_with_metadata(env: &Env) {
     let data = pattern(12 * MIB, 7);
     let key = "big/file.dat";
     let id = s.create_multipart(key, &m).await.unwrap();
-    assert!(s.list_multipart_uploads("big/").await.unwrap().contains(&(key.to_string(), id.clone())));
+    assert!(
+        s.list_multipart_uploads("big/")
+            .await
+            .unwrap()
+            .contains(&(key.to_string(), id.clone()))
+    );
     assert!(s.list_multipart_uploads("other/").await.unwrap().is_empty());
     let bounds = [(0, 5 * MIB), (5 * MIB, 10 * MIB), (10 * MIB, 12 * MIB)];
     let mut parts = Vec::new();
     for (i, (a, b)) in bounds.into_iter().enumerate() {
         let n = i as i32 + 1;
         let etag = s.upload_part(key, &id, n, data.slice(a..b)).await.unwrap();
-        parts.push(CompletedPart { part_number: n, etag });
+        parts.push(CompletedPart {
+            part_number: n,
+            etag,
+        });
     }
     // Nothing is visible before completion.
     assert!(s.head(key).await.unwrap().is_none());
     let etag = s.complete_multipart(key, &id, &parts).await.unwrap();
     let info = s.head(key).await.unwrap().unwrap();
-    assert_eq!((info.size, info.etag.as_str(), info.meta), ((12 * MIB) as u64, etag.as_str(), Some(m)));
+    assert_eq!(
+        (info.size, info.etag.as_str(), info.meta),
+        ((12 * MIB) as u64, etag.as_str(), Some(m))
+    );
     // A read across the part boundary.
     let at = (5 * MIB - 100) as u64;
-    assert_eq!(s.get_range(key, at, 200).await.unwrap(), data.slice(5 * MIB - 100..5 * MIB + 100));
+    assert_eq!(
+        s.get_range(key, at, 200).await.unwrap(),
+        data.slice(5 * MIB - 100..5 * MIB + 100)
+    );
     assert_eq!(s.get_range(key, 0, (13 * MIB) as u64).await.unwrap(), data);
-    assert!(!s.list_multipart_uploads("").await.unwrap().iter().any(|(_, u)| *u == id));
+    assert!(
+        !s.list_multipart_uploads("")
+            .await
+            .unwrap()
+            .iter()
+            .any(|(_, u)| *u == id)
+    );
     if let Some(srv) = env.s3_server() {
-        let out = srv.client.head_object().bucket(&srv.bucket).key(key).send().await.unwrap();
-        assert_eq!(out.metadata().unwrap().get("file-permissions").map(String::as_str), Some("0100600"));
+        let out = srv
+            .client
+            .head_object()
+            .bucket(&srv.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.metadata()
+                .unwrap()
+                .get("file-permissions")
+                .map(String::as_str),
+            Some("0100600")
+        );
     }
 }
 
@@ -351,15 +470,49 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
     let s = &env.store;
     let m = meta(S_IFREG | 0o644, 5);
     let src = pattern(6 * MIB, 9);
-    s.put_object("src/with space+ü.bin", src.clone(), &m).await.unwrap();
+    s.put_object("src/with space+ü.bin", src.clone(), &m)
+        .await
+        .unwrap();
     let m2 = meta(S_IFREG | 0o640, 6);
     let id = s.create_multipart("dst.bin", &m2).await.unwrap();
-    let e1 = s.upload_part_copy("dst.bin", &id, 1, "src/with space+ü.bin", 0, (5 * MIB - 1) as u64).await.unwrap();
-    let e2 = s.upload_part("dst.bin", &id, 2, Bytes::from_static(b"tail")).await.unwrap();
+    let e1 = s
+        .upload_part_copy(
+            "dst.bin",
+            &id,
+            1,
+            "src/with space+ü.bin",
+            0,
+            (5 * MIB - 1) as u64,
+        )
+        .await
+        .unwrap();
+    let e2 = s
+        .upload_part("dst.bin", &id, 2, Bytes::from_static(b"tail"))
+        .await
+        .unwrap();
     // A range past the end of the source is refused, not truncated.
-    let err = s.upload_part_copy("dst.bin", &id, 3, "src/with space+ü.bin", 0, (7 * MIB) as u64).await.unwrap_err();
+    let err = s
+        .upload_part_copy(
+            "dst.bin",
+            &id,
+            3,
+            "src/with space+ü.bin",
+            0,
+            (7 * MIB) as u64,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Permanent { .. }), "{err:?}");
-    let parts = [CompletedPart { part_number: 1, etag: e1 }, CompletedPart { part_number: 2, etag: e2 }];
+    let parts = [
+        CompletedPart {
+            part_number: 1,
+            etag: e1,
+        },
+        CompletedPart {
+            part_number: 2,
+            etag: e2,
+        },
+    ];
     s.complete_multipart("dst.bin", &id, &parts).await.unwrap();
     let got = s.get_range("dst.bin", 0, (8 * MIB) as u64).await.unwrap();
     assert_eq!(got.len(), 5 * MIB + 4);
@@ -371,22 +524,55 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
 async fn copy_object_replaces_or_keeps_metadata(env: &Env) {
     let s = &env.store;
     let a = meta(S_IFREG | 0o644, 100);
-    let b = ObjectMeta { uid: 7, gid: 8, mode: S_IFREG | 0o600, mtime_ns: 200 };
-    s.put_object("c/src.json", Bytes::from_static(b"{}"), &a).await.unwrap();
-    let e1 = s.copy_object("c/src.json", "c/replaced.json", Some(&b)).await.unwrap();
+    let b = ObjectMeta {
+        uid: 7,
+        gid: 8,
+        mode: S_IFREG | 0o600,
+        mtime_ns: 200,
+    };
+    s.put_object("c/src.json", Bytes::from_static(b"{}"), &a)
+        .await
+        .unwrap();
+    let e1 = s
+        .copy_object("c/src.json", "c/replaced.json", Some(&b))
+        .await
+        .unwrap();
     assert!(!e1.is_empty());
     let info = s.head("c/replaced.json").await.unwrap().unwrap();
     assert_eq!((info.size, info.meta), (2, Some(b)));
-    s.copy_object("c/src.json", "c/kept.json", None).await.unwrap();
+    s.copy_object("c/src.json", "c/kept.json", None)
+        .await
+        .unwrap();
     assert_eq!(s.head("c/kept.json").await.unwrap().unwrap().meta, Some(a));
     // In place: the way to change only the metadata.
-    s.copy_object("c/src.json", "c/src.json", Some(&b)).await.unwrap();
+    s.copy_object("c/src.json", "c/src.json", Some(&b))
+        .await
+        .unwrap();
     assert_eq!(s.head("c/src.json").await.unwrap().unwrap().meta, Some(b));
-    assert_eq!(s.get_range("c/src.json", 0, 10).await.unwrap(), Bytes::from_static(b"{}"));
-    assert!(matches!(s.copy_object("c/missing", "c/x", Some(&b)).await, Err(StoreError::NotFound)));
+    assert_eq!(
+        s.get_range("c/src.json", 0, 10).await.unwrap(),
+        Bytes::from_static(b"{}")
+    );
+    assert!(matches!(
+        s.copy_object("c/missing", "c/x", Some(&b)).await,
+        Err(StoreError::NotFound)
+    ));
     if let Some(srv) = env.s3_server() {
-        let out = srv.client.head_object().bucket(&srv.bucket).key("c/replaced.json").send().await.unwrap();
-        assert_eq!(out.metadata().unwrap().get("file-owner").map(String::as_str), Some("7"));
+        let out = srv
+            .client
+            .head_object()
+            .bucket(&srv.bucket)
+            .key("c/replaced.json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.metadata()
+                .unwrap()
+                .get("file-owner")
+                .map(String::as_str),
+            Some("7")
+        );
         assert_eq!(out.content_type(), Some("application/json"));
     }
 }
@@ -394,9 +580,15 @@ async fn copy_object_replaces_or_keeps_metadata(env: &Env) {
 async fn delete_is_idempotent(env: &Env) {
     let s = &env.store;
     let m = meta(S_IFREG | 0o644, 1);
-    s.put_object("d1/d2/f", Bytes::from_static(b"x"), &m).await.unwrap();
-    s.put_object("keep/", Bytes::new(), &meta(S_IFDIR | 0o755, 1)).await.unwrap();
-    s.put_object("keep/f", Bytes::from_static(b"x"), &m).await.unwrap();
+    s.put_object("d1/d2/f", Bytes::from_static(b"x"), &m)
+        .await
+        .unwrap();
+    s.put_object("keep/", Bytes::new(), &meta(S_IFDIR | 0o755, 1))
+        .await
+        .unwrap();
+    s.put_object("keep/f", Bytes::from_static(b"x"), &m)
+        .await
+        .unwrap();
     s.delete_object("d1/d2/f").await.unwrap();
     assert!(s.head("d1/d2/f").await.unwrap().is_none());
     s.delete_object("d1/d2/f").await.unwrap();
@@ -404,7 +596,10 @@ async fn delete_is_idempotent(env: &Env) {
     s.delete_object("keep/f").await.unwrap();
     // No empty implicit directory lingers as a common prefix.
     let page = s.list("", Some("/"), None, 1000).await.unwrap();
-    assert!(!page.common_prefixes.contains(&"d1/".to_string()), "{page:?}");
+    assert!(
+        !page.common_prefixes.contains(&"d1/".to_string()),
+        "{page:?}"
+    );
     if let Some(root) = env.local_root() {
         assert!(!root.join("d1").exists(), "empty parents are removed");
         // A marker is an object of its own and outlives its children.
@@ -423,17 +618,37 @@ async fn abort_is_idempotent_and_listing_tracks_uploads(env: &Env) {
     let id1 = s.create_multipart("up/a", &m).await.unwrap();
     let id2 = s.create_multipart("up/b", &m).await.unwrap();
     let id3 = s.create_multipart("elsewhere/c", &m).await.unwrap();
-    s.upload_part("up/a", &id1, 1, pattern(1000, 3)).await.unwrap();
+    s.upload_part("up/a", &id1, 1, pattern(1000, 3))
+        .await
+        .unwrap();
     let mut listed = s.list_multipart_uploads("up/").await.unwrap();
     listed.sort();
-    assert_eq!(listed, [("up/a".to_string(), id1.clone()), ("up/b".to_string(), id2.clone())]);
+    assert_eq!(
+        listed,
+        [
+            ("up/a".to_string(), id1.clone()),
+            ("up/b".to_string(), id2.clone())
+        ]
+    );
 
     s.abort_multipart("up/a", &id1).await.unwrap();
     s.abort_multipart("up/a", &id1).await.unwrap();
-    assert!(matches!(s.upload_part("up/a", &id1, 2, pattern(10, 1)).await, Err(StoreError::NotFound)));
-    let parts = [CompletedPart { part_number: 1, etag: "x".into() }];
-    assert!(matches!(s.complete_multipart("up/a", &id1, &parts).await, Err(StoreError::NotFound)));
-    assert_eq!(s.list_multipart_uploads("up/").await.unwrap(), [("up/b".to_string(), id2.clone())]);
+    assert!(matches!(
+        s.upload_part("up/a", &id1, 2, pattern(10, 1)).await,
+        Err(StoreError::NotFound)
+    ));
+    let parts = [CompletedPart {
+        part_number: 1,
+        etag: "x".into(),
+    }];
+    assert!(matches!(
+        s.complete_multipart("up/a", &id1, &parts).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.list_multipart_uploads("up/").await.unwrap(),
+        [("up/b".to_string(), id2.clone())]
+    );
     assert!(s.head("up/a").await.unwrap().is_none());
     s.abort_multipart("up/b", &id2).await.unwrap();
     s.abort_multipart("elsewhere/c", &id3).await.unwrap();
@@ -444,14 +659,36 @@ async fn missing_things_map_to_not_found(env: &Env) {
     let s = &env.store;
     let m = meta(S_IFREG | 0o644, 1);
     assert!(s.head("no/such").await.unwrap().is_none());
-    assert!(matches!(s.get_range("no/such", 0, 10).await, Err(StoreError::NotFound)));
-    assert!(matches!(s.get_range("no/such", 0, 0).await, Err(StoreError::NotFound)));
-    assert!(matches!(s.copy_object("no/such", "x", None).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.get_range("no/such", 0, 10).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.get_range("no/such", 0, 0).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.copy_object("no/such", "x", None).await,
+        Err(StoreError::NotFound)
+    ));
     // Upload ids in each store's own format, never issued.
-    let bogus = if env.s3_server().is_some() { "3f1d2c4b-0000-4000-8000-000000000000" } else { "0123456789abcdef0123456789abcdef" };
-    assert!(matches!(s.upload_part("k", bogus, 1, Bytes::from_static(b"x")).await, Err(StoreError::NotFound)));
-    let parts = [CompletedPart { part_number: 1, etag: "x".into() }];
-    assert!(matches!(s.complete_multipart("k", bogus, &parts).await, Err(StoreError::NotFound)));
+    let bogus = if env.s3_server().is_some() {
+        "3f1d2c4b-0000-4000-8000-000000000000"
+    } else {
+        "0123456789abcdef0123456789abcdef"
+    };
+    assert!(matches!(
+        s.upload_part("k", bogus, 1, Bytes::from_static(b"x")).await,
+        Err(StoreError::NotFound)
+    ));
+    let parts = [CompletedPart {
+        part_number: 1,
+        etag: "x".into(),
+    }];
+    assert!(matches!(
+        s.complete_multipart("k", bogus, &parts).await,
+        Err(StoreError::NotFound)
+    ));
     s.abort_multipart("k", bogus).await.unwrap();
     s.abort_multipart("k", "not-even-an-id").await.unwrap();
     let id = s.create_multipart("k1", &m).await.unwrap();
@@ -472,22 +709,43 @@ async fn local_store_refuses_hostile_keys_without_touching_anything_outside() {
     let root = dir.path().join("bucket");
     let s = LocalStore::new(&root).unwrap();
     let m = meta(S_IFREG | 0o644, 1);
-    for key in ["../escape", "a/../../escape", "/etc/passwd", "a//b", "./a", "a/./b", ".bucketgate/meta/x", ""] {
+    for key in [
+        "../escape",
+        "a/../../escape",
+        "/etc/passwd",
+        "a//b",
+        "./a",
+        "a/./b",
+        ".bucketgate/meta/x",
+        "",
+    ] {
         for res in [
-            s.put_object(key, Bytes::from_static(b"x"), &m).await.map(|_| ()),
+            s.put_object(key, Bytes::from_static(b"x"), &m)
+                .await
+                .map(|_| ()),
             s.head(key).await.map(|_| ()),
             s.get_range(key, 0, 1).await.map(|_| ()),
             s.copy_object("ok", key, None).await.map(|_| ()),
             s.create_multipart(key, &m).await.map(|_| ()),
         ] {
-            assert!(matches!(res, Err(StoreError::Permanent { ref code, .. }) if code == "InvalidKey"), "{key:?}: {res:?}");
+            assert!(
+                matches!(res, Err(StoreError::Permanent { ref code, .. }) if code == "InvalidKey"),
+                "{key:?}: {res:?}"
+            );
         }
     }
     assert!(!dir.path().join("escape").exists());
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(entries, ["bucket"]);
     // Listing a hostile prefix matches nothing rather than walking outside.
-    assert_eq!(s.list("../", None, None, 1000).await.unwrap(), Default::default());
+    assert_eq!(
+        s.list("../", None, None, 1000).await.unwrap(),
+        Default::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,20 +755,37 @@ async fn local_store_lists_markers_as_objects_and_hides_its_own_files() {
     let m = meta(S_IFREG | 0o644, 1);
     let dm = meta(S_IFDIR | 0o755, 1);
     s.put_object("m/", Bytes::new(), &dm).await.unwrap();
-    s.put_object("m/a", Bytes::from_static(b"a"), &m).await.unwrap();
+    s.put_object("m/a", Bytes::from_static(b"a"), &m)
+        .await
+        .unwrap();
     s.put_object("m/empty/", Bytes::new(), &dm).await.unwrap();
-    s.put_object("n", Bytes::from_static(b"n"), &m).await.unwrap();
+    s.put_object("n", Bytes::from_static(b"n"), &m)
+        .await
+        .unwrap();
     std::fs::create_dir_all(dir.path().join("implicit/only")).unwrap();
     let id = s.create_multipart("m/big", &m).await.unwrap();
-    s.upload_part("m/big", &id, 1, Bytes::from_static(b"p")).await.unwrap();
+    s.upload_part("m/big", &id, 1, Bytes::from_static(b"p"))
+        .await
+        .unwrap();
 
-    let keys = |p: &bucketgate::remote::ListPage| p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
+    let keys = |p: &bucketgate::remote::ListPage| {
+        p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()
+    };
     let all = s.list("", None, None, 1000).await.unwrap();
     assert_eq!(keys(&all), ["m/", "m/a", "m/empty/", "n"]);
     let top = s.list("", Some("/"), None, 1000).await.unwrap();
-    assert_eq!((keys(&top), top.common_prefixes.clone()), (vec!["n".to_string()], vec!["m/".to_string()]));
+    assert_eq!(
+        (keys(&top), top.common_prefixes.clone()),
+        (vec!["n".to_string()], vec!["m/".to_string()])
+    );
     let inside = s.list("m/", Some("/"), None, 1000).await.unwrap();
-    assert_eq!((keys(&inside), inside.common_prefixes.clone()), (vec!["m/".to_string(), "m/a".to_string()], vec!["m/empty/".to_string()]));
+    assert_eq!(
+        (keys(&inside), inside.common_prefixes.clone()),
+        (
+            vec!["m/".to_string(), "m/a".to_string()],
+            vec!["m/empty/".to_string()]
+        )
+    );
     // Pages of one item walk the same sequence.
     let mut token = None;
     let mut seen = Vec::new();
@@ -524,12 +799,27 @@ async fn local_store_lists_markers_as_objects_and_hides_its_own_files() {
     }
     assert_eq!(seen, keys(&all));
     // Marker bodies must be empty; a key cannot be both an object and a directory.
-    assert!(matches!(s.put_object("x/", Bytes::from_static(b"x"), &dm).await, Err(StoreError::Permanent { .. })));
-    let err = s.put_object("m/a/deeper", Bytes::from_static(b"x"), &m).await.unwrap_err();
+    assert!(matches!(
+        s.put_object("x/", Bytes::from_static(b"x"), &dm).await,
+        Err(StoreError::Permanent { .. })
+    ));
+    let err = s
+        .put_object("m/a/deeper", Bytes::from_static(b"x"), &m)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "KeyConflict");
-    assert_eq!(s.put_object("m", Bytes::from_static(b"x"), &m).await.unwrap_err().code(), "KeyConflict");
+    assert_eq!(
+        s.put_object("m", Bytes::from_static(b"x"), &m)
+            .await
+            .unwrap_err()
+            .code(),
+        "KeyConflict"
+    );
     // Parts are staged out of sight.
-    assert_eq!(s.list_multipart_uploads("").await.unwrap(), [("m/big".to_string(), id)]);
+    assert_eq!(
+        s.list_multipart_uploads("").await.unwrap(),
+        [("m/big".to_string(), id)]
+    );
 }
 
 // ---- S3Store only ----
@@ -539,7 +829,9 @@ async fn s3_store_outage_is_transient_and_quick_then_recovers() {
     let srv = S3TestServer::start().await;
     let s = srv.store().await;
     let m = meta(S_IFREG | 0o644, 1);
-    s.put_object("before", Bytes::from_static(b"1"), &m).await.unwrap();
+    s.put_object("before", Bytes::from_static(b"1"), &m)
+        .await
+        .unwrap();
 
     srv.handle.stop().await;
     assert!(!srv.handle.is_running());
@@ -547,15 +839,27 @@ async fn s3_store_outage_is_transient_and_quick_then_recovers() {
         let t0 = Instant::now();
         let err = s.head("before").await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
-        assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
-        let err = s.put_object("during", Bytes::from_static(b"2"), &m).await.unwrap_err();
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            t0.elapsed()
+        );
+        let err = s
+            .put_object("during", Bytes::from_static(b"2"), &m)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err:?}");
     }
 
     srv.handle.restart().await;
     assert!(srv.handle.is_running());
-    assert_eq!(s.get_range("before", 0, 10).await.unwrap(), Bytes::from_static(b"1"));
-    s.put_object("after", Bytes::from_static(b"3"), &m).await.unwrap();
+    assert_eq!(
+        s.get_range("before", 0, 10).await.unwrap(),
+        Bytes::from_static(b"1")
+    );
+    s.put_object("after", Bytes::from_static(b"3"), &m)
+        .await
+        .unwrap();
     assert!(s.head("during").await.unwrap().is_none());
 }
 
@@ -584,7 +888,10 @@ async fn s3_store_errors_keep_their_codes() {
     let mut settings = srv.settings();
     settings.credentials = Some((srv.access_key.clone(), "wrong-secret".into()));
     let s = bucketgate::remote::S3Store::new(settings).await.unwrap();
-    let err = s.put_object("k", Bytes::from_static(b"x"), &meta(S_IFREG | 0o644, 1)).await.unwrap_err();
+    let err = s
+        .put_object("k", Bytes::from_static(b"x"), &meta(S_IFREG | 0o644, 1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Permanent { .. }), "{err:?}");
     assert_eq!(err.code(), "SignatureDoesNotMatch");
     // A missing bucket is a configuration error, never "object not found".
@@ -600,7 +907,12 @@ async fn s3_store_errors_keep_their_codes() {
     // Invalid settings are refused before any request, naming the setting.
     let mut settings = srv.settings();
     settings.storage_class = Some("CHEAP".into());
-    assert!(bucketgate::remote::S3Store::new(settings).await.unwrap_err().contains("storage_class"));
+    assert!(
+        bucketgate::remote::S3Store::new(settings)
+            .await
+            .unwrap_err()
+            .contains("storage_class")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,10 +922,15 @@ async fn s3s_fs_gaps_that_compat_fills() {
     let s = srv.store().await;
     let err = s.list_multipart_uploads("").await.unwrap_err();
     assert_eq!(err.code(), "NotImplemented");
-    let err = s.abort_multipart("k", "3f1d2c4b-0000-4000-8000-000000000000").await.unwrap_err();
+    let err = s
+        .abort_multipart("k", "3f1d2c4b-0000-4000-8000-000000000000")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "AccessDenied");
     // Directory markers: a bare directory whose HEAD fails.
-    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1)).await.unwrap();
+    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1))
+        .await
+        .unwrap();
     assert_eq!(s.head("dir/").await.unwrap_err().code(), "HTTP500");
     // A PutObject refused for its checksum still replaced the object.
     let _ = srv
@@ -626,12 +943,20 @@ async fn s3s_fs_gaps_that_compat_fills() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(std::fs::read(srv.object_path("corrupt")).unwrap(), b"payload");
+    assert_eq!(
+        std::fs::read(srv.object_path("corrupt")).unwrap(),
+        b"payload"
+    );
 
     // Not filled by Compat either: markers are missing from listings.
     let srv = S3TestServer::start().await;
     let s = srv.store().await;
-    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1)).await.unwrap();
+    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1))
+        .await
+        .unwrap();
     assert!(s.head("dir/").await.unwrap().is_some());
-    assert_eq!(s.list("", None, None, 1000).await.unwrap(), Default::default());
+    assert_eq!(
+        s.list("", None, None, 1000).await.unwrap(),
+        Default::default()
+    );
 }

@@ -79,7 +79,11 @@ impl ServerHandle {
     }
 
     pub fn is_running(&self) -> bool {
-        self.task.lock().unwrap().as_ref().is_some_and(|t| !t.is_finished())
+        self.task
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -140,7 +144,10 @@ impl S3TestServer {
         std::fs::create_dir_all(&data_dir).unwrap();
         let fs = s3s_fs::FileSystem::new(&data_dir).expect("s3s-fs");
         let mut b = if compat {
-            S3ServiceBuilder::new(Compat { fs, root: data_dir.canonicalize().unwrap() })
+            S3ServiceBuilder::new(Compat {
+                fs,
+                root: data_dir.canonicalize().unwrap(),
+            })
         } else {
             S3ServiceBuilder::new(fs)
         };
@@ -163,7 +170,12 @@ impl S3TestServer {
             .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
             .build();
         let client = aws_sdk_s3::Client::from_conf(conf);
-        client.create_bucket().bucket(BUCKET).send().await.expect("create bucket");
+        client
+            .create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("create bucket");
         S3TestServer {
             endpoint,
             addr,
@@ -235,11 +247,19 @@ impl Compat {
     }
 
     fn check_upload(&self, upload_id: &str) -> S3Result<()> {
-        if self.upload_exists(upload_id) { Ok(()) } else { Err(s3_error!(NoSuchUpload)) }
+        if self.upload_exists(upload_id) {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchUpload))
+        }
     }
 
     fn marker_path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root.join(format!(".compat-marker-{}-{}.json", b64url_encode(bucket), b64url_encode(key)))
+        self.root.join(format!(
+            ".compat-marker-{}-{}.json",
+            b64url_encode(bucket),
+            b64url_encode(key)
+        ))
     }
 
     /// User metadata and time of a directory marker, if `key` is one.
@@ -256,13 +276,23 @@ impl Compat {
     /// `.bucket-<b64>.object-<b64>.upload-<uuid>.metadata.json`.
     fn uploads(&self) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return out };
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return out;
+        };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".bucket-") else { continue };
-            let Some(rest) = rest.strip_suffix(".metadata.json") else { continue };
-            let Some((b, rest)) = rest.split_once(".object-") else { continue };
-            let Some((k, id)) = rest.split_once(".upload-") else { continue };
+            let Some(rest) = name.strip_prefix(".bucket-") else {
+                continue;
+            };
+            let Some(rest) = rest.strip_suffix(".metadata.json") else {
+                continue;
+            };
+            let Some((b, rest)) = rest.split_once(".object-") else {
+                continue;
+            };
+            let Some((k, id)) = rest.split_once(".upload-") else {
+                continue;
+            };
             if !self.upload_exists(id) {
                 continue;
             }
@@ -285,7 +315,9 @@ fn b64url_encode(s: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for c in s.as_bytes().chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..=c.len() {
             out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -321,47 +353,80 @@ fn b64url_decode(s: &str) -> Option<String> {
 #[async_trait::async_trait]
 impl S3 for Compat {
     // s3s's trait methods go through #[async_trait], so they are written out.
-    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
         self.fs.create_bucket(req).await
     }
 
-    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
         self.fs.delete_bucket(req).await
     }
 
-    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
         self.fs.head_bucket(req).await
     }
 
-    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
         self.fs.list_buckets(req).await
     }
 
-    async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.fs.get_bucket_location(req).await
     }
 
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         self.fs.delete_objects(req).await
     }
 
-    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
         self.fs.copy_object(req).await
     }
 
-    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
         self.fs.list_objects(req).await
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.fs.list_objects_v2(req).await
     }
 
-    async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.fs.create_multipart_upload(req).await
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         if !req.input.key.ends_with('/') {
             return self.fs.put_object(req).await;
         }
@@ -369,16 +434,25 @@ impl S3 for Compat {
         let md = req.input.metadata.clone().unwrap_or_default();
         let out = self.fs.put_object(req).await?;
         let json = serde_json::to_vec(&md).map_err(|e| s3_error!(e, InternalError))?;
-        std::fs::write(self.marker_path(&bucket, &key), json).map_err(|e| s3_error!(e, InternalError))?;
-        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(MD5_EMPTY.into())), ..out.output }))
+        std::fs::write(self.marker_path(&bucket, &key), json)
+            .map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            ..out.output
+        }))
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         let (bucket, key) = (&req.input.bucket, &req.input.key);
         if !key.ends_with('/') {
             return self.fs.head_object(req).await;
         }
-        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (md, modified) = self
+            .marker(bucket, key)
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(0),
             e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
@@ -388,12 +462,17 @@ impl S3 for Compat {
         }))
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         let (bucket, key) = (&req.input.bucket, &req.input.key);
         if !key.ends_with('/') {
             return self.fs.get_object(req).await;
         }
-        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (md, modified) = self
+            .marker(bucket, key)
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
         if req.input.range.is_some() {
             // Any range of an empty object is unsatisfiable.
             return Err(s3_error!(InvalidRange));
@@ -408,24 +487,36 @@ impl S3 for Compat {
         }))
     }
 
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
         if req.input.key.ends_with('/') {
             let _ = std::fs::remove_file(self.marker_path(&req.input.bucket, &req.input.key));
         }
         self.fs.delete_object(req).await
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
         self.check_upload(&req.input.upload_id)?;
         self.fs.upload_part(req).await
     }
 
-    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         self.check_upload(&req.input.upload_id)?;
         self.fs.upload_part_copy(req).await
     }
 
-    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
         self.check_upload(&req.input.upload_id)?;
         self.fs.list_parts(req).await
     }
@@ -456,7 +547,11 @@ impl S3 for Compat {
             .uploads()
             .into_iter()
             .filter(|(b, k, _)| *b == input.bucket && k.starts_with(&prefix))
-            .map(|(_, key, id)| MultipartUpload { key: Some(key), upload_id: Some(id), ..Default::default() })
+            .map(|(_, key, id)| MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                ..Default::default()
+            })
             .collect();
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
