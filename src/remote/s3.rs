@@ -4,12 +4,15 @@
 //! (PutObject, CreateMultipartUpload, CopyObject with `MetadataDirective=REPLACE`),
 //! so each upload makes exactly one object version.
 //!
-//! Integrity: PutObject and UploadPart carry a CRC32C checksum that S3 verifies
-//! before it stores the bytes (a corrupted body is refused with `BadDigest`).
-//! CreateMultipartUpload deliberately carries no checksum algorithm: with one, S3
-//! requires every part's checksum again in CompleteMultipartUpload, which the trait's
-//! `CompletedPart` does not carry (and a resumed upload would have to re-list
-//! them). Each part is still verified on arrival.
+//! Integrity: PutObject, CopyObject and every UploadPart carry a CRC32C checksum
+//! that S3 verifies before it stores the bytes (a corrupted body is refused with
+//! `BadDigest`). Multipart uploads are created with `ChecksumAlgorithm=CRC32C`:
+//! S3 refuses part checksums on an upload created without one ("Checksum Type
+//! mismatch ... expected null"), and then requires every part's checksum again in
+//! CompleteMultipartUpload. The trait's `CompletedPart` carries only the ETag (and
+//! an upload resumed after a restart would not have them in memory anyway), so
+//! `complete_multipart` reads them back with ListParts first: one extra request per
+//! multipart object, and resuming needs no extra state.
 //!
 //! Retries: the SDK's standard retry mode (exponential backoff with jitter, a
 //! client-side rate limiter) stays on for quick retries of one request; the
@@ -299,6 +302,42 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Part number -> (ETag, CRC32C) of the parts S3 holds for an upload.
+    async fn part_checksums(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> StoreResult<HashMap<i32, (String, String)>> {
+        let mut out = HashMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .set_request_payer(self.opts.request_payer.clone())
+                .send()
+                .await
+                .map_err(|e| map_sdk_err("ListParts", e))?;
+            for p in page.parts() {
+                if let (Some(n), Some(etag), Some(crc)) =
+                    (p.part_number(), p.e_tag(), p.checksum_crc32_c())
+                {
+                    out.insert(n, (unquote(etag), crc.to_owned()));
+                }
+            }
+            marker = page.next_part_number_marker().map(str::to_owned);
+            if page.is_truncated() != Some(true) || marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/` and unreserved bytes.
 fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
@@ -445,6 +484,7 @@ impl ObjectStore for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_metadata(Some(Self::metadata_map(meta)))
             .set_content_type(self.content_type(key))
             .set_storage_class(self.opts.storage_class.clone())
@@ -522,12 +562,18 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> StoreResult<String> {
+        let checksums = self.part_checksums(key, upload_id).await?;
         let parts = parts
             .iter()
             .map(|p| {
+                // Only the checksum of the very part version being committed.
+                let crc = checksums
+                    .get(&p.part_number)
+                    .filter(|(etag, _)| *etag == unquote(&p.etag));
                 SdkCompletedPart::builder()
                     .part_number(p.part_number)
-                    .e_tag(format!("\"{}\"", p.etag))
+                    .e_tag(format!("\"{}\"", unquote(&p.etag)))
+                    .set_checksum_crc32_c(crc.map(|(_, c)| c.clone()))
                     .build()
             })
             .collect();

@@ -226,13 +226,16 @@ impl S3TestServer {
 ///   CompleteMultipartUpload, AbortMultipartUpload and ListParts;
 /// - ListMultipartUploads (s3s-fs: NotImplemented), read from s3s-fs's own
 ///   per-upload metadata files, prefix filter only, one page;
+/// - multipart checksums: an upload created with CRC32C needs every part's
+///   checksum in CompleteMultipartUpload, each matching its part (s3s-fs ignores
+///   them), and ListParts gives each part's ETag and CRC32C (s3s-fs: neither);
 /// - directory markers (`key/`): s3s-fs makes a bare directory, drops the
 ///   metadata and answers HEAD/GET with 500. Compat keeps the metadata beside it
 ///   and answers HEAD/GET as S3 does for an empty object.
 ///
 /// Still missing (not filled): markers do not appear in ListObjectsV2 (neither
 /// as keys nor as common prefixes when empty), a key cannot be both an object and
-/// a directory ("a" and "a/b"), UploadPart ignores checksums, and a PutObject
+/// a directory ("a" and "a/b"), UploadPart does not verify checksums, and a PutObject
 /// refused with BadDigest still replaces the object.
 ///
 /// Everything else is passed to s3s-fs unchanged.
@@ -260,6 +263,28 @@ impl Compat {
             b64url_encode(bucket),
             b64url_encode(key)
         ))
+    }
+
+    fn upload_has_crc32c(&self, upload_id: &str) -> bool {
+        uuid_like(upload_id)
+            && self
+                .root
+                .join(format!(".compat-upload-{upload_id}.crc32c"))
+                .exists()
+    }
+
+    /// (hex MD5, base64 CRC32C) of a staged part, from s3s-fs's part file.
+    fn part_digests(&self, upload_id: &str, part: i32) -> S3Result<(String, String)> {
+        use s3s::crypto::Checksum;
+        let path = self
+            .root
+            .join(format!(".upload_id-{upload_id}.part-{part}"));
+        let data = std::fs::read(&path).map_err(|_| s3_error!(InvalidPart))?;
+        let md5: String = s3s::crypto::Md5::checksum(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((md5, b64_std(&crc32c::crc32c(&data).to_be_bytes())))
     }
 
     /// User metadata and time of a directory marker, if `key` is one.
@@ -311,15 +336,33 @@ fn uuid_like(s: &str) -> bool {
 
 const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
+/// Standard base64 with padding (checksum header values).
+pub fn b64_std(bytes: &[u8]) -> String {
+    let mut s = b64(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    );
+    while s.len() % 4 != 0 {
+        s.push('=');
+    }
+    s
+}
+
 fn b64url_encode(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    b64(
+        s.as_bytes(),
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+    )
+}
+
+fn b64(bytes: &[u8], table: &[u8; 64]) -> String {
     let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
+    for c in bytes.chunks(3) {
         let n = (u32::from(c[0]) << 16)
             | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
             | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..=c.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
     }
     out
@@ -420,7 +463,14 @@ impl S3 for Compat {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        self.fs.create_multipart_upload(req).await
+        let crc32c = req.input.checksum_algorithm.as_ref().map(|a| a.as_str())
+            == Some(ChecksumAlgorithm::CRC32C);
+        let out = self.fs.create_multipart_upload(req).await?;
+        if crc32c && let Some(id) = &out.output.upload_id {
+            std::fs::write(self.root.join(format!(".compat-upload-{id}.crc32c")), b"")
+                .map_err(|e| s3_error!(e, InternalError))?;
+        }
+        Ok(out)
     }
 
     async fn put_object(
@@ -518,7 +568,20 @@ impl S3 for Compat {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         self.check_upload(&req.input.upload_id)?;
-        self.fs.list_parts(req).await
+        let id = req.input.upload_id.clone();
+        let crc = self.upload_has_crc32c(&id);
+        let mut out = self.fs.list_parts(req).await?;
+        // S3 lists each part's ETag, and its checksum when the upload has an
+        // algorithm; s3s-fs lists neither.
+        for part in out.output.parts.iter_mut().flatten() {
+            let Some(n) = part.part_number else { continue };
+            let (md5, crc32c) = self.part_digests(&id, n)?;
+            part.e_tag = Some(ETag::Strong(md5));
+            if crc {
+                part.checksum_crc32c = Some(crc32c);
+            }
+        }
+        Ok(out)
     }
 
     async fn complete_multipart_upload(
@@ -526,6 +589,31 @@ impl S3 for Compat {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.check_upload(&req.input.upload_id)?;
+        let id = req.input.upload_id.clone();
+        if self.upload_has_crc32c(&id) {
+            // As S3 does for an upload created with a checksum algorithm: every part
+            // must come with its checksum, and it must be the part's.
+            for part in req
+                .input
+                .multipart_upload
+                .iter()
+                .flat_map(|m| m.parts.iter().flatten())
+            {
+                let n = part.part_number.unwrap_or(0);
+                let Some(sent) = &part.checksum_crc32c else {
+                    return Err(s3_error!(
+                        InvalidRequest,
+                        "The upload was created using a crc32c checksum. The complete request must include the checksum for each part. It was missing for part {n} in the request."
+                    ));
+                };
+                if *sent != self.part_digests(&id, n)?.1 {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "checksum of part {n} does not match"
+                    ));
+                }
+            }
+        }
         self.fs.complete_multipart_upload(req).await
     }
 
