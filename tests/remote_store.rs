@@ -1004,3 +1004,74 @@ async fn compat_enforces_s3s_multipart_checksum_contract() {
     assert_eq!(listed.parts()[0].e_tag(), Some(etag.as_str()));
     complete(Some(crc)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_times_out_on_a_server_that_never_answers() {
+    // Accepts connections and never replies: the read timeout must end the call.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let mut settings = bucketgate::remote::S3Settings::new("stalled");
+    settings.region = Some("us-east-1".into());
+    settings.endpoint = Some(format!("http://{addr}"));
+    settings.path_style = true;
+    settings.credentials = Some(("ak".into(), "sk".into()));
+    settings.read_timeout = Duration::from_millis(500);
+    settings.max_attempts = 1;
+    let s = bucketgate::remote::S3Store::new(settings).await.unwrap();
+    let t0 = Instant::now();
+    let err = s.head("k").await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_concurrent_writers_never_mix_data_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let s: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+    for round in 0..5 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 1..=16u32 {
+            let s = s.clone();
+            set.spawn(async move {
+                // uid = body length: head must always report a matching pair.
+                let m = ObjectMeta {
+                    uid: i,
+                    gid: 1,
+                    mode: S_IFREG | 0o644,
+                    mtime_ns: 1,
+                };
+                s.put_object("same", pattern(i as usize, 1), &m)
+                    .await
+                    .unwrap();
+                // Meanwhile, siblings come and go: deletes prune empty directories
+                // while other writers create files in them.
+                let k = format!("r/a/{round}-{i}");
+                s.put_object(&k, Bytes::from_static(b"x"), &m)
+                    .await
+                    .unwrap();
+                s.delete_object(&k).await.unwrap();
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        let info = s.head("same").await.unwrap().unwrap();
+        assert_eq!(
+            info.meta.map(|m| u64::from(m.uid)),
+            Some(info.size),
+            "round {round}"
+        );
+    }
+    assert!(!dir.path().join("r").exists());
+}
