@@ -50,7 +50,12 @@ impl ObjectMeta {
             .get(META_MTIME)
             .and_then(|v| parse_mtime_ns(v.trim()))
             .unwrap_or(default_mtime_ns);
-        Some(ObjectMeta { uid, gid, mode, mtime_ns })
+        Some(ObjectMeta {
+            uid,
+            gid,
+            mode,
+            mtime_ns,
+        })
     }
 }
 
@@ -67,7 +72,12 @@ mod tests {
 
     #[test]
     fn round_trips_and_formats_like_datasync() {
-        let m = ObjectMeta { uid: 1000, gid: 100, mode: 0o100644, mtime_ns: 1_700_000_000_123_456_789 };
+        let m = ObjectMeta {
+            uid: 1000,
+            gid: 100,
+            mode: 0o100644,
+            mtime_ns: 1_700_000_000_123_456_789,
+        };
         let pairs = m.to_user_metadata();
         let map: HashMap<_, _> = pairs.into_iter().collect();
         assert_eq!(map[META_PERMISSIONS], "0100644");

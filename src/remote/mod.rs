@@ -7,8 +7,12 @@ use bytes::Bytes;
 pub mod local;
 pub mod meta;
 pub mod s3;
+pub mod url;
 
+pub use local::LocalStore;
 pub use meta::ObjectMeta;
+pub use s3::{S3Settings, S3Store};
+pub use url::{ShareUrl, parse_share_url};
 
 /// One object as seen in a listing or a HEAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +73,28 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store a share's configuration names, and the key prefix of its objects
+/// (`""` or ending in `/`). Does not contact S3; call [`S3Store::check_bucket`]
+/// for that.
+pub async fn open_share_store(
+    share: &crate::config::ShareConfig,
+) -> Result<(std::sync::Arc<dyn ObjectStore>, String), String> {
+    let ctx = |e: String| format!("share `{}`: {e}", share.name);
+    match parse_share_url(&share.url).map_err(ctx)? {
+        ShareUrl::S3 { bucket, prefix } => {
+            let store = S3Store::new(S3Settings::from_share(share, bucket))
+                .await
+                .map_err(ctx)?;
+            Ok((std::sync::Arc::new(store), prefix))
+        }
+        ShareUrl::Local { root } => {
+            let store =
+                LocalStore::new(&root).map_err(|e| ctx(format!("{}: {e}", root.display())))?;
+            Ok((std::sync::Arc::new(store), String::new()))
+        }
+    }
+}
 
 /// The operations the gateway needs from S3 (or a local directory standing in for it).
 /// Keys are full object keys (share prefix included). Every write carries the POSIX

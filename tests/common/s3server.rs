@@ -1,0 +1,657 @@
+//! An in-process S3 protocol server for tests: s3s-fs (a real S3 wire-protocol
+//! implementation over a temp directory) served by hyper on 127.0.0.1, with
+//! SigV4 authentication against static keys.
+//!
+//! ```ignore
+//! let srv = S3TestServer::start().await;           // bucket already created
+//! let store = srv.store().await;                    // bucketgate S3Store for it
+//! srv.client.head_bucket().bucket(&srv.bucket).send().await?; // plain SDK client
+//! srv.handle.stop().await;                          // port closed, connections cut
+//! srv.handle.restart().await;                       // same port, same data
+//! ```
+//!
+//! By default s3s-fs is wrapped in [`Compat`], which fills gaps where s3s-fs 0.14.1
+//! differs from S3 in ways the gateway depends on (see there). `start_raw()` serves
+//! bare s3s-fs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use bucketgate::remote::{S3Settings, S3Store};
+use hyper_util::rt::TokioIo;
+use s3s::dto::*;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::net::TcpSocket;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub const ACCESS_KEY: &str = "bucketgate-test-ak";
+pub const SECRET_KEY: &str = "bucketgate-test-sk-0123456789";
+pub const BUCKET: &str = "bucketgate-test";
+pub const REGION: &str = "us-east-1";
+
+pub struct S3TestServer {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// A plain aws-sdk-s3 client for this server (path style, static keys), for
+    /// checking what landed in the bucket independently of bucketgate's code.
+    pub client: aws_sdk_s3::Client,
+    /// Stops and restarts the server; clone it into other tasks freely.
+    pub handle: ServerHandle,
+    /// s3s-fs's data directory: `<data_dir>/<bucket>/<key>` are the objects.
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Stops and restarts one server on the same port, keeping its data.
+#[derive(Clone)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    service: S3Service,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl ServerHandle {
+    /// Closes the listening socket and every open connection; returns when the port
+    /// refuses connections. Idempotent.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address (after `stop`). Idempotent.
+    pub async fn restart(&self) {
+        if self.is_running() {
+            return;
+        }
+        let listener = bind(self.addr).await;
+        *self.task.lock().unwrap() = Some(tokio::spawn(serve(listener, self.service.clone())));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    // SO_REUSEADDR so a restart can take the port while closed connections linger
+    // in TIME_WAIT. A few tries in case the kernel is slow to release it.
+    let mut last_err = None;
+    for _ in 0..50 {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
+        match sock.bind(addr).and_then(|()| sock.listen(128)) {
+            Ok(l) => return l,
+            Err(e) => last_err = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr}: {last_err:?}");
+}
+
+/// Accepts connections until aborted; aborting drops the JoinSet, which aborts
+/// (and so closes) every connection.
+async fn serve(listener: tokio::net::TcpListener, service: S3Service) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = service.clone();
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+impl S3TestServer {
+    /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
+    pub async fn start() -> S3TestServer {
+        Self::start_with(true).await
+    }
+
+    /// Bare s3s-fs, to observe its own behaviour.
+    pub async fn start_raw() -> S3TestServer {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(compat: bool) -> S3TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("s3");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let fs = s3s_fs::FileSystem::new(&data_dir).expect("s3s-fs");
+        let mut b = if compat {
+            S3ServiceBuilder::new(Compat {
+                fs,
+                root: data_dir.canonicalize().unwrap(),
+            })
+        } else {
+            S3ServiceBuilder::new(fs)
+        };
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await;
+        let addr = listener.local_addr().unwrap();
+        let handle = ServerHandle {
+            addr,
+            service: service.clone(),
+            task: Arc::new(Mutex::new(Some(tokio::spawn(serve(listener, service))))),
+        };
+        let endpoint = format!("http://{addr}");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(conf);
+        client
+            .create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("create bucket");
+        S3TestServer {
+            endpoint,
+            addr,
+            bucket: BUCKET.into(),
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            client,
+            handle,
+            data_dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// S3Store settings for this server, with short timeouts and one retry so
+    /// outage tests finish quickly. Storage class, SSE, ACL and requester-pays are
+    /// set so every request carries those headers too.
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            region: Some(REGION.into()),
+            endpoint: Some(self.endpoint.clone()),
+            path_style: true,
+            storage_class: Some("STANDARD".into()),
+            sse: Some("AES256".into()),
+            acl: Some("private".into()),
+            requester_pays: true,
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(30),
+            max_attempts: 2,
+            ..S3Settings::new(&self.bucket)
+        }
+    }
+
+    pub async fn store(&self) -> S3Store {
+        S3Store::new(self.settings()).await.expect("S3Store")
+    }
+
+    /// Where s3s-fs keeps object `key`.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.data_dir.join(&self.bucket).join(key)
+    }
+}
+
+/// s3s-fs with the gaps the gateway depends on filled, each as S3 documents it:
+/// - an unknown upload id is `404 NoSuchUpload` (s3s-fs: `403 AccessDenied`, or
+///   `400 InvalidRequest` when it is not a UUID) for UploadPart, UploadPartCopy,
+///   CompleteMultipartUpload, AbortMultipartUpload and ListParts;
+/// - ListMultipartUploads (s3s-fs: NotImplemented), read from s3s-fs's own
+///   per-upload metadata files, prefix filter only, one page;
+/// - multipart checksums: an upload created with CRC32C needs every part's
+///   checksum in CompleteMultipartUpload, each matching its part (s3s-fs ignores
+///   them), and ListParts gives each part's ETag and CRC32C (s3s-fs: neither);
+/// - directory markers (`key/`): s3s-fs makes a bare directory, drops the
+///   metadata and answers HEAD/GET with 500. Compat keeps the metadata beside it
+///   and answers HEAD/GET as S3 does for an empty object.
+///
+/// Still missing (not filled): markers do not appear in ListObjectsV2 (neither
+/// as keys nor as common prefixes when empty), a key cannot be both an object and
+/// a directory ("a" and "a/b"), UploadPart does not verify checksums, and a PutObject
+/// refused with BadDigest still replaces the object.
+///
+/// Everything else is passed to s3s-fs unchanged.
+pub struct Compat {
+    fs: s3s_fs::FileSystem,
+    root: PathBuf,
+}
+
+impl Compat {
+    fn upload_exists(&self, upload_id: &str) -> bool {
+        uuid_like(upload_id) && self.root.join(format!(".upload-{upload_id}.json")).exists()
+    }
+
+    fn check_upload(&self, upload_id: &str) -> S3Result<()> {
+        if self.upload_exists(upload_id) {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchUpload))
+        }
+    }
+
+    fn marker_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".compat-marker-{}-{}.json",
+            b64url_encode(bucket),
+            b64url_encode(key)
+        ))
+    }
+
+    fn upload_has_crc32c(&self, upload_id: &str) -> bool {
+        uuid_like(upload_id)
+            && self
+                .root
+                .join(format!(".compat-upload-{upload_id}.crc32c"))
+                .exists()
+    }
+
+    /// (hex MD5, base64 CRC32C) of a staged part, from s3s-fs's part file.
+    fn part_digests(&self, upload_id: &str, part: i32) -> S3Result<(String, String)> {
+        use s3s::crypto::Checksum;
+        let path = self
+            .root
+            .join(format!(".upload_id-{upload_id}.part-{part}"));
+        let data = std::fs::read(&path).map_err(|_| s3_error!(InvalidPart))?;
+        let md5: String = s3s::crypto::Md5::checksum(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((md5, b64_std(&crc32c::crc32c(&data).to_be_bytes())))
+    }
+
+    /// User metadata and time of a directory marker, if `key` is one.
+    fn marker(&self, bucket: &str, key: &str) -> Option<(Metadata, std::time::SystemTime)> {
+        if !self.root.join(bucket).join(key).is_dir() {
+            return None;
+        }
+        let path = self.marker_path(bucket, key);
+        let md = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        Some((md, std::fs::metadata(&path).ok()?.modified().ok()?))
+    }
+
+    /// (bucket, key, upload id) of every upload in progress, from s3s-fs's files
+    /// `.bucket-<b64>.object-<b64>.upload-<uuid>.metadata.json`.
+    fn uploads(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return out;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".bucket-") else {
+                continue;
+            };
+            let Some(rest) = rest.strip_suffix(".metadata.json") else {
+                continue;
+            };
+            let Some((b, rest)) = rest.split_once(".object-") else {
+                continue;
+            };
+            let Some((k, id)) = rest.split_once(".upload-") else {
+                continue;
+            };
+            if !self.upload_exists(id) {
+                continue;
+            }
+            if let (Some(b), Some(k)) = (b64url_decode(b), b64url_decode(k)) {
+                out.push((b, k, id.to_owned()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// Standard base64 with padding (checksum header values).
+pub fn b64_std(bytes: &[u8]) -> String {
+    let mut s = b64(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    );
+    while !s.len().is_multiple_of(4) {
+        s.push('=');
+    }
+    s
+}
+
+fn b64url_encode(s: &str) -> String {
+    b64(
+        s.as_bytes(),
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+    )
+}
+
+fn b64(bytes: &[u8], table: &[u8; 64]) -> String {
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn b64url_decode(s: &str) -> Option<String> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[async_trait::async_trait]
+impl S3 for Compat {
+    // s3s's trait methods go through #[async_trait], so they are written out.
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.fs.list_buckets(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.fs.delete_objects(req).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.fs.copy_object(req).await
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.fs.list_objects(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let crc32c = req.input.checksum_algorithm.as_ref().map(|a| a.as_str())
+            == Some(ChecksumAlgorithm::CRC32C);
+        let out = self.fs.create_multipart_upload(req).await?;
+        if crc32c && let Some(id) = &out.output.upload_id {
+            std::fs::write(self.root.join(format!(".compat-upload-{id}.crc32c")), b"")
+                .map_err(|e| s3_error!(e, InternalError))?;
+        }
+        Ok(out)
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        if !req.input.key.ends_with('/') {
+            return self.fs.put_object(req).await;
+        }
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let md = req.input.metadata.clone().unwrap_or_default();
+        let out = self.fs.put_object(req).await?;
+        let json = serde_json::to_vec(&md).map_err(|e| s3_error!(e, InternalError))?;
+        std::fs::write(self.marker_path(&bucket, &key), json)
+            .map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            ..out.output
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let (bucket, key) = (&req.input.bucket, &req.input.key);
+        if !key.ends_with('/') {
+            return self.fs.head_object(req).await;
+        }
+        let (md, modified) = self
+            .marker(bucket, key)
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(0),
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            last_modified: Some(modified.into()),
+            metadata: Some(md),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let (bucket, key) = (&req.input.bucket, &req.input.key);
+        if !key.ends_with('/') {
+            return self.fs.get_object(req).await;
+        }
+        let (md, modified) = self
+            .marker(bucket, key)
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        if req.input.range.is_some() {
+            // Any range of an empty object is unsatisfiable.
+            return Err(s3_error!(InvalidRange));
+        }
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::from(s3s::Body::empty())),
+            content_length: Some(0),
+            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
+            last_modified: Some(modified.into()),
+            metadata: Some(md),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        if req.input.key.ends_with('/') {
+            let _ = std::fs::remove_file(self.marker_path(&req.input.bucket, &req.input.key));
+        }
+        self.fs.delete_object(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.upload_part(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.upload_part_copy(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        let id = req.input.upload_id.clone();
+        let crc = self.upload_has_crc32c(&id);
+        let mut out = self.fs.list_parts(req).await?;
+        // S3 lists each part's ETag, and its checksum when the upload has an
+        // algorithm; s3s-fs lists neither.
+        for part in out.output.parts.iter_mut().flatten() {
+            let Some(n) = part.part_number else { continue };
+            let (md5, crc32c) = self.part_digests(&id, n)?;
+            part.e_tag = Some(ETag::Strong(md5));
+            if crc {
+                part.checksum_crc32c = Some(crc32c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        let id = req.input.upload_id.clone();
+        if self.upload_has_crc32c(&id) {
+            // As S3 does for an upload created with a checksum algorithm: every part
+            // must come with its checksum, and it must be the part's.
+            for part in req
+                .input
+                .multipart_upload
+                .iter()
+                .flat_map(|m| m.parts.iter().flatten())
+            {
+                let n = part.part_number.unwrap_or(0);
+                let Some(sent) = &part.checksum_crc32c else {
+                    return Err(s3_error!(
+                        InvalidRequest,
+                        "The upload was created using a crc32c checksum. The complete request must include the checksum for each part. It was missing for part {n} in the request."
+                    ));
+                };
+                if *sent != self.part_digests(&id, n)?.1 {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "checksum of part {n} does not match"
+                    ));
+                }
+            }
+        }
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.check_upload(&req.input.upload_id)?;
+        self.fs.abort_multipart_upload(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads: Vec<MultipartUpload> = self
+            .uploads()
+            .into_iter()
+            .filter(|(b, k, _)| *b == input.bucket && k.starts_with(&prefix))
+            .map(|(_, key, id)| MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}
+
+/// True when `path` exists below `root` (helper for on-disk assertions).
+pub fn exists_under(root: &Path, rel: &str) -> bool {
+    root.join(rel).exists()
+}
