@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucketgate::admin::client::ClientError;
 use bucketgate::admin::{
-    AdminApi, AdminClient, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus, Readiness,
-    RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, AdminClient, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest,
+    QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 use tokio::sync::{oneshot, watch};
@@ -69,7 +69,12 @@ fn report() -> StatusReport {
             read_only: false,
         }],
         cache: CacheStatus::new(1000, 600, 250),
-        upload_queue: QueueStatus { files: 3, bytes: 250, oldest_dirty_age_seconds: Some(12.5), failing_files: 1 },
+        upload_queue: QueueStatus {
+            files: 3,
+            bytes: 250,
+            oldest_dirty_age_seconds: Some(12.5),
+            failing_files: 1,
+        },
         failing_files: vec![FailingFile {
             share: "data".into(),
             path: "/x/y".into(),
@@ -94,13 +99,23 @@ impl AdminApi for TestApi {
         }
         if req.wait {
             let mut rx = self.uploaded.clone();
-            rx.wait_for(|done| *done).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            rx.wait_for(|done| *done)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
-        Ok(FlushReport { files: 3, bytes: 250, complete: req.wait })
+        Ok(FlushReport {
+            files: 3,
+            bytes: 250,
+            complete: req.wait,
+        })
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshReport, ApiError> {
-        Ok(RefreshReport { directories: if req.recursive { 5 } else { 1 }, objects_listed: 7, entries_changed: 2 })
+        Ok(RefreshReport {
+            directories: if req.recursive { 5 } else { 1 },
+            objects_listed: 7,
+            entries_changed: 2,
+        })
     }
 
     fn readiness(&self) -> Readiness {
@@ -108,7 +123,11 @@ impl AdminApi for TestApi {
             .check("configured", true, None)
             .check("nfs_listening", true, None)
             .check("metadata_open", true, None)
-            .check("store_reachable", self.store_ok.load(Ordering::SeqCst), Some("last success 2s ago".into()))
+            .check(
+                "store_reachable",
+                self.store_ok.load(Ordering::SeqCst),
+                Some("last success 2s ago".into()),
+            )
     }
 }
 
@@ -125,12 +144,23 @@ async fn start() -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (uploaded, rx) = watch::channel(false);
-    let api = Arc::new(TestApi { store_ok: AtomicBool::new(true), uploaded: rx });
+    let api = Arc::new(TestApi {
+        store_ok: AtomicBool::new(true),
+        uploaded: rx,
+    });
     let metrics = Metrics::new();
     metrics.add_share("data");
     metrics.observe_nfs_call("READ", "OK", Duration::from_micros(300));
-    metrics.nfs_connections_rejected_total.with_label_values(&["limit"]).inc();
-    metrics.observe_store_request("data", "PutObject", Duration::from_millis(30), Some("SlowDown"));
+    metrics
+        .nfs_connections_rejected_total
+        .with_label_values(&["limit"])
+        .inc();
+    metrics.observe_store_request(
+        "data",
+        "PutObject",
+        Duration::from_millis(30),
+        Some("SlowDown"),
+    );
     metrics.set_scrape_hook(|m| {
         m.set_cache(1000, 600, 250);
         m.set_upload_queue(3, 250, Duration::from_millis(12_500), 1);
@@ -139,19 +169,35 @@ async fn start() -> Harness {
     let server = tokio::spawn(serve_admin(listener, api.clone(), metrics.clone(), async {
         let _ = stop_rx.await;
     }));
-    Harness { client: AdminClient::new(addr), api, metrics, uploaded, stop: Some(stop_tx), server }
+    Harness {
+        client: AdminClient::new(addr),
+        api,
+        metrics,
+        uploaded,
+        stop: Some(stop_tx),
+        server,
+    }
 }
 
 async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test step hung")
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test step hung")
 }
 
 /// Parses the text format: every sample line is `name[{labels}] value`.
 fn parse_samples(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
-        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         out.insert(series.to_string(), v);
     }
     out
@@ -162,12 +208,22 @@ async fn health_ready_and_metrics() {
     let h = start().await;
     assert_eq!(with_timeout(h.client.healthz()).await.unwrap(), "ok");
 
-    let r = with_timeout(h.client.request("GET", "/readyz", None, None)).await.unwrap();
+    let r = with_timeout(h.client.request("GET", "/readyz", None, None))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     let body = with_timeout(h.client.readiness()).await.unwrap();
     assert!(body.ready);
     let names: Vec<&str> = body.checks.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["configured", "nfs_listening", "metadata_open", "store_reachable"]);
+    assert_eq!(
+        names,
+        [
+            "configured",
+            "nfs_listening",
+            "metadata_open",
+            "store_reachable"
+        ]
+    );
 
     h.metrics.nfs_connections.set(2);
     let text = with_timeout(h.client.metrics_text()).await.unwrap();
@@ -178,30 +234,58 @@ async fn health_ready_and_metrics() {
     let samples = parse_samples(&text);
     assert_eq!(samples["bucketgate_nfs_connections"], 2.0);
     for name in PROMISED {
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from /metrics");
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics"
+        );
     }
-    assert_eq!(samples["bucketgate_cache_free_bytes"], 400.0, "scrape hook ran");
+    assert_eq!(
+        samples["bucketgate_cache_free_bytes"], 400.0,
+        "scrape hook ran"
+    );
     assert_eq!(samples["bucketgate_cache_oldest_dirty_age_seconds"], 12.5);
     assert_eq!(samples["bucketgate_store_reachable"], 1.0);
     assert_eq!(samples["bucketgate_ready"], 1.0);
-    assert_eq!(samples["bucketgate_store_errors_total{code=\"SlowDown\",operation=\"PutObject\",share=\"data\"}"], 1.0);
-    assert_eq!(samples["bucketgate_cache_hits_total{share=\"data\"}"], 0.0, "per-share series exist at 0");
-    let ctype = with_timeout(h.client.request("GET", "/metrics", None, None)).await.unwrap().content_type;
+    assert_eq!(
+        samples["bucketgate_store_errors_total{code=\"SlowDown\",operation=\"PutObject\",share=\"data\"}"],
+        1.0
+    );
+    assert_eq!(
+        samples["bucketgate_cache_hits_total{share=\"data\"}"], 0.0,
+        "per-share series exist at 0"
+    );
+    let ctype = with_timeout(h.client.request("GET", "/metrics", None, None))
+        .await
+        .unwrap()
+        .content_type;
     assert!(ctype.unwrap().starts_with("text/plain; version=0.0.4"));
 
     // The store goes away: /readyz says which check failed, and the gauge follows.
     h.api.store_ok.store(false, Ordering::SeqCst);
-    let r = with_timeout(h.client.request("GET", "/readyz", None, None)).await.unwrap();
+    let r = with_timeout(h.client.request("GET", "/readyz", None, None))
+        .await
+        .unwrap();
     assert_eq!(r.status, 503);
     let body = with_timeout(h.client.readiness()).await.unwrap();
     assert!(!body.ready);
-    let failing: Vec<&str> = body.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    let failing: Vec<&str> = body
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(failing, ["store_reachable"]);
     let samples = parse_samples(&with_timeout(h.client.metrics_text()).await.unwrap());
     assert_eq!(samples["bucketgate_store_reachable"], 0.0);
     assert_eq!(samples["bucketgate_ready"], 0.0);
-    assert_eq!(samples["bucketgate_readiness_check{check=\"store_reachable\"}"], 0.0);
-    assert_eq!(samples["bucketgate_readiness_check{check=\"nfs_listening\"}"], 1.0);
+    assert_eq!(
+        samples["bucketgate_readiness_check{check=\"store_reachable\"}"],
+        0.0
+    );
+    assert_eq!(
+        samples["bucketgate_readiness_check{check=\"nfs_listening\"}"],
+        1.0
+    );
 
     // Optional: promtool's linter agrees with the exposition, when installed.
     if let Ok(out) = std::process::Command::new("promtool")
@@ -216,7 +300,8 @@ async fn health_ready_and_metrics() {
             c.wait_with_output()
         })
     {
-        let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let msg = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool check metrics:\n{msg}");
     } else {
         eprintln!("promtool not installed: skipped `promtool check metrics`");
@@ -230,7 +315,9 @@ async fn status_round_trips() {
     let s = with_timeout(h.client.status()).await.unwrap();
     assert_eq!(s, report());
     assert_eq!(s.cache.dirty_percent, 25.0);
-    let raw = with_timeout(h.client.request("GET", "/api/v1/status", None, None)).await.unwrap();
+    let raw = with_timeout(h.client.request("GET", "/api/v1/status", None, None))
+        .await
+        .unwrap();
     assert_eq!(raw.content_type.as_deref(), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
     assert_eq!(v["failing_files"][0]["last_error"], "AccessDenied");
@@ -242,16 +329,33 @@ async fn status_round_trips() {
 async fn flush_wait_returns_only_after_upload() {
     let h = start().await;
     // Without wait: answers at once.
-    let rep = with_timeout(h.client.flush(&FlushRequest::default())).await.unwrap();
-    assert_eq!(rep, FlushReport { files: 3, bytes: 250, complete: false });
+    let rep = with_timeout(h.client.flush(&FlushRequest::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rep,
+        FlushReport {
+            files: 3,
+            bytes: 250,
+            complete: false
+        }
+    );
 
     // With wait: still pending while the uploads are not done...
     let client = h.client.clone();
     let mut waiting = tokio::spawn(async move {
-        client.flush(&FlushRequest { path: Some("/data".into()), wait: true, timeout_s: None }).await
+        client
+            .flush(&FlushRequest {
+                path: Some("/data".into()),
+                wait: true,
+                timeout_s: None,
+            })
+            .await
     });
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
         "flush --wait answered before the uploads finished"
     );
     // ...and answers once they are.
@@ -264,14 +368,22 @@ async fn flush_wait_returns_only_after_upload() {
 #[tokio::test]
 async fn flush_wait_times_out_with_504() {
     let h = start().await;
-    let err = with_timeout(h.client.flush(&FlushRequest { path: None, wait: true, timeout_s: Some(0.2) }))
-        .await
-        .unwrap_err();
+    let err = with_timeout(h.client.flush(&FlushRequest {
+        path: None,
+        wait: true,
+        timeout_s: Some(0.2),
+    }))
+    .await
+    .unwrap_err();
     match err {
         ClientError::Api { status, body } => {
             assert_eq!(status, 504);
             assert_eq!(body.error, "timeout");
-            assert!(body.message.contains("uploads continue"), "{}", body.message);
+            assert!(
+                body.message.contains("uploads continue"),
+                "{}",
+                body.message
+            );
         }
         other => panic!("{other}"),
     }
@@ -281,20 +393,34 @@ async fn flush_wait_times_out_with_504() {
 #[tokio::test]
 async fn refresh_passes_recursive() {
     let h = start().await;
-    let r = with_timeout(h.client.refresh(&RefreshRequest { path: Some("/data/dir".into()), recursive: true }))
+    let r = with_timeout(h.client.refresh(&RefreshRequest {
+        path: Some("/data/dir".into()),
+        recursive: true,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(r.directories, 5);
+    let r = with_timeout(h.client.refresh(&RefreshRequest::default()))
         .await
         .unwrap();
-    assert_eq!(r.directories, 5);
-    let r = with_timeout(h.client.refresh(&RefreshRequest::default())).await.unwrap();
     assert_eq!(r.directories, 1);
     shutdown(h).await;
 }
 
-async fn expect_error(h: &Harness, method: &str, path: &str, body: Option<Vec<u8>>, status: u16, kind: &str) {
-    let r = with_timeout(h.client.request(method, path, body, None)).await.unwrap();
+async fn expect_error(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    status: u16,
+    kind: &str,
+) {
+    let r = with_timeout(h.client.request(method, path, body, None))
+        .await
+        .unwrap();
     assert_eq!(r.status, status, "{method} {path}: {}", r.text());
-    let e: bucketgate::admin::ErrorBody =
-        serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not a JSON error: {}", r.text()));
+    let e: bucketgate::admin::ErrorBody = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("not a JSON error: {}", r.text()));
     assert_eq!(e.error, kind, "{}", r.text());
     assert!(!e.message.is_empty());
 }
@@ -306,23 +432,105 @@ async fn bad_requests_get_json_errors() {
     expect_error(&h, "GET", "/nope", None, 404, "not_found").await;
     expect_error(&h, "GET", "/api/v1/flush", None, 405, "method_not_allowed").await;
     expect_error(&h, "POST", "/metrics", None, 405, "method_not_allowed").await;
-    expect_error(&h, "POST", "/api/v1/flush", j("{not json"), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"wiat": true}"#), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"wait": "yes"}"#), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"timeout_s": 5}"#), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"wait": true, "timeout_s": -1}"#), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"path": "data/x"}"#), 400, "bad_request").await;
-    expect_error(&h, "POST", "/api/v1/refresh", j(r#"{"path": "/data/../etc"}"#), 400, "bad_request").await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j("{not json"),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"wiat": true}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"wait": "yes"}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"timeout_s": 5}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"wait": true, "timeout_s": -1}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"path": "data/x"}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/refresh",
+        j(r#"{"path": "/data/../etc"}"#),
+        400,
+        "bad_request",
+    )
+    .await;
     // The implementation's own NotFound maps to 404.
-    expect_error(&h, "POST", "/api/v1/flush", j(r#"{"path": "/other"}"#), 404, "not_found").await;
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/flush",
+        j(r#"{"path": "/other"}"#),
+        404,
+        "not_found",
+    )
+    .await;
     // Bodies are bounded.
-    let big = format!(r#"{{"path": "/data/{}"}}"#, "a".repeat(bucketgate::admin::MAX_BODY_BYTES));
-    expect_error(&h, "POST", "/api/v1/refresh", Some(big.into_bytes()), 413, "too_large").await;
+    let big = format!(
+        r#"{{"path": "/data/{}"}}"#,
+        "a".repeat(bucketgate::admin::MAX_BODY_BYTES)
+    );
+    expect_error(
+        &h,
+        "POST",
+        "/api/v1/refresh",
+        Some(big.into_bytes()),
+        413,
+        "too_large",
+    )
+    .await;
     // The unknown-field error names the field.
-    let r = with_timeout(h.client.request("POST", "/api/v1/flush", j(r#"{"wiat": true}"#), None)).await.unwrap();
+    let r = with_timeout(
+        h.client
+            .request("POST", "/api/v1/flush", j(r#"{"wiat": true}"#), None),
+    )
+    .await
+    .unwrap();
     assert!(r.text().contains("wiat"), "{}", r.text());
     // HEAD works on GET endpoints and has no body.
-    let r = with_timeout(h.client.request("HEAD", "/healthz", None, None)).await.unwrap();
+    let r = with_timeout(h.client.request("HEAD", "/healthz", None, None))
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.len()), (200, 0));
     shutdown(h).await;
 }
@@ -331,8 +539,15 @@ async fn bad_requests_get_json_errors() {
 async fn shutdown_ends_serve_admin_even_with_a_waiting_flush() {
     let h = start().await;
     let client = h.client.clone();
-    let waiting =
-        tokio::spawn(async move { client.flush(&FlushRequest { path: None, wait: true, timeout_s: None }).await });
+    let waiting = tokio::spawn(async move {
+        client
+            .flush(&FlushRequest {
+                path: None,
+                wait: true,
+                timeout_s: None,
+            })
+            .await
+    });
     // Give the flush time to reach the server (either way the client must not hang).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let addr = h.client.addr;

@@ -17,9 +17,14 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut rest = text;
     while let Some(i) = rest.find("bucketgate_") {
         // Skip matches inside longer identifiers (e.g. `my_bucketgate_x`).
-        let preceded = rest[..i].chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let preceded = rest[..i]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
         if !preceded {
             let mut name = &tail[..end];
             for suffix in ["_bucket", "_sum", "_count"] {
@@ -40,7 +45,9 @@ fn dashboard_exprs() -> Vec<String> {
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
                     match (k.as_str(), v) {
-                        ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
                         _ => walk(v, out),
                     }
                 }
@@ -67,26 +74,45 @@ fn dashboard_and_alerts_name_only_registered_metrics() {
     let used = metric_names(&exprs.join("\n"));
     assert!(used.len() >= 20, "{used:?}");
     let unknown: Vec<_> = used.difference(&registered).collect();
-    assert!(unknown.is_empty(), "dashboard uses unregistered metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard uses unregistered metrics: {unknown:?}"
+    );
 
     let rules = std::fs::read_to_string(ami("prometheus/alerts.yml")).unwrap();
     let used = metric_names(&rules);
-    for want in ["bucketgate_cache_dirty_bytes", "bucketgate_upload_failing_files", "bucketgate_store_reachable"] {
+    for want in [
+        "bucketgate_cache_dirty_bytes",
+        "bucketgate_upload_failing_files",
+        "bucketgate_store_reachable",
+    ] {
         assert!(used.contains(want), "alerts.yml does not use {want}");
     }
     let unknown: Vec<_> = used.difference(&registered).collect();
-    assert!(unknown.is_empty(), "alerts.yml uses unregistered metrics: {unknown:?}");
-    assert!(rules.contains("up{job=\"bucketgate\"} == 0"), "gateway-down alert");
+    assert!(
+        unknown.is_empty(),
+        "alerts.yml uses unregistered metrics: {unknown:?}"
+    );
+    assert!(
+        rules.contains("up{job=\"bucketgate\"} == 0"),
+        "gateway-down alert"
+    );
 }
 
 #[test]
 fn every_alert_has_a_promtool_test() {
     let rules = std::fs::read_to_string(ami("prometheus/alerts.yml")).unwrap();
     let tests = std::fs::read_to_string(ami("prometheus/alerts_test.yml")).unwrap();
-    let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
     assert!(alerts.len() >= 4, "{alerts:?}");
     for a in alerts {
-        assert!(tests.contains(&format!("alertname: {a}\n")), "alerts_test.yml has no test for {a}");
+        assert!(
+            tests.contains(&format!("alertname: {a}\n")),
+            "alerts_test.yml has no test for {a}"
+        );
     }
 }
 
@@ -102,11 +128,17 @@ fn saved_scrape_matches_registry() {
         .map(|l| l.split(' ').next().unwrap().to_string())
         .collect();
     let registered: BTreeSet<String> = Metrics::new().names().into_iter().collect();
-    assert_eq!(saved, registered, "regenerate ami/prometheus/testdata/scrape.prom");
+    assert_eq!(
+        saved, registered,
+        "regenerate ami/prometheus/testdata/scrape.prom"
+    );
 }
 
 fn promtool() -> bool {
-    let ok = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("promtool not installed (apt-get install prometheus): skipped");
     }
@@ -118,10 +150,17 @@ fn check_script_passes() {
     if !promtool() {
         return;
     }
-    let out = Command::new("sh").arg(ami("prometheus/check.sh")).output().unwrap();
-    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new("sh")
+        .arg(ami("prometheus/check.sh"))
+        .output()
+        .unwrap();
+    let msg =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "check.sh failed:\n{msg}");
-    assert!(msg.contains("SUCCESS: prometheus config, rules, rule tests and metrics"), "{msg}");
+    assert!(
+        msg.contains("SUCCESS: prometheus config, rules, rule tests and metrics"),
+        "{msg}"
+    );
 }
 
 /// Every dashboard query is valid PromQL: they go into a rules file as recording rules
@@ -139,15 +178,29 @@ fn dashboard_queries_parse() {
             .replace("$share", ".*");
         // label_values() is Grafana's, not PromQL: check its selector.
         let e = match e.strip_prefix("label_values(") {
-            Some(inner) => inner.rsplit_once(',').map(|(sel, _)| sel.to_string()).unwrap_or(inner.to_string()),
+            Some(inner) => inner
+                .rsplit_once(',')
+                .map(|(sel, _)| sel.to_string())
+                .unwrap_or(inner.to_string()),
             None => e,
         };
-        rules.push_str(&format!("      - record: dashboard:q{i}\n        expr: {}\n", serde_json::to_string(&e).unwrap()));
+        rules.push_str(&format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dashboard_rules.yml");
     std::fs::write(&path, &rules).unwrap();
-    let out = Command::new("promtool").args(["check", "rules"]).arg(&path).output().unwrap();
-    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dashboard PromQL does not parse:\n{msg}\n{rules}");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let msg =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "dashboard PromQL does not parse:\n{msg}\n{rules}"
+    );
 }
