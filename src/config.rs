@@ -586,8 +586,11 @@ impl Config {
         Config {
             nfs: NfsConfig::default(),
             admin: AdminConfig::default(),
+            // 10 GiB, not the appliance's 150 GiB: the embedded config is for trying the
+            // gateway on a workstation, whose disk is shared with everything else.
             cache: CacheConfig {
                 dir: base.join("cache"),
+                capacity: ByteSize(10 << 30),
                 ..CacheConfig::default()
             },
             upload: UploadConfig::default(),
@@ -861,11 +864,11 @@ impl Config {
                 s.allowed_clients.join(",")
             };
             out.push_str(&format!(
-                "share  {} -> {} ({}, squash {:?}, {})\n",
+                "share  {} -> {} ({}, squash {}, {})\n",
                 s.export_path(),
                 s.url,
                 if s.read_only { "ro" } else { "rw" },
-                s.squash,
+                format!("{:?}", s.squash).to_lowercase(),
                 clients
             ));
         }
@@ -1241,6 +1244,7 @@ mod tests {
         assert_eq!(c.nfs.listen, "127.0.0.1:2049".parse().unwrap());
         assert_eq!(c.admin.listen, "127.0.0.1:9108".parse().unwrap());
         assert_eq!(c.cache.dir, PathBuf::from("/var/tmp/bg/cache"));
+        assert_eq!(c.cache.capacity, ByteSize(10 << 30));
         assert_eq!(c.shares.len(), 1);
         assert_eq!(c.shares[0].name, "data");
         assert_eq!(c.shares[0].url, "file:///var/tmp/bg/bucket");

@@ -27,9 +27,12 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
     let env_filter = EnvFilter::builder()
         .parse(&filter)
         .map_err(|e| anyhow::anyhow!("log filter `{filter}` from {source}: {e}"))?;
+    // Colour only on a terminal: under systemd, escape codes would litter the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let res = if cfg.json {
         builder
             .json()

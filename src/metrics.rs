@@ -359,6 +359,19 @@ impl Metrics {
         m
     }
 
+    /// A registry for this configuration: static figures set (capacity, dirty limit)
+    /// and every share's series created ([`Metrics::add_share`]).
+    pub fn from_config(cfg: &crate::config::Config) -> Metrics {
+        let m = Metrics::new();
+        m.cache_capacity_bytes.set(clamp(cfg.cache.capacity.0));
+        m.cache_dirty_limit_bytes
+            .set(clamp(cfg.dirty_limit_bytes()));
+        for s in &cfg.shares {
+            m.add_share(&s.name);
+        }
+        m
+    }
+
     /// Creates every per-share series at 0 (and the store latency series for each of
     /// [`STORE_OPERATIONS`]), so `rate()` and `absent()` work from the first scrape
     /// instead of the first event. Call once per share at startup.
@@ -581,6 +594,27 @@ mod tests {
         ]);
         assert_eq!(m.store_reachable.get(), 1);
         assert_eq!(m.ready.get(), 1);
+    }
+
+    #[test]
+    fn from_config_sets_static_figures_and_share_series() {
+        let cfg = crate::config::Config::embedded_default(std::path::Path::new("/tmp/bg"));
+        let m = Metrics::from_config(&cfg);
+        assert_eq!(m.cache_capacity_bytes.get(), cfg.cache.capacity.0 as i64);
+        assert!(m.cache_capacity_bytes.get() > 0);
+        assert_eq!(
+            m.cache_dirty_limit_bytes.get(),
+            cfg.dirty_limit_bytes() as i64
+        );
+        let text = m.render();
+        assert!(
+            text.contains("bucketgate_nfs_write_bytes_total{share=\"data\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bucketgate_uploads_total{result=\"error\",share=\"data\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -109,6 +109,17 @@ pub struct ShareStatus {
     pub read_only: bool,
 }
 
+impl From<&crate::config::ShareConfig> for ShareStatus {
+    fn from(s: &crate::config::ShareConfig) -> Self {
+        ShareStatus {
+            name: s.name.clone(),
+            export_path: s.export_path(),
+            url: s.url.clone(),
+            read_only: s.read_only,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CacheStatus {
     pub capacity_bytes: u64,
