@@ -304,6 +304,10 @@ async fn health_ready_and_metrics() {
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool check metrics:\n{msg}");
     } else {
+        assert!(
+            std::env::var_os("BUCKETGATE_REQUIRE_PROMTOOL").is_none(),
+            "BUCKETGATE_REQUIRE_PROMTOOL is set but promtool is missing"
+        );
         eprintln!("promtool not installed: skipped `promtool check metrics`");
     }
     shutdown(h).await;

@@ -140,6 +140,11 @@ fn promtool() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
+        // CI installs promtool and sets this, so a missing install cannot pass silently.
+        assert!(
+            std::env::var_os("BUCKETGATE_REQUIRE_PROMTOOL").is_none(),
+            "BUCKETGATE_REQUIRE_PROMTOOL is set but promtool is missing (apt-get install prometheus)"
+        );
         eprintln!("promtool not installed (apt-get install prometheus): skipped");
     }
     ok
