@@ -1,7 +1,11 @@
 //! bucketgate: an NFSv3 file gateway in front of S3.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod logging;
+pub mod metrics;
 pub mod nfs;
 pub mod remote;
 pub mod upload;

@@ -126,6 +126,8 @@ struct State {
     /// Dirty data bytes per inode, and their sum.
     dirty: HashMap<FileId, u64>,
     dirty_total: u64,
+    /// Bytes of file data the cache holds (sum of live files' sizes).
+    stored_total: u64,
     rng: u64,
 }
 
@@ -134,6 +136,10 @@ impl State {
         let now = ino.dirty_data_bytes();
         let before = if now == 0 { self.dirty.remove(&ino.id) } else { self.dirty.insert(ino.id, now) };
         self.dirty_total = self.dirty_total - before.unwrap_or(0) + now;
+    }
+
+    fn resized(&mut self, old: u64, new: u64) {
+        self.stored_total = (self.stored_total + new).saturating_sub(old);
     }
 
     fn forget(&mut self, id: FileId) {
@@ -181,7 +187,8 @@ impl Cache {
         fs::create_dir_all(&data_dir)?;
         let db = sled::Config::new().path(dir.join("meta")).flush_every_ms(Some(500)).open()?;
         let seed = now_ns() ^ (std::process::id() as u64).rotate_left(32) | 1;
-        let mut state = State { next_id: ROOT_ID + 1, dirty: HashMap::new(), dirty_total: 0, rng: seed };
+        let mut state =
+            State { next_id: ROOT_ID + 1, dirty: HashMap::new(), dirty_total: 0, stored_total: 0, rng: seed };
 
         let share_id = match db.get(keys::meta("share_id"))? {
             Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Meta("share_id".into()))?),
@@ -222,10 +229,14 @@ impl Cache {
             };
             db.insert(keys::inode(ROOT_ID), encode(&root))?;
         }
-        for kv in db.scan_prefix([keys::QUEUE]) {
-            let (k, _) = kv?;
-            if let Some(v) = db.get(keys::inode(keys::id_from(&k)))? {
-                state.account(&decode_inode(&v)?);
+        for kv in db.scan_prefix([keys::INODE]) {
+            let (_, v) = kv?;
+            let ino = decode_inode(&v)?;
+            if ino.kind == Kind::File && !ino.unlinked {
+                state.stored_total += ino.size;
+            }
+            if ino.is_dirty() {
+                state.account(&ino);
             }
         }
         db.flush()?;
@@ -263,6 +274,11 @@ impl Cache {
 
     pub fn dirty_bytes(&self) -> u64 {
         self.state.lock().dirty_total
+    }
+
+    /// Bytes of file data held on the cache disk.
+    pub fn stored_bytes(&self) -> u64 {
+        self.state.lock().stored_total
     }
 
     pub fn options(&self) -> &CacheOptions {
@@ -570,6 +586,7 @@ impl Cache {
             let mut i = self.get(id)?;
             let before = WccAttr::from(&i);
             let now = now_ns();
+            st.resized(i.size, i.size.max(end));
             i.size = i.size.max(end);
             i.mtime_ns = now;
             i.ctime_ns = now;
@@ -627,6 +644,7 @@ impl Cache {
             if size != i.size {
                 let f = self.file(id)?;
                 f.set_len(size).map_err(CacheError::from_io)?;
+                st.resized(i.size, size);
                 i.size = size;
                 data_changed = true;
                 i.mtime_ns = now;
@@ -779,6 +797,7 @@ impl Cache {
         }
         if child.size > 0 {
             self.file(child.id)?.set_len(child.size).map_err(CacheError::from_io)?;
+            st.resized(0, child.size);
         }
         let change = self.link_new(&mut st, d, child.clone(), now)?;
         let child = self.get(child.id)?;
@@ -839,6 +858,7 @@ impl Cache {
             st.account(&victim);
         }
         if victim.kind == Kind::File {
+            st.resized(victim.size, 0);
             self.drop_data(victim.id);
         }
     }

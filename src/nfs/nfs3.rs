@@ -19,6 +19,7 @@ use super::status::nfs_status;
 use super::xdr::{NAME_MAX, XdrCursor, encode};
 use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
 use crate::config::Squash;
+use crate::metrics::Metrics;
 
 /// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
 pub const NOBODY: u32 = 65534;
@@ -60,6 +61,7 @@ impl Share {
 
 pub struct NfsService {
     shares: Vec<Arc<Share>>,
+    metrics: Option<Metrics>,
     by_id: HashMap<u32, Arc<Share>>,
     write_verifier: writeverf3,
 }
@@ -167,7 +169,7 @@ macro_rules! args {
 }
 
 impl NfsService {
-    pub fn new(shares: Vec<Arc<Share>>) -> Self {
+    pub fn new(shares: Vec<Arc<Share>>, metrics: Option<Metrics>) -> Self {
         let by_id = shares.iter().map(|s| (s.cache.share_id(), s.clone())).collect();
         // Differs between any two process lifetimes, so clients resend every write
         // they had not seen committed when the gateway restarts.
@@ -176,7 +178,7 @@ impl NfsService {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ ((std::process::id() as u64) << 40);
-        NfsService { shares, by_id, write_verifier: writeverf3(seed.to_be_bytes()) }
+        NfsService { shares, metrics, by_id, write_verifier: writeverf3(seed.to_be_bytes()) }
     }
 
     pub fn shares(&self) -> &[Arc<Share>] {
@@ -340,12 +342,15 @@ impl NfsService {
         let cache = s.cache.clone();
         let id = i.id;
         match blocking(move || cache.read(&caller, id, offset, count)).await {
-            Ok((data, eof, after)) => ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
+            Ok((data, eof, after)) => {
+                self.count_bytes(&s, false, data.len());
+                ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
                 file_attributes: Self::attr_of(&s, &after),
-                count: data.len() as u32,
-                eof,
-                data: Opaque::owned(data),
-            })),
+                    count: data.len() as u32,
+                    eof,
+                    data: Opaque::owned(data),
+                }))
+            }
             Err(e) => ok::<READ3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
                 READ3resfail { file_attributes: Self::attr_of(&s, &i) },
@@ -390,12 +395,15 @@ impl NfsService {
             }
         };
         match result {
-            Ok((before, after)) => ok::<_, WRITE3resfail>(Nfs3Result::Ok(WRITE3resok {
+            Ok((before, after)) => {
+                self.count_bytes(&s, true, data.len());
+                ok::<_, WRITE3resfail>(Nfs3Result::Ok(WRITE3resok {
                 file_wcc: wcc_data { before: pre(before), after: Self::attr_of(&s, &after) },
                 count: data.len() as u32,
-                committed: if sync { stable_how::FILE_SYNC } else { stable_how::UNSTABLE },
-                verf: self.write_verifier,
-            })),
+                    committed: if sync { stable_how::FILE_SYNC } else { stable_how::UNSTABLE },
+                    verf: self.write_verifier,
+                }))
+            }
             Err(e) => fail(nfs_status(&e), &s),
         }
     }
@@ -754,8 +762,60 @@ impl NfsService {
     }
 }
 
+const PROC_NAMES: [&str; 22] = [
+    "NULL", "GETATTR", "SETATTR", "LOOKUP", "ACCESS", "READLINK", "READ", "WRITE", "CREATE", "MKDIR", "SYMLINK",
+    "MKNOD", "REMOVE", "RMDIR", "RENAME", "LINK", "READDIR", "READDIRPLUS", "FSSTAT", "FSINFO", "PATHCONF", "COMMIT",
+];
+
+/// The status label of a reply: "OK", an NFS3ERR_* name, or the RPC-level outcome.
+fn status_label(proc: u32, reply: &ProcReply) -> String {
+    match reply {
+        ProcReply::Success(body) if proc == 0 || body.len() < 4 => "OK".into(),
+        ProcReply::Success(body) => {
+            let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            if code == 0 {
+                "OK".into()
+            } else {
+                // A 4-byte enum: safe to decode with nfs3_types' own Unpack.
+                match <nfsstat3 as nfs3_types::xdr_codec::Unpack>::unpack(&mut &body[..4]) {
+                    Ok((st, _)) => st.to_string(),
+                    Err(_) => format!("NFS3ERR_{code}"),
+                }
+            }
+        }
+        ProcReply::ProcUnavail => "PROC_UNAVAIL".into(),
+        ProcReply::GarbageArgs => "GARBAGE_ARGS".into(),
+        ProcReply::SystemErr => "SYSTEM_ERR".into(),
+    }
+}
+
+impl NfsService {
+    fn count_bytes(&self, share: &Share, write: bool, n: usize) {
+        if let Some(m) = &self.metrics {
+            let c = if write { &m.nfs_write_bytes_total } else { &m.nfs_read_bytes_total };
+            c.with_label_values(&[&share.name]).inc_by(n as u64);
+            if !write {
+                m.cache_hits_total.with_label_values(&[&share.name]).inc();
+            }
+        }
+    }
+}
+
 impl Nfs3Program for NfsService {
     async fn call(&self, ctx: CallContext, proc: u32, args: Bytes) -> ProcReply {
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!("nfs", xid = ctx.xid, proc = PROC_NAMES.get(proc as usize).copied().unwrap_or("?"));
+        let reply = tracing::Instrument::instrument(self.dispatch(ctx, proc, args), span).await;
+        if let Some(m) = &self.metrics {
+            let name = PROC_NAMES.get(proc as usize).copied().unwrap_or("UNKNOWN");
+            m.observe_nfs_call(name, &status_label(proc, &reply), started.elapsed());
+        }
+        reply
+    }
+}
+
+impl NfsService {
+    async fn dispatch(&self, ctx: CallContext, proc: u32, args: Bytes) -> ProcReply {
         let mut c = XdrCursor::new(args);
         let c = &mut c;
         let ctx = &ctx;

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod instrumented;
 pub mod local;
 pub mod meta;
 pub mod s3;

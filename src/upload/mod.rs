@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError};
 
 mod keylock;
@@ -110,6 +111,8 @@ pub struct Uploader {
     wake: tokio::sync::Notify,
     locks: KeyLocks,
     pub counters: UploadCounters,
+    /// Prometheus metrics and this share's label.
+    metrics: Option<(Metrics, String)>,
 }
 
 fn now_s() -> u64 {
@@ -126,7 +129,13 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 impl Uploader {
-    pub fn new(cache: Arc<Cache>, store: Arc<dyn ObjectStore>, prefix: String, settings: UploadSettings) -> Arc<Self> {
+    pub fn new(
+        cache: Arc<Cache>,
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        settings: UploadSettings,
+        metrics: Option<(Metrics, String)>,
+    ) -> Arc<Self> {
         Arc::new(Uploader {
             cache,
             store,
@@ -143,6 +152,7 @@ impl Uploader {
             wake: tokio::sync::Notify::new(),
             locks: KeyLocks::default(),
             counters: UploadCounters::default(),
+            metrics,
         })
     }
 
@@ -295,6 +305,10 @@ impl Uploader {
 
     async fn process(self: &Arc<Self>, id: FileId) {
         let result = self.sync_inode(id).await;
+        if let Some((m, share)) = &self.metrics {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            m.uploads_total.with_label_values(&[share, outcome]).inc();
+        }
         let mut s = self.sched.lock();
         s.in_flight.remove(&id);
         let again = s.again.remove(&id);
@@ -385,6 +399,9 @@ impl Uploader {
                     self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
                     if renamed {
                         self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
+                        if let Some((m, share)) = &self.metrics {
+                            m.files_renamed_total.with_label_values(&[share]).inc();
+                        }
                     }
                     etag
                 }

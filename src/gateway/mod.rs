@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -13,11 +14,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ShareConfig};
+use crate::metrics::Metrics;
 use crate::nfs::nfs3::{NfsService, Share};
 use crate::nfs::server::{Limits, serve};
+use crate::remote::instrumented::Instrumented;
 use crate::remote::url::{ShareUrl, parse_share_url};
 use crate::remote::{ObjectStore, local::LocalStore, s3::S3Settings, s3::S3Store};
 use crate::upload::{UploadSettings, Uploader};
+
+mod admin;
 
 /// S3's limit on key length, which bounds paths in a share.
 const MAX_KEY_BYTES: usize = 1024;
@@ -27,7 +32,9 @@ pub struct ShareRuntime {
     pub config: ShareConfig,
     pub share: Arc<Share>,
     pub uploader: Arc<Uploader>,
+    /// The share's store, as the uploader sees it (instrumented).
     pub store: Arc<dyn ObjectStore>,
+    instrumented: Arc<Instrumented>,
     pub prefix: String,
 }
 
@@ -36,18 +43,22 @@ pub struct Gateway {
     pub config: Config,
     pub shares: Vec<ShareRuntime>,
     pub nfs: Arc<NfsService>,
+    pub metrics: Metrics,
     pub started: Instant,
+    nfs_listening: AtomicBool,
 }
 
-/// A started gateway; dropping it does not stop it, `shutdown` does.
+/// A started gateway; `shutdown` stops it.
 pub struct Running {
     pub gateway: Arc<Gateway>,
     pub nfs_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
 
-/// The store a share URL names. `credentials` overrides the standard chain (tests).
+/// The store a share URL names, and the key prefix within it. `credentials`
+/// overrides the standard AWS credential chain (tests only).
 pub async fn open_store(
     share: &ShareConfig,
     credentials: Option<(String, String)>,
@@ -59,62 +70,67 @@ pub async fn open_store(
             let store = S3Store::new(settings).await.map_err(anyhow::Error::msg)?;
             Ok((Arc::new(store), prefix))
         }
-        ShareUrl::Local { root } => {
-            let store = LocalStore::new(root)?;
-            Ok((Arc::new(store), String::new()))
-        }
+        ShareUrl::Local { root } => Ok((Arc::new(LocalStore::new(root)?), String::new())),
     }
 }
 
 impl Gateway {
-    /// Opens every share's cache and store. `store_override` lets tests hand in a
-    /// wrapped store (fault injection) for every share.
+    /// Opens every share's cache and store. `store_override` hands every share the
+    /// same store (tests wrap a real one with fault injection).
     pub async fn open(
         config: Config,
         credentials: Option<(String, String)>,
         store_override: Option<Arc<dyn ObjectStore>>,
     ) -> anyhow::Result<Gateway> {
+        let metrics = Metrics::from_config(&config);
         let mut shares = Vec::new();
-        let dirty_limit = config.cache.dirty_limit.map(|b| b.0).unwrap_or(config.cache.capacity.0 / 10 * 8);
         for sc in &config.shares {
-            let (store, prefix) = match &store_override {
-                Some(s) => (s.clone(), parse_prefix(&sc.url)),
+            let (raw, prefix) = match &store_override {
+                Some(s) => (s.clone(), prefix_of(&sc.url)),
                 None => open_store(sc, credentials.clone()).await.with_context(|| format!("share {}", sc.name))?,
             };
             if prefix.len() + 2 > MAX_KEY_BYTES {
                 bail!("share {}: prefix too long", sc.name);
             }
+            let instrumented = Instrumented::new(raw, metrics.clone(), &sc.name);
+            let store: Arc<dyn ObjectStore> = instrumented.clone();
             let dir: PathBuf = config.cache.dir.join("shares").join(&sc.name);
             let opts = CacheOptions {
                 max_path_bytes: MAX_KEY_BYTES - prefix.len(),
                 root_mode: sc.default_dir_mode.0,
                 root_uid: sc.default_owner,
                 root_gid: sc.default_group,
-                dirty_limit_bytes: dirty_limit,
+                dirty_limit_bytes: config.dirty_limit_bytes(),
             };
             let cache = Arc::new(
                 tokio::task::spawn_blocking(move || Cache::open(&dir, opts))
                     .await?
                     .with_context(|| format!("opening the cache of share {}", sc.name))?,
             );
-            let uploader = Uploader::new(cache.clone(), store.clone(), prefix.clone(), upload_settings(&config));
-            let list = sc.allowed_clients.clone();
+            let uploader = Uploader::new(
+                cache.clone(),
+                store.clone(),
+                prefix.clone(),
+                upload_settings(&config),
+                Some((metrics.clone(), sc.name.clone())),
+            );
+            let clients = sc.client_list().map_err(anyhow::Error::msg)?;
             let share = Arc::new(Share {
                 name: sc.name.clone(),
-                export_path: format!("/{}", sc.name),
+                export_path: sc.export_path(),
                 cache,
                 squash: sc.squash,
                 read_only: sc.read_only,
-                allowed_clients: list.clone(),
-                allows: crate::config::client_matcher(&list).map_err(anyhow::Error::msg)?,
+                allowed_clients: sc.allowed_clients.clone(),
+                allows: Box::new(move |ip| clients.allows(ip)),
             });
-            shares.push(ShareRuntime { config: sc.clone(), share, uploader, store, prefix });
+            shares.push(ShareRuntime { config: sc.clone(), share, uploader, store, instrumented, prefix });
         }
-        let nfs = Arc::new(NfsService::new(shares.iter().map(|s| s.share.clone()).collect()));
-        Ok(Gateway { config, shares, nfs, started: Instant::now() })
+        let nfs = Arc::new(NfsService::new(shares.iter().map(|s| s.share.clone()).collect(), Some(metrics.clone())));
+        Ok(Gateway { config, shares, nfs, metrics, started: Instant::now(), nfs_listening: AtomicBool::new(false) })
     }
 
-    /// Starts the uploaders and the NFS listener.
+    /// Starts the uploaders, the NFS listener and the admin listener.
     pub async fn start(self) -> anyhow::Result<Running> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -123,24 +139,43 @@ impl Gateway {
             s.share.cache.set_notifier(tx);
             tasks.spawn(s.uploader.clone().run(rx, stop.clone()));
         }
-        let listener = TcpListener::bind(self.config.nfs.listen)
+        let nfs_listener = TcpListener::bind(self.config.nfs.listen)
             .await
             .with_context(|| format!("binding the NFS listener on {}", self.config.nfs.listen))?;
-        let nfs_addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(self.config.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", self.config.admin.listen))?;
+        let nfs_addr = nfs_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
         let gateway = Arc::new(self);
+        gateway.nfs_listening.store(true, Ordering::Relaxed);
+
         let nfs = gateway.nfs.clone();
-        let limits = Limits::from_config(&gateway.config.nfs);
+        let mut limits = Limits::from_config(&gateway.config.nfs);
+        limits.metrics = Some(gateway.metrics.clone());
         let token = stop.clone();
+        let gw = gateway.clone();
         tasks.spawn(async move {
-            if let Err(e) = serve(listener, nfs.clone(), nfs, limits, token.cancelled_owned()).await {
+            if let Err(e) = serve(nfs_listener, nfs.clone(), nfs, limits, token.cancelled_owned()).await {
                 tracing::error!(error = %e, "NFS server stopped");
             }
+            gw.nfs_listening.store(false, Ordering::Relaxed);
         });
-        Ok(Running { gateway, nfs_addr, stop, tasks })
+
+        admin::install_scrape_hook(&gateway);
+        let api: Arc<dyn crate::admin::AdminApi> = Arc::new(admin::Api(gateway.clone()));
+        let metrics = gateway.metrics.clone();
+        let token = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::admin::serve_admin(admin_listener, api, metrics, token.cancelled_owned()).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+        Ok(Running { gateway, nfs_addr, admin_addr, stop, tasks })
     }
 }
 
-fn parse_prefix(url: &str) -> String {
+fn prefix_of(url: &str) -> String {
     match parse_share_url(url) {
         Ok(ShareUrl::S3 { prefix, .. }) => prefix,
         _ => String::new(),
@@ -172,35 +207,44 @@ impl Running {
 }
 
 /// `bucketgate serve`: runs until SIGTERM or SIGINT.
-pub async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
+pub fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_async(config, embedded))
+}
+
+async fn run_async(config: Config, embedded: bool) -> anyhow::Result<()> {
     let gateway = Gateway::open(config, None, None).await?;
     let running = gateway.start().await?;
     let addr = running.nfs_addr;
     for s in &running.gateway.shares {
         tracing::info!(share = %s.share.export_path, url = %s.config.url, "exporting");
     }
+    tracing::info!(nfs = %addr, admin = %running.admin_addr, "serving");
     if embedded {
+        let (h, p) = (addr.ip(), addr.port());
         println!("bucketgate is serving the embedded default configuration.");
-        println!("  objects: {}", running.gateway.shares[0].config.url);
-        println!("Mount it (Linux):");
-        println!(
-            "  sudo mount -t nfs -o vers=3,proto=tcp,port={p},mountport={p},nolock {h}:/data /mnt",
-            p = addr.port(),
-            h = addr.ip()
-        );
-        println!("or with libnfs: nfs-ls 'nfs://{h}//data/?nfsport={p}&mountport={p}&version=3'", p = addr.port(), h = addr.ip());
+        println!("  objects land in: {}", running.gateway.shares[0].config.url);
+        println!("Mount the share (Linux):");
+        println!("  sudo mount -t nfs -o vers=3,proto=tcp,port={p},mountport={p},nolock {h}:/data /mnt");
+        println!("or list it with libnfs:");
+        println!("  nfs-ls 'nfs://{h}//data/?nfsport={p}&mountport={p}&version=3'");
     }
     wait_for_signal().await;
-    tracing::info!("stopping: finishing calls in flight, leaving the upload queue durable");
+    tracing::info!("stopping: finishing calls in flight; the upload queue stays on disk");
     running.shutdown().await;
     Ok(())
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

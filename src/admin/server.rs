@@ -1,0 +1,339 @@
+//! The HTTP/1.1 server behind the admin listener (hyper 1, no framework).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::{AdminApi, ApiError, ErrorBody, FlushRequest, ReadinessBody, RefreshRequest};
+use crate::metrics::Metrics;
+
+/// Largest request body accepted; admin requests are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Connections served at once; more wait in the listen backlog. Scrapers and
+/// operators need a handful; the bound keeps a misbehaving client from exhausting fds.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this, and its body within this.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, connections get this long to finish (a flush wait is cut short).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest flush wait a client may ask for (a year; keeps Duration math finite).
+const MAX_FLUSH_TIMEOUT_S: f64 = 365.0 * 86400.0;
+
+type Body = Full<Bytes>;
+
+/// Serves the admin API on `listener` until `shutdown` completes, then lets open
+/// connections finish for a few seconds and returns.
+///
+/// `api` calls may be cancelled (a client that disconnects drops its request's
+/// future), so implementations must be cancel-safe: a dropped flush wait must not
+/// stop the uploads it waited for.
+pub async fn serve_admin(
+    listener: TcpListener,
+    api: Arc<dyn AdminApi>,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connection tasks so the set does not grow for ever.
+        while conns.try_join_next().is_some() {}
+        let api = api.clone();
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let api = api.clone();
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(route(req, api.as_ref(), &metrics).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+async fn route(req: Request<Incoming>, api: &dyn AdminApi, metrics: &Metrics) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let allowed: &str = match path.as_str() {
+        "/metrics" | "/healthz" | "/readyz" | "/api/v1/status" => "GET, HEAD",
+        "/api/v1/flush" | "/api/v1/refresh" => "POST",
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such endpoint: {path}"),
+            );
+        }
+    };
+    let get = method == Method::GET || method == Method::HEAD;
+    if !(get && allowed.starts_with("GET") || method == Method::POST && allowed == "POST") {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} takes {allowed}"),
+        );
+        r.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_static(if allowed == "POST" {
+                "POST"
+            } else {
+                "GET, HEAD"
+            }),
+        );
+        return r;
+    }
+    let mut resp = match path.as_str() {
+        "/metrics" => {
+            let checks: Vec<(String, bool)> = api
+                .readiness()
+                .checks
+                .into_iter()
+                .map(|c| (c.name, c.ok))
+                .collect();
+            metrics.set_readiness(&checks);
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            )
+        }
+        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok".into()),
+        "/readyz" => {
+            let r = api.readiness();
+            let ready = r.is_ready();
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                code,
+                &ReadinessBody {
+                    ready,
+                    checks: r.checks,
+                },
+            )
+        }
+        "/api/v1/status" => json(StatusCode::OK, &api.status().await),
+        "/api/v1/flush" => match read_json::<FlushRequest>(req).await {
+            Err(r) => r,
+            Ok(f) => match check_flush(&f) {
+                Err(e) => api_error(&e),
+                Ok(()) => {
+                    let limit = f.timeout_s.filter(|_| f.wait).map(Duration::from_secs_f64);
+                    let fut = api.flush(f);
+                    let res = match limit {
+                        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                            Err(ApiError::Timeout(format!(
+                                "not everything was uploaded within {}s; uploads continue",
+                                t.as_secs_f64()
+                            )))
+                        }),
+                        None => fut.await,
+                    };
+                    match res {
+                        Ok(rep) => json(StatusCode::OK, &rep),
+                        Err(e) => api_error(&e),
+                    }
+                }
+            },
+        },
+        "/api/v1/refresh" => match read_json::<RefreshRequest>(req).await {
+            Err(r) => r,
+            Ok(r) => match check_path(r.path.as_deref()) {
+                Err(e) => api_error(&e),
+                Ok(()) => match api.refresh(r).await {
+                    Ok(rep) => json(StatusCode::OK, &rep),
+                    Err(e) => api_error(&e),
+                },
+            },
+        },
+        _ => unreachable!("paths matched above"),
+    };
+    if method == Method::HEAD {
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
+    resp
+}
+
+fn check_path(path: Option<&str>) -> Result<(), ApiError> {
+    match path {
+        Some(p) if !p.starts_with('/') => Err(ApiError::BadRequest(format!(
+            "path `{p}` must start with '/' (/<share>/...)"
+        ))),
+        Some(p) if p.split('/').any(|s| s == "." || s == "..") => Err(ApiError::BadRequest(
+            format!("path `{p}` must not contain `.` or `..`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_flush(f: &FlushRequest) -> Result<(), ApiError> {
+    check_path(f.path.as_deref())?;
+    if let Some(t) = f.timeout_s {
+        if !(t.is_finite() && t > 0.0 && t <= MAX_FLUSH_TIMEOUT_S) {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_s must be a number of seconds in (0, {MAX_FLUSH_TIMEOUT_S}]"
+            )));
+        }
+        if !f.wait {
+            return Err(ApiError::BadRequest(
+                "timeout_s only applies with wait: true".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a bounded JSON body; an empty body is the type's default (`{}`).
+async fn read_json<T: DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body over {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(READ_TIMEOUT, body.collect()).await {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "request body not received in time".into(),
+            ));
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(too_large());
+        }
+        Ok(Err(e)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading body: {e}"),
+            ));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+fn text(code: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn json<T: Serialize>(code: StatusCode, v: &T) -> Response<Body> {
+    match serde_json::to_string_pretty(v) {
+        Ok(mut s) => {
+            s.push('\n');
+            text(code, "application/json", s)
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("encoding JSON: {e}"),
+        ),
+    }
+}
+
+fn error(code: StatusCode, kind: &str, message: String) -> Response<Body> {
+    json(
+        code,
+        &ErrorBody {
+            error: kind.to_string(),
+            message,
+        },
+    )
+}
+
+fn api_error(e: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(code, &e.body())
+}

@@ -1,0 +1,456 @@
+//! The `bucketgate` command line. `main.rs` only calls [`main`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::{AdminClient, FlushRequest, RefreshRequest, StatusReport};
+use crate::config::{AdminConfig, Config, EXAMPLE_TOML};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bucketgate",
+    version,
+    about = "NFSv3 file gateway: a local write-back cache in front of S3"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway. Without --config: NFS on 127.0.0.1:2049, admin on
+    /// 127.0.0.1:9108, data and a directory "bucket" under ./bucketgate-data.
+    Serve {
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Write a fully commented example configuration (to stdout without --output).
+    Init {
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a configuration file: prints OK and a summary, or every error (exit 1).
+    CheckConfig {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show shares, cache use, the upload queue and failing files of a running gateway.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload dirty files now instead of after upload_delay.
+    Flush {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Return only once everything written before this call is in the store.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 1; uploads go on).
+        #[arg(long, value_name = "SECONDS", requires = "wait")]
+        timeout: Option<f64>,
+        /// /<share> or /<share>/path; every share when omitted.
+        path: Option<String>,
+    },
+    /// Re-list the bucket so objects written behind the gateway show up.
+    Refresh {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Also refresh subdirectories.
+        #[arg(long)]
+        recursive: bool,
+        /// /<share> or a directory in it; every share when omitted.
+        path: Option<String>,
+    },
+}
+
+/// Which gateway the client commands talk to.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    /// Admin API address (host:port); default 127.0.0.1:9108.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    pub admin: Option<String>,
+    /// Take the admin address from this configuration file.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl AdminTarget {
+    pub fn resolve(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(a) = &self.admin {
+            let a = a.trim_start_matches("http://").trim_end_matches('/');
+            return a
+                .to_socket_addrs()
+                .with_context(|| format!("--admin {a}: expected host:port"))?
+                .next()
+                .with_context(|| format!("--admin {a}: no address"));
+        }
+        let listen = match &self.config {
+            Some(path) => Config::load(path).map_err(anyhow::Error::msg)?.admin.listen,
+            None => AdminConfig::default().listen,
+        };
+        Ok(connectable(listen))
+    }
+}
+
+/// A wildcard listen address is not one to connect to: use loopback instead.
+fn connectable(mut a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a
+}
+
+/// Parses the command line, runs it, and maps errors to exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Init { output, force } => init(output.as_deref(), force),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("OK {}\n{}", config.display(), cfg.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { target, json } => {
+            let client = AdminClient::new(target.resolve()?);
+            let status = block_on(client.status())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render_status(&status, unix_now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flush {
+            target,
+            wait,
+            timeout,
+            path,
+        } => {
+            let client = AdminClient::new(target.resolve()?);
+            let req = FlushRequest {
+                path,
+                wait,
+                timeout_s: timeout,
+            };
+            let rep = block_on(client.flush(&req))?;
+            let state = if rep.complete {
+                "all in the store"
+            } else if wait {
+                "not complete"
+            } else {
+                "uploads started"
+            };
+            println!(
+                "flush: {} files, {}: {state}",
+                rep.files,
+                human_bytes(rep.bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Refresh {
+            target,
+            recursive,
+            path,
+        } => {
+            let client = AdminClient::new(target.resolve()?);
+            let rep = block_on(client.refresh(&RefreshRequest { path, recursive }))?;
+            println!(
+                "refresh: {} directories, {} objects listed, {} entries changed",
+                rep.directories, rep.objects_listed, rep.entries_changed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (cfg, embedded) = match config {
+        Some(path) => (Config::load(path).map_err(anyhow::Error::msg)?, false),
+        None => (Config::embedded_default(Path::new("bucketgate-data")), true),
+    };
+    crate::logging::init(&cfg.log)?;
+    if embedded {
+        tracing::info!(
+            "no --config: running the embedded configuration (write your own with `bucketgate init`)"
+        );
+    }
+    for line in cfg.summary().lines() {
+        tracing::info!("{line}");
+    }
+    crate::gateway::run(cfg, embedded)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(output: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
+    match output {
+        None => print!("{EXAMPLE_TOML}"),
+        Some(path) => {
+            if path.exists() && !force {
+                bail!("{} exists; use --force to overwrite it", path.display());
+            }
+            std::fs::write(path, EXAMPLE_TOML)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {}; check it with: bucketgate check-config --config {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// "1.5 GiB" style, for people.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// "3d 4h", "5m 2s", "12s".
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// The human-readable `bucketgate status` output.
+pub fn render_status(s: &StatusReport, now_unix_s: u64) -> String {
+    let mut o = format!(
+        "bucketgate {}  up {}\n\n",
+        s.version,
+        human_duration(s.uptime_seconds)
+    );
+    let w = s
+        .shares
+        .iter()
+        .map(|x| x.export_path.len())
+        .max()
+        .unwrap_or(0)
+        .max("EXPORT".len());
+    o.push_str(&format!("{:<w$}  {:<2}  URL\n", "EXPORT", "RW"));
+    for sh in &s.shares {
+        o.push_str(&format!(
+            "{:<w$}  {:<2}  {}\n",
+            sh.export_path,
+            if sh.read_only { "ro" } else { "rw" },
+            sh.url
+        ));
+    }
+    let c = &s.cache;
+    let used_pct = if c.capacity_bytes == 0 {
+        0.0
+    } else {
+        100.0 * c.used_bytes as f64 / c.capacity_bytes as f64
+    };
+    o.push_str(&format!(
+        "\ncache   {} of {} used ({used_pct:.1}%), {} dirty ({:.1}%)\n",
+        human_bytes(c.used_bytes),
+        human_bytes(c.capacity_bytes),
+        human_bytes(c.dirty_bytes),
+        c.dirty_percent
+    ));
+    let q = &s.upload_queue;
+    let oldest = q
+        .oldest_dirty_age_seconds
+        .map(|a| human_duration(a as u64))
+        .unwrap_or_else(|| "-".into());
+    o.push_str(&format!(
+        "upload  {} files ({}) queued, oldest dirty {oldest}, {} failing\n",
+        q.files,
+        human_bytes(q.bytes),
+        q.failing_files
+    ));
+    if !s.failing_files.is_empty() {
+        o.push_str("\nFAILING  ATTEMPTS  SINCE     PATH  (LAST ERROR)\n");
+        for f in &s.failing_files {
+            let since = human_duration(now_unix_s.saturating_sub(f.failing_since_unix_s));
+            o.push_str(&format!(
+                "         {:<8}  {:<8}  /{}{}  ({})\n",
+                f.attempts, since, f.share, f.path, f.last_error
+            ));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{CacheStatus, FailingFile, QueueStatus, ShareStatus};
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_client_commands() {
+        let c = Cli::try_parse_from([
+            "bucketgate",
+            "flush",
+            "--wait",
+            "--timeout",
+            "30",
+            "/data/x",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Flush {
+                wait,
+                timeout,
+                path,
+                ..
+            } => {
+                assert!(wait);
+                assert_eq!(timeout, Some(30.0));
+                assert_eq!(path.as_deref(), Some("/data/x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // --timeout without --wait is refused: it would mean nothing.
+        assert!(Cli::try_parse_from(["bucketgate", "flush", "--timeout", "3"]).is_err());
+        // --admin and --config name the same thing twice.
+        assert!(
+            Cli::try_parse_from(["bucketgate", "status", "--admin", "a:1", "--config", "f"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn admin_target_resolution() {
+        let t = AdminTarget {
+            admin: Some("127.0.0.1:9999".into()),
+            config: None,
+        };
+        assert_eq!(t.resolve().unwrap(), "127.0.0.1:9999".parse().unwrap());
+        let t = AdminTarget {
+            admin: None,
+            config: None,
+        };
+        assert_eq!(t.resolve().unwrap(), "127.0.0.1:9108".parse().unwrap());
+        assert_eq!(
+            connectable("0.0.0.0:9108".parse().unwrap()),
+            "127.0.0.1:9108".parse().unwrap()
+        );
+        assert_eq!(
+            connectable("[::]:9108".parse().unwrap()),
+            "[::1]:9108".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn status_table_shows_every_figure() {
+        let s = StatusReport {
+            version: "0.1.0".into(),
+            uptime_seconds: 3 * 3600 + 120,
+            shares: vec![ShareStatus {
+                name: "data".into(),
+                export_path: "/data".into(),
+                url: "s3://b/p/".into(),
+                read_only: true,
+            }],
+            cache: CacheStatus::new(100 << 30, 50 << 30, 25 << 30),
+            upload_queue: QueueStatus {
+                files: 7,
+                bytes: 3 << 20,
+                oldest_dirty_age_seconds: Some(75.0),
+                failing_files: 1,
+            },
+            failing_files: vec![FailingFile {
+                share: "data".into(),
+                path: "/a/b.txt".into(),
+                attempts: 4,
+                last_error: "AccessDenied".into(),
+                failing_since_unix_s: 1000,
+            }],
+        };
+        let t = render_status(&s, 1000 + 600);
+        for want in [
+            "up 3h 2m",
+            "/data",
+            "ro",
+            "s3://b/p/",
+            "50.0 GiB of 100.0 GiB used (50.0%)",
+            "25.0 GiB dirty (25.0%)",
+            "7 files (3.0 MiB)",
+            "oldest dirty 1m 15s",
+            "1 failing",
+            "/data/a/b.txt",
+            "AccessDenied",
+            "10m 0s",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(2 * 86400 + 3600), "2d 1h");
+    }
+}

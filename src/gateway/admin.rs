@@ -1,0 +1,151 @@
+//! The gateway's side of the admin API: status, flush, readiness, and the figures
+//! the metrics scrape reads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::Gateway;
+use crate::admin::{
+    AdminApi, ApiError, CHECK_CONFIGURED, CHECK_METADATA_OPEN, CHECK_NFS_LISTENING, CHECK_STORE_REACHABLE,
+    CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus, Readiness, RefreshReport, RefreshRequest,
+    ShareStatus, StatusReport,
+};
+
+pub struct Api(pub Arc<Gateway>);
+
+struct Figures {
+    used: u64,
+    dirty: u64,
+    queued: u64,
+    oldest: Duration,
+    failing: u64,
+}
+
+fn figures(g: &Gateway) -> Figures {
+    let mut f = Figures { used: 0, dirty: 0, queued: 0, oldest: Duration::ZERO, failing: 0 };
+    for s in &g.shares {
+        f.used += s.share.cache.stored_bytes();
+        f.dirty += s.share.cache.dirty_bytes();
+        f.queued += s.uploader.queued() as u64;
+        f.oldest = f.oldest.max(s.uploader.oldest_dirty_age());
+        f.failing += s.uploader.failing().len() as u64;
+    }
+    f
+}
+
+pub fn install_scrape_hook(g: &Arc<Gateway>) {
+    let weak = Arc::downgrade(g);
+    g.metrics.set_scrape_hook(move |m| {
+        let Some(g) = weak.upgrade() else { return };
+        let f = figures(&g);
+        m.set_cache(g.config.cache.capacity.0, f.used, f.dirty);
+        m.set_upload_queue(f.queued, f.dirty, f.oldest, f.failing);
+    });
+}
+
+impl Api {
+    /// The share a "/share/path" names, and the path inside it.
+    fn split<'a>(&self, path: &'a str) -> Result<(usize, &'a str), ApiError> {
+        let p = path.trim_start_matches('/');
+        let (name, rest) = p.split_once('/').unwrap_or((p, ""));
+        let idx = self
+            .0
+            .shares
+            .iter()
+            .position(|s| s.config.name == name)
+            .ok_or_else(|| ApiError::NotFound(format!("no share named `{name}`")))?;
+        Ok((idx, rest))
+    }
+}
+
+#[async_trait]
+impl AdminApi for Api {
+    async fn status(&self) -> StatusReport {
+        let g = &self.0;
+        let f = figures(g);
+        let mut failing_files = Vec::new();
+        for s in &g.shares {
+            for ff in s.uploader.failing() {
+                failing_files.push(FailingFile {
+                    share: s.config.name.clone(),
+                    path: format!("/{}", ff.path),
+                    attempts: ff.attempts,
+                    last_error: ff.last_error,
+                    failing_since_unix_s: ff.failing_since_s,
+                });
+            }
+        }
+        failing_files.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+        failing_files.truncate(100);
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: g.started.elapsed().as_secs(),
+            shares: g.shares.iter().map(|s| ShareStatus::from(&s.config)).collect(),
+            cache: CacheStatus::new(g.config.cache.capacity.0, f.used, f.dirty),
+            upload_queue: QueueStatus {
+                files: f.queued,
+                bytes: f.dirty,
+                oldest_dirty_age_seconds: (f.queued > 0).then(|| f.oldest.as_secs_f64()),
+                failing_files: f.failing,
+            },
+            failing_files,
+        }
+    }
+
+    async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {
+        let scope: Vec<(usize, String)> = match &req.path {
+            None => (0..self.0.shares.len()).map(|i| (i, String::new())).collect(),
+            Some(p) => {
+                let (i, rest) = self.split(p)?;
+                vec![(i, rest.to_string())]
+            }
+        };
+        let mut targets = Vec::new();
+        let mut bytes = 0;
+        for (i, sub) in &scope {
+            let s = &self.0.shares[*i];
+            let t = s.uploader.flush_now(Some(sub));
+            bytes += s.share.cache.dirty_bytes();
+            targets.push((*i, t));
+        }
+        let files = targets.iter().map(|(_, t)| t.len() as u64).sum();
+        let reached = |targets: &[(usize, Vec<(u64, u64)>)]| {
+            targets.iter().all(|(i, t)| self.0.shares[*i].uploader.reached(t))
+        };
+        if req.wait {
+            // The admin server bounds this with the request's timeout; the uploads
+            // themselves go on if the wait is abandoned.
+            while !reached(&targets) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(FlushReport { files, bytes, complete: reached(&targets) })
+    }
+
+    async fn refresh(&self, req: RefreshRequest) -> Result<RefreshReport, ApiError> {
+        if let Some(p) = &req.path {
+            self.split(p)?;
+        }
+        Err(ApiError::Unavailable(
+            "refresh needs the read-through namespace, which this build does not have yet".into(),
+        ))
+    }
+
+    fn readiness(&self) -> Readiness {
+        let g = &self.0;
+        let unreachable: Vec<&str> =
+            g.shares.iter().filter(|s| !s.instrumented.reachable()).map(|s| s.config.name.as_str()).collect();
+        Readiness::default()
+            .check(CHECK_CONFIGURED, !g.shares.is_empty(), None)
+            .check(CHECK_METADATA_OPEN, true, None)
+            .check(CHECK_NFS_LISTENING, g.nfs_listening.load(Ordering::Relaxed), None)
+            .check(
+                CHECK_STORE_REACHABLE,
+                unreachable.is_empty(),
+                (!unreachable.is_empty()).then(|| format!("last request failed for share(s): {}", unreachable.join(", "))),
+            )
+    }
+}
