@@ -46,7 +46,12 @@ struct TestNfs {
 
 impl TestNfs {
     fn new(gate_create: bool) -> Arc<Self> {
-        Arc::new(TestNfs { creates: AtomicUsize::new(0), gate_create, gate: Notify::new(), barrier: Barrier::new(20) })
+        Arc::new(TestNfs {
+            creates: AtomicUsize::new(0),
+            gate_create,
+            gate: Notify::new(),
+            barrier: Barrier::new(20),
+        })
     }
 }
 
@@ -86,8 +91,14 @@ struct TestExports;
 impl Exports for TestExports {
     fn exports(&self) -> Vec<ExportEntry> {
         vec![
-            ExportEntry { path: "/data".into(), allowed_clients: vec![] },
-            ExportEntry { path: "/secret".into(), allowed_clients: vec!["10.9.9.9".into(), "10.1.0.0/16".into()] },
+            ExportEntry {
+                path: "/data".into(),
+                allowed_clients: vec![],
+            },
+            ExportEntry {
+                path: "/secret".into(),
+                allowed_clients: vec!["10.9.9.9".into(), "10.1.0.0/16".into()],
+            },
         ]
     }
 
@@ -113,10 +124,21 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, nfs.clone(), Arc::new(TestExports), limits, async {
-            let _ = rx.await;
-        }));
-        Server { addr, nfs, stop: Some(stop), task }
+        let task = tokio::spawn(serve(
+            listener,
+            nfs.clone(),
+            Arc::new(TestExports),
+            limits,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Server {
+            addr,
+            nfs,
+            stop: Some(stop),
+            task,
+        }
     }
 
     async fn default() -> Server {
@@ -129,7 +151,11 @@ impl Server {
 
     async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        timeout(T, self.task).await.expect("serve returns").unwrap().unwrap();
+        timeout(T, self.task)
+            .await
+            .expect("serve returns")
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -178,7 +204,9 @@ fn words(ws: &[u32]) -> Vec<u8> {
 }
 
 fn to_words(b: &[u8]) -> Vec<u32> {
-    b.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect()
+    b.chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn auth_sys(uid: u32, gid: u32, gids: &[u32]) -> Vec<u8> {
@@ -189,7 +217,15 @@ fn auth_sys(uid: u32, gid: u32, gids: &[u32]) -> Vec<u8> {
     b
 }
 
-fn call_with_cred(xid: u32, prog: u32, vers: u32, proc: u32, flavor: u32, cred: &[u8], args: &[u8]) -> Vec<u8> {
+fn call_with_cred(
+    xid: u32,
+    prog: u32,
+    vers: u32,
+    proc: u32,
+    flavor: u32,
+    cred: &[u8],
+    args: &[u8],
+) -> Vec<u8> {
     let mut m = words(&[xid, 0, 2, prog, vers, proc, flavor, cred.len() as u32]);
     m.extend_from_slice(cred);
     m.resize(m.len().next_multiple_of(4), 0);
@@ -199,7 +235,15 @@ fn call_with_cred(xid: u32, prog: u32, vers: u32, proc: u32, flavor: u32, cred: 
 }
 
 fn call(xid: u32, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Vec<u8> {
-    call_with_cred(xid, prog, vers, proc, 1, &auth_sys(1000, 100, &[4, 5]), args)
+    call_with_cred(
+        xid,
+        prog,
+        vers,
+        proc,
+        1,
+        &auth_sys(1000, 100, &[4, 5]),
+        args,
+    )
 }
 
 async fn send(s: &mut TcpStream, msg: &[u8]) {
@@ -232,7 +276,11 @@ async fn closed_by_server(s: &mut TcpStream) -> bool {
 /// (xid, accept_stat, results) of an accepted reply with an AUTH_NONE verifier.
 fn accepted(r: &[u8]) -> (u32, u32, Vec<u8>) {
     let w = to_words(&r[..24]);
-    assert_eq!((w[1], w[2], w[3], w[4]), (1, 0, 0, 0), "accepted reply, AUTH_NONE verifier: {w:?}");
+    assert_eq!(
+        (w[1], w[2], w[3], w[4]),
+        (1, 0, 0, 0),
+        "accepted reply, AUTH_NONE verifier: {w:?}"
+    );
     (w[0], w[5], r[24..].to_vec())
 }
 
@@ -253,13 +301,31 @@ async fn portmap_null_getport_dump() {
     pm.null().await.unwrap();
     assert_eq!(pm.getport(NFS, 3, 6).await.unwrap(), port);
     assert_eq!(pm.getport(MOUNT, 3, 6).await.unwrap(), port);
-    assert!(matches!(pm.getport(NFS, 3, 17).await, Err(PortmapError::ProgramUnavailable)));
-    assert!(matches!(pm.getport(NFS, 4, 6).await, Err(PortmapError::ProgramUnavailable)));
-    assert!(matches!(pm.getport(100_021, 4, 6).await, Err(PortmapError::ProgramUnavailable)));
-    let mut dump: Vec<_> = pm.dump().await.unwrap().iter().map(|m| (m.prog, m.vers, m.prot, m.port)).collect();
+    assert!(matches!(
+        pm.getport(NFS, 3, 17).await,
+        Err(PortmapError::ProgramUnavailable)
+    ));
+    assert!(matches!(
+        pm.getport(NFS, 4, 6).await,
+        Err(PortmapError::ProgramUnavailable)
+    ));
+    assert!(matches!(
+        pm.getport(100_021, 4, 6).await,
+        Err(PortmapError::ProgramUnavailable)
+    ));
+    let mut dump: Vec<_> = pm
+        .dump()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.prog, m.vers, m.prot, m.port))
+        .collect();
     dump.sort();
     let p = u32::from(port);
-    assert_eq!(dump, vec![(PORTMAP, 2, 6, p), (NFS, 3, 6, p), (MOUNT, 3, 6, p)]);
+    assert_eq!(
+        dump,
+        vec![(PORTMAP, 2, 6, p), (NFS, 3, 6, p), (MOUNT, 3, 6, p)]
+    );
     s.shutdown().await;
 }
 
@@ -275,21 +341,35 @@ async fn mount_mnt_export_dump_umnt() {
         .unwrap()
         .0
         .into_iter()
-        .map(|e| (e.ex_dir.0.to_vec(), e.ex_groups.0.into_iter().map(|g| g.0.to_vec()).collect()))
+        .map(|e| {
+            (
+                e.ex_dir.0.to_vec(),
+                e.ex_groups.0.into_iter().map(|g| g.0.to_vec()).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         exports,
         vec![
             (b"/data".to_vec(), vec![]),
-            (b"/secret".to_vec(), vec![b"10.9.9.9".to_vec(), b"10.1.0.0/16".to_vec()])
+            (
+                b"/secret".to_vec(),
+                vec![b"10.9.9.9".to_vec(), b"10.1.0.0/16".to_vec()]
+            )
         ]
     );
 
     let ok = m.mnt(path(b"/data")).await.unwrap();
     assert_eq!(ok.fhandle.0.as_ref(), ROOT_FH);
     assert_eq!(ok.auth_flavors, vec![1, 0]);
-    let dump: Vec<_> =
-        m.dump().await.unwrap().0.into_iter().map(|b| (b.ml_hostname.0.to_vec(), b.ml_directory.0.to_vec())).collect();
+    let dump: Vec<_> = m
+        .dump()
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|b| (b.ml_hostname.0.to_vec(), b.ml_directory.0.to_vec()))
+        .collect();
     assert_eq!(dump, vec![(b"127.0.0.1".to_vec(), b"/data".to_vec())]);
 
     m.umnt(path(b"/data")).await.unwrap();
@@ -299,8 +379,14 @@ async fn mount_mnt_export_dump_umnt() {
     assert!(m.dump().await.unwrap().0.is_empty());
 
     // The allowed-clients check sees the caller's real address.
-    assert!(matches!(m.mnt(path(b"/secret")).await, Err(MountError::Denied(mountstat3::MNT3ERR_ACCES))));
-    assert!(matches!(m.mnt(path(b"/nope")).await, Err(MountError::Denied(mountstat3::MNT3ERR_NOENT))));
+    assert!(matches!(
+        m.mnt(path(b"/secret")).await,
+        Err(MountError::Denied(mountstat3::MNT3ERR_ACCES))
+    ));
+    assert!(matches!(
+        m.mnt(path(b"/nope")).await,
+        Err(MountError::Denied(mountstat3::MNT3ERR_NOENT))
+    ));
     assert!(matches!(
         m.mnt(path(&[b'a'; 1025])).await,
         Err(MountError::Denied(mountstat3::MNT3ERR_NAMETOOLONG))
@@ -346,7 +432,11 @@ async fn full_mount_through_portmap_then_nfs_null() {
 async fn auth_sys_reaches_the_handler() {
     let s = Server::default().await;
     let mut c = s.connect().await;
-    send(&mut c, &call_with_cred(1, NFS, 3, P_WHOAMI, 1, &auth_sys(501, 20, &[1, 2, 3]), &[])).await;
+    send(
+        &mut c,
+        &call_with_cred(1, NFS, 3, P_WHOAMI, 1, &auth_sys(501, 20, &[1, 2, 3]), &[]),
+    )
+    .await;
     let (xid, stat, res) = accepted(&recv(&mut c).await);
     assert_eq!((xid, stat, to_words(&res)), (1, 0, vec![501, 20, 3]));
     s.shutdown().await;
@@ -363,7 +453,9 @@ async fn multi_fragment_record() {
     for (i, w) in cuts.windows(2).enumerate() {
         let last = i == cuts.len() - 2;
         let part = &msg[w[0]..w[1]];
-        let mut frag = ((part.len() as u32) | if last { 0x8000_0000 } else { 0 }).to_be_bytes().to_vec();
+        let mut frag = ((part.len() as u32) | if last { 0x8000_0000 } else { 0 })
+            .to_be_bytes()
+            .to_vec();
         frag.extend_from_slice(part);
         c.write_all(&frag).await.unwrap();
         c.flush().await.unwrap();
@@ -377,7 +469,10 @@ async fn multi_fragment_record() {
 
 #[tokio::test]
 async fn record_over_limit_closes_only_that_connection() {
-    let limits = Limits { max_record_bytes: 64 << 10, ..Limits::default() };
+    let limits = Limits {
+        max_record_bytes: 64 << 10,
+        ..Limits::default()
+    };
     let s = Server::start(limits, TestNfs::new(false)).await;
     let mut other = s.connect().await;
 
@@ -411,7 +506,10 @@ async fn record_over_limit_closes_only_that_connection() {
 #[tokio::test]
 async fn client_disconnecting_mid_record_frees_its_slot() {
     // Two connection slots: if abandoned connections leaked, the last call would be refused.
-    let limits = Limits { max_connections: 2, ..Limits::default() };
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
     let s = Server::start(limits, TestNfs::new(false)).await;
     for _ in 0..6 {
         let mut c = s.connect().await;
@@ -434,13 +532,19 @@ async fn client_disconnecting_mid_record_frees_its_slot() {
         }
     })
     .await;
-    assert!(ok.is_ok(), "server refuses connections after clients vanished mid-record");
+    assert!(
+        ok.is_ok(),
+        "server refuses connections after clients vanished mid-record"
+    );
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn connection_limit_closes_extra_connections() {
-    let limits = Limits { max_connections: 1, ..Limits::default() };
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
     let s = Server::start(limits, TestNfs::new(false)).await;
     let mut first = s.connect().await;
     send(&mut first, &call(1, NFS, 3, P_NULL, &[])).await;
@@ -484,7 +588,11 @@ async fn rpc_level_errors() {
 
     // AUTH_SYS with 17 gids -> AUTH_ERROR BADCRED
     let gids: Vec<u32> = (0..17).collect();
-    send(&mut c, &call_with_cred(11, NFS, 3, P_NULL, 1, &auth_sys(0, 0, &gids), &[])).await;
+    send(
+        &mut c,
+        &call_with_cred(11, NFS, 3, P_NULL, 1, &auth_sys(0, 0, &gids), &[]),
+    )
+    .await;
     assert_eq!(denied(recv(&mut c).await), vec![11, 1, 1, 1, 1]);
 
     // AUTH_SYS body whose gid count runs past its end -> BADCRED
@@ -609,7 +717,10 @@ async fn twenty_calls_in_flight_on_one_connection() {
 #[tokio::test]
 async fn stalled_client_does_not_hold_up_others() {
     // Few global handler slots, so a stalled connection holding them would block B.
-    let limits = Limits { max_calls_total: 2, ..Limits::default() };
+    let limits = Limits {
+        max_calls_total: 2,
+        ..Limits::default()
+    };
     let s = Server::start(limits, TestNfs::new(false)).await;
     let mut stalled = s.connect().await;
     // 64 x 1 MiB replies that A never reads: far beyond socket buffers.
@@ -639,7 +750,9 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
     let mut c = s.connect().await;
     send(&mut c, &call(7, NFS, 3, P_GATED, &[])).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let Server { nfs, stop, task, .. } = s;
+    let Server {
+        nfs, stop, task, ..
+    } = s;
     stop.unwrap().send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // No longer accepting...
@@ -659,7 +772,10 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
 
 #[tokio::test]
 async fn shutdown_grace_is_bounded() {
-    let limits = Limits { shutdown_grace: Duration::from_millis(200), ..Limits::default() };
+    let limits = Limits {
+        shutdown_grace: Duration::from_millis(200),
+        ..Limits::default()
+    };
     let s = Server::start(limits, TestNfs::new(false)).await;
     let mut c = s.connect().await;
     send(&mut c, &call(7, NFS, 3, P_GATED, &[])).await;

@@ -89,7 +89,9 @@ pub fn call<E: Exports + ?Sized>(
                 Ok(p) => p,
                 Err(XdrError::TooLong { len, .. }) => {
                     debug!(%client, len, "MNT path too long");
-                    return ProcReply::Success(encode(&mountres3::Err(mountstat3::MNT3ERR_NAMETOOLONG)));
+                    return ProcReply::Success(encode(&mountres3::Err(
+                        mountstat3::MNT3ERR_NAMETOOLONG,
+                    )));
                 }
                 Err(_) => return ProcReply::GarbageArgs,
             };
@@ -110,8 +112,11 @@ pub fn call<E: Exports + ?Sized>(
             ProcReply::Success(encode(&res))
         }
         MOUNTPROC3_DUMP => {
-            let hosts: Vec<(String, Vec<u8>)> =
-                table.list().into_iter().map(|(c, p)| (c.to_string(), p)).collect();
+            let hosts: Vec<(String, Vec<u8>)> = table
+                .list()
+                .into_iter()
+                .map(|(c, p)| (c.to_string(), p))
+                .collect();
             let list: mountlist = List(
                 hosts
                     .iter()
@@ -144,7 +149,10 @@ pub fn call<E: Exports + ?Sized>(
                     .map(|e| export_node {
                         ex_dir: dirpath(Opaque::borrowed(e.path.as_bytes())),
                         ex_groups: List(
-                            e.allowed_clients.iter().map(|c| name(Opaque::borrowed(c.as_bytes()))).collect(),
+                            e.allowed_clients
+                                .iter()
+                                .map(|c| name(Opaque::borrowed(c.as_bytes())))
+                                .collect(),
                         ),
                     })
                     .collect(),

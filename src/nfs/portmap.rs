@@ -39,17 +39,27 @@ pub fn call(proc: u32, args: Bytes, port: u16) -> ProcReply {
         }
         PMAPPROC_GETPORT => {
             let mut c = XdrCursor::new(args);
-            let (Ok(prog), Ok(vers), Ok(prot), Ok(_port)) = (c.u32(), c.u32(), c.u32(), c.u32()) else {
+            let (Ok(prog), Ok(vers), Ok(prot), Ok(_port)) = (c.u32(), c.u32(), c.u32(), c.u32())
+            else {
                 return ProcReply::GarbageArgs;
             };
-            let answer = if prot == IPPROTO_TCP && SERVED.contains(&(prog, vers)) { u32::from(port) } else { 0 };
+            let answer = if prot == IPPROTO_TCP && SERVED.contains(&(prog, vers)) {
+                u32::from(port)
+            } else {
+                0
+            };
             ProcReply::Success(encode(&answer))
         }
         PMAPPROC_DUMP => {
             let list: pmaplist = List(
                 SERVED
                     .iter()
-                    .map(|&(prog, vers)| mapping { prog, vers, prot: IPPROTO_TCP, port: u32::from(port) })
+                    .map(|&(prog, vers)| mapping {
+                        prog,
+                        vers,
+                        prot: IPPROTO_TCP,
+                        port: u32::from(port),
+                    })
                     .collect(),
             );
             ProcReply::Success(encode(&list))
@@ -76,11 +86,20 @@ mod tests {
 
     #[test]
     fn getport() {
-        assert_eq!(ok(call(3, words(&[100003, 3, 6, 0]), 2049)), 2049u32.to_be_bytes());
-        assert_eq!(ok(call(3, words(&[100005, 3, 6, 0]), 2049)), 2049u32.to_be_bytes());
+        assert_eq!(
+            ok(call(3, words(&[100003, 3, 6, 0]), 2049)),
+            2049u32.to_be_bytes()
+        );
+        assert_eq!(
+            ok(call(3, words(&[100005, 3, 6, 0]), 2049)),
+            2049u32.to_be_bytes()
+        );
         assert_eq!(ok(call(3, words(&[100003, 3, 17, 0]), 2049)), [0; 4]);
         assert_eq!(ok(call(3, words(&[100005, 1, 6, 0]), 2049)), [0; 4]);
-        assert!(matches!(call(3, words(&[100003, 3]), 2049), ProcReply::GarbageArgs));
+        assert!(matches!(
+            call(3, words(&[100003, 3]), 2049),
+            ProcReply::GarbageArgs
+        ));
         assert_eq!(ok(call(1, words(&[100003, 3, 6, 2049]), 2049)), [0; 4]);
         assert!(matches!(call(5, words(&[]), 2049), ProcReply::ProcUnavail));
         assert!(ok(call(0, words(&[]), 2049)).is_empty());

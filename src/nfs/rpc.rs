@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use nfs3_types::rpc::{
-    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply,
-    reply_body, rpc_msg,
+    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply, reply_body,
+    rpc_msg,
 };
 
 use super::xdr::{MAX_AUTH_BYTES, XdrCursor, XdrError, encode_into};
@@ -67,7 +67,9 @@ impl CallError {
 /// procedure are the dispatcher's business.
 pub fn parse_call(record: Bytes) -> Result<(CallHeader, Bytes), CallError> {
     let mut c = XdrCursor::new(record);
-    let xid = c.u32().map_err(|_| CallError::Unanswerable("record shorter than an xid"))?;
+    let xid = c
+        .u32()
+        .map_err(|_| CallError::Unanswerable("record shorter than an xid"))?;
     let garbage = |_: XdrError| CallError::Garbage { xid };
     let mtype = c.u32().map_err(garbage)?;
     if mtype != MSG_CALL {
@@ -83,18 +85,36 @@ pub fn parse_call(record: Bytes) -> Result<(CallHeader, Bytes), CallError> {
 
     let bad = |stat| move |_: XdrError| CallError::Auth { xid, stat };
     let cred_flavor = c.u32().map_err(bad(auth_stat::AUTH_BADCRED))?;
-    let cred_body = c.opaque(MAX_AUTH_BYTES).map_err(bad(auth_stat::AUTH_BADCRED))?;
+    let cred_body = c
+        .opaque(MAX_AUTH_BYTES)
+        .map_err(bad(auth_stat::AUTH_BADCRED))?;
     let _verf_flavor = c.u32().map_err(bad(auth_stat::AUTH_BADVERF))?;
-    let _verf_body = c.opaque(MAX_AUTH_BYTES).map_err(bad(auth_stat::AUTH_BADVERF))?;
+    let _verf_body = c
+        .opaque(MAX_AUTH_BYTES)
+        .map_err(bad(auth_stat::AUTH_BADVERF))?;
 
     let auth = match cred_flavor {
         AUTH_NONE => None,
         AUTH_SYS => Some(parse_auth_sys(cred_body).map_err(bad(auth_stat::AUTH_BADCRED))?),
         // Linux knfsd answers BADCRED for flavors it has no handler for (e.g. RPCSEC_GSS
         // when no GSS is configured); clients then fall back or report the error clearly.
-        _ => return Err(CallError::Auth { xid, stat: auth_stat::AUTH_BADCRED }),
+        _ => {
+            return Err(CallError::Auth {
+                xid,
+                stat: auth_stat::AUTH_BADCRED,
+            });
+        }
     };
-    Ok((CallHeader { xid, prog, vers, proc, auth }, c.rest()))
+    Ok((
+        CallHeader {
+            xid,
+            prog,
+            vers,
+            proc,
+            auth,
+        },
+        c.rest(),
+    ))
 }
 
 /// The AUTH_SYS (`authsys_parms`) body: strict, every field bounded, no trailing bytes.
@@ -106,11 +126,19 @@ pub fn parse_auth_sys(body: Bytes) -> Result<AuthSys, XdrError> {
     let gid = c.u32()?;
     let gids = c.u32_array(MAX_AUTH_GIDS)?;
     c.expect_end()?;
-    Ok(AuthSys { uid, gid, gids, machine_name: String::from_utf8_lossy(&name).into_owned() })
+    Ok(AuthSys {
+        uid,
+        gid,
+        gids,
+        machine_name: String::from_utf8_lossy(&name).into_owned(),
+    })
 }
 
 fn reply(xid: u32, body: reply_body<'_>) -> Vec<u8> {
-    let msg = rpc_msg { xid, body: msg_body::REPLY(body) };
+    let msg = rpc_msg {
+        xid,
+        body: msg_body::REPLY(body),
+    };
     let mut out = Vec::with_capacity(32);
     encode_into(&mut out, &msg);
     out
@@ -120,7 +148,10 @@ fn reply(xid: u32, body: reply_body<'_>) -> Vec<u8> {
 pub fn accepted(xid: u32, data: accept_stat_data) -> Vec<u8> {
     reply(
         xid,
-        reply_body::MSG_ACCEPTED(accepted_reply { verf: opaque_auth::default(), reply_data: data }),
+        reply_body::MSG_ACCEPTED(accepted_reply {
+            verf: opaque_auth::default(),
+            reply_data: data,
+        }),
     )
 }
 
@@ -159,12 +190,18 @@ pub fn system_err(xid: u32) -> Vec<u8> {
 
 /// MSG_DENIED RPC_MISMATCH: we speak RPC version 2 only.
 pub fn rpc_mismatch(xid: u32) -> Vec<u8> {
-    reply(xid, reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(RPC_VERSION, RPC_VERSION)))
+    reply(
+        xid,
+        reply_body::MSG_DENIED(rejected_reply::rpc_mismatch(RPC_VERSION, RPC_VERSION)),
+    )
 }
 
 /// MSG_DENIED AUTH_ERROR.
 pub fn auth_error(xid: u32, stat: auth_stat) -> Vec<u8> {
-    reply(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(stat)))
+    reply(
+        xid,
+        reply_body::MSG_DENIED(rejected_reply::auth_error(stat)),
+    )
 }
 
 /// Splits a handler's answer into (reply header, results) so results are never copied.
@@ -214,7 +251,10 @@ mod tests {
         let (h, args) = parse_call(rec.clone()).unwrap();
         assert_eq!((h.xid, h.prog, h.vers, h.proc), (7, 100003, 3, 1));
         let a = h.auth.unwrap();
-        assert_eq!((a.uid, a.gid, a.gids, a.machine_name.as_str()), (1000, 100, vec![1, 2, 3], "host1"));
+        assert_eq!(
+            (a.uid, a.gid, a.gids, a.machine_name.as_str()),
+            (1000, 100, vec![1, 2, 3], "host1")
+        );
         assert_eq!(&args[..], b"ARGS");
         assert_eq!(args.as_ptr(), rec[rec.len() - 4..].as_ptr());
     }
@@ -228,12 +268,21 @@ mod tests {
 
     #[test]
     fn malformed_auth_sys_is_badcred() {
-        let bad = CallError::Auth { xid: 9, stat: auth_stat::AUTH_BADCRED };
+        let bad = CallError::Auth {
+            xid: 9,
+            stat: auth_stat::AUTH_BADCRED,
+        };
         // 17 gids
         let gids: Vec<u32> = (0..17).collect();
-        assert_eq!(parse_call(call(9, AUTH_SYS, &auth_sys_body(b"h", &gids), &[])), Err(bad.clone()));
+        assert_eq!(
+            parse_call(call(9, AUTH_SYS, &auth_sys_body(b"h", &gids), &[])),
+            Err(bad.clone())
+        );
         // machine name of 256 bytes
-        assert_eq!(parse_call(call(9, AUTH_SYS, &auth_sys_body(&[b'a'; 256], &[]), &[])), Err(bad.clone()));
+        assert_eq!(
+            parse_call(call(9, AUTH_SYS, &auth_sys_body(&[b'a'; 256], &[]), &[])),
+            Err(bad.clone())
+        );
         // gid count claims more than the body holds
         let mut body = auth_sys_body(b"h", &[]);
         let n = body.len();
@@ -244,16 +293,28 @@ mod tests {
         body.extend(words(&[0]));
         assert_eq!(parse_call(call(9, AUTH_SYS, &body, &[])), Err(bad.clone()));
         // credential longer than 400 bytes
-        assert_eq!(parse_call(call(9, AUTH_SYS, &[0; 404], &[])), Err(bad.clone()));
+        assert_eq!(
+            parse_call(call(9, AUTH_SYS, &[0; 404], &[])),
+            Err(bad.clone())
+        );
         // unknown flavor (RPCSEC_GSS)
         assert_eq!(parse_call(call(9, 6, &[], &[])), Err(bad));
     }
 
     #[test]
     fn header_errors() {
-        assert!(matches!(parse_call(Bytes::from_static(&[0, 0])), Err(CallError::Unanswerable(_))));
-        assert_eq!(parse_call(Bytes::from(words(&[5, 0, 2, 1]))), Err(CallError::Garbage { xid: 5 }));
-        assert!(matches!(parse_call(Bytes::from(words(&[5, 1, 0]))), Err(CallError::Unanswerable(_))));
+        assert!(matches!(
+            parse_call(Bytes::from_static(&[0, 0])),
+            Err(CallError::Unanswerable(_))
+        ));
+        assert_eq!(
+            parse_call(Bytes::from(words(&[5, 0, 2, 1]))),
+            Err(CallError::Garbage { xid: 5 })
+        );
+        assert!(matches!(
+            parse_call(Bytes::from(words(&[5, 1, 0]))),
+            Err(CallError::Unanswerable(_))
+        ));
         assert_eq!(
             parse_call(Bytes::from(words(&[5, 0, 3, 100003, 3, 0, 0, 0, 0, 0]))),
             Err(CallError::RpcMismatch { xid: 5, vers: 3 })
@@ -269,7 +330,10 @@ mod tests {
         assert_eq!(system_err(3), words(&[3, 1, 0, 0, 0, 5]));
         assert_eq!(prog_unavail(3), words(&[3, 1, 0, 0, 0, 1]));
         assert_eq!(rpc_mismatch(3), words(&[3, 1, 1, 0, 2, 2]));
-        assert_eq!(auth_error(3, auth_stat::AUTH_TOOWEAK), words(&[3, 1, 1, 1, 5]));
+        assert_eq!(
+            auth_error(3, auth_stat::AUTH_TOOWEAK),
+            words(&[3, 1, 1, 1, 5])
+        );
         assert_eq!(last_fragment_header(8), [0x80, 0, 0, 8]);
     }
 }

@@ -147,10 +147,19 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
 
     drop(listener);
     let _ = stop_tx.send(true);
-    info!(connections = conns.len(), "NFS server shutting down, letting calls in flight finish");
+    info!(
+        connections = conns.len(),
+        "NFS server shutting down, letting calls in flight finish"
+    );
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(shared.limits.shutdown_grace, drain).await.is_err() {
-        warn!(connections = conns.len(), "shutdown grace period over, aborting remaining calls");
+    if tokio::time::timeout(shared.limits.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = conns.len(),
+            "shutdown grace period over, aborting remaining calls"
+        );
         conns.shutdown().await;
     }
     info!("NFS server stopped");
@@ -179,11 +188,17 @@ impl Outgoing {
         let mut head = Vec::with_capacity(4 + rpc_header.len());
         head.extend_from_slice(&rpc::last_fragment_header(rpc_header.len() + body.len()));
         head.extend_from_slice(&rpc_header);
-        Outgoing { head: head.into(), body: body.into() }
+        Outgoing {
+            head: head.into(),
+            body: body.into(),
+        }
     }
 
     fn whole(bytes: Bytes) -> Self {
-        Outgoing { head: bytes, body: Bytes::new() }
+        Outgoing {
+            head: bytes,
+            body: Bytes::new(),
+        }
     }
 
     fn to_bytes(&self) -> Bytes {
@@ -223,7 +238,11 @@ async fn connection<P: Nfs3Program, E: Exports>(
     'conn: loop {
         let record = match decoder.decode(&mut inbuf) {
             Err(claimed) => {
-                warn!(claimed, max = shared.limits.max_record_bytes, "RPC record over the size limit, closing connection");
+                warn!(
+                    claimed,
+                    max = shared.limits.max_record_bytes,
+                    "RPC record over the size limit, closing connection"
+                );
                 break;
             }
             Ok(Decoded::Record(r)) => r,
@@ -256,7 +275,8 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
-        tasks.spawn(handle_call(shared.clone(), record, peer, tx.clone(), permit).in_current_span());
+        tasks
+            .spawn(handle_call(shared.clone(), record, peer, tx.clone(), permit).in_current_span());
     }
 
     // Stop reading; calls in flight finish and their replies are written, then the
@@ -289,7 +309,10 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, timeou
                 return;
             }
             Err(_) => {
-                warn!(?timeout, "client is not reading replies, closing connection");
+                warn!(
+                    ?timeout,
+                    "client is not reading replies, closing connection"
+                );
                 return;
             }
         }
@@ -318,7 +341,12 @@ struct RecordDecoder {
 
 impl RecordDecoder {
     fn new(max: usize) -> Self {
-        RecordDecoder { max, scanned: 0, data: 0, fragments: 0 }
+        RecordDecoder {
+            max,
+            scanned: 0,
+            data: 0,
+            fragments: 0,
+        }
     }
 
     /// `Err(claimed)` when the record would exceed the limit (counting fragment
@@ -381,7 +409,13 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
             return;
         }
     };
-    let CallHeader { xid, prog, vers, proc, .. } = hdr;
+    let CallHeader {
+        xid,
+        prog,
+        vers,
+        proc,
+        ..
+    } = hdr;
     debug!(xid, prog, vers, proc, "call");
     let out = match (prog, vers) {
         (portmap::PROGRAM, portmap::VERSION) => {
@@ -397,12 +431,14 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
                 None => return,
             }
         }
-        (portmap::PROGRAM, _) => {
-            Outgoing::new(rpc::prog_mismatch(xid, portmap::VERSION, portmap::VERSION), Vec::new())
-        }
-        (mount::PROGRAM, _) => {
-            Outgoing::new(rpc::prog_mismatch(xid, mount::VERSION, mount::VERSION), Vec::new())
-        }
+        (portmap::PROGRAM, _) => Outgoing::new(
+            rpc::prog_mismatch(xid, portmap::VERSION, portmap::VERSION),
+            Vec::new(),
+        ),
+        (mount::PROGRAM, _) => Outgoing::new(
+            rpc::prog_mismatch(xid, mount::VERSION, mount::VERSION),
+            Vec::new(),
+        ),
         (nfs3_types::nfs3::PROGRAM, _) => Outgoing::new(
             rpc::prog_mismatch(xid, nfs3_types::nfs3::VERSION, nfs3_types::nfs3::VERSION),
             Vec::new(),
@@ -431,10 +467,22 @@ async fn nfs_call<P: Nfs3Program, E: Exports>(
     args: Bytes,
     peer: SocketAddr,
 ) -> Option<Outgoing> {
-    let CallHeader { xid, prog, vers, proc, auth } = hdr;
+    let CallHeader {
+        xid,
+        prog,
+        vers,
+        proc,
+        auth,
+    } = hdr;
     let mut guard = None;
     if NON_IDEMPOTENT_PROCS.contains(&proc) {
-        let key = DrcKey { client: peer.ip(), xid, prog, vers, proc };
+        let key = DrcKey {
+            client: peer.ip(),
+            xid,
+            prog,
+            vers,
+            proc,
+        };
         match shared.drc.begin(key, &args) {
             Begin::Run(g) => guard = Some(g),
             Begin::InProgress => {
@@ -447,9 +495,17 @@ async fn nfs_call<P: Nfs3Program, E: Exports>(
             }
         }
     }
-    let ctx = CallContext { xid, client: peer, auth };
+    let ctx = CallContext {
+        xid,
+        client: peer,
+        auth,
+    };
     let reply = {
-        let _running = shared.calls.acquire().await.expect("semaphore never closed");
+        let _running = shared
+            .calls
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         CatchUnwind(Box::pin(shared.nfs.call(ctx, proc, args))).await
     };
     let reply = match reply {
@@ -514,7 +570,12 @@ struct ReplyCache {
 
 impl ReplyCache {
     fn new(entries: u64, ttl: Duration) -> Self {
-        ReplyCache { cache: moka::sync::Cache::builder().max_capacity(entries).time_to_live(ttl).build() }
+        ReplyCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 
     /// A checksum of the arguments guards against xid reuse (a rebooted client
@@ -528,7 +589,10 @@ impl ReplyCache {
 
     fn begin(&self, key: DrcKey, args: &[u8]) -> Begin<'_> {
         let sum = Self::checksum(args);
-        let entry = self.cache.entry(key.clone()).or_insert_with(|| DrcState::InProgress { sum });
+        let entry = self
+            .cache
+            .entry(key.clone())
+            .or_insert_with(|| DrcState::InProgress { sum });
         if !entry.is_fresh() {
             match entry.into_value() {
                 DrcState::InProgress { sum: s } if s == sum => return Begin::InProgress,
@@ -537,7 +601,12 @@ impl ReplyCache {
                 _ => self.cache.insert(key.clone(), DrcState::InProgress { sum }),
             }
         }
-        Begin::Run(DrcGuard { drc: self, key, sum, done: false })
+        Begin::Run(DrcGuard {
+            drc: self,
+            key,
+            sum,
+            done: false,
+        })
     }
 }
 
@@ -553,7 +622,13 @@ struct DrcGuard<'a> {
 impl DrcGuard<'_> {
     fn complete(mut self, reply: Bytes) {
         self.done = true;
-        self.drc.cache.insert(self.key.clone(), DrcState::Done { sum: self.sum, reply });
+        self.drc.cache.insert(
+            self.key.clone(),
+            DrcState::Done {
+                sum: self.sum,
+                reply,
+            },
+        );
     }
 }
 
@@ -570,7 +645,9 @@ mod tests {
     use super::*;
 
     fn frag(last: bool, data: &[u8]) -> Vec<u8> {
-        let mut v = ((data.len() as u32) | if last { 0x8000_0000 } else { 0 }).to_be_bytes().to_vec();
+        let mut v = ((data.len() as u32) | if last { 0x8000_0000 } else { 0 })
+            .to_be_bytes()
+            .to_vec();
         v.extend_from_slice(data);
         v
     }
@@ -581,7 +658,9 @@ mod tests {
         let mut buf = BytesMut::from(&frag(true, b"abcd")[..]);
         buf.extend_from_slice(&frag(true, b"ef")[..2]);
         let base = buf.as_ptr();
-        let Ok(Decoded::Record(r)) = d.decode(&mut buf) else { panic!("expected a record") };
+        let Ok(Decoded::Record(r)) = d.decode(&mut buf) else {
+            panic!("expected a record")
+        };
         assert_eq!(&r[..], b"abcd");
         assert_eq!(r.as_ptr(), base.wrapping_add(4));
         assert!(matches!(d.decode(&mut buf), Ok(Decoded::NeedMore(2))));
@@ -623,13 +702,23 @@ mod tests {
     #[test]
     fn drc_states() {
         let drc = ReplyCache::new(100, Duration::from_secs(60));
-        let key = DrcKey { client: "10.0.0.1".parse().unwrap(), xid: 1, prog: 100003, vers: 3, proc: 8 };
-        let Begin::Run(g) = drc.begin(key.clone(), b"args") else { panic!("first call runs") };
+        let key = DrcKey {
+            client: "10.0.0.1".parse().unwrap(),
+            xid: 1,
+            prog: 100003,
+            vers: 3,
+            proc: 8,
+        };
+        let Begin::Run(g) = drc.begin(key.clone(), b"args") else {
+            panic!("first call runs")
+        };
         assert!(matches!(drc.begin(key.clone(), b"args"), Begin::InProgress));
         g.complete(Bytes::from_static(b"reply"));
         assert!(matches!(drc.begin(key.clone(), b"args"), Begin::Replay(r) if &r[..] == b"reply"));
         // Same xid, different arguments: a new call.
-        let Begin::Run(g) = drc.begin(key.clone(), b"other") else { panic!("xid reuse runs") };
+        let Begin::Run(g) = drc.begin(key.clone(), b"other") else {
+            panic!("xid reuse runs")
+        };
         drop(g);
         // Abandoned: the next attempt runs.
         assert!(matches!(drc.begin(key, b"other"), Begin::Run(_)));

@@ -131,7 +131,10 @@ impl XdrCursor {
 
     fn need(&self, n: usize) -> XdrResult<()> {
         if n > self.remaining() {
-            Err(XdrError::Truncated { needed: n, remaining: self.remaining() })
+            Err(XdrError::Truncated {
+                needed: n,
+                remaining: self.remaining(),
+            })
         } else {
             Ok(())
         }
@@ -170,7 +173,10 @@ impl XdrCursor {
 
     /// Fixed-length opaque of `len` bytes plus its padding, zero-copy.
     pub fn fixed_opaque(&mut self, len: usize) -> XdrResult<Bytes> {
-        let padded = len.checked_add(pad(len)).ok_or(XdrError::TooLong { len, max: usize::MAX })?;
+        let padded = len.checked_add(pad(len)).ok_or(XdrError::TooLong {
+            len,
+            max: usize::MAX,
+        })?;
         self.need(padded)?;
         let out = self.buf.slice(self.pos..self.pos + len);
         self.pos += padded;
@@ -228,12 +234,18 @@ impl XdrCursor {
     /// Decodes a fixed-size `nfs3_types` type with its own `Unpack` (safe: [`FixedXdr`]
     /// types contain no length-prefixed fields).
     pub fn unpack_fixed<T: FixedXdr>(&mut self) -> XdrResult<T> {
-        let mut reader = CursorReader { cur: self, failed: None };
+        let mut reader = CursorReader {
+            cur: self,
+            failed: None,
+        };
         match T::unpack(&mut reader) {
             Ok((v, _)) => Ok(v),
             Err(e) => Err(reader.failed.take().unwrap_or(match e {
                 nfs3_types::xdr_codec::Error::InvalidEnumValue(v) => XdrError::BadEnum(v),
-                _ => XdrError::Truncated { needed: 0, remaining: 0 },
+                _ => XdrError::Truncated {
+                    needed: 0,
+                    remaining: 0,
+                },
             })),
         }
     }
@@ -242,7 +254,9 @@ impl XdrCursor {
 
     /// nfs_fh3: at most 64 bytes (RFC 1813 NFS3_FHSIZE). Copied: handles are small.
     pub fn nfs_fh3(&mut self) -> XdrResult<nfs_fh3> {
-        Ok(nfs_fh3 { data: self.opaque_owned(NFS3_FHSIZE)? })
+        Ok(nfs_fh3 {
+            data: self.opaque_owned(NFS3_FHSIZE)?,
+        })
     }
 
     /// The raw bytes of an nfs_fh3 (≤ 64), zero-copy.
@@ -314,7 +328,13 @@ impl XdrCursor {
         let count = self.u32()?;
         let stable = self.stable_how()?;
         let data = self.opaque(usize::MAX)?;
-        Ok(Write3Args { file, offset, count, stable, data })
+        Ok(Write3Args {
+            file,
+            offset,
+            count,
+            stable,
+            data,
+        })
     }
 }
 
@@ -412,8 +432,15 @@ mod tests {
     #[test]
     fn huge_claimed_opaque_is_rejected_without_allocating() {
         let huge = words(&[0xFFFF_FFFF, 1, 2]);
-        let (err, largest) = alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).opaque(usize::MAX));
-        assert_eq!(err.unwrap_err(), XdrError::Truncated { needed: 0x1_0000_0000, remaining: 8 });
+        let (err, largest) =
+            alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).opaque(usize::MAX));
+        assert_eq!(
+            err.unwrap_err(),
+            XdrError::Truncated {
+                needed: 0x1_0000_0000,
+                remaining: 8
+            }
+        );
         assert!(largest < 1024, "allocated {largest} bytes");
         let (err, largest) = alloc_probe::largest_during(|| {
             let mut c = XdrCursor::from_slice(&huge);
@@ -422,14 +449,29 @@ mod tests {
         assert!(matches!(err, Err(XdrError::Truncated { .. })));
         assert!(largest < 1024, "allocated {largest} bytes");
         let (err, largest) = alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).nfs_fh3());
-        assert_eq!(err.unwrap_err(), XdrError::TooLong { len: 0xFFFF_FFFF, max: 64 });
+        assert_eq!(
+            err.unwrap_err(),
+            XdrError::TooLong {
+                len: 0xFFFF_FFFF,
+                max: 64
+            }
+        );
         assert!(largest < 1024, "allocated {largest} bytes");
         let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF]));
-        assert_eq!(c.opaque(64).unwrap_err(), XdrError::TooLong { len: 0xFFFF_FFFF, max: 64 });
+        assert_eq!(
+            c.opaque(64).unwrap_err(),
+            XdrError::TooLong {
+                len: 0xFFFF_FFFF,
+                max: 64
+            }
+        );
         let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF]));
         assert!(matches!(c.filename3(), Err(XdrError::Truncated { .. })));
         let mut c = XdrCursor::from_slice(&words(&[17]));
-        assert_eq!(c.u32_array(16).unwrap_err(), XdrError::TooLong { len: 17, max: 16 });
+        assert_eq!(
+            c.u32_array(16).unwrap_err(),
+            XdrError::TooLong { len: 17, max: 16 }
+        );
     }
 
     #[test]
@@ -439,7 +481,10 @@ mod tests {
         let claim = words(&[1 << 20]);
         let (r, largest) = alloc_probe::largest_during(|| Opaque::unpack(&mut &claim[..]));
         assert!(r.is_err());
-        assert!(largest >= 1 << 20, "probe missed a {largest} byte allocation");
+        assert!(
+            largest >= 1 << 20,
+            "probe missed a {largest} byte allocation"
+        );
     }
 
     #[test]
@@ -455,7 +500,13 @@ mod tests {
         assert_eq!(s.as_ptr(), buf[4..].as_ptr());
         assert_eq!(c.u32().unwrap(), 7);
         assert!(c.is_empty());
-        assert!(matches!(c.u32(), Err(XdrError::Truncated { needed: 4, remaining: 0 })));
+        assert!(matches!(
+            c.u32(),
+            Err(XdrError::Truncated {
+                needed: 4,
+                remaining: 0
+            })
+        ));
     }
 
     #[test]
@@ -476,21 +527,35 @@ mod tests {
         );
         let mut raw = words(&[8]);
         raw.extend_from_slice(&[7u8; 8]);
-        assert_eq!(XdrCursor::from_slice(&raw).nfs_fh3().unwrap().data.as_ref(), &[7u8; 8]);
+        assert_eq!(
+            XdrCursor::from_slice(&raw).nfs_fh3().unwrap().data.as_ref(),
+            &[7u8; 8]
+        );
     }
 
     #[test]
     fn bool_and_enums_are_validated() {
-        assert_eq!(XdrCursor::from_slice(&words(&[2])).bool().unwrap_err(), XdrError::BadBool(2));
+        assert_eq!(
+            XdrCursor::from_slice(&words(&[2])).bool().unwrap_err(),
+            XdrError::BadBool(2)
+        );
         assert!(XdrCursor::from_slice(&words(&[1])).bool().unwrap());
         assert_eq!(
             XdrCursor::from_slice(&words(&[2])).stable_how().unwrap(),
             stable_how::FILE_SYNC
         );
-        assert_eq!(XdrCursor::from_slice(&words(&[3])).stable_how().unwrap_err(), XdrError::BadEnum(3));
+        assert_eq!(
+            XdrCursor::from_slice(&words(&[3]))
+                .stable_how()
+                .unwrap_err(),
+            XdrError::BadEnum(3)
+        );
         assert!(matches!(
             XdrCursor::from_slice(&words(&[])).stable_how().unwrap_err(),
-            XdrError::Truncated { needed: 4, remaining: 0 }
+            XdrError::Truncated {
+                needed: 4,
+                remaining: 0
+            }
         ));
     }
 
@@ -503,11 +568,17 @@ mod tests {
         assert!(matches!(s.mode, nfs3_types::nfs3::Nfs3Option::Some(0o644)));
         assert!(s.uid.is_none());
         assert!(matches!(s.gid, nfs3_types::nfs3::Nfs3Option::Some(7)));
-        assert!(matches!(s.size, nfs3_types::nfs3::Nfs3Option::Some(0x2_0000_0000)));
+        assert!(matches!(
+            s.size,
+            nfs3_types::nfs3::Nfs3Option::Some(0x2_0000_0000)
+        ));
         assert!(matches!(s.atime, set_atime::SET_TO_SERVER_TIME));
         assert!(matches!(
             s.mtime,
-            set_mtime::SET_TO_CLIENT_TIME(nfstime3 { seconds: 1, nseconds: 2 })
+            set_mtime::SET_TO_CLIENT_TIME(nfstime3 {
+                seconds: 1,
+                nseconds: 2
+            })
         ));
         assert!(c.is_empty());
         // Truncated sattr3 reports Truncated, not a panic or an io error.
@@ -522,14 +593,20 @@ mod tests {
         let buf = Bytes::from(raw);
         let w = XdrCursor::new(buf.clone()).write3args().unwrap();
         assert_eq!(w.file.data.as_ref(), &0xAABB_CCDDu32.to_be_bytes());
-        assert_eq!((w.offset, w.count, w.stable), (4096, 3, stable_how::UNSTABLE));
+        assert_eq!(
+            (w.offset, w.count, w.stable),
+            (4096, 3, stable_how::UNSTABLE)
+        );
         assert_eq!(&w.data[..], b"abc");
         assert_eq!(w.data.as_ptr(), buf[buf.len() - 4..].as_ptr());
     }
 
     #[test]
     fn encode_roundtrip() {
-        let t = nfstime3 { seconds: 3, nseconds: 4 };
+        let t = nfstime3 {
+            seconds: 3,
+            nseconds: 4,
+        };
         assert_eq!(encode(&t), words(&[3, 4]));
         let mut out = vec![9];
         encode_into(&mut out, &7u32);
