@@ -681,6 +681,8 @@ async fn retransmission_while_running_is_dropped() {
     // Let both reach the server before the first completes.
     send(&mut c, &call(43, NFS, 3, P_NULL, &[])).await;
     assert_eq!(accepted(&recv(&mut c).await).0, 43);
+    // Slack only (not a timing assert): the duplicate has long been seen by now.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     s.nfs.gate.notify_one();
     assert_eq!(accepted(&recv(&mut c).await), (42, 0, words(&[1])));
     // Exactly one reply for xid 42: the next thing on the wire answers xid 44.
@@ -783,4 +785,23 @@ async fn shutdown_grace_is_bounded() {
     // The gate never opens: serve still returns once the grace period is over.
     s.shutdown().await;
     assert!(closed_by_server(&mut c).await);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_but_busy_ones_are_not() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let s = Server::start(limits, TestNfs::new(false)).await;
+    let mut busy = s.connect().await;
+    send(&mut busy, &call(1, NFS, 3, P_GATED, &[])).await;
+    let mut idle = s.connect().await;
+    send(&mut idle, &call(2, NFS, 3, P_NULL, &[])).await;
+    assert_eq!(accepted(&recv(&mut idle).await).0, 2);
+    assert!(closed_by_server(&mut idle).await);
+    // The busy connection outlived the idle timeout with its call running.
+    s.nfs.gate.notify_one();
+    assert_eq!(accepted(&recv(&mut busy).await), (1, 0, words(&[1])));
+    s.shutdown().await;
 }
