@@ -39,6 +39,7 @@ const P_PANIC: u32 = 20; // PATHCONF slot: panics
 
 struct TestNfs {
     creates: AtomicUsize,
+    bigs: AtomicUsize,
     gate_create: bool,
     gate: Notify,
     barrier: Barrier,
@@ -48,6 +49,7 @@ impl TestNfs {
     fn new(gate_create: bool) -> Arc<Self> {
         Arc::new(TestNfs {
             creates: AtomicUsize::new(0),
+            bigs: AtomicUsize::new(0),
             gate_create,
             gate: Notify::new(),
             barrier: Barrier::new(20),
@@ -64,7 +66,10 @@ impl Nfs3Program for TestNfs {
                 let a = ctx.auth.expect("AUTH_SYS credentials");
                 ProcReply::Success(words(&[a.uid, a.gid, a.gids.len() as u32]))
             }
-            P_BIG => ProcReply::Success(vec![7u8; 1 << 20]),
+            P_BIG => {
+                self.bigs.fetch_add(1, Ordering::SeqCst);
+                ProcReply::Success(vec![7u8; 1 << 20])
+            }
             P_CREATE => {
                 if self.gate_create {
                     self.gate.notified().await;
@@ -721,19 +726,20 @@ async fn stalled_client_does_not_hold_up_others() {
     // Few global handler slots, so a stalled connection holding them would block B.
     let limits = Limits {
         max_calls_total: 2,
+        max_calls_per_connection: 16,
         ..Limits::default()
     };
     let s = Server::start(limits, TestNfs::new(false)).await;
     let mut stalled = s.connect().await;
-    // 64 x 1 MiB replies that A never reads: far beyond socket buffers.
+    // 100 calls for 1 MiB replies that A never reads: far beyond socket buffers.
     let mut batch = Vec::new();
-    for xid in 0..64u32 {
+    for xid in 0..100u32 {
         let msg = call(xid, NFS, 3, P_BIG, &[]);
         batch.extend(((msg.len() as u32) | 0x8000_0000).to_be_bytes());
         batch.extend(msg);
     }
     stalled.write_all(&batch).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
         null_works(&s).await;
     }
@@ -741,6 +747,10 @@ async fn stalled_client_does_not_hold_up_others() {
     let mut b = s.connect().await;
     send(&mut b, &call(1, NFS, 3, P_BIG, &[])).await;
     assert_eq!(accepted(&recv(&mut b).await).2.len(), 1 << 20);
+    // A's unwritten replies count against its 16 calls: the server stopped reading
+    // from A long before its 100th call (loopback buffers hold a few replies at most).
+    let ran_for_a = s.nfs.bigs.load(Ordering::SeqCst) - 1;
+    assert!(ran_for_a < 60, "{ran_for_a} calls of a stalled client ran");
     drop(stalled);
     s.shutdown().await;
 }

@@ -235,7 +235,8 @@ async fn connection<P: Nfs3Program, E: Exports>(
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let per_conn = shared.limits.max_calls_per_connection;
-    let (tx, rx) = mpsc::channel::<Outgoing>(per_conn);
+    // Never full: each queued reply holds one of the `per_conn` call permits.
+    let (tx, rx) = mpsc::channel::<Queued>(per_conn);
     let mut tasks = JoinSet::new();
     tasks.spawn(writer(wr, rx, shared.limits.reply_write_timeout).in_current_span());
     let permits = Arc::new(Semaphore::new(per_conn));
@@ -325,8 +326,14 @@ fn grow_by(len: usize, spare: usize, need: usize) -> Option<usize> {
     )
 }
 
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, timeout: Duration) {
-    while let Some(out) = rx.recv().await {
+/// A reply and the connection's call permit it still holds: a call counts against
+/// `max_calls_per_connection` until its reply is written, so a client that does not
+/// read its replies stops being read from after that many, and at most that many
+/// replies wait in memory for it.
+type Queued = (Outgoing, OwnedSemaphorePermit);
+
+async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
+    while let Some((out, _permit)) = rx.recv().await {
         let mut buf = out.head.chain(out.body);
         match tokio::time::timeout(timeout, wr.write_all_buf(&mut buf)).await {
             Ok(Ok(())) => {}
@@ -422,15 +429,15 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
     shared: Arc<Shared<P, E>>,
     record: Bytes,
     peer: SocketAddr,
-    tx: mpsc::Sender<Outgoing>,
-    _permit: OwnedSemaphorePermit,
+    tx: mpsc::Sender<Queued>,
+    permit: OwnedSemaphorePermit,
 ) {
     let (hdr, args) = match rpc::parse_call(record) {
         Ok(parsed) => parsed,
         Err(e) => {
             warn!(error = ?e, "bad RPC call header");
             if let Some(reply) = e.reply() {
-                let _ = tx.send(Outgoing::new(reply, Vec::new())).await;
+                let _ = tx.send((Outgoing::new(reply, Vec::new()), permit)).await;
             }
             return;
         }
@@ -475,7 +482,7 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
         }
     };
     // Fails only when the writer is gone (connection closing): nothing to answer to.
-    let _ = tx.send(out).await;
+    let _ = tx.send((out, permit)).await;
 }
 
 impl Outgoing {
