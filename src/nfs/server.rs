@@ -131,16 +131,7 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
             _ = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match conn_slots.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        let conn = connection(stream, peer, shared.clone(), stop_rx.clone(), slot);
-                        conns.spawn(conn.instrument(info_span!("nfs_conn", %peer)));
-                    }
-                    Err(_) => {
-                        warn!(%peer, max = shared.limits.max_connections, "connection limit reached, closing new connection");
-                        drop(stream);
-                    }
-                },
+                Ok((stream, peer)) => admit(stream, peer, &shared, &conn_slots, &stop_rx, &mut conns),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!(error = %e, "accept failed");
@@ -169,6 +160,34 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
     }
     info!("NFS server stopped");
     Ok(())
+}
+
+/// Starts serving an accepted connection, or closes it when all slots are taken.
+fn admit<P: Nfs3Program, E: Exports>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared<P, E>>,
+    slots: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
+    conns: &mut JoinSet<()>,
+) {
+    // An IPv4 client of a dual-stack `[::]` listener shows up as ::ffff:a.b.c.d;
+    // allowed-client lists and the reply cache want a.b.c.d.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => {
+            let conn = connection(stream, peer, shared.clone(), stop.clone(), slot);
+            conns.spawn(conn.instrument(info_span!("nfs_conn", %peer)));
+        }
+        Err(_) => {
+            warn!(
+                %peer,
+                max = shared.limits.max_connections,
+                "connection limit reached, closing new connection"
+            );
+            drop(stream);
+        }
+    }
 }
 
 struct Shared<P, E> {
