@@ -815,3 +815,24 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
     assert_eq!(accepted(&recv(&mut busy).await), (1, 0, words(&[1])));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn endless_junk_records_close_the_connection() {
+    let s = Server::default().await;
+    let mut c = s.connect().await;
+    // Records too short to hold an xid get no reply; after a few the server gives up.
+    let mut junk = Vec::new();
+    for _ in 0..64 {
+        junk.extend([0x80, 0, 0, 2, 0xde, 0xad]);
+    }
+    let _ = c.write_all(&junk).await;
+    assert!(closed_by_server(&mut c).await);
+    // Authentication errors are answers, not junk: they never close the connection.
+    let mut c = s.connect().await;
+    for xid in 0..40 {
+        send(&mut c, &call_with_cred(xid, NFS, 3, P_NULL, 6, &[], &[])).await;
+        assert_eq!(to_words(&recv(&mut c).await), vec![xid, 1, 1, 1, 1]);
+    }
+    null_works(&s).await;
+    s.shutdown().await;
+}

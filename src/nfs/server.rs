@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::mount::{self, MountTable};
-use super::rpc::{self, CallHeader};
+use super::rpc::{self, CallError, CallHeader};
 use super::{CallContext, Exports, Nfs3Program, ProcReply, portmap};
 use crate::config::NfsConfig;
 
@@ -239,6 +239,9 @@ impl Outgoing {
 /// The first bytes read into an empty buffer and the growth step: growth beyond this
 /// is bounded by what the client has actually sent.
 const READ_CHUNK: usize = 64 << 10;
+/// Malformed records (no usable header) tolerated on one connection before it is
+/// closed: a confused or hostile peer should not get a log line per record forever.
+const MAX_MALFORMED_RECORDS: usize = 16;
 /// Below this much spare room (and short of the bytes needed), grow before reading.
 const MIN_READ: usize = 4 << 10;
 
@@ -262,6 +265,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
     let mut inbuf = BytesMut::new();
     let mut decoder = RecordDecoder::new(shared.limits.max_record_bytes);
     let idle = shared.limits.idle_timeout;
+    let mut malformed = 0usize;
 
     'conn: loop {
         let record = match decoder.decode(&mut inbuf) {
@@ -300,6 +304,25 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 }
             }
         };
+        // Headers are parsed here, not in the call task, so a connection sending
+        // junk is noticed (and closed) by its reader.
+        let parsed = rpc::parse_call(record);
+        if let Err(e) = &parsed {
+            warn!(error = ?e, "bad RPC call");
+            if matches!(e, CallError::Unanswerable(_) | CallError::Garbage { .. }) {
+                malformed += 1;
+                if malformed > MAX_MALFORMED_RECORDS {
+                    warn!(
+                        malformed,
+                        "too many malformed RPC records, closing connection"
+                    );
+                    break;
+                }
+            }
+            if e.reply().is_none() {
+                continue;
+            }
+        }
         let permit = loop {
             tokio::select! {
                 p = permits.clone().acquire_owned() => break p.expect("semaphore never closed"),
@@ -309,7 +332,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
             }
         };
         tasks
-            .spawn(handle_call(shared.clone(), record, peer, tx.clone(), permit).in_current_span());
+            .spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), permit).in_current_span());
     }
 
     // Stop reading; calls in flight finish and their replies are written, then the
@@ -446,15 +469,14 @@ impl RecordDecoder {
 
 async fn handle_call<P: Nfs3Program, E: Exports>(
     shared: Arc<Shared<P, E>>,
-    record: Bytes,
+    parsed: Result<(CallHeader, Bytes), CallError>,
     peer: SocketAddr,
     tx: mpsc::Sender<Queued>,
     permit: OwnedSemaphorePermit,
 ) {
-    let (hdr, args) = match rpc::parse_call(record) {
+    let (hdr, args) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
-            warn!(error = ?e, "bad RPC call header");
             if let Some(reply) = e.reply() {
                 let _ = tx.send((Outgoing::new(reply, Vec::new()), permit)).await;
             }
