@@ -16,8 +16,9 @@ use std::io::Read;
 
 use bytes::Bytes;
 use nfs3_types::nfs3::{
-    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, ftype3, nfs_fh3, nfstime3,
-    sattr3, sattrguard3, set_atime, set_mtime, specdata3, stable_how, writeverf3,
+    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, devicedata3, ftype3,
+    mknoddata3, nfs_fh3, nfstime3, sattr3, sattrguard3, set_atime, set_mtime, specdata3,
+    stable_how, writeverf3,
 };
 use nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
 
@@ -72,6 +73,8 @@ fixed_xdr!(
     ftype3,
     specdata3,
     createhow3,
+    devicedata3,
+    mknoddata3,
 );
 
 /// A forward-only reader over one received record (or a slice of it).
@@ -316,6 +319,12 @@ impl XdrCursor {
     }
 
     pub fn specdata3(&mut self) -> XdrResult<specdata3> {
+        self.unpack_fixed()
+    }
+
+    /// MKNOD's `what`. For NF3REG/NF3DIR/NF3LNK (no body) this is `mknoddata3::default`;
+    /// answer NFS3ERR_BADTYPE for those.
+    pub fn mknoddata3(&mut self) -> XdrResult<mknoddata3> {
         self.unpack_fixed()
     }
 
