@@ -86,7 +86,8 @@ async fn rename_remove_and_chmod_propagate() {
     assert!(s.store.head("doomed").await.unwrap().is_none());
 
     // Overwrite and append re-upload the data.
-    let g = lookup(&mut c, &lookup(&mut c, &root, "b").await.unwrap(), "two.txt").await.unwrap();
+    let b = lookup(&mut c, &root, "b").await.unwrap();
+    let g = lookup(&mut c, &b, "two.txt").await.unwrap();
     write_at(&mut c, &g, 5, b" and more", stable_how::FILE_SYNC).await.unwrap();
     flush(&gw).await;
     assert_eq!(object(s.store.as_ref(), "b/two.txt").await.unwrap().0, b"first and more");
@@ -125,7 +126,11 @@ async fn committed_data_survives_a_restart_before_upload_and_is_uploaded_after()
         let mut c = mount(gw.nfs_addr).await;
         let root = c.root_nfs_fh3();
         let fh = create(&mut c, &root, "kept.bin", 0o644).await;
-        let w = write_at(&mut c, &fh, 0, &data, stable_how::UNSTABLE).await.unwrap();
+        let mut w = None;
+        for (i, chunk) in data.chunks(1 << 20).enumerate() {
+            w = Some(write_at(&mut c, &fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await.unwrap());
+        }
+        let w = w.unwrap();
         assert_eq!(w.committed, stable_how::UNSTABLE);
         let verf = commit(&mut c, &fh).await.verf;
         assert_eq!(w.verf, verf, "one verifier per process lifetime");

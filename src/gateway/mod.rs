@@ -151,8 +151,7 @@ impl Gateway {
         gateway.nfs_listening.store(true, Ordering::Relaxed);
 
         let nfs = gateway.nfs.clone();
-        let mut limits = Limits::from_config(&gateway.config.nfs);
-        limits.metrics = Some(gateway.metrics.clone());
+        let limits = Limits::from_config(&gateway.config.nfs);
         let token = stop.clone();
         let gw = gateway.clone();
         tasks.spawn(async move {

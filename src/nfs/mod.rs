@@ -12,10 +12,10 @@ use bytes::Bytes;
 pub mod handle;
 pub mod nfs3;
 pub mod status;
-//MERGE pub mod mount;
-//MERGE pub mod portmap;
-//MERGE pub mod rpc;
-//MERGE pub mod server;
+pub mod mount;
+pub mod portmap;
+pub mod rpc;
+pub mod server;
 pub mod xdr;
 
 /// AUTH_SYS credentials exactly as the client sent them (squash is applied later,

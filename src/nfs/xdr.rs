@@ -16,8 +16,9 @@ use std::io::Read;
 
 use bytes::Bytes;
 use nfs3_types::nfs3::{
-    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, ftype3, nfs_fh3, nfstime3,
-    sattr3, sattrguard3, set_atime, set_mtime, specdata3, stable_how, writeverf3,
+    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, devicedata3, ftype3,
+    mknoddata3, nfs_fh3, nfstime3, sattr3, sattrguard3, set_atime, set_mtime, specdata3,
+    stable_how, writeverf3,
 };
 use nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
 
@@ -72,6 +73,8 @@ fixed_xdr!(
     ftype3,
     specdata3,
     createhow3,
+    devicedata3,
+    mknoddata3,
 );
 
 /// A forward-only reader over one received record (or a slice of it).
@@ -131,7 +134,10 @@ impl XdrCursor {
 
     fn need(&self, n: usize) -> XdrResult<()> {
         if n > self.remaining() {
-            Err(XdrError::Truncated { needed: n, remaining: self.remaining() })
+            Err(XdrError::Truncated {
+                needed: n,
+                remaining: self.remaining(),
+            })
         } else {
             Ok(())
         }
@@ -170,7 +176,10 @@ impl XdrCursor {
 
     /// Fixed-length opaque of `len` bytes plus its padding, zero-copy.
     pub fn fixed_opaque(&mut self, len: usize) -> XdrResult<Bytes> {
-        let padded = len.checked_add(pad(len)).ok_or(XdrError::TooLong { len, max: usize::MAX })?;
+        let padded = len.checked_add(pad(len)).ok_or(XdrError::TooLong {
+            len,
+            max: usize::MAX,
+        })?;
         self.need(padded)?;
         let out = self.buf.slice(self.pos..self.pos + len);
         self.pos += padded;
@@ -228,12 +237,18 @@ impl XdrCursor {
     /// Decodes a fixed-size `nfs3_types` type with its own `Unpack` (safe: [`FixedXdr`]
     /// types contain no length-prefixed fields).
     pub fn unpack_fixed<T: FixedXdr>(&mut self) -> XdrResult<T> {
-        let mut reader = CursorReader { cur: self, failed: None };
+        let mut reader = CursorReader {
+            cur: self,
+            failed: None,
+        };
         match T::unpack(&mut reader) {
             Ok((v, _)) => Ok(v),
             Err(e) => Err(reader.failed.take().unwrap_or(match e {
                 nfs3_types::xdr_codec::Error::InvalidEnumValue(v) => XdrError::BadEnum(v),
-                _ => XdrError::Truncated { needed: 0, remaining: 0 },
+                _ => XdrError::Truncated {
+                    needed: 0,
+                    remaining: 0,
+                },
             })),
         }
     }
@@ -242,7 +257,9 @@ impl XdrCursor {
 
     /// nfs_fh3: at most 64 bytes (RFC 1813 NFS3_FHSIZE). Copied: handles are small.
     pub fn nfs_fh3(&mut self) -> XdrResult<nfs_fh3> {
-        Ok(nfs_fh3 { data: self.opaque_owned(NFS3_FHSIZE)? })
+        Ok(nfs_fh3 {
+            data: self.opaque_owned(NFS3_FHSIZE)?,
+        })
     }
 
     /// The raw bytes of an nfs_fh3 (≤ 64), zero-copy.
@@ -253,8 +270,8 @@ impl XdrCursor {
     /// filename3 bytes, bounded only by the bytes left in the record: the caller checks
     /// [`NAME_MAX`] so it can answer NFS3ERR_NAMETOOLONG rather than GARBAGE_ARGS.
     pub fn filename3(&mut self) -> XdrResult<Bytes> {
-        let max = self.remaining();
-        self.opaque(max)
+        // No maximum: a claim beyond the record is `Truncated` (GARBAGE_ARGS).
+        self.opaque(usize::MAX)
     }
 
     /// nfspath3 (symlink target) of at most [`PATH_MAX`] bytes.
@@ -305,6 +322,12 @@ impl XdrCursor {
         self.unpack_fixed()
     }
 
+    /// MKNOD's `what`. For NF3REG/NF3DIR/NF3LNK (no body) this is `mknoddata3::default`;
+    /// answer NFS3ERR_BADTYPE for those.
+    pub fn mknoddata3(&mut self) -> XdrResult<mknoddata3> {
+        self.unpack_fixed()
+    }
+
     /// WRITE3args. `data` is a slice of the record (no copy) and at most the bytes left;
     /// whether `count == data.len()` is the procedure's call (RFC 1813 says the data
     /// length wins, Linux knfsd answers GARBAGE_ARGS when count exceeds it).
@@ -313,9 +336,14 @@ impl XdrCursor {
         let offset = self.u64()?;
         let count = self.u32()?;
         let stable = self.stable_how()?;
-        let max = self.remaining();
-        let data = self.opaque(max)?;
-        Ok(Write3Args { file, offset, count, stable, data })
+        let data = self.opaque(usize::MAX)?;
+        Ok(Write3Args {
+            file,
+            offset,
+            count,
+            stable,
+            data,
+        })
     }
 }
 
@@ -368,6 +396,31 @@ pub fn encode_into<T: Pack + ?Sized>(out: &mut Vec<u8>, value: &T) {
     value.pack(out).expect("XDR value larger than 4 GiB");
 }
 
+/// Appends a successful READ3res (`NFS3_OK`, `file_attributes`, `count`, `eof`, data)
+/// whose data `fill` writes straight into the reply buffer (e.g. a `pread` from the
+/// cache file), so READ data is copied once, not read into a buffer and then encoded.
+/// `fill` gets `max_count` bytes of room and returns (bytes written, eof).
+pub fn encode_read3_ok<E>(
+    out: &mut Vec<u8>,
+    file_attributes: &nfs3_types::nfs3::post_op_attr,
+    max_count: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(usize, bool), E>,
+) -> Result<(), E> {
+    encode_into(out, &nfs3_types::nfs3::nfsstat3::NFS3_OK);
+    encode_into(out, file_attributes);
+    let fields = out.len();
+    out.resize(fields + 12 + max_count, 0);
+    let (n, eof) = fill(&mut out[fields + 12..])?;
+    let n = n.min(max_count);
+    out.truncate(fields + 12 + n);
+    out.resize(fields + 12 + n + pad(n), 0);
+    let n32 = n as u32; // n <= max_count, a READ count3
+    out[fields..fields + 4].copy_from_slice(&n32.to_be_bytes());
+    out[fields + 4..fields + 8].copy_from_slice(&u32::from(eof).to_be_bytes());
+    out[fields + 8..fields + 12].copy_from_slice(&n32.to_be_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,19 +429,96 @@ mod tests {
         ws.iter().flat_map(|w| w.to_be_bytes()).collect()
     }
 
+    /// Records the largest single allocation made by the current thread, so tests can
+    /// prove a decoder never allocated what a hostile length claimed.
+    mod alloc_probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Probe;
+        thread_local! {
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+                let _ = LARGEST.try_with(|m| m.set(m.get().max(l.size())));
+                unsafe { System.alloc(l) }
+            }
+            unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+                unsafe { System.dealloc(p, l) }
+            }
+            unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+                let _ = LARGEST.try_with(|m| m.set(m.get().max(n)));
+                unsafe { System.realloc(p, l, n) }
+            }
+        }
+        #[global_allocator]
+        static GLOBAL: Probe = Probe;
+
+        /// Largest allocation on this thread while `f` ran.
+        pub fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            LARGEST.with(|m| m.set(0));
+            let r = f();
+            (r, LARGEST.with(|m| m.get()))
+        }
+    }
+
     #[test]
     fn huge_claimed_opaque_is_rejected_without_allocating() {
-        let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF, 1, 2]));
-        let err = c.opaque(usize::MAX).unwrap_err();
-        assert_eq!(err, XdrError::Truncated { needed: 0xFFFF_FFFF, remaining: 8 });
+        let huge = words(&[0xFFFF_FFFF, 1, 2]);
+        let (err, largest) =
+            alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).opaque(usize::MAX));
+        assert_eq!(
+            err.unwrap_err(),
+            XdrError::Truncated {
+                needed: 0x1_0000_0000,
+                remaining: 8
+            }
+        );
+        assert!(largest < 1024, "allocated {largest} bytes");
+        let (err, largest) = alloc_probe::largest_during(|| {
+            let mut c = XdrCursor::from_slice(&huge);
+            c.u32_array(usize::MAX)
+        });
+        assert!(matches!(err, Err(XdrError::Truncated { .. })));
+        assert!(largest < 1024, "allocated {largest} bytes");
+        let (err, largest) = alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).nfs_fh3());
+        assert_eq!(
+            err.unwrap_err(),
+            XdrError::TooLong {
+                len: 0xFFFF_FFFF,
+                max: 64
+            }
+        );
+        assert!(largest < 1024, "allocated {largest} bytes");
         let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF]));
-        assert_eq!(c.opaque(64).unwrap_err(), XdrError::TooLong { len: 0xFFFF_FFFF, max: 64 });
+        assert_eq!(
+            c.opaque(64).unwrap_err(),
+            XdrError::TooLong {
+                len: 0xFFFF_FFFF,
+                max: 64
+            }
+        );
         let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF]));
         assert!(matches!(c.filename3(), Err(XdrError::Truncated { .. })));
-        let mut c = XdrCursor::from_slice(&words(&[0xFFFF_FFFF]));
-        assert!(matches!(c.u32_array(usize::MAX), Err(XdrError::Truncated { .. })));
         let mut c = XdrCursor::from_slice(&words(&[17]));
-        assert_eq!(c.u32_array(16).unwrap_err(), XdrError::TooLong { len: 17, max: 16 });
+        assert_eq!(
+            c.u32_array(16).unwrap_err(),
+            XdrError::TooLong { len: 17, max: 16 }
+        );
+    }
+
+    #[test]
+    fn alloc_probe_sees_large_allocations() {
+        // The probe itself works: the unsafe decoder in nfs3_types is caught by it.
+        use nfs3_types::xdr_codec::Unpack;
+        let claim = words(&[1 << 20]);
+        let (r, largest) = alloc_probe::largest_during(|| Opaque::unpack(&mut &claim[..]));
+        assert!(r.is_err());
+        assert!(
+            largest >= 1 << 20,
+            "probe missed a {largest} byte allocation"
+        );
     }
 
     #[test]
@@ -404,7 +534,13 @@ mod tests {
         assert_eq!(s.as_ptr(), buf[4..].as_ptr());
         assert_eq!(c.u32().unwrap(), 7);
         assert!(c.is_empty());
-        assert!(matches!(c.u32(), Err(XdrError::Truncated { needed: 4, remaining: 0 })));
+        assert!(matches!(
+            c.u32(),
+            Err(XdrError::Truncated {
+                needed: 4,
+                remaining: 0
+            })
+        ));
     }
 
     #[test]
@@ -425,21 +561,35 @@ mod tests {
         );
         let mut raw = words(&[8]);
         raw.extend_from_slice(&[7u8; 8]);
-        assert_eq!(XdrCursor::from_slice(&raw).nfs_fh3().unwrap().data.as_ref(), &[7u8; 8]);
+        assert_eq!(
+            XdrCursor::from_slice(&raw).nfs_fh3().unwrap().data.as_ref(),
+            &[7u8; 8]
+        );
     }
 
     #[test]
     fn bool_and_enums_are_validated() {
-        assert_eq!(XdrCursor::from_slice(&words(&[2])).bool().unwrap_err(), XdrError::BadBool(2));
+        assert_eq!(
+            XdrCursor::from_slice(&words(&[2])).bool().unwrap_err(),
+            XdrError::BadBool(2)
+        );
         assert!(XdrCursor::from_slice(&words(&[1])).bool().unwrap());
         assert_eq!(
             XdrCursor::from_slice(&words(&[2])).stable_how().unwrap(),
             stable_how::FILE_SYNC
         );
-        assert_eq!(XdrCursor::from_slice(&words(&[3])).stable_how().unwrap_err(), XdrError::BadEnum(3));
+        assert_eq!(
+            XdrCursor::from_slice(&words(&[3]))
+                .stable_how()
+                .unwrap_err(),
+            XdrError::BadEnum(3)
+        );
         assert!(matches!(
             XdrCursor::from_slice(&words(&[])).stable_how().unwrap_err(),
-            XdrError::Truncated { needed: 4, remaining: 0 }
+            XdrError::Truncated {
+                needed: 4,
+                remaining: 0
+            }
         ));
     }
 
@@ -452,11 +602,17 @@ mod tests {
         assert!(matches!(s.mode, nfs3_types::nfs3::Nfs3Option::Some(0o644)));
         assert!(s.uid.is_none());
         assert!(matches!(s.gid, nfs3_types::nfs3::Nfs3Option::Some(7)));
-        assert!(matches!(s.size, nfs3_types::nfs3::Nfs3Option::Some(0x2_0000_0000)));
+        assert!(matches!(
+            s.size,
+            nfs3_types::nfs3::Nfs3Option::Some(0x2_0000_0000)
+        ));
         assert!(matches!(s.atime, set_atime::SET_TO_SERVER_TIME));
         assert!(matches!(
             s.mtime,
-            set_mtime::SET_TO_CLIENT_TIME(nfstime3 { seconds: 1, nseconds: 2 })
+            set_mtime::SET_TO_CLIENT_TIME(nfstime3 {
+                seconds: 1,
+                nseconds: 2
+            })
         ));
         assert!(c.is_empty());
         // Truncated sattr3 reports Truncated, not a panic or an io error.
@@ -471,14 +627,59 @@ mod tests {
         let buf = Bytes::from(raw);
         let w = XdrCursor::new(buf.clone()).write3args().unwrap();
         assert_eq!(w.file.data.as_ref(), &0xAABB_CCDDu32.to_be_bytes());
-        assert_eq!((w.offset, w.count, w.stable), (4096, 3, stable_how::UNSTABLE));
+        assert_eq!(
+            (w.offset, w.count, w.stable),
+            (4096, 3, stable_how::UNSTABLE)
+        );
         assert_eq!(&w.data[..], b"abc");
         assert_eq!(w.data.as_ptr(), buf[buf.len() - 4..].as_ptr());
     }
 
     #[test]
+    fn read3_reply_is_filled_in_place() {
+        use nfs3_types::nfs3::{Nfs3Option, READ3res, fattr3};
+        let attrs: nfs3_types::nfs3::post_op_attr = Nfs3Option::Some(fattr3 {
+            type_: ftype3::NF3REG,
+            mode: 0o644,
+            nlink: 1,
+            uid: 1,
+            gid: 2,
+            size: 5,
+            used: 5,
+            rdev: specdata3::default(),
+            fsid: 1,
+            fileid: 9,
+            atime: nfstime3::default(),
+            mtime: nfstime3::default(),
+            ctime: nfstime3::default(),
+        });
+        let mut out = vec![0xAA];
+        encode_read3_ok::<()>(&mut out, &attrs, 4096, |buf| {
+            buf[..5].copy_from_slice(b"hello");
+            Ok((5, true))
+        })
+        .unwrap();
+        assert_eq!((out.len() - 1) % 4, 0);
+        let (res, used) = READ3res::unpack(&mut &out[1..]).unwrap();
+        assert_eq!(used, out.len() - 1);
+        let ok = res.unwrap();
+        assert_eq!(
+            (ok.count, ok.eof, ok.data.as_ref()),
+            (5, true, &b"hello"[..])
+        );
+        // An error from `fill` propagates.
+        assert_eq!(
+            encode_read3_ok(&mut Vec::new(), &attrs, 8, |_| Err("io")),
+            Err("io")
+        );
+    }
+
+    #[test]
     fn encode_roundtrip() {
-        let t = nfstime3 { seconds: 3, nseconds: 4 };
+        let t = nfstime3 {
+            seconds: 3,
+            nseconds: 4,
+        };
         assert_eq!(encode(&t), words(&[3, 4]));
         let mut out = vec![9];
         encode_into(&mut out, &7u32);
