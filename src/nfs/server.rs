@@ -782,11 +782,11 @@ mod tests {
     fn simulate(claim: usize, arrive: usize, chunk: usize) -> (usize, usize, Vec<(usize, usize)>) {
         let (mut len, mut cap, mut copied, mut trace) = (0usize, 0usize, 0usize, Vec::new());
         while len < arrive {
-            if let Some(extra) = grow_by(len, cap - len, claim - len) {
-                if cap - len < extra {
-                    copied += len;
-                    cap = (2 * cap).max(len + extra);
-                }
+            if let Some(extra) = grow_by(len, cap - len, claim - len)
+                && cap - len < extra
+            {
+                copied += len;
+                cap = (2 * cap).max(len + extra);
             }
             len += (cap - len).min(chunk).min(arrive - len);
             trace.push((len, cap));
