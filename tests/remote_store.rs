@@ -1022,7 +1022,9 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
     settings.path_style = true;
     settings.credentials = Some(("ak".into(), "sk".into()));
     settings.read_timeout = Duration::from_millis(500);
+    settings.min_upload_bytes_per_sec = 1 << 20;
     settings.max_attempts = 1;
+    let s_settings = settings.clone();
     let s = bucketgate::remote::S3Store::new(settings).await.unwrap();
     let t0 = Instant::now();
     let err = s.head("k").await.unwrap_err();
@@ -1031,6 +1033,33 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
         t0.elapsed() < Duration::from_secs(10),
         "took {:?}",
         t0.elapsed()
+    );
+    // An upload is bounded by read_timeout plus its body at the minimum rate.
+    let t0 = Instant::now();
+    let err = s
+        .put_object("k", pattern(64 << 10, 1), &meta(S_IFREG | 0o644, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // ...and not by the fixed read timeout: at 16 KiB/s, 64 KiB get 0.5 + 4 s.
+    let mut settings = s_settings.clone();
+    settings.min_upload_bytes_per_sec = 16 << 10;
+    let slow = bucketgate::remote::S3Store::new(settings).await.unwrap();
+    let t0 = Instant::now();
+    let err = slow
+        .put_object("k", pattern(64 << 10, 1), &meta(S_IFREG | 0o644, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_secs(3) && took < Duration::from_secs(15),
+        "took {took:?}"
     );
     hold.abort();
 }
