@@ -127,6 +127,15 @@ async fn serve(listener: tokio::net::TcpListener, service: S3Service) {
     }
 }
 
+impl Drop for S3TestServer {
+    /// The data directory goes away with the server: stop serving it.
+    fn drop(&mut self) {
+        if let Some(task) = self.handle.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
 impl S3TestServer {
     /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
     pub async fn start() -> S3TestServer {
@@ -745,9 +754,4 @@ impl S3 for Compat {
             ..Default::default()
         }))
     }
-}
-
-/// True when `path` exists below `root` (helper for on-disk assertions).
-pub fn exists_under(root: &Path, rel: &str) -> bool {
-    root.join(rel).exists()
 }
