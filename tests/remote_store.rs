@@ -99,7 +99,60 @@ conformance!(
     delete_is_idempotent,
     abort_is_idempotent_and_listing_tracks_uploads,
     missing_things_map_to_not_found,
+    directory_markers_are_listed_like_objects,
 );
+
+async fn directory_markers_are_listed_like_objects(env: &Env) {
+    let s = &env.store;
+    let m = meta(S_IFREG | 0o644, 1);
+    let dm = meta(S_IFDIR | 0o755, 1);
+    s.put_object("m/", Bytes::new(), &dm).await.unwrap();
+    s.put_object("m/a", Bytes::from_static(b"a"), &m)
+        .await
+        .unwrap();
+    s.put_object("m/empty/", Bytes::new(), &dm).await.unwrap();
+    s.put_object("n", Bytes::from_static(b"n"), &m)
+        .await
+        .unwrap();
+    let keys = |p: &bucketgate::remote::ListPage| {
+        p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()
+    };
+    let all = s.list("", None, None, 1000).await.unwrap();
+    assert_eq!(keys(&all), ["m/", "m/a", "m/empty/", "n"]);
+    assert_eq!(all.objects[0].size, 0);
+    let top = s.list("", Some("/"), None, 1000).await.unwrap();
+    assert_eq!(
+        (keys(&top), top.common_prefixes),
+        (vec!["n".to_string()], vec!["m/".to_string()])
+    );
+    // Listing a directory shows its own marker first, then its entries.
+    let inside = s.list("m/", Some("/"), None, 1000).await.unwrap();
+    assert_eq!(keys(&inside), ["m/", "m/a"]);
+    assert_eq!(inside.common_prefixes, ["m/empty/"]);
+    // Pages of one item walk the same sequence.
+    let mut token = None;
+    let mut seen = Vec::new();
+    loop {
+        let p = s.list("", None, token.as_deref(), 1).await.unwrap();
+        seen.extend(keys(&p));
+        token = p.next_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, keys(&all));
+    // Deleting a marker with entries keeps the entries.
+    s.delete_object("m/").await.unwrap();
+    assert!(s.head("m/").await.unwrap().is_none());
+    assert_eq!(
+        s.get_range("m/a", 0, 1).await.unwrap(),
+        Bytes::from_static(b"a")
+    );
+    assert_eq!(
+        keys(&s.list("m/", None, None, 1000).await.unwrap()),
+        ["m/a", "m/empty/"]
+    );
+}
 
 fn meta(mode: u32, mtime_ns: u64) -> ObjectMeta {
     ObjectMeta {
@@ -731,77 +784,47 @@ async fn local_store_refuses_hostile_keys_without_touching_anything_outside() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_store_lists_markers_as_objects_and_hides_its_own_files() {
+async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::new(dir.path()).unwrap();
     let m = meta(S_IFREG | 0o644, 1);
     let dm = meta(S_IFDIR | 0o755, 1);
-    s.put_object("m/", Bytes::new(), &dm).await.unwrap();
     s.put_object("m/a", Bytes::from_static(b"a"), &m)
         .await
         .unwrap();
-    s.put_object("m/empty/", Bytes::new(), &dm).await.unwrap();
-    s.put_object("n", Bytes::from_static(b"n"), &m)
-        .await
-        .unwrap();
+    // A directory made by hand holding nothing is not a key.
     std::fs::create_dir_all(dir.path().join("implicit/only")).unwrap();
     let id = s.create_multipart("m/big", &m).await.unwrap();
     s.upload_part("m/big", &id, 1, Bytes::from_static(b"p"))
         .await
         .unwrap();
-
-    let keys = |p: &bucketgate::remote::ListPage| {
-        p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()
-    };
     let all = s.list("", None, None, 1000).await.unwrap();
-    assert_eq!(keys(&all), ["m/", "m/a", "m/empty/", "n"]);
-    let top = s.list("", Some("/"), None, 1000).await.unwrap();
+    let keys: Vec<_> = all.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["m/a"]);
     assert_eq!(
-        (keys(&top), top.common_prefixes.clone()),
-        (vec!["n".to_string()], vec!["m/".to_string()])
+        s.list("", Some("/"), None, 1000)
+            .await
+            .unwrap()
+            .common_prefixes,
+        ["m/"]
     );
-    let inside = s.list("m/", Some("/"), None, 1000).await.unwrap();
     assert_eq!(
-        (keys(&inside), inside.common_prefixes.clone()),
-        (
-            vec!["m/".to_string(), "m/a".to_string()],
-            vec!["m/empty/".to_string()]
-        )
+        s.list_multipart_uploads("").await.unwrap(),
+        [("m/big".to_string(), id)]
     );
-    // Pages of one item walk the same sequence.
-    let mut token = None;
-    let mut seen = Vec::new();
-    loop {
-        let p = s.list("", None, token.as_deref(), 1).await.unwrap();
-        seen.extend(keys(&p));
-        token = p.next_token;
-        if token.is_none() {
-            break;
-        }
-    }
-    assert_eq!(seen, keys(&all));
     // Marker bodies must be empty; a key cannot be both an object and a directory.
-    assert!(matches!(
-        s.put_object("x/", Bytes::from_static(b"x"), &dm).await,
-        Err(StoreError::Permanent { .. })
-    ));
+    let res = s.put_object("x/", Bytes::from_static(b"x"), &dm).await;
+    assert!(matches!(res, Err(StoreError::Permanent { .. })), "{res:?}");
     let err = s
         .put_object("m/a/deeper", Bytes::from_static(b"x"), &m)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "KeyConflict");
-    assert_eq!(
-        s.put_object("m", Bytes::from_static(b"x"), &m)
-            .await
-            .unwrap_err()
-            .code(),
-        "KeyConflict"
-    );
-    // Parts are staged out of sight.
-    assert_eq!(
-        s.list_multipart_uploads("").await.unwrap(),
-        [("m/big".to_string(), id)]
-    );
+    let err = s
+        .put_object("m", Bytes::from_static(b"x"), &m)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "KeyConflict");
 }
 
 // ---- S3Store only ----
@@ -930,17 +953,10 @@ async fn s3s_fs_gaps_that_compat_fills() {
         b"payload"
     );
 
-    // Not filled by Compat either: markers are missing from listings.
-    let srv = S3TestServer::start().await;
-    let s = srv.store().await;
-    s.put_object("dir/", Bytes::new(), &meta(S_IFDIR | 0o755, 1))
-        .await
-        .unwrap();
-    assert!(s.head("dir/").await.unwrap().is_some());
-    assert_eq!(
-        s.list("", None, None, 1000).await.unwrap(),
-        Default::default()
-    );
+    // Markers are missing from listings: only the "corrupt" file is listed.
+    assert_eq!(s.list("", None, None, 1000).await.unwrap().objects.len(), 1);
+    let top = s.list("", Some("/"), None, 1000).await.unwrap();
+    assert!(top.common_prefixes.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1022,7 +1038,9 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
     settings.path_style = true;
     settings.credentials = Some(("ak".into(), "sk".into()));
     settings.read_timeout = Duration::from_millis(500);
+    settings.min_upload_bytes_per_sec = 1 << 20;
     settings.max_attempts = 1;
+    let s_settings = settings.clone();
     let s = bucketgate::remote::S3Store::new(settings).await.unwrap();
     let t0 = Instant::now();
     let err = s.head("k").await.unwrap_err();
@@ -1031,6 +1049,33 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
         t0.elapsed() < Duration::from_secs(10),
         "took {:?}",
         t0.elapsed()
+    );
+    // An upload is bounded by read_timeout plus its body at the minimum rate.
+    let t0 = Instant::now();
+    let err = s
+        .put_object("k", pattern(64 << 10, 1), &meta(S_IFREG | 0o644, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // ...and not by the fixed read timeout: at 16 KiB/s, 64 KiB get 0.5 + 4 s.
+    let mut settings = s_settings.clone();
+    settings.min_upload_bytes_per_sec = 16 << 10;
+    let slow = bucketgate::remote::S3Store::new(settings).await.unwrap();
+    let t0 = Instant::now();
+    let err = slow
+        .put_object("k", pattern(64 << 10, 1), &meta(S_IFREG | 0o644, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_secs(3) && took < Duration::from_secs(15),
+        "took {took:?}"
     );
     hold.abort();
 }

@@ -24,10 +24,11 @@
 //! sidecar exists; directories that exist only to hold deeper objects are not
 //! objects, as in S3.
 //!
-//! Writes are atomic: data goes to a temp file, is fsynced, and is renamed over the
-//! key (after its sidecar), then the parent directory is fsynced. The sidecar and
-//! data renames of one write happen under one lock, so concurrent writers of a key
-//! cannot pair one writer's data with another's sidecar.
+//! Writes are atomic and durable when they return: data goes to a temp file, is
+//! fsynced, and is renamed over the key (after its sidecar), then both parent
+//! directories are fsynced. The sidecar and data renames of one write happen
+//! under one lock, so concurrent writers of a key cannot pair one writer's data
+//! with another's sidecar.
 //!
 //! ETag: a random 128-bit hex tag drawn for every write (so it changes on every
 //! write, even with identical bytes; it is not an MD5). Multipart objects get
@@ -399,7 +400,14 @@ impl Inner {
             fs::rename(data.path(), &dst).map_err(|e| io_err("rename", &dst, e))?;
             data.disarm();
         }
+        // Both renames durable before the write is reported done: the uploader
+        // marks the file clean on our answer.
         fsync_dir(&parent)?;
+        fsync_dir(
+            self.sidecar_path(key)
+                .parent()
+                .expect("sidecar has a parent"),
+        )?;
         Ok(etag)
     }
 
@@ -419,6 +427,11 @@ impl Inner {
             self.install_sidecar(key, staged)?;
         }
         fsync_dir(dir.parent().expect("marker has a parent"))?;
+        fsync_dir(
+            self.sidecar_path(key)
+                .parent()
+                .expect("sidecar has a parent"),
+        )?;
         Ok(MARKER_ETAG.into())
     }
 

@@ -90,8 +90,11 @@ pub async fn open_share_store(
             Ok((std::sync::Arc::new(store), prefix))
         }
         ShareUrl::Local { root } => {
-            let store =
-                LocalStore::new(&root).map_err(|e| ctx(format!("{}: {e}", root.display())))?;
+            let shown = root.display().to_string();
+            let store = tokio::task::spawn_blocking(move || LocalStore::new(root))
+                .await
+                .map_err(|e| ctx(e.to_string()))?
+                .map_err(|e| ctx(format!("{shown}: {e}")))?;
             Ok((std::sync::Arc::new(store), String::new()))
         }
     }

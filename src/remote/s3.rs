@@ -68,11 +68,18 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
     /// TCP (+TLS) connect timeout.
     pub connect_timeout: Duration,
-    /// Time allowed for one attempt to send the request and receive the response
-    /// headers (bodies are covered by the SDK's stalled-stream protection).
+    /// Requests without a body (HEAD, GET, LIST, copy, complete...): time allowed
+    /// to send the request and receive the response headers. A GET body that stops
+    /// flowing is caught by the SDK's stalled-stream protection.
     pub read_timeout: Duration,
-    /// Upper bound on one attempt, body included.
+    /// Upper bound on one attempt of a request without a body.
     pub attempt_timeout: Duration,
+    /// Uploads (PutObject, UploadPart) have no fixed read timeout, since sending
+    /// the body is part of waiting for the answer and a fixed bound would fail every
+    /// large part on a slow link forever. One attempt may take `read_timeout` plus
+    /// the body at this rate; an upload that stops moving is cut earlier by the
+    /// SDK's stalled-stream protection.
+    pub min_upload_bytes_per_sec: u64,
     /// Attempts per request in the SDK's standard retry mode (1 = no retry).
     pub max_attempts: u32,
 }
@@ -93,8 +100,9 @@ impl S3Settings {
             requester_pays: false,
             credentials: None,
             connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(120),
-            attempt_timeout: Duration::from_secs(600),
+            read_timeout: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(300),
+            min_upload_bytes_per_sec: 32 << 10,
             max_attempts: 3,
         }
     }
@@ -137,6 +145,7 @@ impl fmt::Debug for S3Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("min_upload_bytes_per_sec", &self.min_upload_bytes_per_sec)
             .field("max_attempts", &self.max_attempts)
             .finish()
     }
@@ -157,6 +166,9 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     opts: WriteOptions,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    min_upload_bytes_per_sec: u64,
 }
 
 impl fmt::Debug for S3Store {
@@ -257,6 +269,9 @@ impl S3Store {
                 guess_mime_type: settings.guess_mime_type,
                 request_payer: settings.requester_pays.then_some(RequestPayer::Requester),
             },
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+            min_upload_bytes_per_sec: settings.min_upload_bytes_per_sec.max(1),
         })
     }
 
@@ -290,6 +305,22 @@ impl S3Store {
         } else {
             None
         }
+    }
+
+    /// Timeouts for a request carrying `len` body bytes (see
+    /// [`S3Settings::min_upload_bytes_per_sec`]). Only the read timeout's presence
+    /// differs from the client's: the SDK keeps one connection pool per distinct
+    /// (connect, read) timeout pair, so uploads share exactly one more pool.
+    fn upload_timeouts(&self, len: usize) -> aws_sdk_s3::config::Builder {
+        let body_secs = len as f64 / self.min_upload_bytes_per_sec as f64;
+        let attempt = self.read_timeout + Duration::from_secs_f64(body_secs);
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(self.connect_timeout)
+                .disable_read_timeout()
+                .operation_attempt_timeout(attempt)
+                .build(),
+        )
     }
 
     fn metadata_map(meta: &ObjectMeta) -> HashMap<String, String> {
@@ -457,6 +488,7 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> StoreError
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+        let len = body.len();
         let out = self
             .client
             .put_object()
@@ -472,6 +504,8 @@ impl ObjectStore for S3Store {
             .set_ssekms_key_id(self.opts.sse_kms_key_id.clone())
             .set_acl(self.opts.acl.clone())
             .set_request_payer(self.opts.request_payer.clone())
+            .customize()
+            .config_override(self.upload_timeouts(len))
             .send()
             .await
             .map_err(|e| map_sdk_err("PutObject", e))?;
@@ -510,6 +544,7 @@ impl ObjectStore for S3Store {
         part_number: i32,
         body: Bytes,
     ) -> StoreResult<String> {
+        let len = body.len();
         let out = self
             .client
             .upload_part()
@@ -521,6 +556,8 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_request_payer(self.opts.request_payer.clone())
+            .customize()
+            .config_override(self.upload_timeouts(len))
             .send()
             .await
             .map_err(|e| map_sdk_err("UploadPart", e))?;

@@ -127,6 +127,15 @@ async fn serve(listener: tokio::net::TcpListener, service: S3Service) {
     }
 }
 
+impl Drop for S3TestServer {
+    /// The data directory goes away with the server: stop serving it.
+    fn drop(&mut self) {
+        if let Some(task) = self.handle.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
 impl S3TestServer {
     /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
     pub async fn start() -> S3TestServer {
@@ -233,9 +242,10 @@ impl S3TestServer {
 ///   metadata and answers HEAD/GET with 500. Compat keeps the metadata beside it
 ///   and answers HEAD/GET as S3 does for an empty object.
 ///
-/// Still missing (not filled): markers do not appear in ListObjectsV2 (neither
-/// as keys nor as common prefixes when empty), a key cannot be both an object and
-/// a directory ("a" and "a/b"), UploadPart does not verify checksums, and a PutObject
+/// - ListObjectsV2 lists markers as keys (and an empty marker as a common
+///   prefix); s3s-fs lists only files. Listings still carry no ETag.
+///
+/// Still missing (not filled): a key cannot be both an object and a directory ("a" and "a/b"), UploadPart does not verify checksums, and a PutObject
 /// refused with BadDigest still replaces the object.
 ///
 /// Everything else is passed to s3s-fs unchanged.
@@ -263,6 +273,38 @@ impl Compat {
             b64url_encode(bucket),
             b64url_encode(key)
         ))
+    }
+
+    /// Every key under `dir` (files, and directories that are markers) with its
+    /// size and modification time.
+    fn collect_keys(
+        &self,
+        bucket: &str,
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<(String, u64, std::time::SystemTime)>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let (Ok(ft), Ok(md)) = (entry.file_type(), entry.metadata()) else {
+                continue;
+            };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let modified = md.modified().unwrap_or(std::time::UNIX_EPOCH);
+            if ft.is_dir() {
+                let key = format!("{rel}{name}/");
+                if let Some((_, t)) = self.marker(bucket, &key) {
+                    out.push((key.clone(), 0, t));
+                }
+                self.collect_keys(bucket, &entry.path(), &key, out);
+            } else if ft.is_file() {
+                out.push((format!("{rel}{name}"), md.len(), modified));
+            }
+        }
     }
 
     fn upload_has_crc32c(&self, upload_id: &str) -> bool {
@@ -456,7 +498,70 @@ impl S3 for Compat {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.fs.list_objects_v2(req).await
+        // s3s-fs's listing, redone so that directory markers are keys like any other.
+        let input = req.input;
+        let bucket_root = self.root.join(&input.bucket);
+        if !bucket_root.is_dir() {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max = usize::try_from(input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap();
+        let after = match (
+            input.continuation_token.as_deref(),
+            input.start_after.as_deref(),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b).to_owned()),
+            (a, b) => a.or(b).map(str::to_owned),
+        };
+        let mut all = Vec::new();
+        self.collect_keys(&input.bucket, &bucket_root, "", &mut all);
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut contents, mut prefixes, mut last, mut truncated) =
+            (Vec::new(), Vec::<CommonPrefix>::new(), None, false);
+        for (key, size, modified) in all.into_iter().filter(|(k, ..)| k.starts_with(&prefix)) {
+            let cp = delimiter.as_deref().and_then(|d| {
+                key[prefix.len()..]
+                    .find(d)
+                    .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+            });
+            let item = cp.clone().unwrap_or_else(|| key.clone());
+            if after.as_deref().is_some_and(|a| item.as_str() <= a)
+                || (cp.is_some()
+                    && prefixes.last().and_then(|p| p.prefix.as_deref()) == cp.as_deref())
+            {
+                continue;
+            }
+            if contents.len() + prefixes.len() >= max {
+                truncated = true;
+                break;
+            }
+            match cp {
+                Some(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+                None => contents.push(Object {
+                    key: Some(key),
+                    size: Some(size as i64),
+                    last_modified: Some(modified.into()),
+                    ..Default::default()
+                }),
+            }
+            last = Some(item);
+        }
+        Ok(S3Response::new(ListObjectsV2Output {
+            key_count: Some((contents.len() + prefixes.len()) as i32),
+            max_keys: Some(max as i32),
+            is_truncated: Some(truncated),
+            contents: (!contents.is_empty()).then_some(contents),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            continuation_token: input.continuation_token,
+            next_continuation_token: if truncated { last } else { None },
+            delimiter: input.delimiter,
+            encoding_type: input.encoding_type,
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            start_after: input.start_after,
+            ..Default::default()
+        }))
     }
 
     async fn create_multipart_upload(
@@ -649,9 +754,4 @@ impl S3 for Compat {
             ..Default::default()
         }))
     }
-}
-
-/// True when `path` exists below `root` (helper for on-disk assertions).
-pub fn exists_under(root: &Path, rel: &str) -> bool {
-    root.join(rel).exists()
 }
