@@ -173,11 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 "uploads started"
             };
-            println!(
-                "flush: {} files, {}: {state}",
-                rep.files,
-                human_bytes(rep.bytes)
-            );
+            println!("flush: {} files, {}: {state}", rep.files, human_bytes(rep.bytes));
             Ok(ExitCode::SUCCESS)
         }
         Command::Refresh {
@@ -221,8 +217,7 @@ fn init(output: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
             if path.exists() && !force {
                 bail!("{} exists; use --force to overwrite it", path.display());
             }
-            std::fs::write(path, EXAMPLE_TOML)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, EXAMPLE_TOML).with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "wrote {}; check it with: bucketgate check-config --config {}",
                 path.display(),
@@ -348,21 +343,10 @@ mod tests {
 
     #[test]
     fn parses_client_commands() {
-        let c = Cli::try_parse_from([
-            "bucketgate",
-            "flush",
-            "--wait",
-            "--timeout",
-            "30",
-            "/data/x",
-        ])
-        .unwrap();
+        let c = Cli::try_parse_from(["bucketgate", "flush", "--wait", "--timeout", "30", "/data/x"]).unwrap();
         match c.command {
             Command::Flush {
-                wait,
-                timeout,
-                path,
-                ..
+                wait, timeout, path, ..
             } => {
                 assert!(wait);
                 assert_eq!(timeout, Some(30.0));
@@ -373,10 +357,7 @@ mod tests {
         // --timeout without --wait is refused: it would mean nothing.
         assert!(Cli::try_parse_from(["bucketgate", "flush", "--timeout", "3"]).is_err());
         // --admin and --config name the same thing twice.
-        assert!(
-            Cli::try_parse_from(["bucketgate", "status", "--admin", "a:1", "--config", "f"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from(["bucketgate", "status", "--admin", "a:1", "--config", "f"]).is_err());
     }
 
     #[test]

@@ -210,13 +210,10 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
         other => {
-            return Err(format!(
-                "unknown size unit `{other}` (use KiB, MiB, GiB, TiB)"
-            ));
+            return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB, TiB)"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -234,9 +231,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(too_long)?),
         other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m, h, d)"
-            ));
+            return Err(format!("unknown duration unit `{other}` (use ms, s, m, h, d)"));
         }
     })
 }
@@ -365,9 +360,7 @@ impl ShareLocation {
             })
         } else if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(format!(
-                    "`{url}`: write file:///absolute/path (three slashes)"
-                ));
+                return Err(format!("`{url}`: write file:///absolute/path (three slashes)"));
             }
             if rest.split('/').any(|s| s == "." || s == "..") {
                 return Err(format!("`{url}`: the path must not contain `.` or `..`"));
@@ -532,8 +525,7 @@ impl ShareConfig {
 
     /// The share's `allowed_clients`, parsed (infallible after [`Config::validate`]).
     pub fn client_list(&self) -> Result<ClientList, String> {
-        ClientList::parse(&self.allowed_clients)
-            .map_err(|(i, e)| format!("allowed_clients[{i}]: {e}"))
+        ClientList::parse(&self.allowed_clients).map_err(|(i, e)| format!("allowed_clients[{i}]: {e}"))
     }
 
     /// The path NFS clients mount.
@@ -656,10 +648,7 @@ impl Config {
             } else if d.0 > c.capacity.0 {
                 p.add(
                     "cache.dirty_limit",
-                    format!(
-                        "{} bytes exceeds cache.capacity ({} bytes)",
-                        d.0, c.capacity.0
-                    ),
+                    format!("{} bytes exceeds cache.capacity ({} bytes)", d.0, c.capacity.0),
                 );
             }
         }
@@ -681,10 +670,7 @@ impl Config {
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&u.part_size.0) {
             p.add(
                 "upload.part_size",
-                format!(
-                    "{} bytes is outside S3's limits (5MiB..5GiB)",
-                    u.part_size.0
-                ),
+                format!("{} bytes is outside S3's limits (5MiB..5GiB)", u.part_size.0),
             );
         }
         if u.multipart_threshold.0 < u.part_size.0 {
@@ -718,10 +704,7 @@ impl Config {
         if let Some(level) = &self.log.level
             && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level)
         {
-            p.add(
-                "log.level",
-                format!("`{level}` is not a tracing filter: {e}"),
-            );
+            p.add("log.level", format!("`{level}` is not a tracing filter: {e}"));
         }
 
         // [[share]]
@@ -769,19 +752,14 @@ impl Config {
                 );
             }
             match (&s.sse, &s.sse_kms_key_id) {
-                (Some(m), _) if !SSE_MODES.contains(&m.as_str()) => p.add(
-                    k("sse"),
-                    format!("`{m}` is not one of {}", SSE_MODES.join(", ")),
-                ),
+                (Some(m), _) if !SSE_MODES.contains(&m.as_str()) => {
+                    p.add(k("sse"), format!("`{m}` is not one of {}", SSE_MODES.join(", ")))
+                }
                 (Some(m), Some(_)) if m != "aws:kms" => {
                     p.add(k("sse_kms_key_id"), "only applies with sse = \"aws:kms\"")
                 }
-                (None, Some(_)) => {
-                    p.add(k("sse_kms_key_id"), "only applies with sse = \"aws:kms\"")
-                }
-                (_, Some(id)) if id.trim().is_empty() => {
-                    p.add(k("sse_kms_key_id"), "must not be empty")
-                }
+                (None, Some(_)) => p.add(k("sse_kms_key_id"), "only applies with sse = \"aws:kms\""),
+                (_, Some(id)) if id.trim().is_empty() => p.add(k("sse_kms_key_id"), "must not be empty"),
                 _ => {}
             }
             if let Some(acl) = &s.acl
@@ -884,10 +862,7 @@ fn check_endpoint(e: &str) -> Result<(), String> {
     let authority = rest.split('/').next().unwrap_or("");
     if authority.contains('@') {
         // Never accept credentials in a URL: they would end up in logs and status output.
-        return Err(
-            "must not contain user:password@; credentials come from the AWS credential chain"
-                .into(),
-        );
+        return Err("must not contain user:password@; credentials come from the AWS credential chain".into());
     }
     if authority.is_empty() {
         return Err(format!("`{e}` has no host"));
@@ -936,18 +911,12 @@ mod tests {
                 format!("{SHARE}{SHARE}"),
                 "share[1].name: `data` is already the name of share[0]",
             ),
-            (
-                share("").replace("s3://my-bucket/p/", "http://x"),
-                "share[0].url",
-            ),
+            (share("").replace("s3://my-bucket/p/", "http://x"), "share[0].url"),
             (
                 share("").replace("s3://my-bucket/p/", "s3://My_Bucket"),
                 "share[0].url",
             ),
-            (
-                share("").replace("s3://my-bucket/p/", "s3://ab"),
-                "share[0].url",
-            ),
+            (share("").replace("s3://my-bucket/p/", "s3://ab"), "share[0].url"),
             (
                 share("").replace("s3://my-bucket/p/", "s3://bucket/a//b/"),
                 "share[0].url",
@@ -976,10 +945,7 @@ mod tests {
                 share("allowed_clients = [\"10.1.2.3/8\"]"),
                 "did you mean 10.0.0.0/8",
             ),
-            (
-                share("storage_class = \"GLACIER\""),
-                "share[0].storage_class",
-            ),
+            (share("storage_class = \"GLACIER\""), "share[0].storage_class"),
             (share("sse = \"aes256\""), "share[0].sse"),
             (
                 share("sse = \"AES256\"\nsse_kms_key_id = \"k\""),
@@ -998,8 +964,7 @@ mod tests {
                 "share[0].default_file_mode",
             ),
             (
-                share("").replace("s3://my-bucket/p/", "file:///srv/b")
-                    + "storage_class = \"STANDARD\"\n",
+                share("").replace("s3://my-bucket/p/", "file:///srv/b") + "storage_class = \"STANDARD\"\n",
                 "share[0].storage_class: only applies to s3:// shares",
             ),
             (
@@ -1026,18 +991,12 @@ mod tests {
                 format!("[upload]\npart_concurrency = 0\n{SHARE}"),
                 "upload.part_concurrency",
             ),
-            (
-                format!("[cache]\ncapacity = \"1MiB\"\n{SHARE}"),
-                "cache.capacity",
-            ),
+            (format!("[cache]\ncapacity = \"1MiB\"\n{SHARE}"), "cache.capacity"),
             (
                 format!("[cache]\ncapacity = \"1GiB\"\ndirty_limit = \"2GiB\"\n{SHARE}"),
                 "cache.dirty_limit",
             ),
-            (
-                format!("[cache]\ndirty_limit = 0\n{SHARE}"),
-                "cache.dirty_limit",
-            ),
+            (format!("[cache]\ndirty_limit = 0\n{SHARE}"), "cache.dirty_limit"),
             (
                 format!("[cache]\nupload_delay = \"2m\"\nmax_dirty_age = \"1m\"\n{SHARE}"),
                 "cache.upload_delay",
@@ -1066,10 +1025,7 @@ mod tests {
         ];
         for (text, key) in cases {
             let e = err_of(&text);
-            assert!(
-                e.contains(key),
-                "expected {key:?} in error {e:?} for\n{text}"
-            );
+            assert!(e.contains(key), "expected {key:?} in error {e:?} for\n{text}");
         }
     }
 
@@ -1202,10 +1158,7 @@ mod tests {
         ] {
             assert!(IpNet::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(
-            IpNet::parse(" 10.0.0.0/8 ").unwrap().to_string(),
-            "10.0.0.0/8"
-        );
+        assert_eq!(IpNet::parse(" 10.0.0.0/8 ").unwrap().to_string(), "10.0.0.0/8");
     }
 
     #[test]
@@ -1264,11 +1217,7 @@ mod tests {
         };
         let e = toml::from_str::<Config>(&probe).unwrap_err().to_string();
         let list = e.split("expected").nth(1).unwrap_or_else(|| panic!("{e}"));
-        list.split('`')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_string)
-            .collect()
+        list.split('`').skip(1).step_by(2).map(str::to_string).collect()
     }
 
     #[test]
@@ -1281,10 +1230,7 @@ mod tests {
         assert_eq!(c.cache.upload_delay, d.cache.upload_delay);
         assert_eq!(c.upload.part_size, d.upload.part_size);
         assert_eq!(c.upload.concurrency, d.upload.concurrency);
-        let lines: Vec<&str> = EXAMPLE_TOML
-            .lines()
-            .map(|l| l.trim_start_matches("# "))
-            .collect();
+        let lines: Vec<&str> = EXAMPLE_TOML.lines().map(|l| l.trim_start_matches("# ")).collect();
         let mut checked = 0;
         for section in ["nfs", "admin", "cache", "upload", "log", "share"] {
             let fields = fields_of(section);
@@ -1306,9 +1252,7 @@ mod tests {
                     .strip_prefix("# ")
                     .and_then(|k| Some((k, k.split_once(" = ")?.0)))
                 {
-                    Some((k, name)) if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
-                        k
-                    }
+                    Some((k, name)) if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') => k,
                     _ => l,
                 }
             })
@@ -1317,9 +1261,7 @@ mod tests {
         let all = Config::from_toml(&all).unwrap();
         assert_eq!(all.shares[0].sse.as_deref(), Some("aws:kms"));
         assert!(
-            all.cache.dirty_limit.is_some()
-                && all.log.level.is_some()
-                && all.shares[0].endpoint.is_some()
+            all.cache.dirty_limit.is_some() && all.log.level.is_some() && all.shares[0].endpoint.is_some()
         );
     }
 }

@@ -10,10 +10,7 @@ use crate::config::LogConfig;
 
 /// The filter string that wins, and where it came from (for the startup log line).
 pub fn effective_filter(cfg: &LogConfig, rust_log: Option<&str>) -> (String, &'static str) {
-    match (
-        rust_log.map(str::trim).filter(|s| !s.is_empty()),
-        &cfg.level,
-    ) {
+    match (rust_log.map(str::trim).filter(|s| !s.is_empty()), &cfg.level) {
         (Some(env), _) => (env.to_string(), "RUST_LOG"),
         (None, Some(level)) => (level.clone(), "config [log] level"),
         (None, None) => ("info".to_string(), "default"),

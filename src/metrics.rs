@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Called on every scrape, before encoding, to refresh the computed gauges.
@@ -144,8 +144,8 @@ const STORE_BUCKETS: &[f64] = &[
 ];
 /// NFS latencies: from a cached GETATTR (tens of µs) to a read-through miss.
 const NFS_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 impl Default for Metrics {
@@ -208,10 +208,7 @@ impl Metrics {
                 "Age of the oldest dirty data; 0 when nothing is dirty."
             ))),
             cache_hits_total: reg!(IntCounterVec::new(
-                o(
-                    "cache_hits_total",
-                    "NFS reads served entirely from the cache."
-                ),
+                o("cache_hits_total", "NFS reads served entirely from the cache."),
                 &["share"]
             )),
             cache_misses_total: reg!(IntCounterVec::new(
@@ -222,17 +219,11 @@ impl Metrics {
                 &["share"]
             )),
             cache_evictions_total: reg!(IntCounterVec::new(
-                o(
-                    "cache_evictions_total",
-                    "Clean files evicted from the cache."
-                ),
+                o("cache_evictions_total", "Clean files evicted from the cache."),
                 &["share"]
             )),
             cache_evicted_bytes_total: reg!(IntCounterVec::new(
-                o(
-                    "cache_evicted_bytes_total",
-                    "Bytes freed by cache eviction."
-                ),
+                o("cache_evicted_bytes_total", "Bytes freed by cache eviction."),
                 &["share"]
             )),
             upload_queue_files: reg!(IntGauge::with_opts(o(
@@ -248,10 +239,7 @@ impl Metrics {
                 "Files whose last upload attempt failed."
             ))),
             uploads_total: reg!(IntCounterVec::new(
-                o(
-                    "uploads_total",
-                    "File uploads finished, by result (ok, error)."
-                ),
+                o("uploads_total", "File uploads finished, by result (ok, error)."),
                 &["share", "result"]
             )),
             files_renamed_total: reg!(IntCounterVec::new(
@@ -266,17 +254,11 @@ impl Metrics {
                 &["share"]
             )),
             store_uploaded_bytes_total: reg!(IntCounterVec::new(
-                o(
-                    "store_uploaded_bytes_total",
-                    "Body bytes sent to the store."
-                ),
+                o("store_uploaded_bytes_total", "Body bytes sent to the store."),
                 &["share"]
             )),
             store_downloaded_bytes_total: reg!(IntCounterVec::new(
-                o(
-                    "store_downloaded_bytes_total",
-                    "Body bytes read from the store."
-                ),
+                o("store_downloaded_bytes_total", "Body bytes read from the store."),
                 &["share"]
             )),
             store_request_duration_seconds: reg!(HistogramVec::new(
@@ -310,10 +292,7 @@ impl Metrics {
                 &["reason"]
             )),
             nfs_read_bytes_total: reg!(IntCounterVec::new(
-                o(
-                    "nfs_read_bytes_total",
-                    "Bytes returned to NFS clients by READ."
-                ),
+                o("nfs_read_bytes_total", "Bytes returned to NFS clients by READ."),
                 &["share"]
             )),
             nfs_write_bytes_total: reg!(IntCounterVec::new(
@@ -354,9 +333,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         m.start_time_seconds.set(now.as_secs_f64());
         m
     }
@@ -366,8 +343,7 @@ impl Metrics {
     pub fn from_config(cfg: &crate::config::Config) -> Metrics {
         let m = Metrics::new();
         m.cache_capacity_bytes.set(clamp(cfg.cache.capacity.0));
-        m.cache_dirty_limit_bytes
-            .set(clamp(cfg.dirty_limit_bytes()));
+        m.cache_dirty_limit_bytes.set(clamp(cfg.dirty_limit_bytes()));
         for s in &cfg.shares {
             m.add_share(&s.name);
         }
@@ -418,13 +394,7 @@ impl Metrics {
     }
 
     /// Sets the upload-queue figures in one call (for the scrape hook).
-    pub fn set_upload_queue(
-        &self,
-        files: u64,
-        bytes: u64,
-        oldest_dirty_age: Duration,
-        failing_files: u64,
-    ) {
+    pub fn set_upload_queue(&self, files: u64, bytes: u64, oldest_dirty_age: Duration, failing_files: u64) {
         self.upload_queue_files.set(clamp(files));
         self.upload_queue_bytes.set(clamp(bytes));
         self.cache_oldest_dirty_age_seconds
@@ -452,9 +422,7 @@ impl Metrics {
 
     /// Records one answered NFS/MOUNT call.
     pub fn observe_nfs_call(&self, procedure: &str, status: &str, elapsed: Duration) {
-        self.nfs_calls_total
-            .with_label_values(&[procedure, status])
-            .inc();
+        self.nfs_calls_total.with_label_values(&[procedure, status]).inc();
         self.nfs_call_duration_seconds
             .with_label_values(&[procedure, status])
             .observe(elapsed.as_secs_f64());
@@ -466,9 +434,7 @@ impl Metrics {
         let mut all = true;
         for (name, ok) in checks {
             all &= ok;
-            self.readiness_check
-                .with_label_values(&[name])
-                .set(*ok as i64);
+            self.readiness_check.with_label_values(&[name]).set(*ok as i64);
             if name == "store_reachable" {
                 self.store_reachable.set(*ok as i64);
             }
@@ -584,16 +550,10 @@ mod tests {
     #[test]
     fn readiness_sets_store_reachable_and_ready() {
         let m = Metrics::new();
-        m.set_readiness(&[
-            ("nfs_listening".into(), true),
-            ("store_reachable".into(), false),
-        ]);
+        m.set_readiness(&[("nfs_listening".into(), true), ("store_reachable".into(), false)]);
         assert_eq!(m.store_reachable.get(), 0);
         assert_eq!(m.ready.get(), 0);
-        m.set_readiness(&[
-            ("nfs_listening".into(), true),
-            ("store_reachable".into(), true),
-        ]);
+        m.set_readiness(&[("nfs_listening".into(), true), ("store_reachable".into(), true)]);
         assert_eq!(m.store_reachable.get(), 1);
         assert_eq!(m.ready.get(), 1);
     }
@@ -604,10 +564,7 @@ mod tests {
         let m = Metrics::from_config(&cfg);
         assert_eq!(m.cache_capacity_bytes.get(), cfg.cache.capacity.0 as i64);
         assert!(m.cache_capacity_bytes.get() > 0);
-        assert_eq!(
-            m.cache_dirty_limit_bytes.get(),
-            cfg.dirty_limit_bytes() as i64
-        );
+        assert_eq!(m.cache_dirty_limit_bytes.get(), cfg.dirty_limit_bytes() as i64);
         let text = m.render();
         assert!(
             text.contains("bucketgate_nfs_write_bytes_total{share=\"data\"} 0"),
@@ -623,12 +580,7 @@ mod tests {
     fn store_errors_counted_by_code() {
         let m = Metrics::new();
         m.observe_store_request("data", "PutObject", Duration::from_millis(20), None);
-        m.observe_store_request(
-            "data",
-            "PutObject",
-            Duration::from_millis(20),
-            Some("SlowDown"),
-        );
+        m.observe_store_request("data", "PutObject", Duration::from_millis(20), Some("SlowDown"));
         assert_eq!(
             m.store_errors_total
                 .with_label_values(&["data", "PutObject", "SlowDown"])

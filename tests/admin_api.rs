@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucketgate::admin::client::ClientError;
 use bucketgate::admin::{
-    AdminApi, AdminClient, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest,
-    QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, AdminClient, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus,
+    Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 use tokio::sync::{oneshot, watch};
@@ -155,12 +155,7 @@ async fn start() -> Harness {
         .nfs_connections_rejected_total
         .with_label_values(&["limit"])
         .inc();
-    metrics.observe_store_request(
-        "data",
-        "PutObject",
-        Duration::from_millis(30),
-        Some("SlowDown"),
-    );
+    metrics.observe_store_request("data", "PutObject", Duration::from_millis(30), Some("SlowDown"));
     metrics.set_scrape_hook(|m| {
         m.set_cache(1000, 600, 250);
         m.set_upload_queue(3, 250, Duration::from_millis(12_500), 1);
@@ -188,16 +183,11 @@ async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
 /// Parses the text format: every sample line is `name[{labels}] value`.
 fn parse_samples(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         out.insert(series.to_string(), v);
     }
     out
@@ -217,12 +207,7 @@ async fn health_ready_and_metrics() {
     let names: Vec<&str> = body.checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "configured",
-            "nfs_listening",
-            "metadata_open",
-            "store_reachable"
-        ]
+        ["configured", "nfs_listening", "metadata_open", "store_reachable"]
     );
 
     h.metrics.nfs_connections.set(2);
@@ -239,10 +224,7 @@ async fn health_ready_and_metrics() {
             "{name} missing from /metrics"
         );
     }
-    assert_eq!(
-        samples["bucketgate_cache_free_bytes"], 400.0,
-        "scrape hook ran"
-    );
+    assert_eq!(samples["bucketgate_cache_free_bytes"], 400.0, "scrape hook ran");
     assert_eq!(samples["bucketgate_cache_oldest_dirty_age_seconds"], 12.5);
     assert_eq!(samples["bucketgate_store_reachable"], 1.0);
     assert_eq!(samples["bucketgate_ready"], 1.0);
@@ -300,8 +282,7 @@ async fn health_ready_and_metrics() {
             c.wait_with_output()
         })
     {
-        let msg = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool check metrics:\n{msg}");
     } else {
         assert!(
@@ -383,11 +364,7 @@ async fn flush_wait_times_out_with_504() {
         ClientError::Api { status, body } => {
             assert_eq!(status, 504);
             assert_eq!(body.error, "timeout");
-            assert!(
-                body.message.contains("uploads continue"),
-                "{}",
-                body.message
-            );
+            assert!(body.message.contains("uploads continue"), "{}", body.message);
         }
         other => panic!("{other}"),
     }
@@ -411,20 +388,13 @@ async fn refresh_passes_recursive() {
     shutdown(h).await;
 }
 
-async fn expect_error(
-    h: &Harness,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-    status: u16,
-    kind: &str,
-) {
+async fn expect_error(h: &Harness, method: &str, path: &str, body: Option<Vec<u8>>, status: u16, kind: &str) {
     let r = with_timeout(h.client.request(method, path, body, None))
         .await
         .unwrap();
     assert_eq!(r.status, status, "{method} {path}: {}", r.text());
-    let e: bucketgate::admin::ErrorBody = serde_json::from_slice(&r.body)
-        .unwrap_or_else(|_| panic!("not a JSON error: {}", r.text()));
+    let e: bucketgate::admin::ErrorBody =
+        serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not a JSON error: {}", r.text()));
     assert_eq!(e.error, kind, "{}", r.text());
     assert!(!e.message.is_empty());
 }
@@ -436,15 +406,7 @@ async fn bad_requests_get_json_errors() {
     expect_error(&h, "GET", "/nope", None, 404, "not_found").await;
     expect_error(&h, "GET", "/api/v1/flush", None, 405, "method_not_allowed").await;
     expect_error(&h, "POST", "/metrics", None, 405, "method_not_allowed").await;
-    expect_error(
-        &h,
-        "POST",
-        "/api/v1/flush",
-        j("{not json"),
-        400,
-        "bad_request",
-    )
-    .await;
+    expect_error(&h, "POST", "/api/v1/flush", j("{not json"), 400, "bad_request").await;
     expect_error(
         &h,
         "POST",

@@ -45,9 +45,7 @@ fn dashboard_exprs() -> Vec<String> {
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
                     match (k.as_str(), v) {
-                        ("expr" | "definition", serde_json::Value::String(s)) => {
-                            out.push(s.clone())
-                        }
+                        ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
                         _ => walk(v, out),
                     }
                 }
@@ -159,8 +157,7 @@ fn check_script_passes() {
         .arg(ami("prometheus/check.sh"))
         .output()
         .unwrap();
-    let msg =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "check.sh failed:\n{msg}");
     assert!(
         msg.contains("SUCCESS: prometheus config, rules, rule tests and metrics"),
@@ -202,8 +199,7 @@ fn dashboard_queries_parse() {
         .arg(&path)
         .output()
         .unwrap();
-    let msg =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "dashboard PromQL does not parse:\n{msg}\n{rules}"

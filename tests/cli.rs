@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bucketgate::admin::{
-    AdminApi, ApiError, CacheStatus, FlushReport, FlushRequest, Readiness, RefreshReport,
-    RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, ApiError, CacheStatus, FlushReport, FlushRequest, Readiness, RefreshReport, RefreshRequest,
+    ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 
@@ -51,11 +51,7 @@ fn init_output_passes_check_config() {
     let o = bucketgate(&["init", "--output", f]);
     assert!(!o.status.success());
     assert!(out(&o).1.contains("--force"), "{:?}", out(&o));
-    assert!(
-        bucketgate(&["init", "--output", f, "--force"])
-            .status
-            .success()
-    );
+    assert!(bucketgate(&["init", "--output", f, "--force"]).status.success());
 
     // Without --output the example goes to stdout.
     let o = bucketgate(&["init"]);
@@ -75,11 +71,7 @@ fn check_config_reports_every_error_with_its_key() {
     let (stdout, stderr) = out(&o);
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    for key in [
-        "upload.part_size",
-        "share[0].name",
-        "share[0].allowed_clients[0]",
-    ] {
+    for key in ["upload.part_size", "share[0].name", "share[0].allowed_clients[0]"] {
         assert!(stderr.contains(key), "{key} missing from {stderr}");
     }
     assert!(stderr.contains("bad.toml"), "the file is named: {stderr}");
@@ -151,14 +143,9 @@ async fn client_commands_against_a_live_listener() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_admin(
-        listener,
-        Arc::new(Fixed),
-        Metrics::new(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(serve_admin(listener, Arc::new(Fixed), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -181,9 +168,7 @@ async fn client_commands_against_a_live_listener() {
         assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
     }
 
-    let o = run(a(&["status", "--admin", &addr, "--json"]))
-        .await
-        .unwrap();
+    let o = run(a(&["status", "--admin", &addr, "--json"])).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["shares"][0]["export_path"], "/media");
     assert_eq!(v["cache"]["dirty_percent"], 12.5);
@@ -201,10 +186,7 @@ async fn client_commands_against_a_live_listener() {
     .unwrap();
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("2 files, 2.0 KiB: all in the store"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("2 files, 2.0 KiB: all in the store"), "{stdout}");
 
     let o = run(a(&["flush", "--admin", &addr, "/nope"])).await.unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -225,9 +207,5 @@ async fn client_commands_against_a_live_listener() {
     // Nothing listening: a clear error, exit 1.
     let o = run(a(&["status", "--admin", &addr])).await.unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        out(&o).1.contains("cannot reach the admin API"),
-        "{:?}",
-        out(&o)
-    );
+    assert!(out(&o).1.contains("cannot reach the admin API"), "{:?}", out(&o));
 }

@@ -107,16 +107,10 @@ async fn directory_markers_are_listed_like_objects(env: &Env) {
     let m = meta(S_IFREG | 0o644, 1);
     let dm = meta(S_IFDIR | 0o755, 1);
     s.put_object("m/", Bytes::new(), &dm).await.unwrap();
-    s.put_object("m/a", Bytes::from_static(b"a"), &m)
-        .await
-        .unwrap();
+    s.put_object("m/a", Bytes::from_static(b"a"), &m).await.unwrap();
     s.put_object("m/empty/", Bytes::new(), &dm).await.unwrap();
-    s.put_object("n", Bytes::from_static(b"n"), &m)
-        .await
-        .unwrap();
-    let keys = |p: &bucketgate::remote::ListPage| {
-        p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>()
-    };
+    s.put_object("n", Bytes::from_static(b"n"), &m).await.unwrap();
+    let keys = |p: &bucketgate::remote::ListPage| p.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
     let all = s.list("", None, None, 1000).await.unwrap();
     assert_eq!(keys(&all), ["m/", "m/a", "m/empty/", "n"]);
     assert_eq!(all.objects[0].size, 0);
@@ -144,10 +138,7 @@ async fn directory_markers_are_listed_like_objects(env: &Env) {
     // Deleting a marker with entries keeps the entries.
     s.delete_object("m/").await.unwrap();
     assert!(s.head("m/").await.unwrap().is_none());
-    assert_eq!(
-        s.get_range("m/a", 0, 1).await.unwrap(),
-        Bytes::from_static(b"a")
-    );
+    assert_eq!(s.get_range("m/a", 0, 1).await.unwrap(), Bytes::from_static(b"a"));
     assert_eq!(
         keys(&s.list("m/", None, None, 1000).await.unwrap()),
         ["m/a", "m/empty/"]
@@ -178,27 +169,17 @@ fn pattern(len: usize, seed: u64) -> Bytes {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 async fn put_head_and_ranged_reads(env: &Env) {
     let s = &env.store;
     let m = meta(S_IFREG | 0o644, 1_700_000_000_123_456_789);
     let body = pattern(1000, 1);
-    let etag = s
-        .put_object("dir/file.bin", body.clone(), &m)
-        .await
-        .unwrap();
+    let etag = s.put_object("dir/file.bin", body.clone(), &m).await.unwrap();
     assert!(!etag.is_empty() && !etag.contains('"'), "etag {etag:?}");
 
-    let info = s
-        .head("dir/file.bin")
-        .await
-        .unwrap()
-        .expect("object exists");
+    let info = s.head("dir/file.bin").await.unwrap().expect("object exists");
     assert_eq!(info.key, "dir/file.bin");
     assert_eq!(info.size, 1000);
     assert_eq!(info.etag, etag);
@@ -223,32 +204,16 @@ async fn put_head_and_ranged_reads(env: &Env) {
         body.slice(990..1000)
     );
     assert_eq!(s.get_range("dir/file.bin", 0, 1 << 30).await.unwrap(), body);
-    assert!(
-        s.get_range("dir/file.bin", 1000, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        s.get_range("dir/file.bin", 5000, 1)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.get_range("dir/file.bin", 1000, 10).await.unwrap().is_empty());
+    assert!(s.get_range("dir/file.bin", 5000, 1).await.unwrap().is_empty());
     assert!(s.get_range("dir/file.bin", 3, 0).await.unwrap().is_empty());
 
     // Overwrite: new size, new ETag, one version.
-    let etag2 = s
-        .put_object("dir/file.bin", pattern(10, 2), &m)
-        .await
-        .unwrap();
+    let etag2 = s.put_object("dir/file.bin", pattern(10, 2), &m).await.unwrap();
     assert_ne!(etag2, etag);
     let info = s.head("dir/file.bin").await.unwrap().unwrap();
     assert_eq!((info.size, info.etag.as_str()), (10, etag2.as_str()));
-    assert_eq!(
-        s.get_range("dir/file.bin", 0, 100).await.unwrap(),
-        pattern(10, 2)
-    );
+    assert_eq!(s.get_range("dir/file.bin", 0, 100).await.unwrap(), pattern(10, 2));
 
     // Empty objects are objects.
     s.put_object("empty", Bytes::new(), &m).await.unwrap();
@@ -265,13 +230,8 @@ async fn metadata_round_trips(env: &Env) {
         mtime_ns: 1_234_567_890_987_654_321,
     };
     let body = Bytes::from_static(b"hello, bucket\n");
-    s.put_object("docs/readme.txt", body.clone(), &m)
-        .await
-        .unwrap();
-    assert_eq!(
-        s.head("docs/readme.txt").await.unwrap().unwrap().meta,
-        Some(m)
-    );
+    s.put_object("docs/readme.txt", body.clone(), &m).await.unwrap();
+    assert_eq!(s.head("docs/readme.txt").await.unwrap().unwrap().meta, Some(m));
 
     if let Some(srv) = env.s3_server() {
         // What a plain S3 client (DataSync, FSx, an operator) sees.
@@ -287,10 +247,7 @@ async fn metadata_round_trips(env: &Env) {
         let md = out.metadata().unwrap();
         assert_eq!(md.get("file-owner").map(String::as_str), Some("4000000000"));
         assert_eq!(md.get("file-group").map(String::as_str), Some("65534"));
-        assert_eq!(
-            md.get("file-permissions").map(String::as_str),
-            Some("0104755")
-        );
+        assert_eq!(md.get("file-permissions").map(String::as_str), Some("0104755"));
         assert_eq!(
             md.get("file-mtime").map(String::as_str),
             Some("1234567890987654321ns")
@@ -304,10 +261,7 @@ async fn metadata_round_trips(env: &Env) {
         // The CRC32C the store sent was checked and kept by the server.
         let crc = crc32c::crc32c(&body).to_be_bytes();
         assert_eq!(out.checksum_crc32_c(), Some(b64_std(&crc).as_str()));
-        assert_eq!(
-            std::fs::read(srv.object_path("docs/readme.txt")).unwrap(),
-            body
-        );
+        assert_eq!(std::fs::read(srv.object_path("docs/readme.txt")).unwrap(), body);
     }
     if let Some(root) = env.local_root() {
         // Browsable: the object is the plain file.
@@ -355,12 +309,7 @@ async fn put_many(store: &Arc<dyn ObjectStore>, keys: Vec<String>) {
         let mut set = tokio::task::JoinSet::new();
         for k in chunk {
             let (store, k) = (store.clone(), k.clone());
-            set.spawn(async move {
-                store
-                    .put_object(&k, Bytes::from_static(b"."), &m)
-                    .await
-                    .unwrap()
-            });
+            set.spawn(async move { store.put_object(&k, Bytes::from_static(b"."), &m).await.unwrap() });
         }
         while let Some(r) = set.join_next().await {
             r.unwrap();
@@ -455,10 +404,7 @@ async fn multipart_upload_with_metadata(env: &Env) {
     for (i, (a, b)) in bounds.into_iter().enumerate() {
         let n = i as i32 + 1;
         let etag = s.upload_part(key, &id, n, data.slice(a..b)).await.unwrap();
-        parts.push(CompletedPart {
-            part_number: n,
-            etag,
-        });
+        parts.push(CompletedPart { part_number: n, etag });
     }
     // Nothing is visible before completion.
     assert!(s.head(key).await.unwrap().is_none());
@@ -511,14 +457,7 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
     let m2 = meta(S_IFREG | 0o640, 6);
     let id = s.create_multipart("dst.bin", &m2).await.unwrap();
     let e1 = s
-        .upload_part_copy(
-            "dst.bin",
-            &id,
-            1,
-            "src/with space+ü.bin",
-            0,
-            (5 * MIB - 1) as u64,
-        )
+        .upload_part_copy("dst.bin", &id, 1, "src/with space+ü.bin", 0, (5 * MIB - 1) as u64)
         .await
         .unwrap();
     let e2 = s
@@ -527,14 +466,7 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
         .unwrap();
     // A range past the end of the source is refused, not truncated.
     let err = s
-        .upload_part_copy(
-            "dst.bin",
-            &id,
-            3,
-            "src/with space+ü.bin",
-            0,
-            (7 * MIB) as u64,
-        )
+        .upload_part_copy("dst.bin", &id, 3, "src/with space+ü.bin", 0, (7 * MIB) as u64)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Permanent { .. }), "{err:?}");
@@ -575,14 +507,10 @@ async fn copy_object_replaces_or_keeps_metadata(env: &Env) {
     assert!(!e1.is_empty());
     let info = s.head("c/replaced.json").await.unwrap().unwrap();
     assert_eq!((info.size, info.meta), (2, Some(b)));
-    s.copy_object("c/src.json", "c/kept.json", None)
-        .await
-        .unwrap();
+    s.copy_object("c/src.json", "c/kept.json", None).await.unwrap();
     assert_eq!(s.head("c/kept.json").await.unwrap().unwrap().meta, Some(a));
     // In place: the way to change only the metadata.
-    s.copy_object("c/src.json", "c/src.json", Some(&b))
-        .await
-        .unwrap();
+    s.copy_object("c/src.json", "c/src.json", Some(&b)).await.unwrap();
     assert_eq!(s.head("c/src.json").await.unwrap().unwrap().meta, Some(b));
     assert_eq!(
         s.get_range("c/src.json", 0, 10).await.unwrap(),
@@ -602,10 +530,7 @@ async fn copy_object_replaces_or_keeps_metadata(env: &Env) {
             .await
             .unwrap();
         assert_eq!(
-            out.metadata()
-                .unwrap()
-                .get("file-owner")
-                .map(String::as_str),
+            out.metadata().unwrap().get("file-owner").map(String::as_str),
             Some("7")
         );
         assert_eq!(out.content_type(), Some("application/json"));
@@ -631,10 +556,7 @@ async fn delete_is_idempotent(env: &Env) {
     s.delete_object("keep/f").await.unwrap();
     // No empty implicit directory lingers as a common prefix.
     let page = s.list("", Some("/"), None, 1000).await.unwrap();
-    assert!(
-        !page.common_prefixes.contains(&"d1/".to_string()),
-        "{page:?}"
-    );
+    assert!(!page.common_prefixes.contains(&"d1/".to_string()), "{page:?}");
     if let Some(root) = env.local_root() {
         assert!(!root.join("d1").exists(), "empty parents are removed");
         // A marker is an object of its own and outlives its children.
@@ -653,9 +575,7 @@ async fn abort_is_idempotent_and_listing_tracks_uploads(env: &Env) {
     let id1 = s.create_multipart("up/a", &m).await.unwrap();
     let id2 = s.create_multipart("up/b", &m).await.unwrap();
     let id3 = s.create_multipart("elsewhere/c", &m).await.unwrap();
-    s.upload_part("up/a", &id1, 1, pattern(1000, 3))
-        .await
-        .unwrap();
+    s.upload_part("up/a", &id1, 1, pattern(1000, 3)).await.unwrap();
     let mut listed = s.list_multipart_uploads("up/").await.unwrap();
     listed.sort();
     assert_eq!(
@@ -755,9 +675,7 @@ async fn local_store_refuses_hostile_keys_without_touching_anything_outside() {
         "",
     ] {
         for res in [
-            s.put_object(key, Bytes::from_static(b"x"), &m)
-                .await
-                .map(|_| ()),
+            s.put_object(key, Bytes::from_static(b"x"), &m).await.map(|_| ()),
             s.head(key).await.map(|_| ()),
             s.get_range(key, 0, 1).await.map(|_| ()),
             s.copy_object("ok", key, None).await.map(|_| ()),
@@ -777,10 +695,7 @@ async fn local_store_refuses_hostile_keys_without_touching_anything_outside() {
         .collect();
     assert_eq!(entries, ["bucket"]);
     // Listing a hostile prefix matches nothing rather than walking outside.
-    assert_eq!(
-        s.list("../", None, None, 1000).await.unwrap(),
-        Default::default()
-    );
+    assert_eq!(s.list("../", None, None, 1000).await.unwrap(), Default::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -789,9 +704,7 @@ async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
     let s = LocalStore::new(dir.path()).unwrap();
     let m = meta(S_IFREG | 0o644, 1);
     let dm = meta(S_IFDIR | 0o755, 1);
-    s.put_object("m/a", Bytes::from_static(b"a"), &m)
-        .await
-        .unwrap();
+    s.put_object("m/a", Bytes::from_static(b"a"), &m).await.unwrap();
     // A directory made by hand holding nothing is not a key.
     std::fs::create_dir_all(dir.path().join("implicit/only")).unwrap();
     let id = s.create_multipart("m/big", &m).await.unwrap();
@@ -802,10 +715,7 @@ async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
     let keys: Vec<_> = all.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(keys, ["m/a"]);
     assert_eq!(
-        s.list("", Some("/"), None, 1000)
-            .await
-            .unwrap()
-            .common_prefixes,
+        s.list("", Some("/"), None, 1000).await.unwrap().common_prefixes,
         ["m/"]
     );
     assert_eq!(
@@ -820,10 +730,7 @@ async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "KeyConflict");
-    let err = s
-        .put_object("m", Bytes::from_static(b"x"), &m)
-        .await
-        .unwrap_err();
+    let err = s.put_object("m", Bytes::from_static(b"x"), &m).await.unwrap_err();
     assert_eq!(err.code(), "KeyConflict");
 }
 
@@ -844,11 +751,7 @@ async fn s3_store_outage_is_transient_and_quick_then_recovers() {
         let t0 = Instant::now();
         let err = s.head("before").await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "took {:?}",
-            t0.elapsed()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
         let err = s
             .put_object("during", Bytes::from_static(b"2"), &m)
             .await
@@ -862,9 +765,7 @@ async fn s3_store_outage_is_transient_and_quick_then_recovers() {
         s.get_range("before", 0, 10).await.unwrap(),
         Bytes::from_static(b"1")
     );
-    s.put_object("after", Bytes::from_static(b"3"), &m)
-        .await
-        .unwrap();
+    s.put_object("after", Bytes::from_static(b"3"), &m).await.unwrap();
     assert!(s.head("during").await.unwrap().is_none());
 }
 
@@ -948,10 +849,7 @@ async fn s3s_fs_gaps_that_compat_fills() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        std::fs::read(srv.object_path("corrupt")).unwrap(),
-        b"payload"
-    );
+    assert_eq!(std::fs::read(srv.object_path("corrupt")).unwrap(), b"payload");
 
     // Markers are missing from listings: only the "corrupt" file is listed.
     assert_eq!(s.list("", None, None, 1000).await.unwrap().objects.len(), 1);
@@ -1045,11 +943,7 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
     let t0 = Instant::now();
     let err = s.head("k").await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
     // An upload is bounded by read_timeout plus its body at the minimum rate.
     let t0 = Instant::now();
     let err = s
@@ -1057,11 +951,7 @@ async fn s3_store_times_out_on_a_server_that_never_answers() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
     // ...and not by the fixed read timeout: at 16 KiB/s, 64 KiB get 0.5 + 4 s.
     let mut settings = s_settings.clone();
     settings.min_upload_bytes_per_sec = 16 << 10;
@@ -1096,15 +986,11 @@ async fn local_store_concurrent_writers_never_mix_data_and_metadata() {
                     mode: S_IFREG | 0o644,
                     mtime_ns: 1,
                 };
-                s.put_object("same", pattern(i as usize, 1), &m)
-                    .await
-                    .unwrap();
+                s.put_object("same", pattern(i as usize, 1), &m).await.unwrap();
                 // Meanwhile, siblings come and go: deletes prune empty directories
                 // while other writers create files in them.
                 let k = format!("r/a/{round}-{i}");
-                s.put_object(&k, Bytes::from_static(b"x"), &m)
-                    .await
-                    .unwrap();
+                s.put_object(&k, Bytes::from_static(b"x"), &m).await.unwrap();
                 s.delete_object(&k).await.unwrap();
             });
         }

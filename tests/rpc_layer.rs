@@ -240,15 +240,7 @@ fn call_with_cred(
 }
 
 fn call(xid: u32, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Vec<u8> {
-    call_with_cred(
-        xid,
-        prog,
-        vers,
-        proc,
-        1,
-        &auth_sys(1000, 100, &[4, 5]),
-        args,
-    )
+    call_with_cred(xid, prog, vers, proc, 1, &auth_sys(1000, 100, &[4, 5]), args)
 }
 
 async fn send(s: &mut TcpStream, msg: &[u8]) {
@@ -327,10 +319,7 @@ async fn portmap_null_getport_dump() {
         .collect();
     dump.sort();
     let p = u32::from(port);
-    assert_eq!(
-        dump,
-        vec![(PORTMAP, 2, 6, p), (NFS, 3, 6, p), (MOUNT, 3, 6, p)]
-    );
+    assert_eq!(dump, vec![(PORTMAP, 2, 6, p), (NFS, 3, 6, p), (MOUNT, 3, 6, p)]);
     s.shutdown().await;
 }
 
@@ -762,9 +751,7 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
     let mut c = s.connect().await;
     send(&mut c, &call(7, NFS, 3, P_GATED, &[])).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let Server {
-        nfs, stop, task, ..
-    } = s;
+    let Server { nfs, stop, task, .. } = s;
     stop.unwrap().send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // No longer accepting...

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use nfs3_types::mount::mountstat3;
 use nfs3_types::nfs3::{
     ACCESS3resok, FSINFO3resok, FSSTAT3resok, GETATTR3resok, LOOKUP3resok, Nfs3Option, Nfs3Result,
-    PATHCONF3resok, READ3resok, READDIRPLUS3resok, cookieverf3, dirlistplus3, entryplus3, fattr3,
-    filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, specdata3,
+    PATHCONF3resok, READ3resok, READDIRPLUS3resok, cookieverf3, dirlistplus3, entryplus3, fattr3, filename3,
+    ftype3, nfs_fh3, nfsstat3, nfstime3, specdata3,
 };
 use nfs3_types::xdr_codec::{List, Opaque, Void};
 use tokio::net::TcpListener;
@@ -128,9 +128,7 @@ impl Nfs3Program for MiniFs {
                 })))
             }
             17 => {
-                let (Ok(cookie), Ok(_), Ok(_), Ok(_)) =
-                    (c.u64(), c.cookieverf3(), c.u32(), c.u32())
-                else {
+                let (Ok(cookie), Ok(_), Ok(_), Ok(_)) = (c.u64(), c.cookieverf3(), c.u32(), c.u32()) else {
                     return ProcReply::GarbageArgs;
                 };
                 let entries = if cookie == 0 {
@@ -259,9 +257,7 @@ async fn libnfs_lists_and_reads_through_our_port() {
         assert!(ok, "nfs-cat failed: {err}");
         assert_eq!(out.as_bytes(), CONTENT);
         // An unknown export is refused at MOUNT.
-        let (ok, _, _) = run("nfs-ls", &format!("nfs://127.0.0.1/nope?{q}"))
-            .await
-            .unwrap();
+        let (ok, _, _) = run("nfs-ls", &format!("nfs://127.0.0.1/nope?{q}")).await.unwrap();
         assert!(!ok, "mounting an unknown export must fail");
     }
     stop.send(()).unwrap();

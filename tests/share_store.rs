@@ -54,7 +54,7 @@ async fn run() {
         srv.bucket, srv.endpoint
     ))
     .unwrap();
-    let (store, prefix) = bucketgate::remote::open_share_store(&share).await.unwrap();
+    let (store, prefix) = bucketgate::remote::open_share_store(&share, None).await.unwrap();
     assert_eq!(prefix, "site-a/projects/");
     let key = format!("{prefix}a.txt");
     store
@@ -77,7 +77,7 @@ async fn run() {
         dir.path().display()
     ))
     .unwrap();
-    let (store, prefix) = bucketgate::remote::open_share_store(&share).await.unwrap();
+    let (store, prefix) = bucketgate::remote::open_share_store(&share, None).await.unwrap();
     assert_eq!(prefix, "");
     store
         .put_object("x/y", Bytes::from_static(b"y"), &meta(S_IFREG | 0o644, 1))
@@ -85,9 +85,8 @@ async fn run() {
         .unwrap();
     assert_eq!(std::fs::read(dir.path().join("x/y")).unwrap(), b"y");
 
-    let share: ShareConfig =
-        toml::from_str("name = \"bad\"\nurl = \"s3://bbb/p\"\nsse = \"rot13\"").unwrap();
-    let err = bucketgate::remote::open_share_store(&share)
+    let share: ShareConfig = toml::from_str("name = \"bad\"\nurl = \"s3://bbb/p\"\nsse = \"rot13\"").unwrap();
+    let err = bucketgate::remote::open_share_store(&share, None)
         .await
         .err()
         .unwrap();

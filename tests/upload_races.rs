@@ -35,12 +35,18 @@ async fn a_file_rewritten_during_its_upload_ends_up_right() {
     .await
     .expect("upload started");
     // ...change the file under it, then let the upload finish.
-    write_at(&mut c, &fh, 0, b"VERSION TWO", stable_how::FILE_SYNC).await.unwrap();
+    write_at(&mut c, &fh, 0, b"VERSION TWO", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
     faulty.hold.store(false, Ordering::SeqCst);
     faulty.gate.add_permits(1000);
     flush(&gw).await;
     let got = local.get_range("moving.txt", 0, 100).await.unwrap();
-    assert_eq!(got.as_ref(), b"VERSION TWO", "the store holds the bytes on disk, not the first upload");
+    assert_eq!(
+        got.as_ref(),
+        b"VERSION TWO",
+        "the store holds the bytes on disk, not the first upload"
+    );
     assert!(s.uploader.counters.objects_put.load(Ordering::Relaxed) >= 2);
     gw.shutdown().await;
 }
@@ -57,12 +63,21 @@ async fn writes_are_accepted_during_an_outage_and_drain_after() {
     for i in 0..5 {
         put_file(&mut c, &root, &format!("f{i}"), &body(10_000, i)).await;
     }
-    assert!(flush_within(&gw, Duration::from_secs(2)).await.is_err(), "nothing can be uploaded while down");
+    assert!(
+        flush_within(&gw, Duration::from_secs(2)).await.is_err(),
+        "nothing can be uploaded while down"
+    );
     let failing = gw.gateway.shares[0].uploader.failing();
     assert!(!failing.is_empty(), "failing files are reported");
-    assert!(failing.iter().all(|f| f.error_code == "ServiceUnavailable" && f.attempts >= 1));
+    assert!(
+        failing
+            .iter()
+            .all(|f| f.error_code == "ServiceUnavailable" && f.attempts >= 1)
+    );
     faulty.down.store(false, Ordering::SeqCst);
-    flush_within(&gw, Duration::from_secs(60)).await.expect("backlog drains once the store is back");
+    flush_within(&gw, Duration::from_secs(60))
+        .await
+        .expect("backlog drains once the store is back");
     for i in 0..5 {
         let got = local.get_range(&format!("f{i}"), 0, 20_000).await.unwrap();
         assert_eq!(got.as_ref(), &body(10_000, i)[..]);

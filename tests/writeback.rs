@@ -33,13 +33,17 @@ async fn files_dirs_and_symlinks_become_objects_with_posix_metadata() {
     flush(&gw).await;
 
     let store = gw.gateway.shares[0].store.clone();
-    let (b, m) = object(store.as_ref(), "docs/report.bin").await.expect("file object");
+    let (b, m) = object(store.as_ref(), "docs/report.bin")
+        .await
+        .expect("file object");
     assert_eq!(b, data);
     assert_eq!((m.uid, m.gid, m.mode), (1234, 567, 0o100644));
     let (b, m) = object(store.as_ref(), "docs/").await.expect("dir marker");
     assert!(b.is_empty());
     assert_eq!(m.mode, 0o040750);
-    let (b, m) = object(store.as_ref(), "empty").await.expect("zero-byte file is uploaded too");
+    let (b, m) = object(store.as_ref(), "empty")
+        .await
+        .expect("zero-byte file is uploaded too");
     assert!(b.is_empty());
     assert_eq!(m.mode, 0o100600);
     let (b, m) = object(store.as_ref(), "link").await.expect("symlink object");
@@ -60,14 +64,24 @@ async fn rename_remove_and_chmod_propagate() {
     put_file(&mut c, &root, "doomed", b"bye").await;
     flush(&gw).await;
     let s = &gw.gateway.shares[0];
-    let puts_before = s.uploader.counters.objects_put.load(std::sync::atomic::Ordering::Relaxed);
+    let puts_before = s
+        .uploader
+        .counters
+        .objects_put
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     // chmod of a clean file: a metadata-only copy, not a second upload of the data.
     set_mode(&mut c, &f, 0o600).await.unwrap();
     flush(&gw).await;
     let (_, m) = object(s.store.as_ref(), "a/one.txt").await.unwrap();
     assert_eq!(m.mode, 0o100600);
-    assert_eq!(s.uploader.counters.objects_put.load(std::sync::atomic::Ordering::Relaxed), puts_before);
+    assert_eq!(
+        s.uploader
+            .counters
+            .objects_put
+            .load(std::sync::atomic::Ordering::Relaxed),
+        puts_before
+    );
 
     // Rename of a file, then of its directory: every key moves, old keys vanish.
     rename(&mut c, &d, "one.txt", &d, "two.txt").await.unwrap();
@@ -88,9 +102,14 @@ async fn rename_remove_and_chmod_propagate() {
     // Overwrite and append re-upload the data.
     let b = lookup(&mut c, &root, "b").await.unwrap();
     let g = lookup(&mut c, &b, "two.txt").await.unwrap();
-    write_at(&mut c, &g, 5, b" and more", stable_how::FILE_SYNC).await.unwrap();
+    write_at(&mut c, &g, 5, b" and more", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
     flush(&gw).await;
-    assert_eq!(object(s.store.as_ref(), "b/two.txt").await.unwrap().0, b"first and more");
+    assert_eq!(
+        object(s.store.as_ref(), "b/two.txt").await.unwrap().0,
+        b"first and more"
+    );
     gw.shutdown().await;
 }
 
@@ -109,7 +128,13 @@ async fn a_file_removed_before_upload_never_reaches_the_store() {
     flush(&gw).await;
     let s = &gw.gateway.shares[0];
     assert!(s.store.head("tmp.part").await.unwrap().is_none());
-    assert_eq!(s.uploader.counters.objects_put.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        s.uploader
+            .counters
+            .objects_put
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     gw.shutdown().await;
 }
 
@@ -128,13 +153,24 @@ async fn committed_data_survives_a_restart_before_upload_and_is_uploaded_after()
         let fh = create(&mut c, &root, "kept.bin", 0o644).await;
         let mut w = None;
         for (i, chunk) in data.chunks(1 << 20).enumerate() {
-            w = Some(write_at(&mut c, &fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await.unwrap());
+            w = Some(
+                write_at(&mut c, &fh, (i as u64) << 20, chunk, stable_how::UNSTABLE)
+                    .await
+                    .unwrap(),
+            );
         }
         let w = w.unwrap();
         assert_eq!(w.committed, stable_how::UNSTABLE);
         let verf = commit(&mut c, &fh).await.verf;
         assert_eq!(w.verf, verf, "one verifier per process lifetime");
-        assert!(gw.gateway.shares[0].store.head("kept.bin").await.unwrap().is_none());
+        assert!(
+            gw.gateway.shares[0]
+                .store
+                .head("kept.bin")
+                .await
+                .unwrap()
+                .is_none()
+        );
         gw.shutdown().await;
         (fh, verf)
     };
@@ -145,7 +181,11 @@ async fn committed_data_survives_a_restart_before_upload_and_is_uploaded_after()
     assert_eq!(read_all(&mut c, &fh).await, data);
     assert_ne!(commit(&mut c, &fh).await.verf, verf1);
     flush(&gw).await;
-    let got = gw.gateway.shares[0].store.get_range("kept.bin", 0, data.len() as u64).await.unwrap();
+    let got = gw.gateway.shares[0]
+        .store
+        .get_range("kept.bin", 0, data.len() as u64)
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), &data[..]);
     gw.shutdown().await;
 }

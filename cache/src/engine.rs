@@ -88,7 +88,11 @@ pub struct WccAttr {
 
 impl From<&Inode> for WccAttr {
     fn from(i: &Inode) -> Self {
-        WccAttr { size: i.size, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns }
+        WccAttr {
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            ctime_ns: i.ctime_ns,
+        }
     }
 }
 
@@ -134,7 +138,11 @@ struct State {
 impl State {
     fn account(&mut self, ino: &Inode) {
         let now = ino.dirty_data_bytes();
-        let before = if now == 0 { self.dirty.remove(&ino.id) } else { self.dirty.insert(ino.id, now) };
+        let before = if now == 0 {
+            self.dirty.remove(&ino.id)
+        } else {
+            self.dirty.insert(ino.id, now)
+        };
         self.dirty_total = self.dirty_total - before.unwrap_or(0) + now;
     }
 
@@ -168,7 +176,10 @@ pub struct Cache {
 }
 
 pub(crate) fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn decode_inode(bytes: &[u8]) -> Result<Inode> {
@@ -185,13 +196,25 @@ impl Cache {
     pub fn open(dir: &Path, opts: CacheOptions) -> Result<Cache> {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir)?;
-        let db = sled::Config::new().path(dir.join("meta")).flush_every_ms(Some(500)).open()?;
+        let db = sled::Config::new()
+            .path(dir.join("meta"))
+            .flush_every_ms(Some(500))
+            .open()?;
         let seed = now_ns() ^ (std::process::id() as u64).rotate_left(32) | 1;
-        let mut state =
-            State { next_id: ROOT_ID + 1, dirty: HashMap::new(), dirty_total: 0, stored_total: 0, rng: seed };
+        let mut state = State {
+            next_id: ROOT_ID + 1,
+            dirty: HashMap::new(),
+            dirty_total: 0,
+            stored_total: 0,
+            rng: seed,
+        };
 
         let share_id = match db.get(keys::meta("share_id"))? {
-            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Meta("share_id".into()))?),
+            Some(v) => u32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| CacheError::Meta("share_id".into()))?,
+            ),
             None => {
                 let id = state.random_u32();
                 db.insert(keys::meta("share_id"), &id.to_be_bytes())?;
@@ -199,7 +222,11 @@ impl Cache {
             }
         };
         if let Some(v) = db.get(keys::meta("next_id"))? {
-            state.next_id = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Meta("next_id".into()))?);
+            state.next_id = u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| CacheError::Meta("next_id".into()))?,
+            );
         }
         if db.get(keys::inode(ROOT_ID))?.is_none() {
             let now = now_ns();
@@ -469,7 +496,13 @@ impl Cache {
     }
 
     /// Reads up to `count` bytes at `offset`; returns the bytes, eof, attributes.
-    pub fn read(&self, caller: &Caller, id: FileId, offset: u64, count: u32) -> Result<(Vec<u8>, bool, Inode)> {
+    pub fn read(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool, Inode)> {
         let i = self.get(id)?;
         match i.kind {
             Kind::File => {}
@@ -504,10 +537,18 @@ impl Cache {
         perm::require(caller, &d, perm::READ)?;
         let mut entries = Vec::new();
         if cookie < 1 && entries.len() < max {
-            entries.push(DirEntryInfo { name: b".".to_vec(), cookie: 1, attr: d.clone() });
+            entries.push(DirEntryInfo {
+                name: b".".to_vec(),
+                cookie: 1,
+                attr: d.clone(),
+            });
         }
         if cookie < 2 && entries.len() < max {
-            entries.push(DirEntryInfo { name: b"..".to_vec(), cookie: 2, attr: self.get(d.parent)? });
+            entries.push(DirEntryInfo {
+                name: b"..".to_vec(),
+                cookie: 2,
+                attr: self.get(d.parent)?,
+            });
         }
         if cookie >= d.next_dir_seq && cookie > 2 {
             return Err(CacheError::BadCookie);
@@ -522,9 +563,15 @@ impl Cache {
                 break;
             }
             let seq = u64::from_be_bytes(k[9..17].try_into().expect("17-byte key"));
-            let Some(e) = self.lookup_entry(dir, &name)? else { continue };
+            let Some(e) = self.lookup_entry(dir, &name)? else {
+                continue;
+            };
             let Some(attr) = self.load(e.child)? else { continue };
-            entries.push(DirEntryInfo { name: name.to_vec(), cookie: seq, attr });
+            entries.push(DirEntryInfo {
+                name: name.to_vec(),
+                cookie: seq,
+                attr,
+            });
         }
         Ok(Listing { entries, eof })
     }
@@ -552,7 +599,14 @@ impl Cache {
     /// Writes `data` at `offset`. With `sync`, data and metadata are durable before
     /// this returns (FILE_SYNC / DATA_SYNC); otherwise they are in the page cache and
     /// sled's buffers until a COMMIT.
-    pub fn write(&self, caller: &Caller, id: FileId, offset: u64, data: &[u8], sync: bool) -> Result<(WccAttr, Inode)> {
+    pub fn write(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<(WccAttr, Inode)> {
         let i = self.get(id)?;
         match i.kind {
             Kind::File => {}
@@ -571,7 +625,11 @@ impl Cache {
         {
             let st = self.state.lock();
             let growth = end.saturating_sub(i.size);
-            let newly_dirty = if i.dirty_data_bytes() == 0 { i.size.max(end) } else { growth };
+            let newly_dirty = if i.dirty_data_bytes() == 0 {
+                i.size.max(end)
+            } else {
+                growth
+            };
             if newly_dirty > 0 && st.dirty_total.saturating_add(newly_dirty) > self.opts.dirty_limit_bytes {
                 return Err(CacheError::TryLater);
             }
@@ -612,7 +670,9 @@ impl Cache {
             if let Some(f) = self.files.get(&id) {
                 f.sync_data().map_err(CacheError::from_io)?;
             } else if self.data_path(id).exists() {
-                File::open(self.data_path(id))?.sync_data().map_err(CacheError::from_io)?;
+                File::open(self.data_path(id))?
+                    .sync_data()
+                    .map_err(CacheError::from_io)?;
             }
         }
         self.flush_metadata()?;
@@ -621,14 +681,20 @@ impl Cache {
 
     // ----- attributes --------------------------------------------------------------
 
-    pub fn setattr(&self, caller: &Caller, id: FileId, set: SetAttr, guard_ctime_ns: Option<u64>) -> Result<(WccAttr, Inode)> {
+    pub fn setattr(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        set: SetAttr,
+        guard_ctime_ns: Option<u64>,
+    ) -> Result<(WccAttr, Inode)> {
         let mut st = self.state.lock();
         let mut i = self.get(id)?;
         let before = WccAttr::from(&i);
-        if let Some(g) = guard_ctime_ns {
-            if g != i.ctime_ns {
-                return Err(CacheError::NotSync);
-            }
+        if let Some(g) = guard_ctime_ns
+            && g != i.ctime_ns
+        {
+            return Err(CacheError::NotSync);
         }
         perm::check_setattr(caller, &i, &set)?;
         let now = now_ns();
@@ -636,7 +702,11 @@ impl Cache {
         let mut data_changed = false;
         if let Some(size) = set.size {
             if i.kind != Kind::File {
-                return Err(if i.kind == Kind::Dir { CacheError::IsDir } else { CacheError::Invalid });
+                return Err(if i.kind == Kind::Dir {
+                    CacheError::IsDir
+                } else {
+                    CacheError::Invalid
+                });
             }
             if size > MAX_FILE_SIZE {
                 return Err(CacheError::TooBig);
@@ -699,11 +769,23 @@ impl Cache {
 
     // ----- namespace -----------------------------------------------------------------
 
-    fn new_inode(&self, st: &mut State, kind: Kind, caller: &Caller, dir: &Inode, name: &[u8], mode: u32, now: u64) -> Inode {
+    fn new_inode(
+        st: &mut State,
+        kind: Kind,
+        caller: &Caller,
+        dir: &Inode,
+        name: &[u8],
+        mode: u32,
+        now: u64,
+    ) -> Inode {
         let id = st.next_id;
         st.next_id += 1;
         // BSD semantics for a setgid directory: new entries inherit its group.
-        let gid = if dir.mode & 0o2000 != 0 { dir.gid } else { caller.gid };
+        let gid = if dir.mode & 0o2000 != 0 {
+            dir.gid
+        } else {
+            caller.gid
+        };
         Inode {
             id,
             generation: st.random_u32(),
@@ -740,7 +822,10 @@ impl Cache {
         let mut b = Batch::default();
         Self::touch_for_upload(&mut child, &mut b, now, true);
         Self::put(&mut b, &child);
-        b.insert(keys::name(dir.id, &child.name), encode(&DirEntry { child: child.id, seq }));
+        b.insert(
+            keys::name(dir.id, &child.name),
+            encode(&DirEntry { child: child.id, seq }),
+        );
         b.insert(&keys::seq(dir.id, seq), child.name.clone());
         Self::put(&mut b, &dir);
         b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
@@ -757,12 +842,21 @@ impl Cache {
         Ok(d)
     }
 
-    pub fn create(&self, caller: &Caller, dir: FileId, name: &[u8], how: CreateMode) -> Result<(Inode, DirChange)> {
+    pub fn create(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        how: CreateMode,
+    ) -> Result<(Inode, DirChange)> {
         let mut st = self.state.lock();
         let d = self.prepare_create(caller, dir, name)?;
         if let Some(e) = self.lookup_entry(dir, name)? {
             let existing = self.get(e.child)?;
-            let unchanged = DirChange { before: WccAttr::from(&d), after: d.clone() };
+            let unchanged = DirChange {
+                before: WccAttr::from(&d),
+                after: d.clone(),
+            };
             return match how {
                 CreateMode::Guarded(_) => Err(CacheError::Exists),
                 CreateMode::Exclusive(v) if existing.create_verifier == Some(v) => Ok((existing, unchanged)),
@@ -773,7 +867,10 @@ impl Cache {
                     }
                     drop(st);
                     // UNCHECKED on an existing file applies only the size (truncate).
-                    let only_size = SetAttr { size: set.size, ..SetAttr::default() };
+                    let only_size = SetAttr {
+                        size: set.size,
+                        ..SetAttr::default()
+                    };
                     let (_, i) = if only_size.size.is_some() {
                         self.setattr(caller, existing.id, only_size, None)?
                     } else {
@@ -788,7 +885,7 @@ impl Cache {
             CreateMode::Unchecked(s) | CreateMode::Guarded(s) => (s.mode.unwrap_or(0o644), Some(s)),
             CreateMode::Exclusive(_) => (0o644, None),
         };
-        let mut child = self.new_inode(&mut st, Kind::File, caller, &d, name, mode, now);
+        let mut child = Self::new_inode(&mut st, Kind::File, caller, &d, name, mode, now);
         if let CreateMode::Exclusive(v) = how {
             child.create_verifier = Some(v);
         }
@@ -796,7 +893,9 @@ impl Cache {
             apply_initial_attrs(&mut child, caller, &s, now)?;
         }
         if child.size > 0 {
-            self.file(child.id)?.set_len(child.size).map_err(CacheError::from_io)?;
+            self.file(child.id)?
+                .set_len(child.size)
+                .map_err(CacheError::from_io)?;
             st.resized(0, child.size);
         }
         let change = self.link_new(&mut st, d, child.clone(), now)?;
@@ -804,14 +903,28 @@ impl Cache {
         Ok((child, change))
     }
 
-    pub fn mkdir(&self, caller: &Caller, dir: FileId, name: &[u8], set: SetAttr) -> Result<(Inode, DirChange)> {
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
         let mut st = self.state.lock();
         let d = self.prepare_create(caller, dir, name)?;
         if self.lookup_entry(dir, name)?.is_some() {
             return Err(CacheError::Exists);
         }
         let now = now_ns();
-        let mut child = self.new_inode(&mut st, Kind::Dir, caller, &d, name, set.mode.unwrap_or(0o755), now);
+        let mut child = Self::new_inode(
+            &mut st,
+            Kind::Dir,
+            caller,
+            &d,
+            name,
+            set.mode.unwrap_or(0o755),
+            now,
+        );
         if d.mode & 0o2000 != 0 {
             child.mode |= 0o2000;
         }
@@ -820,20 +933,40 @@ impl Cache {
         Ok((self.get(child.id)?, change))
     }
 
-    pub fn symlink(&self, caller: &Caller, dir: FileId, name: &[u8], target: &[u8], set: SetAttr) -> Result<(Inode, DirChange)> {
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        target: &[u8],
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
         let mut st = self.state.lock();
         let d = self.prepare_create(caller, dir, name)?;
         if target.is_empty() || target.len() > 4096 || target.contains(&0) {
-            return Err(if target.len() > 4096 { CacheError::NameTooLong } else { CacheError::Invalid });
+            return Err(if target.len() > 4096 {
+                CacheError::NameTooLong
+            } else {
+                CacheError::Invalid
+            });
         }
         if self.lookup_entry(dir, name)?.is_some() {
             return Err(CacheError::Exists);
         }
         let now = now_ns();
-        let mut child = self.new_inode(&mut st, Kind::Symlink, caller, &d, name, 0o777, now);
+        let mut child = Self::new_inode(&mut st, Kind::Symlink, caller, &d, name, 0o777, now);
         child.symlink_target = target.to_vec();
         child.size = target.len() as u64;
-        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, mode: None, ..set }, now)?;
+        apply_initial_attrs(
+            &mut child,
+            caller,
+            &SetAttr {
+                size: None,
+                mode: None,
+                ..set
+            },
+            now,
+        )?;
         let change = self.link_new(&mut st, d, child.clone(), now)?;
         Ok((self.get(child.id)?, change))
     }
@@ -843,10 +976,10 @@ impl Cache {
     fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
         victim.unlinked = true;
         victim.ctime_ns = now;
-        if let Some(k) = victim.remote.key.take() {
-            if !victim.remote.stale_keys.contains(&k) {
-                victim.remote.stale_keys.push(k);
-            }
+        if let Some(k) = victim.remote.key.take()
+            && !victim.remote.stale_keys.contains(&k)
+        {
+            victim.remote.stale_keys.push(k);
         }
         if victim.remote.stale_keys.is_empty() {
             b.remove(&keys::inode(victim.id));
@@ -874,7 +1007,11 @@ impl Cache {
         let mut st = self.state.lock();
         let mut d = self.get_dir(dir)?;
         if name == b"." || name == b".." {
-            return Err(if want_dir { CacheError::Invalid } else { CacheError::Access });
+            return Err(if want_dir {
+                CacheError::Invalid
+            } else {
+                CacheError::Access
+            });
         }
         if name.len() > MAX_NAME_BYTES {
             return Err(CacheError::NameTooLong);
@@ -886,10 +1023,8 @@ impl Cache {
         match (want_dir, victim.kind == Kind::Dir) {
             (true, false) => return Err(CacheError::NotDir),
             (false, true) => return Err(CacheError::IsDir),
-            (true, true) => {
-                if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() {
-                    return Err(CacheError::NotEmpty);
-                }
+            (true, true) if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() => {
+                return Err(CacheError::NotEmpty);
             }
             _ => {}
         }
@@ -919,7 +1054,14 @@ impl Cache {
 
     /// Renames; returns the (from, to) directory changes. Renaming a directory
     /// queues every inode below it, since all their keys change.
-    pub fn rename(&self, caller: &Caller, from_dir: FileId, from_name: &[u8], to_dir: FileId, to_name: &[u8]) -> Result<(DirChange, DirChange)> {
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        from_dir: FileId,
+        from_name: &[u8],
+        to_dir: FileId,
+        to_name: &[u8],
+    ) -> Result<(DirChange, DirChange)> {
         let mut st = self.state.lock();
         let mut fd = self.get_dir(from_dir)?;
         let mut td = self.get_dir(to_dir)?;
@@ -931,16 +1073,27 @@ impl Cache {
         self.check_name(&td, to_name)?;
         perm::require(caller, &fd, perm::WRITE | perm::EXEC)?;
         perm::require(caller, &td, perm::WRITE | perm::EXEC)?;
-        let e = self.lookup_entry(from_dir, from_name)?.ok_or(CacheError::NotFound)?;
+        let e = self
+            .lookup_entry(from_dir, from_name)?
+            .ok_or(CacheError::NotFound)?;
         let mut moving = self.get(e.child)?;
         Self::check_sticky(caller, &fd, &moving)?;
         let fd_before = WccAttr::from(&fd);
         let td_before = WccAttr::from(&td);
         let target = self.lookup_entry(to_dir, to_name)?;
-        if let Some(t) = &target {
-            if t.child == moving.id {
-                return Ok((DirChange { before: fd_before, after: fd.clone() }, DirChange { before: td_before, after: td }));
-            }
+        if let Some(t) = &target
+            && t.child == moving.id
+        {
+            return Ok((
+                DirChange {
+                    before: fd_before,
+                    after: fd.clone(),
+                },
+                DirChange {
+                    before: td_before,
+                    after: td,
+                },
+            ));
         }
         if moving.kind == Kind::Dir {
             // A directory cannot move below itself.
@@ -967,10 +1120,8 @@ impl Cache {
             match (moving.kind == Kind::Dir, victim.kind == Kind::Dir) {
                 (true, false) => return Err(CacheError::NotDir),
                 (false, true) => return Err(CacheError::IsDir),
-                (true, true) => {
-                    if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() {
-                        return Err(CacheError::NotEmpty);
-                    }
+                (true, true) if self.db.scan_prefix(keys::seq_prefix(victim.id)).next().is_some() => {
+                    return Err(CacheError::NotEmpty);
                 }
                 _ => {}
             }
@@ -990,7 +1141,13 @@ impl Cache {
             td.next_dir_seq += 1;
             s
         };
-        b.insert(keys::name(to_dir, to_name), encode(&DirEntry { child: moving.id, seq }));
+        b.insert(
+            keys::name(to_dir, to_name),
+            encode(&DirEntry {
+                child: moving.id,
+                seq,
+            }),
+        );
         b.insert(&keys::seq(to_dir, seq), to_name.to_vec());
         moving.parent = to_dir;
         moving.name = to_name.to_vec();
@@ -1018,7 +1175,16 @@ impl Cache {
         for id in requeued {
             self.notify(id);
         }
-        Ok((DirChange { before: fd_before, after: fd }, DirChange { before: td_before, after: td }))
+        Ok((
+            DirChange {
+                before: fd_before,
+                after: fd,
+            },
+            DirChange {
+                before: td_before,
+                after: td,
+            },
+        ))
     }
 
     /// Longest path below `dir`, relative to it, in bytes.
@@ -1030,12 +1196,11 @@ impl Cache {
                 let (_, name) = kv?;
                 let len = base + 1 + name.len();
                 longest = longest.max(len);
-                if let Some(e) = self.lookup_entry(id, &name)? {
-                    if let Some(c) = self.load(e.child)? {
-                        if c.kind == Kind::Dir {
-                            stack.push((c.id, len));
-                        }
-                    }
+                if let Some(e) = self.lookup_entry(id, &name)?
+                    && let Some(c) = self.load(e.child)?
+                    && c.kind == Kind::Dir
+                {
+                    stack.push((c.id, len));
                 }
             }
         }
@@ -1047,8 +1212,12 @@ impl Cache {
         while let Some(id) = stack.pop() {
             for kv in self.db.scan_prefix(keys::seq_prefix(id)) {
                 let (_, name) = kv?;
-                let Some(e) = self.lookup_entry(id, &name)? else { continue };
-                let Some(mut c) = self.load(e.child)? else { continue };
+                let Some(e) = self.lookup_entry(id, &name)? else {
+                    continue;
+                };
+                let Some(mut c) = self.load(e.child)? else {
+                    continue;
+                };
                 Self::touch_for_upload(&mut c, b, now, false);
                 Self::put(b, &c);
                 out.push(c.id);
@@ -1099,14 +1268,25 @@ impl Cache {
     /// `key` carry `data_seq` and `meta`, planned when the inode was at `planned_seq`.
     /// Returns false when the inode no longer exists at all (the caller must delete
     /// the object it just wrote, which nothing claims).
-    pub fn record_upload(&self, id: FileId, planned_seq: u64, key: &str, etag: &str, data_seq: u64, meta: (u32, u32, u32, u64)) -> Result<bool> {
+    pub fn record_upload(
+        &self,
+        id: FileId,
+        planned_seq: u64,
+        key: &str,
+        etag: &str,
+        data_seq: u64,
+        meta: (u32, u32, u32, u64),
+    ) -> Result<bool> {
         let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else { return Ok(false) };
+        let Some(mut i) = self.load(id)? else {
+            return Ok(false);
+        };
         let r = &mut i.remote;
-        if let Some(old) = r.key.take() {
-            if old != key && !r.stale_keys.contains(&old) {
-                r.stale_keys.push(old);
-            }
+        if let Some(old) = r.key.take()
+            && old != key
+            && !r.stale_keys.contains(&old)
+        {
+            r.stale_keys.push(old);
         }
         r.stale_keys.retain(|k| k != key);
         r.etag = etag.to_string();
@@ -1128,7 +1308,9 @@ impl Cache {
     /// The object under `key` is gone from the store (deleted by us, or found missing).
     pub fn record_deleted(&self, id: FileId, key: &str) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
         i.remote.stale_keys.retain(|k| k != key);
         if i.remote.key.as_deref() == Some(key) {
             i.remote.key = None;
@@ -1140,7 +1322,9 @@ impl Cache {
     /// Nothing to send for `planned_seq`: the store already matches.
     pub fn record_clean(&self, id: FileId, planned_seq: u64) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
         if i.change_seq == planned_seq {
             i.synced_seq = planned_seq;
         }
@@ -1150,7 +1334,9 @@ impl Cache {
     /// Forces the next step to upload the data again (e.g. a copy source vanished).
     pub fn force_reupload(&self, id: FileId) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else { return Ok(()) };
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
         let mut b = Batch::default();
         Self::touch_for_upload(&mut i, &mut b, now_ns(), true);
         Self::put(&mut b, &i);

@@ -8,8 +8,8 @@ mod inode;
 mod perm;
 
 pub use engine::{
-    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES, ROOT_ID,
-    SetAttr, SetTime, WccAttr,
+    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES,
+    ROOT_ID, SetAttr, SetTime, WccAttr,
 };
 pub use error::{CacheError, Result};
 pub use inode::{FileId, Inode, Kind, RemoteState};

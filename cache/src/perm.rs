@@ -61,15 +61,18 @@ pub fn check_setattr(caller: &Caller, ino: &Inode, set: &SetAttr) -> Result<()> 
     if set.mode.is_some() && !is_owner {
         return Err(CacheError::Perm);
     }
-    if let Some(u) = set.uid {
-        if u != ino.uid && caller.uid != 0 {
-            return Err(CacheError::Perm);
-        }
+    if let Some(u) = set.uid
+        && u != ino.uid
+        && caller.uid != 0
+    {
+        return Err(CacheError::Perm);
     }
-    if let Some(g) = set.gid {
-        if g != ino.gid && caller.uid != 0 && !(caller.uid == ino.uid && caller.in_group(g)) {
-            return Err(CacheError::Perm);
-        }
+    if let Some(g) = set.gid
+        && g != ino.gid
+        && caller.uid != 0
+        && !(caller.uid == ino.uid && caller.in_group(g))
+    {
+        return Err(CacheError::Perm);
     }
     if set.size.is_some() && !is_owner {
         require(caller, ino, WRITE)?;

@@ -9,7 +9,10 @@ fn user() -> Caller {
 }
 
 fn unchecked(mode: u32) -> CreateMode {
-    CreateMode::Unchecked(SetAttr { mode: Some(mode), ..SetAttr::default() })
+    CreateMode::Unchecked(SetAttr {
+        mode: Some(mode),
+        ..SetAttr::default()
+    })
 }
 
 #[test]
@@ -30,8 +33,15 @@ fn write_read_and_survive_reopen() {
     let (data, eof, _) = c.read(&user(), id, 0, 100).unwrap();
     assert_eq!(data, b"hello world");
     assert!(eof);
-    assert!(matches!(c.get_checked(id, generation ^ 1), Err(CacheError::Stale)));
-    assert_eq!(c.pending().unwrap().len(), 1, "the committed file is still queued for upload");
+    assert!(matches!(
+        c.get_checked(id, generation ^ 1),
+        Err(CacheError::Stale)
+    ));
+    assert_eq!(
+        c.pending().unwrap().len(),
+        1,
+        "the committed file is still queued for upload"
+    );
     assert_eq!(c.dirty_bytes(), 11);
 }
 
@@ -39,22 +49,60 @@ fn write_read_and_survive_reopen() {
 fn permissions_follow_mode_owner_and_group() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
-    let (d, _) = c.mkdir(&user(), ROOT_ID, b"private", SetAttr { mode: Some(0o700), ..SetAttr::default() }).unwrap();
+    let (d, _) = c
+        .mkdir(
+            &user(),
+            ROOT_ID,
+            b"private",
+            SetAttr {
+                mode: Some(0o700),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
     let other = Caller::new(2000, 2000, vec![]);
-    assert!(matches!(c.create(&other, d.id, b"x", unchecked(0o644)), Err(CacheError::Access)));
+    assert!(matches!(
+        c.create(&other, d.id, b"x", unchecked(0o644)),
+        Err(CacheError::Access)
+    ));
     assert!(matches!(c.lookup(&other, d.id, b"x"), Err(CacheError::Access)));
     let (f, _) = c.create(&user(), d.id, b"x", unchecked(0o640)).unwrap();
     let (_, granted) = c.access(&Caller::new(3000, 1000, vec![]), f.id).unwrap();
     assert_eq!(granted, READ, "group members read a 0640 file");
     assert!(matches!(
-        c.setattr(&other, f.id, SetAttr { mode: Some(0o777), ..SetAttr::default() }, None),
+        c.setattr(
+            &other,
+            f.id,
+            SetAttr {
+                mode: Some(0o777),
+                ..SetAttr::default()
+            },
+            None
+        ),
         Err(CacheError::Perm)
     ));
     assert!(matches!(
-        c.setattr(&user(), f.id, SetAttr { uid: Some(0), ..SetAttr::default() }, None),
+        c.setattr(
+            &user(),
+            f.id,
+            SetAttr {
+                uid: Some(0),
+                ..SetAttr::default()
+            },
+            None
+        ),
         Err(CacheError::Perm)
     ));
-    c.setattr(&Caller::root(), f.id, SetAttr { uid: Some(4242), ..SetAttr::default() }, None).unwrap();
+    c.setattr(
+        &Caller::root(),
+        f.id,
+        SetAttr {
+            uid: Some(4242),
+            ..SetAttr::default()
+        },
+        None,
+    )
+    .unwrap();
     assert_eq!(c.get(f.id).unwrap().uid, 4242);
 }
 
@@ -63,21 +111,40 @@ fn hostile_names_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
     for bad in [&b"a/b"[..], b"", b".", b"..", b"nul\0x", b"\xff\xfe"] {
-        assert!(matches!(c.create(&user(), ROOT_ID, bad, unchecked(0o644)), Err(CacheError::Invalid)), "{bad:?}");
+        assert!(
+            matches!(
+                c.create(&user(), ROOT_ID, bad, unchecked(0o644)),
+                Err(CacheError::Invalid)
+            ),
+            "{bad:?}"
+        );
     }
     let long = vec![b'x'; 256];
-    assert!(matches!(c.create(&user(), ROOT_ID, &long, unchecked(0o644)), Err(CacheError::NameTooLong)));
+    assert!(matches!(
+        c.create(&user(), ROOT_ID, &long, unchecked(0o644)),
+        Err(CacheError::NameTooLong)
+    ));
 }
 
 #[test]
 fn exclusive_create_is_idempotent_for_the_same_verifier() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
-    let (a, _) = c.create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([7; 8])).unwrap();
-    let (b, _) = c.create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([7; 8])).unwrap();
+    let (a, _) = c
+        .create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([7; 8]))
+        .unwrap();
+    let (b, _) = c
+        .create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([7; 8]))
+        .unwrap();
     assert_eq!(a.id, b.id);
-    assert!(matches!(c.create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([8; 8])), Err(CacheError::Exists)));
-    assert!(matches!(c.create(&user(), ROOT_ID, b"e", CreateMode::Guarded(SetAttr::default())), Err(CacheError::Exists)));
+    assert!(matches!(
+        c.create(&user(), ROOT_ID, b"e", CreateMode::Exclusive([8; 8])),
+        Err(CacheError::Exists)
+    ));
+    assert!(matches!(
+        c.create(&user(), ROOT_ID, b"e", CreateMode::Guarded(SetAttr::default())),
+        Err(CacheError::Exists)
+    ));
 }
 
 #[test]
@@ -85,7 +152,8 @@ fn readdir_cookies_survive_changes() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
     for i in 0..10 {
-        c.create(&user(), ROOT_ID, format!("f{i}").as_bytes(), unchecked(0o644)).unwrap();
+        c.create(&user(), ROOT_ID, format!("f{i}").as_bytes(), unchecked(0o644))
+            .unwrap();
     }
     let first = c.readdir(&user(), ROOT_ID, 0, 6).unwrap();
     assert!(!first.eof);
@@ -96,7 +164,11 @@ fn readdir_cookies_survive_changes() {
     c.remove(&user(), ROOT_ID, b"f0").unwrap();
     let rest = c.readdir(&user(), ROOT_ID, last, 100).unwrap();
     assert!(rest.eof);
-    let mut names: Vec<_> = first.entries[2..].iter().chain(rest.entries.iter()).map(|e| e.name.clone()).collect();
+    let mut names: Vec<_> = first.entries[2..]
+        .iter()
+        .chain(rest.entries.iter())
+        .map(|e| e.name.clone())
+        .collect();
     names.sort();
     let mut want: Vec<_> = (0..10).map(|i| format!("f{i}").into_bytes()).collect();
     want.sort();
@@ -115,8 +187,14 @@ fn rename_directory_requeues_its_subtree_and_rejects_loops() {
     let f2 = c.get(f.id).unwrap();
     assert!(f2.change_seq > seq_before);
     assert_eq!(c.path_of(&f2).unwrap(), "e/s/f");
-    assert!(matches!(c.rename(&user(), ROOT_ID, b"e", s.id, b"inside"), Err(CacheError::Invalid)));
-    assert!(matches!(c.rmdir(&user(), ROOT_ID, b"e"), Err(CacheError::NotEmpty)));
+    assert!(matches!(
+        c.rename(&user(), ROOT_ID, b"e", s.id, b"inside"),
+        Err(CacheError::Invalid)
+    ));
+    assert!(matches!(
+        c.rmdir(&user(), ROOT_ID, b"e"),
+        Err(CacheError::NotEmpty)
+    ));
 }
 
 #[test]
@@ -125,7 +203,10 @@ fn removing_an_uploaded_file_leaves_its_key_to_delete() {
     let c = open(t.path());
     let (f, _) = c.create(&user(), ROOT_ID, b"gone", unchecked(0o644)).unwrap();
     let seq = c.get(f.id).unwrap().change_seq;
-    assert!(c.record_upload(f.id, seq, "gone", "etag1", seq, (1000, 1000, 0o100644, 0)).unwrap());
+    assert!(
+        c.record_upload(f.id, seq, "gone", "etag1", seq, (1000, 1000, 0o100644, 0))
+            .unwrap()
+    );
     assert!(c.pending().unwrap().is_empty(), "clean after upload");
     c.remove(&user(), ROOT_ID, b"gone").unwrap();
     let rec = c.load_any(f.id).unwrap().unwrap();
@@ -133,17 +214,30 @@ fn removing_an_uploaded_file_leaves_its_key_to_delete() {
     assert_eq!(rec.remote.stale_keys, vec!["gone".to_string()]);
     assert!(!c.key_is_live("gone").unwrap());
     c.record_deleted(f.id, "gone").unwrap();
-    assert!(c.load_any(f.id).unwrap().is_none(), "record dropped once the object is gone");
+    assert!(
+        c.load_any(f.id).unwrap().is_none(),
+        "record dropped once the object is gone"
+    );
     assert!(c.pending().unwrap().is_empty());
 }
 
 #[test]
 fn dirty_limit_answers_try_later() {
     let t = tempfile::tempdir().unwrap();
-    let c = Cache::open(t.path(), CacheOptions { dirty_limit_bytes: 100, ..CacheOptions::default() }).unwrap();
+    let c = Cache::open(
+        t.path(),
+        CacheOptions {
+            dirty_limit_bytes: 100,
+            ..CacheOptions::default()
+        },
+    )
+    .unwrap();
     let (f, _) = c.create(&user(), ROOT_ID, b"big", unchecked(0o644)).unwrap();
     c.write(&user(), f.id, 0, &[1; 80], false).unwrap();
-    assert!(matches!(c.write(&user(), f.id, 80, &[1; 40], false), Err(CacheError::TryLater)));
+    assert!(matches!(
+        c.write(&user(), f.id, 80, &[1; 40], false),
+        Err(CacheError::TryLater)
+    ));
     // Overwriting bytes already dirty adds nothing and is allowed.
     c.write(&user(), f.id, 0, &[2; 40], false).unwrap();
 }

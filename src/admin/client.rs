@@ -14,8 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use super::{
-    ErrorBody, FlushReport, FlushRequest, ReadinessBody, RefreshReport, RefreshRequest,
-    StatusReport,
+    ErrorBody, FlushReport, FlushRequest, ReadinessBody, RefreshReport, RefreshRequest, StatusReport,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,10 +98,7 @@ impl AdminClient {
             let req = req
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .map_err(|e| http(format!("building request: {e}")))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| http(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| http(e.to_string()))?;
             let status = resp.status().as_u16();
             let content_type = resp
                 .headers()

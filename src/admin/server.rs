@@ -136,11 +136,7 @@ async fn route(req: Request<Incoming>, api: &dyn AdminApi, metrics: &Metrics) ->
         );
         r.headers_mut().insert(
             ALLOW,
-            HeaderValue::from_static(if allowed == "POST" {
-                "POST"
-            } else {
-                "GET, HEAD"
-            }),
+            HeaderValue::from_static(if allowed == "POST" { "POST" } else { "GET, HEAD" }),
         );
         return r;
     }
@@ -223,9 +219,9 @@ fn check_path(path: Option<&str>) -> Result<(), ApiError> {
         Some(p) if !p.starts_with('/') => Err(ApiError::BadRequest(format!(
             "path `{p}` must start with '/' (/<share>/...)"
         ))),
-        Some(p) if p.split('/').any(|s| s == "." || s == "..") => Err(ApiError::BadRequest(
-            format!("path `{p}` must not contain `.` or `..`"),
-        )),
+        Some(p) if p.split('/').any(|s| s == "." || s == "..") => Err(ApiError::BadRequest(format!(
+            "path `{p}` must not contain `.` or `..`"
+        ))),
         _ => Ok(()),
     }
 }
@@ -248,9 +244,7 @@ fn check_flush(f: &FlushRequest) -> Result<(), ApiError> {
 }
 
 /// Reads a bounded JSON body; an empty body is the type's default (`{}`).
-async fn read_json<T: DeserializeOwned + Default>(
-    req: Request<Incoming>,
-) -> Result<T, Response<Body>> {
+async fn read_json<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -274,10 +268,7 @@ async fn read_json<T: DeserializeOwned + Default>(
                 "request body not received in time".into(),
             ));
         }
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(too_large());
         }
         Ok(Err(e)) => {

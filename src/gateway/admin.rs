@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use super::Gateway;
 use crate::admin::{
     AdminApi, ApiError, CHECK_CONFIGURED, CHECK_METADATA_OPEN, CHECK_NFS_LISTENING, CHECK_STORE_REACHABLE,
-    CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus, Readiness, RefreshReport, RefreshRequest,
-    ShareStatus, StatusReport,
+    CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus, Readiness, RefreshReport,
+    RefreshRequest, ShareStatus, StatusReport,
 };
 
 pub struct Api(pub Arc<Gateway>);
@@ -25,7 +25,13 @@ struct Figures {
 }
 
 fn figures(g: &Gateway) -> Figures {
-    let mut f = Figures { used: 0, dirty: 0, queued: 0, oldest: Duration::ZERO, failing: 0 };
+    let mut f = Figures {
+        used: 0,
+        dirty: 0,
+        queued: 0,
+        oldest: Duration::ZERO,
+        failing: 0,
+    };
     for s in &g.shares {
         f.used += s.share.cache.stored_bytes();
         f.dirty += s.share.cache.dirty_bytes();
@@ -78,7 +84,7 @@ impl AdminApi for Api {
                 });
             }
         }
-        failing_files.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+        failing_files.sort_by_key(|f| std::cmp::Reverse(f.attempts));
         failing_files.truncate(100);
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -88,7 +94,7 @@ impl AdminApi for Api {
             upload_queue: QueueStatus {
                 files: f.queued,
                 bytes: f.dirty,
-                oldest_dirty_age_seconds: (f.queued > 0).then(|| f.oldest.as_secs_f64()),
+                oldest_dirty_age_seconds: (f.queued > 0).then_some(f.oldest.as_secs_f64()),
                 failing_files: f.failing,
             },
             failing_files,
@@ -122,7 +128,11 @@ impl AdminApi for Api {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(FlushReport { files, bytes, complete: reached(&targets) })
+        Ok(FlushReport {
+            files,
+            bytes,
+            complete: reached(&targets),
+        })
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshReport, ApiError> {
@@ -136,8 +146,12 @@ impl AdminApi for Api {
 
     fn readiness(&self) -> Readiness {
         let g = &self.0;
-        let unreachable: Vec<&str> =
-            g.shares.iter().filter(|s| !s.instrumented.reachable()).map(|s| s.config.name.as_str()).collect();
+        let unreachable: Vec<&str> = g
+            .shares
+            .iter()
+            .filter(|s| !s.instrumented.reachable())
+            .map(|s| s.config.name.as_str())
+            .collect();
         Readiness::default()
             .check(CHECK_CONFIGURED, !g.shares.is_empty(), None)
             .check(CHECK_METADATA_OPEN, true, None)
@@ -145,7 +159,8 @@ impl AdminApi for Api {
             .check(
                 CHECK_STORE_REACHABLE,
                 unreachable.is_empty(),
-                (!unreachable.is_empty()).then(|| format!("last request failed for share(s): {}", unreachable.join(", "))),
+                (!unreachable.is_empty())
+                    .then(|| format!("last request failed for share(s): {}", unreachable.join(", "))),
             )
     }
 }

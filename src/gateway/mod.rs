@@ -13,13 +13,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ShareLocation;
 use crate::config::{Config, ShareConfig};
 use crate::metrics::Metrics;
 use crate::nfs::nfs3::{NfsService, Share};
 use crate::nfs::server::{Limits, serve};
 use crate::remote::instrumented::Instrumented;
-use crate::remote::url::{ShareUrl, parse_share_url};
-use crate::remote::{ObjectStore, local::LocalStore, s3::S3Settings, s3::S3Store};
+use crate::remote::{ObjectStore, open_share_store};
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
@@ -57,23 +57,6 @@ pub struct Running {
     tasks: JoinSet<()>,
 }
 
-/// The store a share URL names, and the key prefix within it. `credentials`
-/// overrides the standard AWS credential chain (tests only).
-pub async fn open_store(
-    share: &ShareConfig,
-    credentials: Option<(String, String)>,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
-    match parse_share_url(&share.url).map_err(anyhow::Error::msg)? {
-        ShareUrl::S3 { bucket, prefix } => {
-            let mut settings = S3Settings::from_share(share, bucket);
-            settings.credentials = credentials;
-            let store = S3Store::new(settings).await.map_err(anyhow::Error::msg)?;
-            Ok((Arc::new(store), prefix))
-        }
-        ShareUrl::Local { root } => Ok((Arc::new(LocalStore::new(root)?), String::new())),
-    }
-}
-
 impl Gateway {
     /// Opens every share's cache and store. `store_override` hands every share the
     /// same store (tests wrap a real one with fault injection).
@@ -87,7 +70,9 @@ impl Gateway {
         for sc in &config.shares {
             let (raw, prefix) = match &store_override {
                 Some(s) => (s.clone(), prefix_of(&sc.url)),
-                None => open_store(sc, credentials.clone()).await.with_context(|| format!("share {}", sc.name))?,
+                None => open_share_store(sc, credentials.clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?,
             };
             if prefix.len() + 2 > MAX_KEY_BYTES {
                 bail!("share {}: prefix too long", sc.name);
@@ -124,10 +109,27 @@ impl Gateway {
                 allowed_clients: sc.allowed_clients.clone(),
                 allows: Box::new(move |ip| clients.allows(ip)),
             });
-            shares.push(ShareRuntime { config: sc.clone(), share, uploader, store, instrumented, prefix });
+            shares.push(ShareRuntime {
+                config: sc.clone(),
+                share,
+                uploader,
+                store,
+                instrumented,
+                prefix,
+            });
         }
-        let nfs = Arc::new(NfsService::new(shares.iter().map(|s| s.share.clone()).collect(), Some(metrics.clone())));
-        Ok(Gateway { config, shares, nfs, metrics, started: Instant::now(), nfs_listening: AtomicBool::new(false) })
+        let nfs = Arc::new(NfsService::new(
+            shares.iter().map(|s| s.share.clone()).collect(),
+            Some(metrics.clone()),
+        ));
+        Ok(Gateway {
+            config,
+            shares,
+            nfs,
+            metrics,
+            started: Instant::now(),
+            nfs_listening: AtomicBool::new(false),
+        })
     }
 
     /// Starts the uploaders, the NFS listener and the admin listener.
@@ -166,17 +168,25 @@ impl Gateway {
         let metrics = gateway.metrics.clone();
         let token = stop.clone();
         tasks.spawn(async move {
-            if let Err(e) = crate::admin::serve_admin(admin_listener, api, metrics, token.cancelled_owned()).await {
+            if let Err(e) =
+                crate::admin::serve_admin(admin_listener, api, metrics, token.cancelled_owned()).await
+            {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         });
-        Ok(Running { gateway, nfs_addr, admin_addr, stop, tasks })
+        Ok(Running {
+            gateway,
+            nfs_addr,
+            admin_addr,
+            stop,
+            tasks,
+        })
     }
 }
 
 fn prefix_of(url: &str) -> String {
-    match parse_share_url(url) {
-        Ok(ShareUrl::S3 { prefix, .. }) => prefix,
+    match ShareLocation::parse(url) {
+        Ok(ShareLocation::S3 { prefix, .. }) => prefix,
         _ => String::new(),
     }
 }
@@ -207,7 +217,10 @@ impl Running {
 
 /// `bucketgate serve`: runs until SIGTERM or SIGINT.
 pub fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_async(config, embedded))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(config, embedded))
 }
 
 async fn run_async(config: Config, embedded: bool) -> anyhow::Result<()> {

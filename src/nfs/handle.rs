@@ -41,7 +41,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects_garbage() {
-        let h = Handle { share_id: 7, file_id: 1 << 40, generation: 99 };
+        let h = Handle {
+            share_id: 7,
+            file_id: 1 << 40,
+            generation: 99,
+        };
         assert_eq!(Handle::decode(&h.encode()), Some(h));
         assert_eq!(Handle::decode(&[]), None);
         assert_eq!(Handle::decode(&[2; HANDLE_LEN]), None);

@@ -10,12 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 
 pub mod handle;
-pub mod nfs3;
-pub mod status;
 pub mod mount;
+pub mod nfs3;
 pub mod portmap;
 pub mod rpc;
 pub mod server;
+pub mod status;
 pub mod xdr;
 
 /// AUTH_SYS credentials exactly as the client sent them (squash is applied later,

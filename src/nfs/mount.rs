@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use nfs3_types::mount::{
-    MNTPATHLEN, dirpath, export_node, exports, fhandle3, mountbody, mountlist, mountres3,
-    mountres3_ok, mountstat3, name,
+    MNTPATHLEN, dirpath, export_node, exports, fhandle3, mountbody, mountlist, mountres3, mountres3_ok,
+    mountstat3, name,
 };
 use nfs3_types::xdr_codec::{List, Opaque};
 use tracing::{debug, info};
@@ -89,9 +89,7 @@ pub fn call<E: Exports + ?Sized>(
                 Ok(p) => p,
                 Err(XdrError::TooLong { len, .. }) => {
                     debug!(%client, len, "MNT path too long");
-                    return ProcReply::Success(encode(&mountres3::Err(
-                        mountstat3::MNT3ERR_NAMETOOLONG,
-                    )));
+                    return ProcReply::Success(encode(&mountres3::Err(mountstat3::MNT3ERR_NAMETOOLONG)));
                 }
                 Err(_) => return ProcReply::GarbageArgs,
             };

@@ -40,7 +40,9 @@ pub struct Share {
 
 impl Share {
     fn caller(&self, ctx: &CallContext) -> Caller {
-        let Some(a) = &ctx.auth else { return Caller::new(NOBODY, NOBODY, Vec::new()) };
+        let Some(a) = &ctx.auth else {
+            return Caller::new(NOBODY, NOBODY, Vec::new());
+        };
         match self.squash {
             Squash::All => Caller::new(NOBODY, NOBODY, Vec::new()),
             Squash::Root => {
@@ -54,8 +56,14 @@ impl Share {
     }
 
     fn handle(&self, ino: &Inode) -> nfs_fh3 {
-        let h = Handle { share_id: self.cache.share_id(), file_id: ino.id, generation: ino.generation };
-        nfs_fh3 { data: Opaque::owned(h.encode()) }
+        let h = Handle {
+            share_id: self.cache.share_id(),
+            file_id: ino.id,
+            generation: ino.generation,
+        };
+        nfs_fh3 {
+            data: Opaque::owned(h.encode()),
+        }
     }
 }
 
@@ -69,7 +77,10 @@ pub struct NfsService {
 type Res<T> = Result<T, nfsstat3>;
 
 fn nstime(ns: u64) -> nfstime3 {
-    nfstime3 { seconds: (ns / 1_000_000_000).min(u32::MAX as u64) as u32, nseconds: (ns % 1_000_000_000) as u32 }
+    nfstime3 {
+        seconds: (ns / 1_000_000_000).min(u32::MAX as u64) as u32,
+        nseconds: (ns % 1_000_000_000) as u32,
+    }
 }
 
 fn time_ns(t: &nfstime3) -> u64 {
@@ -99,11 +110,18 @@ fn fattr(share_id: u32, i: &Inode) -> fattr3 {
 }
 
 fn pre(w: WccAttr) -> pre_op_attr {
-    Nfs3Option::Some(wcc_attr { size: w.size, mtime: nstime(w.mtime_ns), ctime: nstime(w.ctime_ns) })
+    Nfs3Option::Some(wcc_attr {
+        size: w.size,
+        mtime: nstime(w.mtime_ns),
+        ctime: nstime(w.ctime_ns),
+    })
 }
 
 fn dir_wcc(share_id: u32, c: &DirChange) -> wcc_data {
-    wcc_data { before: pre(c.before), after: Nfs3Option::Some(fattr(share_id, &c.after)) }
+    wcc_data {
+        before: pre(c.before),
+        after: Nfs3Option::Some(fattr(share_id, &c.after)),
+    }
 }
 
 fn set_time(t: SetTimeWire) -> SetTime {
@@ -153,7 +171,9 @@ fn ok<T: Pack, E: Pack>(r: Nfs3Result<T, E>) -> ProcReply {
 }
 
 /// Runs blocking engine work (file I/O, fsync) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CacheError> + Send + 'static) -> Result<T, CacheError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
@@ -178,7 +198,12 @@ impl NfsService {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ ((std::process::id() as u64) << 40);
-        NfsService { shares, metrics, by_id, write_verifier: writeverf3(seed.to_be_bytes()) }
+        NfsService {
+            shares,
+            metrics,
+            by_id,
+            write_verifier: writeverf3(seed.to_be_bytes()),
+        }
     }
 
     pub fn shares(&self) -> &[Arc<Share>] {
@@ -196,12 +221,19 @@ impl NfsService {
         if !(share.allows)(ctx.client.ip()) {
             return Err(nfsstat3::NFS3ERR_ACCES);
         }
-        let ino = share.cache.get_checked(h.file_id, h.generation).map_err(|e| nfs_status(&e))?;
+        let ino = share
+            .cache
+            .get_checked(h.file_id, h.generation)
+            .map_err(|e| nfs_status(&e))?;
         Ok((share.clone(), ino))
     }
 
     fn writable(share: &Share) -> Res<()> {
-        if share.read_only { Err(nfsstat3::NFS3ERR_ROFS) } else { Ok(()) }
+        if share.read_only {
+            Err(nfsstat3::NFS3ERR_ROFS)
+        } else {
+            Ok(())
+        }
     }
 
     fn attr_of(share: &Share, ino: &Inode) -> post_op_attr {
@@ -216,7 +248,10 @@ impl NfsService {
     }
 
     fn current_wcc(share: &Share, id: FileId) -> wcc_data {
-        wcc_data { before: Nfs3Option::None, after: Self::current_attr(share, id) }
+        wcc_data {
+            before: Nfs3Option::None,
+            after: Self::current_attr(share, id),
+        }
     }
 
     async fn getattr(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
@@ -238,7 +273,12 @@ impl NfsService {
             Err(st) => return ok::<SETATTR3resok, _>(Nfs3Result::Err((st, SETATTR3resfail::default()))),
         };
         let fail = |st, s: &Share| {
-            ok::<SETATTR3resok, _>(Nfs3Result::Err((st, SETATTR3resfail { obj_wcc: Self::current_wcc(s, i.id) })))
+            ok::<SETATTR3resok, _>(Nfs3Result::Err((
+                st,
+                SETATTR3resfail {
+                    obj_wcc: Self::current_wcc(s, i.id),
+                },
+            )))
         };
         if let Err(st) = Self::writable(&s) {
             return fail(st, &s);
@@ -253,7 +293,10 @@ impl NfsService {
         let id = i.id;
         match blocking(move || cache.setattr(&caller, id, set, guard)).await {
             Ok((before, after)) => ok::<_, SETATTR3resfail>(Nfs3Result::Ok(SETATTR3resok {
-                obj_wcc: wcc_data { before: pre(before), after: Self::attr_of(&s, &after) },
+                obj_wcc: wcc_data {
+                    before: pre(before),
+                    after: Self::attr_of(&s, &after),
+                },
             })),
             Err(e) => fail(nfs_status(&e), &s),
         }
@@ -274,7 +317,9 @@ impl NfsService {
             })),
             Err(e) => ok::<LOOKUP3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
-                LOOKUP3resfail { dir_attributes: Self::attr_of(&s, &d) },
+                LOOKUP3resfail {
+                    dir_attributes: Self::attr_of(&s, &d),
+                },
             ))),
         }
     }
@@ -301,7 +346,11 @@ impl NfsService {
                     }
                 }
                 if rwx & bucketgate_cache::EXEC != 0 {
-                    granted |= if i.kind == Kind::Dir { ACCESS3_LOOKUP } else { ACCESS3_EXECUTE };
+                    granted |= if i.kind == Kind::Dir {
+                        ACCESS3_LOOKUP
+                    } else {
+                        ACCESS3_EXECUTE
+                    };
                 }
                 ok::<_, ACCESS3resfail>(Nfs3Result::Ok(ACCESS3resok {
                     obj_attributes: Self::attr_of(&s, &i),
@@ -325,7 +374,9 @@ impl NfsService {
             })),
             Err(e) => ok::<READLINK3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
-                READLINK3resfail { symlink_attributes: Self::attr_of(&s, &i) },
+                READLINK3resfail {
+                    symlink_attributes: Self::attr_of(&s, &i),
+                },
             ))),
         }
     }
@@ -345,7 +396,7 @@ impl NfsService {
             Ok((data, eof, after)) => {
                 self.count_bytes(&s, false, data.len());
                 ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
-                file_attributes: Self::attr_of(&s, &after),
+                    file_attributes: Self::attr_of(&s, &after),
                     count: data.len() as u32,
                     eof,
                     data: Opaque::owned(data),
@@ -353,7 +404,9 @@ impl NfsService {
             }
             Err(e) => ok::<READ3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
-                READ3resfail { file_attributes: Self::attr_of(&s, &i) },
+                READ3resfail {
+                    file_attributes: Self::attr_of(&s, &i),
+                },
             ))),
         }
     }
@@ -369,7 +422,12 @@ impl NfsService {
             Err(st) => return ok::<WRITE3resok, _>(Nfs3Result::Err((st, WRITE3resfail::default()))),
         };
         let fail = |st, s: &Share| {
-            ok::<WRITE3resok, _>(Nfs3Result::Err((st, WRITE3resfail { file_wcc: Self::current_wcc(s, i.id) })))
+            ok::<WRITE3resok, _>(Nfs3Result::Err((
+                st,
+                WRITE3resfail {
+                    file_wcc: Self::current_wcc(s, i.id),
+                },
+            )))
         };
         if let Err(st) = Self::writable(&s) {
             return fail(st, &s);
@@ -398,9 +456,16 @@ impl NfsService {
             Ok((before, after)) => {
                 self.count_bytes(&s, true, data.len());
                 ok::<_, WRITE3resfail>(Nfs3Result::Ok(WRITE3resok {
-                file_wcc: wcc_data { before: pre(before), after: Self::attr_of(&s, &after) },
-                count: data.len() as u32,
-                    committed: if sync { stable_how::FILE_SYNC } else { stable_how::UNSTABLE },
+                    file_wcc: wcc_data {
+                        before: pre(before),
+                        after: Self::attr_of(&s, &after),
+                    },
+                    count: data.len() as u32,
+                    committed: if sync {
+                        stable_how::FILE_SYNC
+                    } else {
+                        stable_how::UNSTABLE
+                    },
                     verf: self.write_verifier,
                 }))
             }
@@ -425,13 +490,22 @@ impl NfsService {
         let caller = s.caller(ctx);
         let cache = s.cache.clone();
         let did = d.id;
-        let (i, change) = blocking(move || make(&cache, &caller, did)).await.map_err(|e| nfs_status(&e))?;
-        Ok((Nfs3Option::Some(s.handle(&i)), Self::attr_of(&s, &i), dir_wcc(s.cache.share_id(), &change)))
+        let (i, change) = blocking(move || make(&cache, &caller, did))
+            .await
+            .map_err(|e| nfs_status(&e))?;
+        Ok((
+            Nfs3Option::Some(s.handle(&i)),
+            Self::attr_of(&s, &i),
+            dir_wcc(s.cache.share_id(), &change),
+        ))
     }
 
     fn dir_fail_wcc(&self, ctx: &CallContext, dir: &nfs_fh3) -> wcc_data {
         match self.resolve(ctx, dir) {
-            Ok((s, d)) => wcc_data { before: Nfs3Option::None, after: Self::attr_of(&s, &d) },
+            Ok((s, d)) => wcc_data {
+                before: Nfs3Option::None,
+                after: Self::attr_of(&s, &d),
+            },
             Err(_) => wcc_data::default(),
         }
     }
@@ -445,12 +519,23 @@ impl NfsService {
             _ => return ProcReply::GarbageArgs,
         };
         let n = name.clone();
-        match self.make_node(ctx, dir.clone(), &name, move |cache, caller, d| cache.create(caller, d, &n, how)).await
+        match self
+            .make_node(ctx, dir.clone(), &name, move |cache, caller, d| {
+                cache.create(caller, d, &n, how)
+            })
+            .await
         {
-            Ok((obj, obj_attributes, dir_wcc)) => {
-                ok::<_, CREATE3resfail>(Nfs3Result::Ok(CREATE3resok { obj, obj_attributes, dir_wcc }))
-            }
-            Err(st) => ok::<CREATE3resok, _>(Nfs3Result::Err((st, CREATE3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) }))),
+            Ok((obj, obj_attributes, dir_wcc)) => ok::<_, CREATE3resfail>(Nfs3Result::Ok(CREATE3resok {
+                obj,
+                obj_attributes,
+                dir_wcc,
+            })),
+            Err(st) => ok::<CREATE3resok, _>(Nfs3Result::Err((
+                st,
+                CREATE3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
         }
     }
 
@@ -458,11 +543,23 @@ impl NfsService {
         let (dir, name) = args!(c.diropargs3());
         let set = to_setattr(&args!(c.sattr3()));
         let n = name.clone();
-        match self.make_node(ctx, dir.clone(), &name, move |cache, caller, d| cache.mkdir(caller, d, &n, set)).await {
-            Ok((obj, obj_attributes, dir_wcc)) => {
-                ok::<_, MKDIR3resfail>(Nfs3Result::Ok(MKDIR3resok { obj, obj_attributes, dir_wcc }))
-            }
-            Err(st) => ok::<MKDIR3resok, _>(Nfs3Result::Err((st, MKDIR3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) }))),
+        match self
+            .make_node(ctx, dir.clone(), &name, move |cache, caller, d| {
+                cache.mkdir(caller, d, &n, set)
+            })
+            .await
+        {
+            Ok((obj, obj_attributes, dir_wcc)) => ok::<_, MKDIR3resfail>(Nfs3Result::Ok(MKDIR3resok {
+                obj,
+                obj_attributes,
+                dir_wcc,
+            })),
+            Err(st) => ok::<MKDIR3resok, _>(Nfs3Result::Err((
+                st,
+                MKDIR3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
         }
     }
 
@@ -473,12 +570,17 @@ impl NfsService {
         let n = name.clone();
         let make = move |cache: &Cache, caller: &Caller, d| cache.symlink(caller, d, &n, &target, set);
         match self.make_node(ctx, dir.clone(), &name, make).await {
-            Ok((obj, obj_attributes, dir_wcc)) => {
-                ok::<_, SYMLINK3resfail>(Nfs3Result::Ok(SYMLINK3resok { obj, obj_attributes, dir_wcc }))
-            }
-            Err(st) => {
-                ok::<SYMLINK3resok, _>(Nfs3Result::Err((st, SYMLINK3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
-            }
+            Ok((obj, obj_attributes, dir_wcc)) => ok::<_, SYMLINK3resfail>(Nfs3Result::Ok(SYMLINK3resok {
+                obj,
+                obj_attributes,
+                dir_wcc,
+            })),
+            Err(st) => ok::<SYMLINK3resok, _>(Nfs3Result::Err((
+                st,
+                SYMLINK3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
         }
     }
 
@@ -490,7 +592,12 @@ impl NfsService {
             Ok(_) => nfsstat3::NFS3ERR_NOTSUPP,
             Err(st) => st,
         };
-        ok::<MKNOD3resok, _>(Nfs3Result::Err((st, MKNOD3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
+        ok::<MKNOD3resok, _>(Nfs3Result::Err((
+            st,
+            MKNOD3resfail {
+                dir_wcc: self.dir_fail_wcc(ctx, &dir),
+            },
+        )))
     }
 
     async fn remove_or_rmdir(&self, ctx: &CallContext, c: &mut XdrCursor, rmdir: bool) -> ProcReply {
@@ -501,7 +608,11 @@ impl NfsService {
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
             let r = blocking(move || {
-                if rmdir { cache.rmdir(&caller, d.id, &name) } else { cache.remove(&caller, d.id, &name) }
+                if rmdir {
+                    cache.rmdir(&caller, d.id, &name)
+                } else {
+                    cache.remove(&caller, d.id, &name)
+                }
             })
             .await
             .map_err(|e| nfs_status(&e))?;
@@ -511,12 +622,18 @@ impl NfsService {
         match (result, rmdir) {
             (Ok(dir_wcc), false) => ok::<_, REMOVE3resfail>(Nfs3Result::Ok(REMOVE3resok { dir_wcc })),
             (Ok(dir_wcc), true) => ok::<_, RMDIR3resfail>(Nfs3Result::Ok(RMDIR3resok { dir_wcc })),
-            (Err(st), false) => {
-                ok::<REMOVE3resok, _>(Nfs3Result::Err((st, REMOVE3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
-            }
-            (Err(st), true) => {
-                ok::<RMDIR3resok, _>(Nfs3Result::Err((st, RMDIR3resfail { dir_wcc: self.dir_fail_wcc(ctx, &dir) })))
-            }
+            (Err(st), false) => ok::<REMOVE3resok, _>(Nfs3Result::Err((
+                st,
+                REMOVE3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
+            (Err(st), true) => ok::<RMDIR3resok, _>(Nfs3Result::Err((
+                st,
+                RMDIR3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
         }
     }
 
@@ -543,9 +660,10 @@ impl NfsService {
         }
         .await;
         match result {
-            Ok((fromdir_wcc, todir_wcc)) => {
-                ok::<_, RENAME3resfail>(Nfs3Result::Ok(RENAME3resok { fromdir_wcc, todir_wcc }))
-            }
+            Ok((fromdir_wcc, todir_wcc)) => ok::<_, RENAME3resfail>(Nfs3Result::Ok(RENAME3resok {
+                fromdir_wcc,
+                todir_wcc,
+            })),
             Err(st) => ok::<RENAME3resok, _>(Nfs3Result::Err((
                 st,
                 RENAME3resfail {
@@ -563,14 +681,21 @@ impl NfsService {
         let (dir, _name) = args!(c.diropargs3());
         let (st, attrs) = match self.resolve(ctx, &file) {
             Ok((s, i)) => (
-                if s.read_only { nfsstat3::NFS3ERR_ROFS } else { nfsstat3::NFS3ERR_NOTSUPP },
+                if s.read_only {
+                    nfsstat3::NFS3ERR_ROFS
+                } else {
+                    nfsstat3::NFS3ERR_NOTSUPP
+                },
                 Self::attr_of(&s, &i),
             ),
             Err(st) => (st, Nfs3Option::None),
         };
         ok::<LINK3resok, _>(Nfs3Result::Err((
             st,
-            LINK3resfail { file_attributes: attrs, linkdir_wcc: self.dir_fail_wcc(ctx, &dir) },
+            LINK3resfail {
+                file_attributes: attrs,
+                linkdir_wcc: self.dir_fail_wcc(ctx, &dir),
+            },
         )))
     }
 
@@ -593,7 +718,11 @@ impl NfsService {
         let dir = args!(c.nfs_fh3());
         let cookie = args!(c.u64());
         let verf = args!(c.cookieverf3());
-        let (dircount, maxcount) = if plus { (args!(c.u32()), args!(c.u32())) } else { (0, args!(c.u32())) };
+        let (dircount, maxcount) = if plus {
+            (args!(c.u32()), args!(c.u32()))
+        } else {
+            (0, args!(c.u32()))
+        };
         let (s, d) = match self.resolve(ctx, &dir) {
             Ok(v) => v,
             Err(st) => return Self::readdir_fail(plus, st, Nfs3Option::None),
@@ -645,13 +774,20 @@ impl NfsService {
             ok::<_, READDIRPLUS3resfail>(Nfs3Result::Ok(READDIRPLUS3resok {
                 dir_attributes,
                 cookieverf,
-                reply: dirlistplus3 { entries: list.into_inner(), eof },
+                reply: dirlistplus3 {
+                    entries: list.into_inner(),
+                    eof,
+                },
             }))
         } else {
             let mut list = BoundedList::new(budget);
             let mut pushed = 0;
             for e in listing.entries {
-                let entry = entry3 { fileid: e.attr.id, name: filename3(Opaque::owned(e.name)), cookie: e.cookie };
+                let entry = entry3 {
+                    fileid: e.attr.id,
+                    name: filename3(Opaque::owned(e.name)),
+                    cookie: e.cookie,
+                };
                 if list.try_push(entry).is_err() {
                     break;
                 }
@@ -664,7 +800,10 @@ impl NfsService {
             ok::<_, READDIR3resfail>(Nfs3Result::Ok(READDIR3resok {
                 dir_attributes,
                 cookieverf,
-                reply: dirlist3 { entries: list.into_inner(), eof },
+                reply: dirlist3 {
+                    entries: list.into_inner(),
+                    eof,
+                },
             }))
         }
     }
@@ -696,7 +835,9 @@ impl NfsService {
             })),
             Err(e) => ok::<FSSTAT3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
-                FSSTAT3resfail { obj_attributes: Self::attr_of(&s, &i) },
+                FSSTAT3resfail {
+                    obj_attributes: Self::attr_of(&s, &i),
+                },
             ))),
         }
     }
@@ -714,7 +855,10 @@ impl NfsService {
                 wtmult: 4096,
                 dtpref: 64 * 1024,
                 maxfilesize: bucketgate_cache::MAX_FILE_SIZE,
-                time_delta: nfstime3 { seconds: 0, nseconds: 1 },
+                time_delta: nfstime3 {
+                    seconds: 0,
+                    nseconds: 1,
+                },
                 properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
             })),
             Err(st) => ok::<FSINFO3resok, _>(Nfs3Result::Err((st, FSINFO3resfail::default()))),
@@ -743,7 +887,14 @@ impl NfsService {
         let _count = args!(c.u32());
         let (s, i) = match self.resolve(ctx, &fh) {
             Ok(v) => v,
-            Err(st) => return ok::<COMMIT3resok, _>(Nfs3Result::Err((st, COMMIT3resfail { file_wcc: wcc_data::default() }))),
+            Err(st) => {
+                return ok::<COMMIT3resok, _>(Nfs3Result::Err((
+                    st,
+                    COMMIT3resfail {
+                        file_wcc: wcc_data::default(),
+                    },
+                )));
+            }
         };
         let cache = s.cache.clone();
         let id = i.id;
@@ -751,20 +902,45 @@ impl NfsService {
         // client's next COMMIT is then free.
         match blocking(move || cache.commit(id)).await {
             Ok(after) => ok::<_, COMMIT3resfail>(Nfs3Result::Ok(COMMIT3resok {
-                file_wcc: wcc_data { before: pre(WccAttr::from(&i)), after: Self::attr_of(&s, &after) },
+                file_wcc: wcc_data {
+                    before: pre(WccAttr::from(&i)),
+                    after: Self::attr_of(&s, &after),
+                },
                 verf: self.write_verifier,
             })),
             Err(e) => ok::<COMMIT3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
-                COMMIT3resfail { file_wcc: Self::current_wcc(&s, id) },
+                COMMIT3resfail {
+                    file_wcc: Self::current_wcc(&s, id),
+                },
             ))),
         }
     }
 }
 
 const PROC_NAMES: [&str; 22] = [
-    "NULL", "GETATTR", "SETATTR", "LOOKUP", "ACCESS", "READLINK", "READ", "WRITE", "CREATE", "MKDIR", "SYMLINK",
-    "MKNOD", "REMOVE", "RMDIR", "RENAME", "LINK", "READDIR", "READDIRPLUS", "FSSTAT", "FSINFO", "PATHCONF", "COMMIT",
+    "NULL",
+    "GETATTR",
+    "SETATTR",
+    "LOOKUP",
+    "ACCESS",
+    "READLINK",
+    "READ",
+    "WRITE",
+    "CREATE",
+    "MKDIR",
+    "SYMLINK",
+    "MKNOD",
+    "REMOVE",
+    "RMDIR",
+    "RENAME",
+    "LINK",
+    "READDIR",
+    "READDIRPLUS",
+    "FSSTAT",
+    "FSINFO",
+    "PATHCONF",
+    "COMMIT",
 ];
 
 /// The status label of a reply: "OK", an NFS3ERR_* name, or the RPC-level outcome.
@@ -792,7 +968,11 @@ fn status_label(proc: u32, reply: &ProcReply) -> String {
 impl NfsService {
     fn count_bytes(&self, share: &Share, write: bool, n: usize) {
         if let Some(m) = &self.metrics {
-            let c = if write { &m.nfs_write_bytes_total } else { &m.nfs_read_bytes_total };
+            let c = if write {
+                &m.nfs_write_bytes_total
+            } else {
+                &m.nfs_read_bytes_total
+            };
             c.with_label_values(&[&share.name]).inc_by(n as u64);
             if !write {
                 m.cache_hits_total.with_label_values(&[&share.name]).inc();
@@ -804,7 +984,11 @@ impl NfsService {
 impl Nfs3Program for NfsService {
     async fn call(&self, ctx: CallContext, proc: u32, args: Bytes) -> ProcReply {
         let started = std::time::Instant::now();
-        let span = tracing::debug_span!("nfs", xid = ctx.xid, proc = PROC_NAMES.get(proc as usize).copied().unwrap_or("?"));
+        let span = tracing::debug_span!(
+            "nfs",
+            xid = ctx.xid,
+            proc = PROC_NAMES.get(proc as usize).copied().unwrap_or("?")
+        );
         let reply = tracing::Instrument::instrument(self.dispatch(ctx, proc, args), span).await;
         if let Some(m) = &self.metrics {
             let name = PROC_NAMES.get(proc as usize).copied().unwrap_or("UNKNOWN");
@@ -851,7 +1035,10 @@ impl Exports for NfsService {
     fn exports(&self) -> Vec<ExportEntry> {
         self.shares
             .iter()
-            .map(|s| ExportEntry { path: s.export_path.clone(), allowed_clients: s.allowed_clients.clone() })
+            .map(|s| ExportEntry {
+                path: s.export_path.clone(),
+                allowed_clients: s.allowed_clients.clone(),
+            })
             .collect()
     }
 
@@ -859,11 +1046,23 @@ impl Exports for NfsService {
         use nfs3_types::mount::mountstat3;
         let path = std::str::from_utf8(path).map_err(|_| mountstat3::MNT3ERR_NOENT)?;
         let norm = format!("/{}", path.trim_matches('/'));
-        let share = self.shares.iter().find(|s| s.export_path == norm).ok_or(mountstat3::MNT3ERR_NOENT)?;
+        let share = self
+            .shares
+            .iter()
+            .find(|s| s.export_path == norm)
+            .ok_or(mountstat3::MNT3ERR_NOENT)?;
         if !(share.allows)(client) {
             return Err(mountstat3::MNT3ERR_ACCES);
         }
-        let root = share.cache.get(share.cache.root()).map_err(|_| mountstat3::MNT3ERR_SERVERFAULT)?;
-        Ok(Handle { share_id: share.cache.share_id(), file_id: root.id, generation: root.generation }.encode())
+        let root = share
+            .cache
+            .get(share.cache.root())
+            .map_err(|_| mountstat3::MNT3ERR_SERVERFAULT)?;
+        Ok(Handle {
+            share_id: share.cache.share_id(),
+            file_id: root.id,
+            generation: root.generation,
+        }
+        .encode())
     }
 }

@@ -39,8 +39,7 @@ pub fn call(proc: u32, args: Bytes, port: u16) -> ProcReply {
         }
         PMAPPROC_GETPORT => {
             let mut c = XdrCursor::new(args);
-            let (Ok(prog), Ok(vers), Ok(prot), Ok(_port)) = (c.u32(), c.u32(), c.u32(), c.u32())
-            else {
+            let (Ok(prog), Ok(vers), Ok(prot), Ok(_port)) = (c.u32(), c.u32(), c.u32(), c.u32()) else {
                 return ProcReply::GarbageArgs;
             };
             let answer = if prot == IPPROTO_TCP && SERVED.contains(&(prog, vers)) {

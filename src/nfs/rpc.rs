@@ -7,8 +7,7 @@
 
 use bytes::Bytes;
 use nfs3_types::rpc::{
-    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply, reply_body,
-    rpc_msg,
+    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply, reply_body, rpc_msg,
 };
 
 use super::xdr::{MAX_AUTH_BYTES, XdrCursor, XdrError, encode_into};
@@ -85,13 +84,9 @@ pub fn parse_call(record: Bytes) -> Result<(CallHeader, Bytes), CallError> {
 
     let bad = |stat| move |_: XdrError| CallError::Auth { xid, stat };
     let cred_flavor = c.u32().map_err(bad(auth_stat::AUTH_BADCRED))?;
-    let cred_body = c
-        .opaque(MAX_AUTH_BYTES)
-        .map_err(bad(auth_stat::AUTH_BADCRED))?;
+    let cred_body = c.opaque(MAX_AUTH_BYTES).map_err(bad(auth_stat::AUTH_BADCRED))?;
     let _verf_flavor = c.u32().map_err(bad(auth_stat::AUTH_BADVERF))?;
-    let _verf_body = c
-        .opaque(MAX_AUTH_BYTES)
-        .map_err(bad(auth_stat::AUTH_BADVERF))?;
+    let _verf_body = c.opaque(MAX_AUTH_BYTES).map_err(bad(auth_stat::AUTH_BADVERF))?;
 
     let auth = match cred_flavor {
         AUTH_NONE => None,
@@ -198,10 +193,7 @@ pub fn rpc_mismatch(xid: u32) -> Vec<u8> {
 
 /// MSG_DENIED AUTH_ERROR.
 pub fn auth_error(xid: u32, stat: auth_stat) -> Vec<u8> {
-    reply(
-        xid,
-        reply_body::MSG_DENIED(rejected_reply::auth_error(stat)),
-    )
+    reply(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(stat)))
 }
 
 /// Splits a handler's answer into (reply header, results) so results are never copied.
@@ -293,10 +285,7 @@ mod tests {
         body.extend(words(&[0]));
         assert_eq!(parse_call(call(9, AUTH_SYS, &body, &[])), Err(bad.clone()));
         // credential longer than 400 bytes
-        assert_eq!(
-            parse_call(call(9, AUTH_SYS, &[0; 404], &[])),
-            Err(bad.clone())
-        );
+        assert_eq!(parse_call(call(9, AUTH_SYS, &[0; 404], &[])), Err(bad.clone()));
         // unknown flavor (RPCSEC_GSS)
         assert_eq!(parse_call(call(9, 6, &[], &[])), Err(bad));
     }
@@ -330,10 +319,7 @@ mod tests {
         assert_eq!(system_err(3), words(&[3, 1, 0, 0, 0, 5]));
         assert_eq!(prog_unavail(3), words(&[3, 1, 0, 0, 0, 1]));
         assert_eq!(rpc_mismatch(3), words(&[3, 1, 1, 0, 2, 2]));
-        assert_eq!(
-            auth_error(3, auth_stat::AUTH_TOOWEAK),
-            words(&[3, 1, 1, 1, 5])
-        );
+        assert_eq!(auth_error(3, auth_stat::AUTH_TOOWEAK), words(&[3, 1, 1, 1, 5]));
         assert_eq!(last_fragment_header(8), [0x80, 0, 0, 8]);
     }
 }

@@ -312,10 +312,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
             if matches!(e, CallError::Unanswerable(_) | CallError::Garbage { .. }) {
                 malformed += 1;
                 if malformed > MAX_MALFORMED_RECORDS {
-                    warn!(
-                        malformed,
-                        "too many malformed RPC records, closing connection"
-                    );
+                    warn!(malformed, "too many malformed RPC records, closing connection");
                     break;
                 }
             }
@@ -331,8 +328,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
-        tasks
-            .spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), permit).in_current_span());
+        tasks.spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), permit).in_current_span());
     }
 
     // Stop reading; calls in flight finish and their replies are written, then the
@@ -366,9 +362,7 @@ fn grow_by(len: usize, spare: usize, need: usize) -> Option<usize> {
     if spare >= need || spare >= MIN_READ {
         return None;
     }
-    let target = need
-        .max(READ_CHUNK)
-        .min(READ_CHUNK.max(len.saturating_mul(4)));
+    let target = need.max(READ_CHUNK).min(READ_CHUNK.max(len.saturating_mul(4)));
     Some(target)
 }
 
@@ -388,10 +382,7 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, timeout:
                 return;
             }
             Err(_) => {
-                warn!(
-                    ?timeout,
-                    "client is not reading replies, closing connection"
-                );
+                warn!(?timeout, "client is not reading replies, closing connection");
                 return;
             }
         }
@@ -579,11 +570,7 @@ async fn nfs_call<P: Nfs3Program, E: Exports>(
         auth,
     };
     let reply = {
-        let _running = shared
-            .calls
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _running = shared.calls.acquire().await.expect("semaphore never closed");
         CatchUnwind(Box::pin(shared.nfs.call(ctx, proc, args))).await
     };
     let reply = match reply {
@@ -700,13 +687,9 @@ struct DrcGuard<'a> {
 impl DrcGuard<'_> {
     fn complete(mut self, reply: Bytes) {
         self.done = true;
-        self.drc.cache.insert(
-            self.key.clone(),
-            DrcState::Done {
-                sum: self.sum,
-                reply,
-            },
-        );
+        self.drc
+            .cache
+            .insert(self.key.clone(), DrcState::Done { sum: self.sum, reply });
     }
 }
 
@@ -819,10 +802,7 @@ mod tests {
         // 1 MiB of data plus ~200 bytes of RPC/NFS headers, arriving 64 KiB at a time.
         let rec = (1 << 20) + 200;
         let (cap, copied, _) = simulate(rec, rec, 64 << 10);
-        assert!(
-            copied * 2 < rec,
-            "{copied} bytes copied for a {rec} byte record"
-        );
+        assert!(copied * 2 < rec, "{copied} bytes copied for a {rec} byte record");
         assert!(cap < rec + READ_CHUNK, "no tail reallocation: cap {cap}");
         // A 32 KiB WRITE fits the first read chunk: never copied.
         assert_eq!(simulate(32 << 10, 32 << 10, 64 << 10).1, 0);

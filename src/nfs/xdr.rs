@@ -16,9 +16,8 @@ use std::io::Read;
 
 use bytes::Bytes;
 use nfs3_types::nfs3::{
-    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, devicedata3, ftype3,
-    mknoddata3, nfs_fh3, nfstime3, sattr3, sattrguard3, set_atime, set_mtime, specdata3,
-    stable_how, writeverf3,
+    NFS3_FHSIZE, cookieverf3, createhow3, createmode3, createverf3, devicedata3, ftype3, mknoddata3, nfs_fh3,
+    nfstime3, sattr3, sattrguard3, set_atime, set_mtime, specdata3, stable_how, writeverf3,
 };
 use nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
 
@@ -176,10 +175,9 @@ impl XdrCursor {
 
     /// Fixed-length opaque of `len` bytes plus its padding, zero-copy.
     pub fn fixed_opaque(&mut self, len: usize) -> XdrResult<Bytes> {
-        let padded = len.checked_add(pad(len)).ok_or(XdrError::TooLong {
-            len,
-            max: usize::MAX,
-        })?;
+        let padded = len
+            .checked_add(pad(len))
+            .ok_or(XdrError::TooLong { len, max: usize::MAX })?;
         self.need(padded)?;
         let out = self.buf.slice(self.pos..self.pos + len);
         self.pos += padded;
@@ -466,8 +464,7 @@ mod tests {
     #[test]
     fn huge_claimed_opaque_is_rejected_without_allocating() {
         let huge = words(&[0xFFFF_FFFF, 1, 2]);
-        let (err, largest) =
-            alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).opaque(usize::MAX));
+        let (err, largest) = alloc_probe::largest_during(|| XdrCursor::from_slice(&huge).opaque(usize::MAX));
         assert_eq!(
             err.unwrap_err(),
             XdrError::Truncated {
@@ -515,10 +512,7 @@ mod tests {
         let claim = words(&[1 << 20]);
         let (r, largest) = alloc_probe::largest_during(|| Opaque::unpack(&mut &claim[..]));
         assert!(r.is_err());
-        assert!(
-            largest >= 1 << 20,
-            "probe missed a {largest} byte allocation"
-        );
+        assert!(largest >= 1 << 20, "probe missed a {largest} byte allocation");
     }
 
     #[test]
@@ -579,9 +573,7 @@ mod tests {
             stable_how::FILE_SYNC
         );
         assert_eq!(
-            XdrCursor::from_slice(&words(&[3]))
-                .stable_how()
-                .unwrap_err(),
+            XdrCursor::from_slice(&words(&[3])).stable_how().unwrap_err(),
             XdrError::BadEnum(3)
         );
         assert!(matches!(
@@ -627,10 +619,7 @@ mod tests {
         let buf = Bytes::from(raw);
         let w = XdrCursor::new(buf.clone()).write3args().unwrap();
         assert_eq!(w.file.data.as_ref(), &0xAABB_CCDDu32.to_be_bytes());
-        assert_eq!(
-            (w.offset, w.count, w.stable),
-            (4096, 3, stable_how::UNSTABLE)
-        );
+        assert_eq!((w.offset, w.count, w.stable), (4096, 3, stable_how::UNSTABLE));
         assert_eq!(&w.data[..], b"abc");
         assert_eq!(w.data.as_ptr(), buf[buf.len() - 4..].as_ptr());
     }
@@ -663,10 +652,7 @@ mod tests {
         let (res, used) = READ3res::unpack(&mut &out[1..]).unwrap();
         assert_eq!(used, out.len() - 1);
         let ok = res.unwrap();
-        assert_eq!(
-            (ok.count, ok.eof, ok.data.as_ref()),
-            (5, true, &b"hello"[..])
-        );
+        assert_eq!((ok.count, ok.eof, ok.data.as_ref()), (5, true, &b"hello"[..]));
         // An error from `fill` propagates.
         assert_eq!(
             encode_read3_ok(&mut Vec::new(), &attrs, 8, |_| Err("io")),

@@ -21,7 +21,12 @@ pub struct Instrumented {
 
 impl Instrumented {
     pub fn new(inner: Arc<dyn ObjectStore>, metrics: Metrics, share: &str) -> Arc<Instrumented> {
-        Arc::new(Instrumented { inner, metrics, share: share.to_string(), reachable: AtomicBool::new(true) })
+        Arc::new(Instrumented {
+            inner,
+            metrics,
+            share: share.to_string(),
+            reachable: AtomicBool::new(true),
+        })
     }
 
     /// Did the store answer the last request (any answer, even "not found")?
@@ -31,13 +36,17 @@ impl Instrumented {
 
     fn record<T>(&self, op: &str, started: Instant, r: &StoreResult<T>) {
         let code = r.as_ref().err().map(|e| e.code());
-        self.metrics.observe_store_request(&self.share, op, started.elapsed(), code);
+        self.metrics
+            .observe_store_request(&self.share, op, started.elapsed(), code);
         let answered = !matches!(r, Err(StoreError::Transient { .. }));
         self.reachable.store(answered, Ordering::Relaxed);
     }
 
     fn uploaded(&self, n: usize) {
-        self.metrics.store_uploaded_bytes_total.with_label_values(&[&self.share]).inc_by(n as u64);
+        self.metrics
+            .store_uploaded_bytes_total
+            .with_label_values(&[&self.share])
+            .inc_by(n as u64);
     }
 }
 
@@ -61,11 +70,25 @@ impl ObjectStore for Instrumented {
         r
     }
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
-        timed!(self, "CreateMultipartUpload", self.inner.create_multipart(key, meta))
+        timed!(
+            self,
+            "CreateMultipartUpload",
+            self.inner.create_multipart(key, meta)
+        )
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> StoreResult<String> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
         let n = body.len();
-        let r = timed!(self, "UploadPart", self.inner.upload_part(key, upload_id, part_number, body));
+        let r = timed!(
+            self,
+            "UploadPart",
+            self.inner.upload_part(key, upload_id, part_number, body)
+        );
         if r.is_ok() {
             self.uploaded(n);
         }
@@ -83,22 +106,43 @@ impl ObjectStore for Instrumented {
         timed!(
             self,
             "UploadPartCopy",
-            self.inner.upload_part_copy(key, upload_id, part_number, src_key, start, end_inclusive)
+            self.inner
+                .upload_part_copy(key, upload_id, part_number, src_key, start, end_inclusive)
         )
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
-        timed!(self, "CompleteMultipartUpload", self.inner.complete_multipart(key, upload_id, parts))
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<String> {
+        timed!(
+            self,
+            "CompleteMultipartUpload",
+            self.inner.complete_multipart(key, upload_id, parts)
+        )
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        timed!(self, "AbortMultipartUpload", self.inner.abort_multipart(key, upload_id))
+        timed!(
+            self,
+            "AbortMultipartUpload",
+            self.inner.abort_multipart(key, upload_id)
+        )
     }
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
-        timed!(self, "ListMultipartUploads", self.inner.list_multipart_uploads(prefix))
+        timed!(
+            self,
+            "ListMultipartUploads",
+            self.inner.list_multipart_uploads(prefix)
+        )
     }
     async fn get_range(&self, key: &str, start: u64, len: u64) -> StoreResult<Bytes> {
         let r = timed!(self, "GetObject", self.inner.get_range(key, start, len));
         if let Ok(b) = &r {
-            self.metrics.store_downloaded_bytes_total.with_label_values(&[&self.share]).inc_by(b.len() as u64);
+            self.metrics
+                .store_downloaded_bytes_total
+                .with_label_values(&[&self.share])
+                .inc_by(b.len() as u64);
         }
         r
     }
@@ -112,9 +156,18 @@ impl ObjectStore for Instrumented {
         continuation: Option<&str>,
         max_keys: i32,
     ) -> StoreResult<ListPage> {
-        timed!(self, "ListObjectsV2", self.inner.list(prefix, delimiter, continuation, max_keys))
+        timed!(
+            self,
+            "ListObjectsV2",
+            self.inner.list(prefix, delimiter, continuation, max_keys)
+        )
     }
-    async fn copy_object(&self, src_key: &str, dst_key: &str, meta: Option<&ObjectMeta>) -> StoreResult<String> {
+    async fn copy_object(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+    ) -> StoreResult<String> {
         timed!(self, "CopyObject", self.inner.copy_object(src_key, dst_key, meta))
     }
     async fn delete_object(&self, key: &str) -> StoreResult<()> {

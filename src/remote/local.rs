@@ -55,9 +55,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult,
-};
+use super::{CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
 
 const SYS_DIR: &str = ".bucketgate";
 const MARKER_ETAG: &str = "d41d8cd98f00b204e9800998ecf8427e";
@@ -146,9 +144,7 @@ fn io_err(op: &str, path: &Path, e: io::Error) -> StoreError {
     let message = format!("{op} {}: {e}", path.display());
     match e.kind() {
         PermissionDenied | ReadOnlyFilesystem => permanent("AccessDenied", message),
-        NotADirectory | IsADirectory | AlreadyExists | DirectoryNotEmpty => {
-            permanent("KeyConflict", message)
-        }
+        NotADirectory | IsADirectory | AlreadyExists | DirectoryNotEmpty => permanent("KeyConflict", message),
         InvalidFilename | FileTooLarge => permanent("InvalidKey", message),
         StorageFull | QuotaExceeded => StoreError::Transient {
             code: "StorageFull".into(),
@@ -311,10 +307,7 @@ impl Inner {
 
     fn sidecar_path(&self, key: &str) -> PathBuf {
         let h = format!("{:032x}", fnv1a128(key.as_bytes()));
-        self.sys()
-            .join("meta")
-            .join(&h[..2])
-            .join(format!("{h}.json"))
+        self.sys().join("meta").join(&h[..2]).join(format!("{h}.json"))
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -387,10 +380,7 @@ impl Inner {
         {
             let _g = self.lock();
             fs::create_dir_all(&parent).map_err(|e| io_err("mkdir", &parent, e))?;
-            if fs::symlink_metadata(&dst)
-                .map(|m| m.is_dir())
-                .unwrap_or(false)
-            {
+            if fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
                 return Err(permanent(
                     "KeyConflict",
                     format!("key `{key}`: a directory of deeper keys exists there"),
@@ -403,11 +393,7 @@ impl Inner {
         // Both renames durable before the write is reported done: the uploader
         // marks the file clean on our answer.
         fsync_dir(&parent)?;
-        fsync_dir(
-            self.sidecar_path(key)
-                .parent()
-                .expect("sidecar has a parent"),
-        )?;
+        fsync_dir(self.sidecar_path(key).parent().expect("sidecar has a parent"))?;
         Ok(etag)
     }
 
@@ -427,21 +413,11 @@ impl Inner {
             self.install_sidecar(key, staged)?;
         }
         fsync_dir(dir.parent().expect("marker has a parent"))?;
-        fsync_dir(
-            self.sidecar_path(key)
-                .parent()
-                .expect("sidecar has a parent"),
-        )?;
+        fsync_dir(self.sidecar_path(key).parent().expect("sidecar has a parent"))?;
         Ok(MARKER_ETAG.into())
     }
 
-    fn put(
-        &self,
-        key: &str,
-        body: &[u8],
-        meta: Option<MetaJson>,
-        etag: String,
-    ) -> StoreResult<String> {
+    fn put(&self, key: &str, body: &[u8], meta: Option<MetaJson>, etag: String) -> StoreResult<String> {
         let body_key = check_key(key)?;
         if key.ends_with('/') {
             if !body.is_empty() {
@@ -478,12 +454,7 @@ impl Inner {
         let md = match fs::symlink_metadata(&path) {
             Ok(md) if md.is_file() => md,
             Ok(_) => return Ok(None),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
                 return Ok(None);
             }
             Err(e) => return Err(io_err("stat", &path, e)),
@@ -519,12 +490,7 @@ impl Inner {
         let path = self.root.join(body_key);
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
                 return Err(StoreError::NotFound);
             }
             Err(e) => return Err(io_err("open", &path, e)),
@@ -568,12 +534,7 @@ impl Inner {
         match fs::symlink_metadata(&path) {
             Ok(md) if md.is_file() => {}
             Ok(_) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
                 return Ok(());
             }
             Err(e) => return Err(io_err("stat", &path, e)),
@@ -614,12 +575,7 @@ impl Inner {
         let path = self.root.join(body_key);
         let f = match File::open(&path) {
             Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
                 return Err(StoreError::NotFound);
             }
             Err(e) => return Err(io_err("open", &path, e)),
@@ -679,11 +635,10 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
             Err(e) => return Err(io_err("read", &path, e)),
         };
-        let info: UploadInfo =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Transient {
-                code: "CorruptUpload".into(),
-                message: format!("{}: {e}", path.display()),
-            })?;
+        let info: UploadInfo = serde_json::from_slice(&bytes).map_err(|e| StoreError::Transient {
+            code: "CorruptUpload".into(),
+            message: format!("{}: {e}", path.display()),
+        })?;
         // S3 answers NoSuchUpload when the key does not match the upload id.
         if info.key != key {
             return Err(StoreError::NotFound);
@@ -759,13 +714,7 @@ impl Inner {
         Ok(etag)
     }
 
-    fn upload_part(
-        &self,
-        key: &str,
-        id: &str,
-        part_number: i32,
-        body: &[u8],
-    ) -> StoreResult<String> {
+    fn upload_part(&self, key: &str, id: &str, part_number: i32, body: &[u8]) -> StoreResult<String> {
         Self::check_part_number(part_number)?;
         self.load_upload(key, id)?;
         let (mut f, guard) = self.new_temp()?;
@@ -807,10 +756,7 @@ impl Inner {
                 "a multipart upload needs at least one part",
             ));
         }
-        if parts
-            .windows(2)
-            .any(|w| w[0].part_number >= w[1].part_number)
-        {
+        if parts.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
             return Err(permanent(
                 "InvalidPartOrder",
                 "part numbers must be strictly ascending",
@@ -846,8 +792,7 @@ impl Inner {
                 ));
             }
         }
-        out.sync_all()
-            .map_err(|e| io_err("fsync", guard.path(), e))?;
+        out.sync_all().map_err(|e| io_err("fsync", guard.path(), e))?;
         drop(out);
         let etag = format!("{}-{}", random_tag(), parts.len());
         let etag = self.commit_object(key, body_key, guard, info.meta, etag)?;
@@ -1014,13 +959,9 @@ impl Lister<'_> {
             {
                 continue;
             }
-            if self.delimiter == Some("/")
-                && key.starts_with(self.prefix)
-                && key.len() > self.prefix.len()
-            {
+            if self.delimiter == Some("/") && key.starts_with(self.prefix) && key.len() > self.prefix.len() {
                 // Everything below rolls up into this one common prefix.
-                if self.after.is_none_or(|a| key.as_str() > a) && self.subtree_has_keys(&path, &key)
-                {
+                if self.after.is_none_or(|a| key.as_str() > a) && self.subtree_has_keys(&path, &key) {
                     self.emit_item(key, None)?;
                 }
                 continue;
@@ -1195,11 +1136,7 @@ impl ObjectStore for LocalStore {
         dst_key: &str,
         meta: Option<&ObjectMeta>,
     ) -> StoreResult<String> {
-        let (src, dst, meta) = (
-            src_key.to_owned(),
-            dst_key.to_owned(),
-            meta.map(MetaJson::from),
-        );
+        let (src, dst, meta) = (src_key.to_owned(), dst_key.to_owned(), meta.map(MetaJson::from));
         self.run(move |s| s.copy(&src, &dst, meta)).await
     }
 
@@ -1227,10 +1164,7 @@ mod tests {
             "/",
             "a\0b",
         ] {
-            assert!(
-                matches!(check_key(k), Err(StoreError::Permanent { .. })),
-                "{k:?}"
-            );
+            assert!(matches!(check_key(k), Err(StoreError::Permanent { .. })), "{k:?}");
         }
         assert_eq!(check_key("a/b/").unwrap(), "a/b");
         assert_eq!(check_key("a/.hidden").unwrap(), "a/.hidden");

@@ -8,12 +8,10 @@ pub mod instrumented;
 pub mod local;
 pub mod meta;
 pub mod s3;
-pub mod url;
 
 pub use local::LocalStore;
 pub use meta::ObjectMeta;
 pub use s3::{S3Settings, S3Store};
-pub use url::{ShareUrl, parse_share_url};
 
 /// One object as seen in a listing or a HEAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,23 +73,24 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The store a share's configuration names, and the key prefix of its objects
-/// (`""` or ending in `/`). Does not contact S3; call [`S3Store::check_bucket`]
-/// for that.
+/// The store a share's `url` names, and the key prefix within it. `credentials`
+/// replaces the standard AWS credential chain (tests only).
 pub async fn open_share_store(
     share: &crate::config::ShareConfig,
+    credentials: Option<(String, String)>,
 ) -> Result<(std::sync::Arc<dyn ObjectStore>, String), String> {
+    use crate::config::ShareLocation;
     let ctx = |e: String| format!("share `{}`: {e}", share.name);
-    match parse_share_url(&share.url).map_err(ctx)? {
-        ShareUrl::S3 { bucket, prefix } => {
-            let store = S3Store::new(S3Settings::from_share(share, bucket))
-                .await
-                .map_err(ctx)?;
+    match share.location().map_err(ctx)? {
+        ShareLocation::S3 { bucket, prefix } => {
+            let mut settings = S3Settings::from_share(share, bucket);
+            settings.credentials = credentials;
+            let store = S3Store::new(settings).await.map_err(ctx)?;
             Ok((std::sync::Arc::new(store), prefix))
         }
-        ShareUrl::Local { root } => {
-            let shown = root.display().to_string();
-            let store = tokio::task::spawn_blocking(move || LocalStore::new(root))
+        ShareLocation::File { path } => {
+            let shown = path.display().to_string();
+            let store = tokio::task::spawn_blocking(move || LocalStore::new(path))
                 .await
                 .map_err(|e| ctx(e.to_string()))?
                 .map_err(|e| ctx(format!("{shown}: {e}")))?;

@@ -33,14 +33,12 @@ use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart,
-    MetadataDirective, ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart, MetadataDirective,
+    ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
 
-use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult,
-};
+use super::{CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
 use crate::config::ShareConfig;
 
 /// How to reach one bucket. The share prefix is not part of it: keys given to the
@@ -185,10 +183,7 @@ fn check_enum<T: AsRef<str>>(field: &str, value: &str, known: &[T]) -> Result<()
         Ok(())
     } else {
         let list: Vec<&str> = known.iter().map(|k| k.as_ref()).collect();
-        Err(format!(
-            "{field} = `{value}` is not one of: {}",
-            list.join(", ")
-        ))
+        Err(format!("{field} = `{value}` is not one of: {}", list.join(", ")))
     }
 }
 
@@ -238,17 +233,10 @@ impl S3Store {
             loader = loader.region(Region::new(region.clone()));
         }
         if let Some((ak, sk)) = &settings.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                ak,
-                sk,
-                None,
-                None,
-                "bucketgate-static",
-            ));
+            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "bucketgate-static"));
         }
         let sdk_config = loader.load().await;
-        let mut b =
-            aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(settings.path_style);
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(settings.path_style);
         if sdk_config.region().is_none() {
             // S3 signs with a region even for a custom endpoint; us-east-1 is what
             // S3-compatible servers expect when nothing else is configured.
@@ -355,9 +343,7 @@ impl S3Store {
                 .await
                 .map_err(|e| map_sdk_err("ListParts", e))?;
             for p in page.parts() {
-                if let (Some(n), Some(etag), Some(crc)) =
-                    (p.part_number(), p.e_tag(), p.checksum_crc32_c())
-                {
+                if let (Some(n), Some(etag), Some(crc)) = (p.part_number(), p.e_tag(), p.checksum_crc32_c()) {
                     out.insert(n, (unquote(etag), crc.to_owned()));
                 }
             }
@@ -419,10 +405,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// Maps an SDK error to the store's classes, keeping the S3 error code.
 /// The message never contains credentials: the SDK's error text carries codes,
 /// messages and request ids only.
-fn map_sdk_err<E>(
-    op: &'static str,
-    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> StoreError
+fn map_sdk_err<E>(op: &'static str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -620,11 +603,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .set_request_payer(self.opts.request_payer.clone())
             .send()
             .await
@@ -709,20 +688,14 @@ impl ObjectStore for S3Store {
             }
             Err(e) => return Err(map_sdk_err("GetObject", e)),
         };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient {
-                code: "NetworkError".into(),
-                message: format!("GetObject body: {e}"),
-            })?;
+        let body = out.body.collect().await.map_err(|e| StoreError::Transient {
+            code: "NetworkError".into(),
+            message: format!("GetObject body: {e}"),
+        })?;
         let mut bytes = body.into_bytes();
         // A server that ignores Range would send the whole object.
         if out.content_range.is_none() && (start > 0 || bytes.len() as u64 > len) {
-            let from = usize::try_from(start)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
+            let from = usize::try_from(start).unwrap_or(usize::MAX).min(bytes.len());
             let to = usize::try_from(start.saturating_add(len))
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
@@ -928,10 +901,7 @@ mod tests {
         assert!(matches!(c(404, "NoSuchKey"), StoreError::NotFound));
         assert!(matches!(c(404, "NoSuchUpload"), StoreError::NotFound));
         assert!(matches!(c(404, "NotFound"), StoreError::NotFound));
-        assert!(matches!(
-            c(404, "NoSuchBucket"),
-            StoreError::Permanent { .. }
-        ));
+        assert!(matches!(c(404, "NoSuchBucket"), StoreError::Permanent { .. }));
         assert!(matches!(
             c(412, "PreconditionFailed"),
             StoreError::PreconditionFailed
@@ -945,10 +915,7 @@ mod tests {
         let e = c(403, "AccessDenied");
         assert!(matches!(e, StoreError::Permanent { .. }));
         assert_eq!(e.code(), "AccessDenied");
-        assert!(matches!(
-            c(400, "InvalidArgument"),
-            StoreError::Permanent { .. }
-        ));
+        assert!(matches!(c(400, "InvalidArgument"), StoreError::Permanent { .. }));
         assert!(matches!(c(400, "BadDigest"), StoreError::Permanent { .. }));
     }
 
@@ -959,10 +926,7 @@ mod tests {
 
     #[test]
     fn guesses_common_types_and_leaves_others_alone() {
-        assert_eq!(
-            guess_mime_type("share/dir/Report.PDF"),
-            Some("application/pdf")
-        );
+        assert_eq!(guess_mime_type("share/dir/Report.PDF"), Some("application/pdf"));
         assert_eq!(guess_mime_type("a.tar.gz"), Some("application/gzip"));
         assert_eq!(guess_mime_type("dir.json/README"), None);
         assert_eq!(guess_mime_type("noext"), None);

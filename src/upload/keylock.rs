@@ -22,7 +22,11 @@ impl KeyLocks {
     pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
         let m = self.locks.lock().entry(key.to_string()).or_default().clone();
         let guard = m.lock_owned().await;
-        KeyGuard { owner: self, key: key.to_string(), guard: Some(guard) }
+        KeyGuard {
+            owner: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        }
     }
 }
 

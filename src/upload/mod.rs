@@ -116,7 +116,10 @@ pub struct Uploader {
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -176,7 +179,11 @@ impl Uploader {
     /// Seconds the longest-dirty queued file has waited.
     pub fn oldest_dirty_age(&self) -> Duration {
         let s = self.sched.lock();
-        s.first_dirty.values().min().map(|t| t.elapsed()).unwrap_or_default()
+        s.first_dirty
+            .values()
+            .min()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 
     /// A change to `id`: (re)schedule it after the quiet time, capped by max dirty age.
@@ -208,7 +215,9 @@ impl Uploader {
         let mut targets = Vec::new();
         let mut s = self.sched.lock();
         for id in pending {
-            let Ok(Some(ino)) = self.cache.load_any(id) else { continue };
+            let Ok(Some(ino)) = self.cache.load_any(id) else {
+                continue;
+            };
             if let Some(p) = path {
                 let p = p.trim_matches('/');
                 let in_scope = match self.cache.path_of(&ino) {
@@ -256,10 +265,14 @@ impl Uploader {
         loop {
             // Start everything that is due while workers are free.
             loop {
-                let Ok(permit) = workers.clone().try_acquire_owned() else { break };
+                let Ok(permit) = workers.clone().try_acquire_owned() else {
+                    break;
+                };
                 let id = {
                     let mut s = self.sched.lock();
-                    let Some(id) = s.take_due(Instant::now()) else { break };
+                    let Some(id) = s.take_due(Instant::now()) else {
+                        break;
+                    };
                     s.in_flight.insert(id);
                     id
                 };
@@ -319,7 +332,8 @@ impl Uploader {
                     s.first_dirty.remove(&id);
                 } else {
                     let first = *s.first_dirty.entry(id).or_insert_with(Instant::now);
-                    let at = (Instant::now() + self.settings.upload_delay).min(first + self.settings.max_dirty_age);
+                    let at = (Instant::now() + self.settings.upload_delay)
+                        .min(first + self.settings.max_dirty_age);
                     s.set_due(id, at.max(Instant::now()));
                 }
             }
@@ -355,14 +369,18 @@ impl Uploader {
         // A few passes absorb changes made during an upload; a file that keeps
         // changing is rescheduled rather than uploaded in a tight loop.
         for _ in 0..3 {
-            let Some(ino) = self.cache.load_any(id)? else { return Ok(true) };
+            let Some(ino) = self.cache.load_any(id)? else {
+                return Ok(true);
+            };
             if !ino.is_dirty() {
                 return Ok(true);
             }
             if !ino.unlinked && ino.synced_seq != ino.change_seq {
                 self.sync_content(&ino).await?;
             }
-            let Some(ino) = self.cache.load_any(id)? else { return Ok(true) };
+            let Some(ino) = self.cache.load_any(id)? else {
+                return Ok(true);
+            };
             for rel in ino.remote.stale_keys.clone() {
                 self.delete_stale(id, &rel).await?;
             }
@@ -371,12 +389,21 @@ impl Uploader {
     }
 
     fn meta_of(ino: &Inode) -> ObjectMeta {
-        ObjectMeta { uid: ino.uid, gid: ino.gid, mode: ino.st_mode(), mtime_ns: ino.mtime_ns }
+        ObjectMeta {
+            uid: ino.uid,
+            gid: ino.gid,
+            mode: ino.st_mode(),
+            mtime_ns: ino.mtime_ns,
+        }
     }
 
     async fn sync_content(&self, ino: &Inode) -> Result<(), UploadError> {
         let path = self.cache.path_of(ino)?;
-        let rel = if ino.kind == Kind::Dir { format!("{path}/") } else { path };
+        let rel = if ino.kind == Kind::Dir {
+            format!("{path}/")
+        } else {
+            path
+        };
         let meta = Self::meta_of(ino);
         let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
         let key = self.full_key(&rel);
@@ -417,7 +444,10 @@ impl Uploader {
             self.cache.record_clean(ino.id, ino.change_seq)?;
             return Ok(());
         };
-        if !self.cache.record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)? {
+        if !self
+            .cache
+            .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)?
+        {
             // The inode vanished entirely while we wrote its object: nothing claims it.
             if !self.cache.key_is_live(&rel)? {
                 self.store.delete_object(&key).await?;
@@ -428,7 +458,9 @@ impl Uploader {
 
     async fn upload_data(&self, ino: &Inode, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
         let etag = if ino.kind == Kind::Symlink {
-            self.store.put_object(key, Bytes::from(ino.symlink_target.clone()), meta).await?
+            self.store
+                .put_object(key, Bytes::from(ino.symlink_target.clone()), meta)
+                .await?
         } else if ino.size < self.settings.multipart_threshold {
             let body = transfer::read_range(&self.cache, ino.id, 0, ino.size).await?;
             self.store.put_object(key, body, meta).await?
@@ -436,7 +468,9 @@ impl Uploader {
             self.multipart_upload(ino, key, meta).await?
         };
         self.counters.objects_put.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_uploaded.fetch_add(ino.size, Ordering::Relaxed);
+        self.counters
+            .bytes_uploaded
+            .fetch_add(ino.size, Ordering::Relaxed);
         Ok(etag)
     }
 
@@ -446,7 +480,12 @@ impl Uploader {
         self.settings.part_size.max(min_for_count.div_ceil(mib) * mib)
     }
 
-    async fn multipart_upload(&self, ino: &Inode, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+    async fn multipart_upload(
+        &self,
+        ino: &Inode,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<String, UploadError> {
         let size = ino.size;
         let part_size = self.part_size_for(size);
         let upload_id = self.store.create_multipart(key, meta).await?;
@@ -488,7 +527,11 @@ impl Uploader {
         let mut n = 1;
         while start < size {
             let end = (start + part_size).min(size) - 1;
-            match self.store.upload_part_copy(dst, &upload_id, n, src, start, end).await {
+            match self
+                .store
+                .upload_part_copy(dst, &upload_id, n, src, start, end)
+                .await
+            {
                 Ok(etag) => parts.push(CompletedPart { part_number: n, etag }),
                 Err(e) => {
                     let _ = self.store.abort_multipart(dst, &upload_id).await;

@@ -54,11 +54,19 @@ pub async fn upload_parts(
             let offset = next * part_size;
             let len = part_size.min(size - offset);
             let number = (next + 1) as i32;
-            let (cache, store, key, upload_id) = (cache.clone(), store.clone(), key.to_string(), upload_id.to_string());
+            let (cache, store, key, upload_id) = (
+                cache.clone(),
+                store.clone(),
+                key.to_string(),
+                upload_id.to_string(),
+            );
             tasks.spawn(async move {
                 let body = read_range(&cache, id, offset, len).await?;
                 let etag = store.upload_part(&key, &upload_id, number, body).await?;
-                Ok(CompletedPart { part_number: number, etag })
+                Ok(CompletedPart {
+                    part_number: number,
+                    etag,
+                })
             });
             next += 1;
         }

@@ -35,7 +35,10 @@ impl Faulty {
 
     fn check(&self) -> StoreResult<()> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Transient { code: "ServiceUnavailable".into(), message: "injected outage".into() });
+            return Err(StoreError::Transient {
+                code: "ServiceUnavailable".into(),
+                message: "injected outage".into(),
+            });
         }
         Ok(())
     }
@@ -60,7 +63,13 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.inner.create_multipart(key, meta).await
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> StoreResult<String> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
         self.check()?;
         self.maybe_hold().await;
         self.check()?;
@@ -76,9 +85,16 @@ impl ObjectStore for Faulty {
         end_inclusive: u64,
     ) -> StoreResult<String> {
         self.check()?;
-        self.inner.upload_part_copy(key, upload_id, part_number, src_key, start, end_inclusive).await
+        self.inner
+            .upload_part_copy(key, upload_id, part_number, src_key, start, end_inclusive)
+            .await
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<String> {
         self.check()?;
         self.inner.complete_multipart(key, upload_id, parts).await
     }
@@ -108,7 +124,12 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.inner.list(prefix, delimiter, continuation, max_keys).await
     }
-    async fn copy_object(&self, src_key: &str, dst_key: &str, meta: Option<&ObjectMeta>) -> StoreResult<String> {
+    async fn copy_object(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+    ) -> StoreResult<String> {
         self.check()?;
         self.inner.copy_object(src_key, dst_key, meta).await
     }

@@ -43,16 +43,28 @@ pub fn share_with(cfg: &Config, f: impl FnOnce(&mut ShareConfig)) -> Config {
 }
 
 pub async fn start(cfg: Config, creds: Option<(String, String)>) -> Running {
-    Gateway::open(cfg, creds, None).await.expect("open gateway").start().await.expect("start gateway")
+    Gateway::open(cfg, creds, None)
+        .await
+        .expect("open gateway")
+        .start()
+        .await
+        .expect("start gateway")
 }
 
 pub async fn start_with_store(cfg: Config, store: Arc<dyn ObjectStore>) -> Running {
-    Gateway::open(cfg, None, Some(store)).await.expect("open gateway").start().await.expect("start gateway")
+    Gateway::open(cfg, None, Some(store))
+        .await
+        .expect("open gateway")
+        .start()
+        .await
+        .expect("start gateway")
 }
 
 /// Uploads everything now and waits until the store holds it (like `flush --wait`).
 pub async fn flush(r: &Running) {
-    flush_within(r, Duration::from_secs(60)).await.expect("flush within 60 s")
+    flush_within(r, Duration::from_secs(60))
+        .await
+        .expect("flush within 60 s")
 }
 
 pub async fn flush_within(r: &Running, limit: Duration) -> Result<(), String> {
@@ -61,7 +73,10 @@ pub async fn flush_within(r: &Running, limit: Duration) -> Result<(), String> {
         let targets = s.uploader.flush_now(None);
         while !s.uploader.reached(&targets) {
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("not uploaded in time; failing: {:?}", s.uploader.failing()));
+                return Err(format!(
+                    "not uploaded in time; failing: {:?}",
+                    s.uploader.failing()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -49,13 +49,19 @@ pub fn name(n: &str) -> filename3<'static> {
 }
 
 pub fn mode_attr(mode: u32) -> sattr3 {
-    sattr3 { mode: Nfs3Option::Some(mode), ..sattr3::default() }
+    sattr3 {
+        mode: Nfs3Option::Some(mode),
+        ..sattr3::default()
+    }
 }
 
 pub async fn create(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 {
     let r = c
         .create(&CREATE3args {
-            where_: diropargs3 { dir: dir.clone(), name: name(n) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: name(n),
+            },
             how: createhow3::UNCHECKED(mode_attr(mode)),
         })
         .await
@@ -71,7 +77,13 @@ pub async fn create(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 
 
 pub async fn mkdir(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 {
     let r = c
-        .mkdir(&MKDIR3args { where_: diropargs3 { dir: dir.clone(), name: name(n) }, attributes: mode_attr(mode) })
+        .mkdir(&MKDIR3args {
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: name(n),
+            },
+            attributes: mode_attr(mode),
+        })
         .await
         .expect("rpc");
     match r {
@@ -84,20 +96,39 @@ pub async fn mkdir(c: &mut Conn, dir: &nfs_fh3, n: &str, mode: u32) -> nfs_fh3 {
 }
 
 pub async fn lookup(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<nfs_fh3, nfsstat3> {
-    match c.lookup(&LOOKUP3args { what: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {
+    match c
+        .lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: dir.clone(),
+                name: name(n),
+            },
+        })
+        .await
+        .expect("rpc")
+    {
         Nfs3Result::Ok(ok) => Ok(ok.object),
         Nfs3Result::Err((st, _)) => Err(st),
     }
 }
 
 pub async fn getattr(c: &mut Conn, fh: &nfs_fh3) -> Result<fattr3, nfsstat3> {
-    match c.getattr(&GETATTR3args { object: fh.clone() }).await.expect("rpc") {
+    match c
+        .getattr(&GETATTR3args { object: fh.clone() })
+        .await
+        .expect("rpc")
+    {
         Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
         Nfs3Result::Err((st, _)) => Err(st),
     }
 }
 
-pub async fn write_at(c: &mut Conn, fh: &nfs_fh3, offset: u64, data: &[u8], stable: stable_how) -> Result<WRITE3resok, nfsstat3> {
+pub async fn write_at(
+    c: &mut Conn,
+    fh: &nfs_fh3,
+    offset: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> Result<WRITE3resok, nfsstat3> {
     let r = c
         .write(&WRITE3args {
             file: fh.clone(),
@@ -115,7 +146,15 @@ pub async fn write_at(c: &mut Conn, fh: &nfs_fh3, offset: u64, data: &[u8], stab
 }
 
 pub async fn commit(c: &mut Conn, fh: &nfs_fh3) -> COMMIT3resok {
-    match c.commit(&COMMIT3args { file: fh.clone(), offset: 0, count: 0 }).await.expect("rpc") {
+    match c
+        .commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        })
+        .await
+        .expect("rpc")
+    {
         Nfs3Result::Ok(ok) => ok,
         Nfs3Result::Err((st, _)) => panic!("commit: {st:?}"),
     }
@@ -125,7 +164,9 @@ pub async fn commit(c: &mut Conn, fh: &nfs_fh3) -> COMMIT3resok {
 /// Linux client does.
 pub async fn write_all(c: &mut Conn, fh: &nfs_fh3, data: &[u8]) {
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
-        write_at(c, fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await.expect("write");
+        write_at(c, fh, (i as u64) << 20, chunk, stable_how::UNSTABLE)
+            .await
+            .expect("write");
     }
     commit(c, fh).await;
 }
@@ -139,7 +180,14 @@ pub async fn put_file(c: &mut Conn, dir: &nfs_fh3, n: &str, data: &[u8]) -> nfs_
 pub async fn read_all(c: &mut Conn, fh: &nfs_fh3) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let r = c.read(&READ3args { file: fh.clone(), offset: out.len() as u64, count: 1 << 20 }).await.expect("rpc");
+        let r = c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset: out.len() as u64,
+                count: 1 << 20,
+            })
+            .await
+            .expect("rpc");
         match r {
             Nfs3Result::Ok(ok) => {
                 out.extend_from_slice(&ok.data);
@@ -154,7 +202,11 @@ pub async fn read_all(c: &mut Conn, fh: &nfs_fh3) -> Vec<u8> {
 
 pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsstat3> {
     let r = c
-        .setattr(&SETATTR3args { object: fh.clone(), new_attributes: mode_attr(mode), guard: Nfs3Option::None })
+        .setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: mode_attr(mode),
+            guard: Nfs3Option::None,
+        })
         .await
         .expect("rpc");
     match r {
@@ -164,17 +216,38 @@ pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsst
 }
 
 pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
-    match c.remove(&REMOVE3args { object: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {
+    match c
+        .remove(&REMOVE3args {
+            object: diropargs3 {
+                dir: dir.clone(),
+                name: name(n),
+            },
+        })
+        .await
+        .expect("rpc")
+    {
         Nfs3Result::Ok(_) => Ok(()),
         Nfs3Result::Err((st, _)) => Err(st),
     }
 }
 
-pub async fn rename(c: &mut Conn, from: &nfs_fh3, fname: &str, to: &nfs_fh3, tname: &str) -> Result<(), nfsstat3> {
+pub async fn rename(
+    c: &mut Conn,
+    from: &nfs_fh3,
+    fname: &str,
+    to: &nfs_fh3,
+    tname: &str,
+) -> Result<(), nfsstat3> {
     let r = c
         .rename(&RENAME3args {
-            from: diropargs3 { dir: from.clone(), name: name(fname) },
-            to: diropargs3 { dir: to.clone(), name: name(tname) },
+            from: diropargs3 {
+                dir: from.clone(),
+                name: name(fname),
+            },
+            to: diropargs3 {
+                dir: to.clone(),
+                name: name(tname),
+            },
         })
         .await
         .expect("rpc");
@@ -187,7 +260,10 @@ pub async fn rename(c: &mut Conn, from: &nfs_fh3, fname: &str, to: &nfs_fh3, tna
 pub async fn symlink(c: &mut Conn, dir: &nfs_fh3, n: &str, target: &str) -> nfs_fh3 {
     let r = c
         .symlink(&SYMLINK3args {
-            where_: diropargs3 { dir: dir.clone(), name: name(n) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: name(n),
+            },
             symlink: symlinkdata3 {
                 symlink_attributes: sattr3::default(),
                 symlink_data: nfspath3(Opaque::owned(target.as_bytes().to_vec())),
@@ -211,7 +287,13 @@ pub async fn list_names(c: &mut Conn, dir: &nfs_fh3) -> Vec<String> {
     let mut verf = cookieverf3::default();
     loop {
         let r = c
-            .readdirplus(&READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 8192, maxcount: 32768 })
+            .readdirplus(&READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf: verf,
+                dircount: 8192,
+                maxcount: 32768,
+            })
             .await
             .expect("rpc");
         let ok = match r {
@@ -234,7 +316,10 @@ pub async fn list_names(c: &mut Conn, dir: &nfs_fh3) -> Vec<String> {
 
 /// A deterministic pseudo-random body.
 pub fn body(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

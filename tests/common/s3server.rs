@@ -318,9 +318,7 @@ impl Compat {
     /// (hex MD5, base64 CRC32C) of a staged part, from s3s-fs's part file.
     fn part_digests(&self, upload_id: &str, part: i32) -> S3Result<(String, String)> {
         use s3s::crypto::Checksum;
-        let path = self
-            .root
-            .join(format!(".upload_id-{upload_id}.part-{part}"));
+        let path = self.root.join(format!(".upload_id-{upload_id}.part-{part}"));
         let data = std::fs::read(&path).map_err(|_| s3_error!(InvalidPart))?;
         let md5: String = s3s::crypto::Md5::checksum(&data)
             .iter()
@@ -452,10 +450,7 @@ impl S3 for Compat {
         self.fs.delete_bucket(req).await
     }
 
-    async fn head_bucket(
-        &self,
-        req: S3Request<HeadBucketInput>,
-    ) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         self.fs.head_bucket(req).await
     }
 
@@ -480,10 +475,7 @@ impl S3 for Compat {
         self.fs.delete_objects(req).await
     }
 
-    async fn copy_object(
-        &self,
-        req: S3Request<CopyObjectInput>,
-    ) -> S3Result<S3Response<CopyObjectOutput>> {
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         self.fs.copy_object(req).await
     }
 
@@ -507,10 +499,7 @@ impl S3 for Compat {
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let max = usize::try_from(input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap();
-        let after = match (
-            input.continuation_token.as_deref(),
-            input.start_after.as_deref(),
-        ) {
+        let after = match (input.continuation_token.as_deref(), input.start_after.as_deref()) {
             (Some(a), Some(b)) => Some(a.max(b).to_owned()),
             (a, b) => a.or(b).map(str::to_owned),
         };
@@ -527,8 +516,7 @@ impl S3 for Compat {
             });
             let item = cp.clone().unwrap_or_else(|| key.clone());
             if after.as_deref().is_some_and(|a| item.as_str() <= a)
-                || (cp.is_some()
-                    && prefixes.last().and_then(|p| p.prefix.as_deref()) == cp.as_deref())
+                || (cp.is_some() && prefixes.last().and_then(|p| p.prefix.as_deref()) == cp.as_deref())
             {
                 continue;
             }
@@ -568,8 +556,8 @@ impl S3 for Compat {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        let crc32c = req.input.checksum_algorithm.as_ref().map(|a| a.as_str())
-            == Some(ChecksumAlgorithm::CRC32C);
+        let crc32c =
+            req.input.checksum_algorithm.as_ref().map(|a| a.as_str()) == Some(ChecksumAlgorithm::CRC32C);
         let out = self.fs.create_multipart_upload(req).await?;
         if crc32c && let Some(id) = &out.output.upload_id {
             std::fs::write(self.root.join(format!(".compat-upload-{id}.crc32c")), b"")
@@ -578,10 +566,7 @@ impl S3 for Compat {
         Ok(out)
     }
 
-    async fn put_object(
-        &self,
-        req: S3Request<PutObjectInput>,
-    ) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         if !req.input.key.ends_with('/') {
             return self.fs.put_object(req).await;
         }
@@ -589,25 +574,19 @@ impl S3 for Compat {
         let md = req.input.metadata.clone().unwrap_or_default();
         let out = self.fs.put_object(req).await?;
         let json = serde_json::to_vec(&md).map_err(|e| s3_error!(e, InternalError))?;
-        std::fs::write(self.marker_path(&bucket, &key), json)
-            .map_err(|e| s3_error!(e, InternalError))?;
+        std::fs::write(self.marker_path(&bucket, &key), json).map_err(|e| s3_error!(e, InternalError))?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
             ..out.output
         }))
     }
 
-    async fn head_object(
-        &self,
-        req: S3Request<HeadObjectInput>,
-    ) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let (bucket, key) = (&req.input.bucket, &req.input.key);
         if !key.ends_with('/') {
             return self.fs.head_object(req).await;
         }
-        let (md, modified) = self
-            .marker(bucket, key)
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(0),
             e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
@@ -617,17 +596,12 @@ impl S3 for Compat {
         }))
     }
 
-    async fn get_object(
-        &self,
-        req: S3Request<GetObjectInput>,
-    ) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let (bucket, key) = (&req.input.bucket, &req.input.key);
         if !key.ends_with('/') {
             return self.fs.get_object(req).await;
         }
-        let (md, modified) = self
-            .marker(bucket, key)
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;
         if req.input.range.is_some() {
             // Any range of an empty object is unsatisfiable.
             return Err(s3_error!(InvalidRange));
@@ -652,10 +626,7 @@ impl S3 for Compat {
         self.fs.delete_object(req).await
     }
 
-    async fn upload_part(
-        &self,
-        req: S3Request<UploadPartInput>,
-    ) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         self.check_upload(&req.input.upload_id)?;
         self.fs.upload_part(req).await
     }
@@ -668,10 +639,7 @@ impl S3 for Compat {
         self.fs.upload_part_copy(req).await
     }
 
-    async fn list_parts(
-        &self,
-        req: S3Request<ListPartsInput>,
-    ) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         self.check_upload(&req.input.upload_id)?;
         let id = req.input.upload_id.clone();
         let crc = self.upload_has_crc32c(&id);
@@ -712,10 +680,7 @@ impl S3 for Compat {
                     ));
                 };
                 if *sent != self.part_digests(&id, n)?.1 {
-                    return Err(s3_error!(
-                        InvalidPart,
-                        "checksum of part {n} does not match"
-                    ));
+                    return Err(s3_error!(InvalidPart, "checksum of part {n} does not match"));
                 }
             }
         }
