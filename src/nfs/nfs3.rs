@@ -1042,26 +1042,33 @@ impl Exports for NfsService {
             .collect()
     }
 
+    /// Mounts a share or any directory inside it (`/data` or `/data/projects/x`), as
+    /// knfsd allows; libnfs's `nfs-ls nfs://host//data/dir` mounts the directory itself.
     fn mount(&self, path: &[u8], client: IpAddr) -> Result<Vec<u8>, nfs3_types::mount::mountstat3> {
         use nfs3_types::mount::mountstat3;
         let path = std::str::from_utf8(path).map_err(|_| mountstat3::MNT3ERR_NOENT)?;
-        let norm = format!("/{}", path.trim_matches('/'));
+        let trimmed = path.trim_matches('/');
+        let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
         let share = self
             .shares
             .iter()
-            .find(|s| s.export_path == norm)
+            .find(|s| s.name == name)
             .ok_or(mountstat3::MNT3ERR_NOENT)?;
         if !(share.allows)(client) {
             return Err(mountstat3::MNT3ERR_ACCES);
         }
-        let root = share
-            .cache
-            .get(share.cache.root())
-            .map_err(|_| mountstat3::MNT3ERR_SERVERFAULT)?;
+        let dir = match share.cache.resolve(rest) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(mountstat3::MNT3ERR_NOENT),
+            Err(_) => return Err(mountstat3::MNT3ERR_SERVERFAULT),
+        };
+        if dir.kind != Kind::Dir {
+            return Err(mountstat3::MNT3ERR_NOTDIR);
+        }
         Ok(Handle {
             share_id: share.cache.share_id(),
-            file_id: root.id,
-            generation: root.generation,
+            file_id: dir.id,
+            generation: dir.generation,
         }
         .encode())
     }

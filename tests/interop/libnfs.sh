@@ -76,15 +76,17 @@ def rpc(sock, prog, vers, proc, body, xid=[1]):
         return b
     hdr = struct.unpack(">I", read(4))[0]
     rep = read(hdr & 0x7fffffff)
-    stat = struct.unpack(">I", rep[24:28])[0]
-    return stat, rep[28:]
+    # xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty body), accept_stat, results
+    stat = struct.unpack(">I", rep[20:24])[0]
+    return stat, rep[24:]
 def opaque(b): return struct.pack(">I", len(b)) + b + b"\0" * ((4 - len(b) % 4) % 4)
 s = socket.create_connection(("127.0.0.1", port))
 st, res = rpc(s, 100005, 3, 1, opaque(b"/data"))
 assert st == 0, f"rpc status {st}"
 (mst,) = struct.unpack(">I", res[:4]); assert mst == 0, f"mount status {mst}"
 (fhlen,) = struct.unpack(">I", res[4:8]); root = res[8:8 + fhlen]
-st, res = rpc(s, 100003, 3, 9, opaque(root) + opaque(b"many") + struct.pack(">IIIIII", 1, 0o755, 0, 0, 0, 0))
+st, res = rpc(s, 100003, 3, 9, opaque(root) + opaque(b"many") + struct.pack(">IIIIIII", 1, 0o755, 0, 0, 0, 0, 0))
+assert st == 0, f"mkdir rpc status {st}"
 (nst,) = struct.unpack(">I", res[:4]); assert nst == 0, f"mkdir status {nst}"
 assert struct.unpack(">I", res[4:8])[0] == 1
 (dlen,) = struct.unpack(">I", res[8:12]); d = res[12:12 + dlen]
