@@ -50,12 +50,15 @@ fi
 work=$(mktemp -d /var/tmp/bucketgate-ami.XXXXXX)
 root=$work/root
 imds_pid=""
-cleanup() {
-    [[ -n $imds_pid ]] && kill "$imds_pid" 2>/dev/null
+umount_all() {
     local m
     for m in dev/pts dev proc; do
-        mountpoint -q "$root/$m" && umount -l "$root/$m"
+        if mountpoint -q "$root/$m"; then umount -l "$root/$m"; fi
     done
+}
+cleanup() {
+    if [[ -n $imds_pid ]]; then kill "$imds_pid" 2>/dev/null || true; fi
+    umount_all
     if ((keep)); then
         echo "build-local: kept $root"
     else
@@ -124,6 +127,7 @@ chroot "$root" bash /tmp/bucketgate-ami/tests/in-image-tests.sh /tmp/imds
 
 kill "$imds_pid" 2>/dev/null || true
 imds_pid=""
+umount_all
 
 if [[ ${BUCKETGATE_BOOT_TEST:-1} == 1 ]]; then
     step "boot test: the image's systemd as PID 1 in isolated namespaces"

@@ -44,7 +44,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cp -a "$src" "$root"
+# -x: never copy whatever is mounted inside the source (proc, dev).
+cp -a -x "$src" "$root"
 
 # Test-only additions to the copy: a fake IMDS inside the booted system, the first-boot
 # script pointed at it, and a short wait for the (absent) cache volume.
