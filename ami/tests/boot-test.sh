@@ -9,6 +9,10 @@
 #           no cache volume -> the cache-disk unit fails and the mount is not made.
 #   boot 2: bucketgate user data -> config written; bucketgate.service still does not
 #           start, because its cache volume is missing (RequiresMountsFor).
+#   boot 3: a cache volume (loop device over a file of our own) -> formatted, mounted,
+#           the service (a probing stand-in) runs as bucketgate inside its sandbox;
+#           stops gracefully on SIGTERM.
+#   boot 4: same volume -> not reformatted, files still there, service runs.
 # IMDS is a fake (tests/fake-imds.py) inside the booted system on 127.0.0.1.
 #
 # usage: boot-test.sh ROOT   (works on a copy; ROOT is not changed)
@@ -38,8 +42,10 @@ stop_boot() {
     fi
     pid=""
 }
+loopdev=""
 cleanup() {
     stop_boot
+    if [[ -n $loopdev ]]; then losetup -d "$loopdev" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -145,6 +151,76 @@ is "bucketgate.service does not start without its cache volume" "$(in_vm systemc
 has "journal: bucketgate.service 'Dependency failed'" 'Dependency failed' in_vm journalctl -b -u bucketgate.service --no-pager -o cat
 is "nothing written to the root disk's /var/cache/bucketgate" "$(find "$root/var/cache/bucketgate" -mindepth 1 | wc -l)" "0"
 stop_boot
+
+echo "# boots 3 and 4: with a cache volume (a loop device), the service runs under its sandbox"
+if [[ ! -e /dev/loop-control ]] || ! command -v losetup >/dev/null; then
+    bad "no loop devices on this host: cannot test the service with a cache volume"
+else
+    truncate -s 320M "$work/cache.img"
+    loopdev=$(losetup -f --show "$work/cache.img")
+    # The image's static /dev gets that one disk; without udev (a container) there is no
+    # /dev/disk/by-label link, so the test names the device in the mount unit.
+    loopnum=${loopdev#/dev/loop}
+    mknod -m 0660 "$root$loopdev" b 7 "$loopnum"
+    sed -i "s|^#CACHE_DEVICE=.*|CACHE_DEVICE=$loopdev|" "$root/etc/bucketgate/cache-disk.env"
+    mkdir -p "$root/etc/systemd/system/var-cache-bucketgate.mount.d"
+    printf '[Mount]\nWhat=%s\n' "$loopdev" >"$root/etc/systemd/system/var-cache-bucketgate.mount.d/test.conf"
+    # A gateway stand-in that reports what its sandbox lets it do, then serves until
+    # SIGTERM and records a graceful stop.
+    cat >"$root/usr/local/bin/bucketgate" <<'STANDIN'
+#!/bin/bash
+case $1 in
+check-config) exit 0 ;;
+serve)
+    out=/var/cache/bucketgate/probe
+    {
+        echo "user=$(id -un) cwd=$PWD nofile=$(ulimit -n)"
+        grep -E '^(NoNewPrivs|CapEff):' /proc/self/status | tr -s '\t ' ' '
+        touch /etc/bucketgate/x 2>/dev/null && echo "etc=writable" || echo "etc=readonly"
+        touch /var/lib/x 2>/dev/null && echo "varlib=writable" || echo "varlib=readonly"
+        touch /var/cache/bucketgate/x && echo "cache=writable" || echo "cache=readonly"
+        touch /tmp/x && [[ ! -e /tmp/host-tmp-marker ]] && echo "tmp=private"
+    } >"$out.tmp" 2>&1
+    mv "$out.tmp" "$out"
+    trap 'echo graceful >/var/cache/bucketgate/stopped; exit 0' TERM
+    while :; do sleep 1 & wait $!; done
+    ;;
+esac
+STANDIN
+    chmod 0755 "$root/usr/local/bin/bucketgate"
+    touch "$root/tmp/host-tmp-marker"
+    boot
+    is "cache-disk unit formatted and is done" "$(in_vm systemctl is-active bucketgate-cache-disk.service)" "active"
+    is "cache volume mounted" "$(in_vm findmnt -no SOURCE,FSTYPE /var/cache/bucketgate)" "$loopdev xfs"
+    is "bucketgate.service runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
+    for _ in $(seq 50); do in_vm test -e /var/cache/bucketgate/probe && break; sleep 0.1; done
+    probe=$(in_vm cat /var/cache/bucketgate/probe 2>&1 || true)
+    # LimitNOFILE=1048576, or this sandbox's own hard limit if lower (it cannot be raised).
+    hard=$(ulimit -Hn)
+    [[ $hard == unlimited ]] && hard=1048576
+    is "runs as bucketgate in the cache dir, LimitNOFILE applied" "$(head -n1 <<<"$probe")" \
+        "user=bucketgate cwd=/var/cache/bucketgate nofile=$((hard < 1048576 ? hard : 1048576))"
+    is "unit asks for LimitNOFILE=1048576" "$(in_vm systemctl show -P LimitNOFILE bucketgate.service)" "1048576"
+    has "NoNewPrivileges" '^NoNewPrivs: 1' echo "$probe"
+    has "no capabilities" '^CapEff: 0000000000000000' echo "$probe"
+    has "ProtectSystem=strict: /etc read-only" '^etc=readonly' echo "$probe"
+    has "ProtectSystem=strict: /var/lib read-only" '^varlib=readonly' echo "$probe"
+    has "ReadWritePaths: the cache is writable" '^cache=writable' echo "$probe"
+    has "PrivateTmp" '^tmp=private' echo "$probe"
+    is "cache root handed to the service user" "$(in_vm stat -c '%a %U:%G' /var/cache/bucketgate)" "750 bucketgate:bucketgate"
+    uuid1=$(blkid -p -o value -s UUID "$work/cache.img")
+    in_vm systemctl stop bucketgate.service
+    is "SIGTERM stop is graceful" "$(in_vm cat /var/cache/bucketgate/stopped 2>&1)" "graceful"
+    stop_boot
+    is "the volume is XFS labelled bgcache" "$(blkid -p -o value -s LABEL "$work/cache.img")" "bgcache"
+
+    boot
+    is "reboot: same filesystem, not reformatted" "$(blkid -p -o value -s UUID "$work/cache.img")" "$uuid1"
+    is "reboot: the cache's files survived" "$(in_vm cat /var/cache/bucketgate/stopped 2>&1)" "graceful"
+    has "reboot: journal says it kept the filesystem" 'not formatting' in_vm journalctl -b -u bucketgate-cache-disk.service --no-pager -o cat
+    is "reboot: bucketgate.service runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
+    stop_boot
+fi
 
 echo "$pass passed, $fail failed"
 ((fail == 0))
