@@ -219,6 +219,16 @@ STANDIN
     is "reboot: the cache's files survived" "$(in_vm cat /var/cache/bucketgate/stopped 2>&1)" "graceful"
     has "reboot: journal says it kept the filesystem" 'not formatting' in_vm journalctl -b -u bucketgate-cache-disk.service --no-pager -o cat
     is "reboot: bucketgate.service runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
+    # The operator's path out of "not configured": config written, then start the
+    # gateway; it takes the admin port from the responder (Conflicts=).
+    in_vm systemctl stop bucketgate.service
+    in_vm mv /etc/bucketgate/bucketgate.toml /etc/bucketgate/bucketgate.toml.off
+    in_vm systemctl start bucketgate-unconfigured.socket
+    is "responder holds 9108 while unconfigured" "$(in_vm systemctl is-active bucketgate-unconfigured.socket)" "active"
+    in_vm mv /etc/bucketgate/bucketgate.toml.off /etc/bucketgate/bucketgate.toml
+    in_vm systemctl start bucketgate.service
+    is "starting bucketgate stops the responder" "$(in_vm systemctl is-active bucketgate-unconfigured.socket)" "inactive"
+    is "... and bucketgate runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
     stop_boot
 fi
 
