@@ -50,8 +50,13 @@ binary=$(readlink -f "$binary")
 [[ -x $binary ]] || { echo "ami/ci: $binary is not executable" >&2; exit 2; }
 
 step "shellcheck"
-mapfile -t scripts < <(cd "$here" && grep -rlE --exclude-dir=.packer-validate --exclude-dir=grafana \
-    --exclude-dir=prometheus '^#!/bin/(ba)?sh' . | sort)
+# Every file under ami/ whose first line is a sh/bash shebang, or named *.sh.
+scripts=()
+while IFS= read -r -d '' f; do
+    if [[ $f == *.sh ]] || head -n1 "$here/$f" | grep -qE '^#!(/usr)?/bin/(env )?(ba)?sh'; then
+        scripts+=("$f")
+    fi
+done < <(cd "$here" && find . -type f ! -path './.packer-validate/*' -print0 | sort -z)
 (cd "$here" && shellcheck --severity=style "${scripts[@]}")
 echo "ami/ci: shellcheck clean: ${scripts[*]}"
 

@@ -1,8 +1,9 @@
 # bucketgate AMI: Debian 12 + bucketgate + cache volume mapping, built with amazon-ebs.
 #
-#   packer build -var version=0.1.0 -var bucketgate_binary=../../target/release/bucketgate ami/packer
+#   packer build -var version=0.1.0 -var bucketgate_binary=target/release/bucketgate ami/packer
+#   (run from the repository root; the binary path is relative to where packer runs)
 #
-# Needs Packer >= 1.7 with the Amazon plugin >= 1.1.1 (`packer init ami/packer`).
+# Needs Packer >= 1.7 with the Amazon plugin >= 1.2.0 (`packer init ami/packer`).
 #
 # CI has only Debian 12's packer 1.6.6 (Amazon builder built in), which predates the
 # IMDSv2 settings and `required_plugins`. The lines between "packer>=1.7 only" markers
@@ -17,7 +18,7 @@ packer {
   required_version = ">= 1.7.0"
   required_plugins {
     amazon = {
-      version = ">= 1.1.1"
+      version = ">= 1.2.0"
       source  = "github.com/hashicorp/amazon"
     }
   }
