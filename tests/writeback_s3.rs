@@ -19,7 +19,14 @@ async fn s3_gateway(srv: &S3TestServer, dir: &std::path::Path) -> bucketgate::ga
 }
 
 async fn get(srv: &S3TestServer, key: &str) -> (Vec<u8>, HashMap<String, String>, Option<String>) {
-    let o = srv.client.get_object().bucket(&srv.bucket).key(key).send().await.unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    let o = srv
+        .client
+        .get_object()
+        .bucket(&srv.bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
     let meta = o.metadata().cloned().unwrap_or_default();
     let etag = o.e_tag().map(str::to_string);
     let body = o.body.collect().await.unwrap().into_bytes().to_vec();
@@ -44,7 +51,11 @@ async fn objects_carry_the_datasync_metadata_schema() {
     assert_eq!(m["file-owner"], "2001");
     assert_eq!(m["file-group"], "3002");
     assert_eq!(m["file-permissions"], "0100644");
-    assert!(m["file-mtime"].ends_with("ns") && m["file-mtime"].len() > 10, "{:?}", m["file-mtime"]);
+    assert!(
+        m["file-mtime"].ends_with("ns") && m["file-mtime"].len() > 10,
+        "{:?}",
+        m["file-mtime"]
+    );
     assert!(m["user-agent"].starts_with("bucketgate/"));
     let (b, m, _) = get(&srv, "site-a/projects/").await;
     assert!(b.is_empty());
@@ -52,8 +63,19 @@ async fn objects_carry_the_datasync_metadata_schema() {
     let (b, m, _) = get(&srv, "site-a/latest").await;
     assert_eq!(b, b"projects/plan.txt");
     assert_eq!(m["file-permissions"], "0120777");
-    let head = srv.client.head_object().bucket(&srv.bucket).key("site-a/projects/plan.txt").send().await.unwrap();
-    assert_eq!(head.content_type(), Some("text/plain"), "Content-Type guessed from the extension");
+    let head = srv
+        .client
+        .head_object()
+        .bucket(&srv.bucket)
+        .key("site-a/projects/plan.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.content_type(),
+        Some("text/plain"),
+        "Content-Type guessed from the extension"
+    );
     gw.shutdown().await;
 }
 
@@ -73,8 +95,17 @@ async fn a_200_mib_file_goes_up_as_a_multipart_upload() {
     assert_eq!(m["file-permissions"], "0100644");
     // Multipart ETags are "<md5 of part md5s>-<part count>": 200 MiB in 8 MiB parts.
     let etag = etag.expect("etag");
-    assert!(etag.trim_matches('"').ends_with("-25"), "not a 25-part multipart upload: {etag}");
-    let uploads = srv.client.list_multipart_uploads().bucket(&srv.bucket).send().await.unwrap();
+    assert!(
+        etag.trim_matches('"').ends_with("-25"),
+        "not a 25-part multipart upload: {etag}"
+    );
+    let uploads = srv
+        .client
+        .list_multipart_uploads()
+        .bucket(&srv.bucket)
+        .send()
+        .await
+        .unwrap();
     assert!(uploads.uploads().is_empty(), "no multipart upload left behind");
     gw.shutdown().await;
 }
