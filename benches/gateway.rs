@@ -1,0 +1,353 @@
+//! End-to-end figures for bucketgate, each beside a baseline measured in the same run
+//! on the same machine, and their ratio. Run with `cargo bench --bench gateway`;
+//! sizes can be scaled down with BENCH_MIB (default 2048) for a quick look.
+//!
+//! 1. ingest: 1 MiB UNSTABLE WRITEs, 16 in flight on one connection, COMMIT at the end
+//!    (what the Linux client does) vs writing the same bytes to a file on the cache
+//!    disk plus fdatasync.
+//! 2. upload drain: COMMIT → clean for that file to an in-process S3 server vs a direct
+//!    aws-sdk-s3 multipart upload of the same bytes from the same disk.
+//! 3. small files: 10,000 × 4 KiB created, written, committed by 8 clients; files/s to
+//!    the cache, and the upload rate to S3 separately.
+//! 4. metadata: READDIRPLUS of a 10,000-entry directory; GETATTR and LOOKUP calls/s.
+//! 5. warm read through the gateway vs a raw read of the cache file.
+//! 6. CPU seconds per GiB for 1 and 5 (client and gateway share the process).
+
+#[path = "../tests/common/s3server.rs"]
+#[allow(dead_code)]
+mod s3server;
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bucketgate::config::{ByteSize, Config, HumanDuration};
+use bucketgate::gateway::{Gateway, Running};
+use s3server::S3TestServer;
+use support::rpc::Client;
+
+const MIB: usize = 1 << 20;
+
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn row(name: &str, value: f64, unit: &str, baseline: Option<(f64, &str)>) {
+    match baseline {
+        Some((b, what)) => println!(
+            "{name:<34} {value:>10.1} {unit:<8} baseline {b:>10.1} {unit:<8} ({what})  ratio {:.2}",
+            value / b
+        ),
+        None => println!("{name:<34} {value:>10.1} {unit}"),
+    }
+}
+
+async fn gateway(srv: &S3TestServer, dir: &std::path::Path, upload_delay: Duration) -> Running {
+    let mut cfg = Config::from_toml(&format!(
+        r#"
+        [nfs]
+        listen = "127.0.0.1:0"
+        [admin]
+        listen = "127.0.0.1:0"
+        [cache]
+        dir = "{}"
+        capacity = "64GiB"
+        [[share]]
+        name = "data"
+        url = "s3://{}/bench/"
+        endpoint = "{}"
+        path_style = true
+        region = "us-east-1"
+        "#,
+        dir.join("cache").display(),
+        srv.bucket,
+        srv.endpoint
+    ))
+    .expect("bench config");
+    cfg.cache.upload_delay = HumanDuration(upload_delay);
+    cfg.cache.max_dirty_age = HumanDuration(upload_delay.max(Duration::from_secs(60)));
+    cfg.upload.part_size = ByteSize(16 << 20);
+    cfg.upload.multipart_threshold = ByteSize(16 << 20);
+    Gateway::open(cfg, Some((srv.access_key.clone(), srv.secret_key.clone())), None)
+        .await
+        .expect("open")
+        .start()
+        .await
+        .expect("start")
+}
+
+async fn flush(r: &Running) {
+    for s in &r.gateway.shares {
+        let t = s.uploader.flush_now(None);
+        while !s.uploader.reached(&t) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Writes `total` bytes into one file: 1 MiB UNSTABLE WRITEs, `depth` in flight.
+async fn nfs_write(c: &Arc<Client>, fh: &[u8], total: usize, depth: usize, block: &Arc<Vec<u8>>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next = 0usize;
+    while next < total || !tasks.is_empty() {
+        while next < total && tasks.len() < depth {
+            let (c, fh, block) = (c.clone(), fh.to_vec(), block.clone());
+            let off = next as u64;
+            tasks.spawn(async move { c.write(&fh, off, &block, 0).await });
+            next += MIB;
+        }
+        tasks.join_next().await.unwrap().unwrap();
+    }
+    c.commit(fh).await;
+}
+
+async fn nfs_read(c: &Arc<Client>, fh: &[u8], total: usize, depth: usize) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut next, mut got) = (0usize, 0usize);
+    while next < total || !tasks.is_empty() {
+        while next < total && tasks.len() < depth {
+            let (c, fh) = (c.clone(), fh.to_vec());
+            let off = next as u64;
+            tasks.spawn(async move { c.read(&fh, off, MIB as u32).await });
+            next += MIB;
+        }
+        got += tasks.join_next().await.unwrap().unwrap();
+    }
+    got
+}
+
+fn raw_write(path: &std::path::Path, total: usize, block: &[u8]) -> Duration {
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path).unwrap();
+    for _ in 0..total / MIB {
+        f.write_all(block).unwrap();
+    }
+    f.sync_data().unwrap();
+    t.elapsed()
+}
+
+async fn direct_multipart(srv: &S3TestServer, path: &std::path::Path, total: usize) -> Duration {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let t = Instant::now();
+    let key = "direct/baseline.bin";
+    let up = srv
+        .client
+        .create_multipart_upload()
+        .bucket(&srv.bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let id = up.upload_id().unwrap().to_string();
+    let part = 16 * MIB;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut parts = Vec::new();
+    let mut next = 0usize;
+    while next < total || !tasks.is_empty() {
+        while next < total && tasks.len() < 8 {
+            let (client, bucket, id, path) = (
+                srv.client.clone(),
+                srv.bucket.clone(),
+                id.clone(),
+                path.to_path_buf(),
+            );
+            let (off, n) = (next, part.min(total - next));
+            let number = (off / part + 1) as i32;
+            tasks.spawn(async move {
+                let body = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; n];
+                    std::fs::File::open(path)
+                        .unwrap()
+                        .read_exact_at(&mut buf, off as u64)
+                        .unwrap();
+                    buf
+                })
+                .await
+                .unwrap();
+                let r = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .part_number(number)
+                    .body(body.into())
+                    .send()
+                    .await
+                    .unwrap();
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(r.e_tag().unwrap())
+                    .build()
+            });
+            next += n;
+        }
+        parts.push(tasks.join_next().await.unwrap().unwrap());
+    }
+    parts.sort_by_key(|p| p.part_number());
+    srv.client
+        .complete_multipart_upload()
+        .bucket(&srv.bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    t.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let total = mib * MIB;
+    let gib = total as f64 / (1u64 << 30) as f64;
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let block: Arc<Vec<u8>> = Arc::new((0..MIB).map(|i| (i * 31 % 251) as u8).collect());
+    println!(
+        "bucketgate bench: {mib} MiB, cache and S3 data under {}",
+        tmp.path().display()
+    );
+
+    // 1. ingest
+    let raw = raw_write(&tmp.path().join("raw.bin"), total, &block);
+    let gw = gateway(&srv, tmp.path(), Duration::from_secs(3600)).await;
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let fh = c.create(&root, "ingest.bin").await;
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    nfs_write(&c, &fh, total, 16, &block).await;
+    let ingest = t.elapsed();
+    let ingest_cpu = cpu_seconds() - cpu0;
+    let mbps = |d: Duration| total as f64 / MIB as f64 / d.as_secs_f64();
+    row(
+        "1 ingest (16 x 1 MiB in flight)",
+        mbps(ingest),
+        "MiB/s",
+        Some((mbps(raw), "write + fdatasync")),
+    );
+    row("6 ingest CPU", ingest_cpu / gib, "s/GiB", None);
+
+    // 2. upload drain
+    let t = Instant::now();
+    flush(&gw).await;
+    let drain = t.elapsed();
+    let direct = direct_multipart(&srv, &tmp.path().join("raw.bin"), total).await;
+    row(
+        "2 upload drain COMMIT -> clean",
+        mbps(drain),
+        "MiB/s",
+        Some((mbps(direct), "aws-sdk-s3 multipart")),
+    );
+
+    // 5. warm read
+    let cache_file = std::fs::read_dir(tmp.path().join("cache/shares/data/data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .unwrap()
+        .path();
+    let t = Instant::now();
+    let mut f = std::fs::File::open(&cache_file).unwrap();
+    let mut sink = vec![0u8; MIB];
+    let mut n = 0;
+    while let Ok(k) = std::io::Read::read(&mut f, &mut sink) {
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let raw_read = t.elapsed();
+    assert_eq!(n, total);
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let got = nfs_read(&c, &fh, total, 16).await;
+    let warm = t.elapsed();
+    let read_cpu = cpu_seconds() - cpu0;
+    assert_eq!(got, total);
+    row(
+        "5 warm read (16 x 1 MiB in flight)",
+        mbps(warm),
+        "MiB/s",
+        Some((mbps(raw_read), "read of the cache file")),
+    );
+    row("6 warm read CPU", read_cpu / gib, "s/GiB", None);
+
+    // 3. small files
+    let files = 10_000usize;
+    let dir = c.mkdir(&root, "small").await;
+    let small = Arc::new(vec![7u8; 4096]);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (addr, dir, small) = (gw.nfs_addr, dir.clone(), small.clone());
+        tasks.spawn(async move {
+            let c = Client::connect(addr, 1000, 1000).await;
+            for i in (w..files).step_by(8) {
+                let fh = c.create(&dir, &format!("f{i:05}")).await;
+                c.write(&fh, 0, &small, 0).await;
+                c.commit(&fh).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let created = t.elapsed();
+    row(
+        "3 small files to the cache (8 clients)",
+        files as f64 / created.as_secs_f64(),
+        "files/s",
+        None,
+    );
+    let t = Instant::now();
+    flush(&gw).await;
+    row(
+        "3 small files uploaded to S3",
+        files as f64 / t.elapsed().as_secs_f64(),
+        "files/s",
+        None,
+    );
+
+    // 4. metadata
+    let t = Instant::now();
+    let n = c.readdirplus_all(&dir).await;
+    assert_eq!(n, files + 2);
+    row(
+        "4 READDIRPLUS 10,000 entries",
+        t.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+        None,
+    );
+    for (name, lookup) in [
+        ("4 GETATTR (8 in flight)", false),
+        ("4 LOOKUP (8 in flight)", true),
+    ] {
+        let calls = 20_000usize;
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let (c, fh, dir) = (c.clone(), fh.clone(), dir.clone());
+            tasks.spawn(async move {
+                for i in (w..calls).step_by(8) {
+                    if lookup {
+                        c.lookup(&dir, &format!("f{:05}", i % files)).await;
+                    } else {
+                        c.getattr(&fh).await;
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        row(name, calls as f64 / t.elapsed().as_secs_f64(), "calls/s", None);
+    }
+    gw.shutdown().await;
+}

@@ -1,0 +1,222 @@
+//! A pipelined NFSv3 client that behaves like the Linux kernel client: many calls in
+//! flight on one TCP connection, 1 MiB READs and WRITEs. Used only by the benches.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, oneshot};
+
+type Pending = Arc<parking_lot::Mutex<HashMap<u32, oneshot::Sender<Vec<u8>>>>>;
+
+pub struct Client {
+    write: Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    pending: Pending,
+    xid: AtomicU32,
+    cred: Vec<u8>,
+}
+
+fn opaque(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+    out.resize(out.len() + (4 - b.len() % 4) % 4, 0);
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, uid: u32, gid: u32) -> Arc<Client> {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).ok();
+        let (mut r, w) = s.into_split();
+        let pending: Pending = Default::default();
+        let p = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut hdr = [0u8; 4];
+                if r.read_exact(&mut hdr).await.is_err() {
+                    return;
+                }
+                let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+                let mut buf = vec![0u8; len];
+                if r.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                let xid = u32::from_be_bytes(buf[0..4].try_into().unwrap());
+                if let Some(tx) = p.lock().remove(&xid) {
+                    let _ = tx.send(buf);
+                }
+            }
+        });
+        let mut cred = Vec::new();
+        cred.extend_from_slice(&0u32.to_be_bytes()); // stamp
+        opaque(&mut cred, b"bench");
+        cred.extend_from_slice(&uid.to_be_bytes());
+        cred.extend_from_slice(&gid.to_be_bytes());
+        cred.extend_from_slice(&0u32.to_be_bytes());
+        Arc::new(Client {
+            write: Mutex::new(w),
+            pending,
+            xid: AtomicU32::new(1),
+            cred,
+        })
+    }
+
+    /// One call; returns the results after the accept status (which must be SUCCESS).
+    pub async fn call(&self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Vec<u8> {
+        let xid = self.xid.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Vec::with_capacity(64 + args.len());
+        msg.extend_from_slice(&[0; 4]);
+        for v in [xid, 0, 2, prog, vers, proc, 1] {
+            msg.extend_from_slice(&v.to_be_bytes());
+        }
+        opaque(&mut msg, &self.cred);
+        msg.extend_from_slice(&[0; 8]); // AUTH_NONE verifier
+        msg.extend_from_slice(args);
+        let len = (msg.len() - 4) as u32 | 0x8000_0000;
+        msg[0..4].copy_from_slice(&len.to_be_bytes());
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(xid, tx);
+        self.write.lock().await.write_all(&msg).await.expect("send");
+        let reply = rx.await.expect("reply");
+        let accept = u32::from_be_bytes(reply[20..24].try_into().unwrap());
+        assert_eq!(accept, 0, "RPC not accepted");
+        reply[24..].to_vec()
+    }
+
+    pub async fn mount(&self, path: &str) -> Vec<u8> {
+        let mut a = Vec::new();
+        opaque(&mut a, path.as_bytes());
+        let r = self.call(100005, 3, 1, &a).await;
+        assert_eq!(&r[0..4], &[0; 4], "MNT failed");
+        let len = u32::from_be_bytes(r[4..8].try_into().unwrap()) as usize;
+        r[8..8 + len].to_vec()
+    }
+
+    fn status(r: &[u8]) -> u32 {
+        u32::from_be_bytes(r[0..4].try_into().unwrap())
+    }
+
+    /// CREATE (UNCHECKED, mode 0644) → the new file's handle.
+    pub async fn create(&self, dir: &[u8], name: &str) -> Vec<u8> {
+        let mut a = Vec::new();
+        opaque(&mut a, dir);
+        opaque(&mut a, name.as_bytes());
+        for v in [0u32, 1, 0o644, 0, 0, 0, 0, 0] {
+            a.extend_from_slice(&v.to_be_bytes());
+        }
+        let r = self.call(100003, 3, 8, &a).await;
+        assert_eq!(Self::status(&r), 0, "CREATE {name}");
+        assert_eq!(u32::from_be_bytes(r[4..8].try_into().unwrap()), 1);
+        let len = u32::from_be_bytes(r[8..12].try_into().unwrap()) as usize;
+        r[12..12 + len].to_vec()
+    }
+
+    pub async fn mkdir(&self, dir: &[u8], name: &str) -> Vec<u8> {
+        let mut a = Vec::new();
+        opaque(&mut a, dir);
+        opaque(&mut a, name.as_bytes());
+        for v in [1u32, 0o755, 0, 0, 0, 0, 0] {
+            a.extend_from_slice(&v.to_be_bytes());
+        }
+        let r = self.call(100003, 3, 9, &a).await;
+        assert_eq!(Self::status(&r), 0, "MKDIR {name}");
+        let len = u32::from_be_bytes(r[8..12].try_into().unwrap()) as usize;
+        r[12..12 + len].to_vec()
+    }
+
+    pub async fn write(&self, fh: &[u8], offset: u64, data: &[u8], stable: u32) {
+        let mut a = Vec::with_capacity(data.len() + 96);
+        opaque(&mut a, fh);
+        a.extend_from_slice(&offset.to_be_bytes());
+        a.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        a.extend_from_slice(&stable.to_be_bytes());
+        opaque(&mut a, data);
+        let r = self.call(100003, 3, 7, &a).await;
+        assert_eq!(Self::status(&r), 0, "WRITE");
+    }
+
+    pub async fn commit(&self, fh: &[u8]) {
+        let mut a = Vec::new();
+        opaque(&mut a, fh);
+        a.extend_from_slice(&[0; 12]);
+        let r = self.call(100003, 3, 21, &a).await;
+        assert_eq!(Self::status(&r), 0, "COMMIT");
+    }
+
+    /// READ; returns the data length.
+    pub async fn read(&self, fh: &[u8], offset: u64, count: u32) -> usize {
+        let mut a = Vec::new();
+        opaque(&mut a, fh);
+        a.extend_from_slice(&offset.to_be_bytes());
+        a.extend_from_slice(&count.to_be_bytes());
+        let r = self.call(100003, 3, 6, &a).await;
+        assert_eq!(Self::status(&r), 0, "READ");
+        // status, post_op_attr (bool + 84-byte fattr3), count, eof, data length
+        let at = if u32::from_be_bytes(r[4..8].try_into().unwrap()) == 1 {
+            8 + 84
+        } else {
+            8
+        };
+        u32::from_be_bytes(r[at + 8..at + 12].try_into().unwrap()) as usize
+    }
+
+    pub async fn getattr(&self, fh: &[u8]) {
+        let mut a = Vec::new();
+        opaque(&mut a, fh);
+        let r = self.call(100003, 3, 1, &a).await;
+        assert_eq!(Self::status(&r), 0, "GETATTR");
+    }
+
+    pub async fn lookup(&self, dir: &[u8], name: &str) {
+        let mut a = Vec::new();
+        opaque(&mut a, dir);
+        opaque(&mut a, name.as_bytes());
+        let r = self.call(100003, 3, 3, &a).await;
+        assert_eq!(Self::status(&r), 0, "LOOKUP");
+    }
+
+    /// READDIRPLUS through the whole directory; returns the entries seen.
+    pub async fn readdirplus_all(&self, dir: &[u8]) -> usize {
+        let (mut cookie, mut verf, mut n) = (0u64, [0u8; 8], 0);
+        loop {
+            let mut a = Vec::new();
+            opaque(&mut a, dir);
+            a.extend_from_slice(&cookie.to_be_bytes());
+            a.extend_from_slice(&verf);
+            a.extend_from_slice(&32768u32.to_be_bytes());
+            a.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            let r = self.call(100003, 3, 17, &a).await;
+            assert_eq!(Self::status(&r), 0, "READDIRPLUS");
+            let mut p = 4;
+            let word = |p: usize| u32::from_be_bytes(r[p..p + 4].try_into().unwrap());
+            if word(p) == 1 {
+                p += 4 + 84;
+            } else {
+                p += 4;
+            }
+            verf.copy_from_slice(&r[p..p + 8]);
+            p += 8;
+            while word(p) == 1 {
+                p += 4 + 8; // follows, fileid
+                let nl = word(p) as usize;
+                p += 4 + nl.div_ceil(4) * 4;
+                cookie = u64::from_be_bytes(r[p..p + 8].try_into().unwrap());
+                p += 8;
+                p += if word(p) == 1 { 4 + 84 } else { 4 };
+                if word(p) == 1 {
+                    let hl = word(p + 4) as usize;
+                    p += 8 + hl.div_ceil(4) * 4;
+                } else {
+                    p += 4;
+                }
+                n += 1;
+            }
+            p += 4;
+            if word(p) == 1 {
+                return n;
+            }
+        }
+    }
+}
