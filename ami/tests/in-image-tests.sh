@@ -166,12 +166,12 @@ check "configured: no not-configured marker" test ! -e /tmp/fb/run/not-configure
 out=$(fb 2>&1)
 check "second boot with the same user data: unchanged" grep -q 'up to date' <<<"$out"
 
-printf '#bucketgate-config\n[nfs]\nlisten = "0.0.0.0:2049"\n[cache]\ndir = "/var/cache/bucketgate"\n[[share]]\nname = "data2"\nurl = "s3://b2/"\n' >"$IMDS_DIR/user-data"
+printf '#bucketgate-config\n[nfs]\nlisten = "0.0.0.0:2049"\n[cache]\ndir = "/var/cache/bucketgate"\n[[share]]\nname = "data2"\nurl = "s3://bucket-two/"\n' >"$IMDS_DIR/user-data"
 fb >/dev/null 2>&1
 check "user data changed while stopped: config follows it" grep -q 'data2' "$cfg"
 
 echo '# edited by hand' >>"$cfg"
-printf '#bucketgate-config\n[cache]\ndir = "/var/cache/bucketgate"\n[[share]]\nname = "data3"\nurl = "s3://b3/"\n' >"$IMDS_DIR/user-data"
+printf '#bucketgate-config\n[cache]\ndir = "/var/cache/bucketgate"\n[[share]]\nname = "data3"\nurl = "s3://bucket-three/"\n' >"$IMDS_DIR/user-data"
 out=$(fb 2>&1)
 check "a hand-edited config is kept" grep -q '# edited by hand' "$cfg"
 check "... and the journal says why" grep -q 'edited by hand' <<<"$out"
