@@ -38,6 +38,10 @@ pub struct CacheOptions {
     pub root_gid: u32,
     /// Writes that would take dirty bytes past this get `TryLater`.
     pub dirty_limit_bytes: u64,
+    /// Clean cached data is evicted (least recently used first) beyond this.
+    pub capacity_bytes: u64,
+    /// Mode of files the store holds without POSIX metadata (dirs use `root_mode`).
+    pub default_file_mode: u32,
 }
 
 impl Default for CacheOptions {
@@ -48,6 +52,8 @@ impl Default for CacheOptions {
             root_uid: 65534,
             root_gid: 65534,
             dirty_limit_bytes: u64::MAX,
+            capacity_bytes: u64::MAX,
+            default_file_mode: 0o666,
         }
     }
 }
@@ -125,18 +131,20 @@ pub struct FsStat {
     pub free_files: u64,
 }
 
-struct State {
-    next_id: FileId,
+pub(crate) struct State {
+    pub(crate) next_id: FileId,
     /// Dirty data bytes per inode, and their sum.
     dirty: HashMap<FileId, u64>,
     dirty_total: u64,
     /// Bytes of file data the cache holds (sum of live files' sizes).
     stored_total: u64,
+    pub(crate) evicted_files: u64,
+    pub(crate) evicted_bytes: u64,
     rng: u64,
 }
 
 impl State {
-    fn account(&mut self, ino: &Inode) {
+    pub(crate) fn account(&mut self, ino: &Inode) {
         let now = ino.dirty_data_bytes();
         let before = if now == 0 {
             self.dirty.remove(&ino.id)
@@ -146,17 +154,17 @@ impl State {
         self.dirty_total = self.dirty_total - before.unwrap_or(0) + now;
     }
 
-    fn resized(&mut self, old: u64, new: u64) {
+    pub(crate) fn resized(&mut self, old: u64, new: u64) {
         self.stored_total = (self.stored_total + new).saturating_sub(old);
     }
 
-    fn forget(&mut self, id: FileId) {
+    pub(crate) fn forget(&mut self, id: FileId) {
         if let Some(b) = self.dirty.remove(&id) {
             self.dirty_total -= b;
         }
     }
 
-    fn random_u32(&mut self) -> u32 {
+    pub(crate) fn random_u32(&mut self) -> u32 {
         // xorshift64*: handles need unpredictable-enough generations, not crypto.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
@@ -166,13 +174,20 @@ impl State {
 }
 
 pub struct Cache {
-    db: sled::Db,
+    pub(crate) db: sled::Db,
     data_dir: PathBuf,
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
     files: moka::sync::Cache<FileId, Arc<File>>,
     notify: Mutex<Option<UnboundedSender<FileId>>>,
-    opts: CacheOptions,
+    pub(crate) opts: CacheOptions,
     share_id: u32,
+    /// Clean cached files, weighted by their cached KiB; what it evicts is queued in
+    /// `evictions` and dropped by `run_evictions` outside every lock.
+    pub(crate) lru: moka::sync::Cache<FileId, u32>,
+    pub(crate) evictions: Arc<Mutex<Vec<FileId>>>,
+    /// Readers, writers and fills of a file hold its stripe shared; eviction holds it
+    /// exclusively, so a file's data never vanishes under a read or a write.
+    pub(crate) data_locks: Vec<parking_lot::RwLock<()>>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -182,11 +197,11 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn decode_inode(bytes: &[u8]) -> Result<Inode> {
+pub(crate) fn decode_inode(bytes: &[u8]) -> Result<Inode> {
     Ok(bincode::deserialize(bytes)?)
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("in-memory records always serialize")
 }
 
@@ -206,6 +221,8 @@ impl Cache {
             dirty: HashMap::new(),
             dirty_total: 0,
             stored_total: 0,
+            evicted_files: 0,
+            evicted_bytes: 0,
             rng: seed,
         };
 
@@ -253,13 +270,16 @@ impl Cache {
                 last_change_ns: 0,
                 unlinked: false,
                 remote: RemoteState::default(),
+                partial: false,
+                listed_ns: 0,
+                meta_pending: false,
             };
             db.insert(keys::inode(ROOT_ID), encode(&root))?;
         }
         for kv in db.scan_prefix([keys::INODE]) {
             let (_, v) = kv?;
             let ino = decode_inode(&v)?;
-            if ino.kind == Kind::File && !ino.unlinked {
+            if ino.kind == Kind::File && !ino.unlinked && !ino.partial {
                 state.stored_total += ino.size;
             }
             if ino.is_dirty() {
@@ -267,7 +287,18 @@ impl Cache {
             }
         }
         db.flush()?;
-        Ok(Cache {
+        let evictions: Arc<Mutex<Vec<FileId>>> = Arc::default();
+        let queue = evictions.clone();
+        let lru = moka::sync::Cache::builder()
+            .max_capacity((opts.capacity_bytes / 1024).max(1))
+            .weigher(|_, w: &u32| *w)
+            .eviction_listener(move |id: Arc<FileId>, _, cause| {
+                if cause.was_evicted() {
+                    queue.lock().push(*id);
+                }
+            })
+            .build_with_hasher(std::collections::hash_map::RandomState::new());
+        let cache = Cache {
             db,
             data_dir,
             state: Mutex::new(state),
@@ -275,7 +306,12 @@ impl Cache {
             notify: Mutex::new(None),
             opts,
             share_id,
-        })
+            lru,
+            evictions,
+            data_locks: (0..64).map(|_| parking_lot::RwLock::new(())).collect(),
+        };
+        cache.load_lru()?;
+        Ok(cache)
     }
 
     /// Identifies this share's cache in file handles; random at creation, so handles
@@ -312,7 +348,7 @@ impl Cache {
         &self.opts
     }
 
-    fn load(&self, id: FileId) -> Result<Option<Inode>> {
+    pub(crate) fn load(&self, id: FileId) -> Result<Option<Inode>> {
         match self.db.get(keys::inode(id))? {
             Some(v) => Ok(Some(decode_inode(&v)?)),
             None => Ok(None),
@@ -348,7 +384,7 @@ impl Cache {
         self.data_dir.join(format!("{id:016x}"))
     }
 
-    fn file(&self, id: FileId) -> Result<Arc<File>> {
+    pub(crate) fn file(&self, id: FileId) -> Result<Arc<File>> {
         if let Some(f) = self.files.get(&id) {
             return Ok(f);
         }
@@ -364,12 +400,12 @@ impl Cache {
         Ok(f)
     }
 
-    fn drop_data(&self, id: FileId) {
+    pub(crate) fn drop_data(&self, id: FileId) {
         self.files.invalidate(&id);
         let _ = fs::remove_file(self.data_path(id));
     }
 
-    fn lookup_entry(&self, dir: FileId, name: &[u8]) -> Result<Option<DirEntry>> {
+    pub(crate) fn lookup_entry(&self, dir: FileId, name: &[u8]) -> Result<Option<DirEntry>> {
         match self.db.get(keys::name(dir, name))? {
             Some(v) => Ok(Some(bincode::deserialize(&v)?)),
             None => Ok(None),
@@ -377,7 +413,7 @@ impl Cache {
     }
 
     /// Marks `ino` changed (needing an upload) and queues it, in `batch`.
-    fn touch_for_upload(ino: &mut Inode, batch: &mut Batch, now: u64, data_changed: bool) {
+    pub(crate) fn touch_for_upload(ino: &mut Inode, batch: &mut Batch, now: u64, data_changed: bool) {
         ino.change_seq += 1;
         if data_changed {
             ino.data_seq = ino.change_seq;
@@ -389,11 +425,11 @@ impl Cache {
         batch.insert(&keys::queue(ino.id), &[]);
     }
 
-    fn put(batch: &mut Batch, ino: &Inode) {
+    pub(crate) fn put(batch: &mut Batch, ino: &Inode) {
         batch.insert(&keys::inode(ino.id), encode(ino));
     }
 
-    fn commit_batch(&self, batch: Batch) -> Result<()> {
+    pub(crate) fn commit_batch(&self, batch: Batch) -> Result<()> {
         self.db.apply_batch(batch)?;
         Ok(())
     }
@@ -406,7 +442,8 @@ impl Cache {
 
     // ----- names -----------------------------------------------------------------
 
-    fn check_name(&self, dir: &Inode, name: &[u8]) -> Result<()> {
+    /// A name as a single component: no '/', NUL, "." or "..", UTF-8, ≤ 255 bytes.
+    pub(crate) fn check_listed_name(&self, _dir: &Inode, name: &[u8]) -> Result<()> {
         if name.len() > MAX_NAME_BYTES {
             return Err(CacheError::NameTooLong);
         }
@@ -417,6 +454,11 @@ impl Cache {
         if std::str::from_utf8(name).is_err() {
             return Err(CacheError::Invalid);
         }
+        Ok(())
+    }
+
+    fn check_name(&self, dir: &Inode, name: &[u8]) -> Result<()> {
+        self.check_listed_name(dir, name)?;
         let dir_path = self.path_of(dir)?;
         if dir_path.len() + 1 + name.len() + 1 > self.opts.max_path_bytes {
             return Err(CacheError::NameTooLong);
@@ -512,10 +554,18 @@ impl Cache {
         if caller.uid != i.uid {
             perm::require(caller, &i, perm::READ)?;
         }
+        let guard = self.data_lock(id).read();
+        let i = self.get(id)?;
         if offset >= i.size {
             return Ok((Vec::new(), true, i));
         }
         let len = (i.size - offset).min(count as u64) as usize;
+        if i.partial {
+            let missing = self.missing_ranges(&i, offset, len as u64)?;
+            if !missing.is_empty() {
+                return Err(CacheError::NotCached(missing));
+            }
+        }
         let mut buf = vec![0u8; len];
         let f = self.file(id)?;
         let mut done = 0;
@@ -527,7 +577,9 @@ impl Cache {
                 Err(e) => return Err(CacheError::from_io(e)),
             }
         }
+        drop(guard);
         let eof = offset + len as u64 >= i.size;
+        self.touch(&i);
         Ok((buf, eof, i))
     }
 
@@ -634,6 +686,8 @@ impl Cache {
                 return Err(CacheError::TryLater);
             }
         }
+        let guard = self.data_lock(id).read();
+        self.make_whole(id)?;
         let f = self.file(id)?;
         f.write_all_at(data, offset).map_err(CacheError::from_io)?;
         if sync {
@@ -642,6 +696,7 @@ impl Cache {
         let (before, after) = {
             let mut st = self.state.lock();
             let mut i = self.get(id)?;
+            i.partial = false;
             let before = WccAttr::from(&i);
             let now = now_ns();
             st.resized(i.size, i.size.max(end));
@@ -655,6 +710,8 @@ impl Cache {
             st.account(&i);
             (before, i)
         };
+        drop(guard);
+        self.lru.invalidate(&id);
         self.notify(id);
         if sync {
             self.flush_metadata()?;
@@ -712,6 +769,14 @@ impl Cache {
                 return Err(CacheError::TooBig);
             }
             if size != i.size {
+                if i.partial {
+                    let missing = self.missing_ranges(&i, 0, i.size)?;
+                    if !missing.is_empty() {
+                        return Err(CacheError::NotCached(missing));
+                    }
+                    i.partial = false;
+                }
+                self.lru.invalidate(&id);
                 let f = self.file(id)?;
                 f.set_len(size).map_err(CacheError::from_io)?;
                 st.resized(i.size, size);
@@ -769,7 +834,7 @@ impl Cache {
 
     // ----- namespace -----------------------------------------------------------------
 
-    fn new_inode(
+    pub(crate) fn new_inode(
         st: &mut State,
         kind: Kind,
         caller: &Caller,
@@ -809,6 +874,10 @@ impl Cache {
             last_change_ns: 0,
             unlinked: false,
             remote: RemoteState::default(),
+            partial: false,
+            // A directory made here has nothing in the store to list yet.
+            listed_ns: now,
+            meta_pending: false,
         }
     }
 
@@ -973,7 +1042,7 @@ impl Cache {
 
     /// Takes `victim` out of the namespace inside `b`: it stays as a record only while
     /// the store still holds an object for it.
-    fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
+    pub(crate) fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
         victim.unlinked = true;
         victim.ctime_ns = now;
         if let Some(k) = victim.remote.key.take()
@@ -1292,6 +1361,7 @@ impl Cache {
         r.etag = etag.to_string();
         r.data_seq = data_seq;
         r.meta = meta;
+        r.synced_ns = now_ns();
         if i.unlinked {
             // Removed while uploading: the object just written is an orphan.
             r.stale_keys.push(key.to_string());
@@ -1301,7 +1371,14 @@ impl Cache {
                 i.synced_seq = planned_seq;
             }
         }
+        let clean = !i.is_dirty() && !i.unlinked;
+        let snapshot = i.clone();
         self.save_upload_state(&mut st, i)?;
+        drop(st);
+        if clean {
+            // Clean data may now be evicted under pressure: it is in the store.
+            self.touch(&snapshot);
+        }
         Ok(true)
     }
 

@@ -40,6 +40,10 @@ pub enum CacheError {
     NotSync,
     #[error("bad readdir cookie")]
     BadCookie,
+    /// Part of the file's data is only in the store: fetch these byte ranges
+    /// (block-aligned, coalesced; `(offset, length)`) and try again.
+    #[error("data not cached")]
+    NotCached(Vec<(u64, u64)>),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("metadata store error: {0}")]

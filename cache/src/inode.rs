@@ -37,6 +37,9 @@ pub struct RemoteState {
     /// Keys that once held this inode and must be deleted once nothing live claims
     /// them (the old name after a rename, the key of a removed file).
     pub stale_keys: Vec<String>,
+    /// When the store last took an upload for this inode, or when a listing showed it
+    /// (ns since epoch): a listing started before this cannot contradict it.
+    pub synced_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +77,15 @@ pub struct Inode {
     /// Removed from the namespace; kept until its object is deleted from the store.
     pub unlinked: bool,
     pub remote: RemoteState,
+    /// Files: the data file holds only the blocks its block map lists; the rest is
+    /// read from the store on demand. A dirty file is never partial.
+    pub partial: bool,
+    /// Directories: when the store was last listed into this directory (ns since
+    /// epoch); 0 when never (its entries may be incomplete).
+    pub listed_ns: u64,
+    /// Attributes are the share's defaults because the object's metadata has not been
+    /// read yet (a listing carries none); a HEAD fills them on LOOKUP.
+    pub meta_pending: bool,
 }
 
 impl Inode {
@@ -103,6 +115,7 @@ pub(crate) mod keys {
     pub const SEQ: u8 = b'S';
     pub const QUEUE: u8 = b'Q';
     pub const META: u8 = b'M';
+    pub const BLOCKS: u8 = b'B';
 
     pub fn inode(id: FileId) -> [u8; 9] {
         let mut k = [INODE; 9];
@@ -134,6 +147,12 @@ pub(crate) mod keys {
     pub fn seq_prefix(dir: FileId) -> [u8; 9] {
         let mut k = [SEQ; 9];
         k[1..].copy_from_slice(&dir.to_be_bytes());
+        k
+    }
+
+    pub fn blocks(id: FileId) -> [u8; 9] {
+        let mut k = [BLOCKS; 9];
+        k[1..].copy_from_slice(&id.to_be_bytes());
         k
     }
 

@@ -2,11 +2,14 @@
 //! share, on the local cache disk, with the durable queue of what the store still
 //! has to learn. Nothing here knows NFS or S3 wire formats.
 
+mod blocks;
 mod engine;
 mod error;
 mod inode;
 mod perm;
+mod store_sync;
 
+pub use blocks::BLOCK;
 pub use engine::{
     Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES,
     ROOT_ID, SetAttr, SetTime, WccAttr,
@@ -14,3 +17,4 @@ pub use engine::{
 pub use error::{CacheError, Result};
 pub use inode::{FileId, Inode, Kind, RemoteState};
 pub use perm::{Caller, EXEC, READ, WRITE};
+pub use store_sync::{ListingChanges, RemoteAttrs, RemoteEntry, RemoteKind};

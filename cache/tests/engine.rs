@@ -241,3 +241,137 @@ fn dirty_limit_answers_try_later() {
     // Overwriting bytes already dirty adds nothing and is allowed.
     c.write(&user(), f.id, 0, &[2; 40], false).unwrap();
 }
+
+fn listed_file(name: &str, size: u64, etag: &str) -> RemoteEntry {
+    RemoteEntry {
+        name: name.as_bytes().to_vec(),
+        kind: RemoteKind::File {
+            size,
+            etag: etag.into(),
+            mtime_ns: 1_000,
+        },
+    }
+}
+
+#[test]
+fn listings_add_change_and_remove_entries_but_local_changes_win() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    assert!(
+        c.needs_listing(ROOT_ID, None).unwrap(),
+        "a new share lists its bucket first"
+    );
+    let started = 1; // before any upload of ours
+    let ch = c
+        .apply_listing(
+            ROOT_ID,
+            vec![
+                listed_file("a.txt", 3 << 20, "e1"),
+                listed_file("b.txt", 10, "e1"),
+                RemoteEntry {
+                    name: b"sub".to_vec(),
+                    kind: RemoteKind::Dir,
+                },
+                listed_file("bad/name", 1, "e"),
+            ],
+            started,
+        )
+        .unwrap();
+    assert_eq!(ch.added, 3, "the name with a slash is skipped");
+    assert!(!c.needs_listing(ROOT_ID, None).unwrap());
+    let a = c.lookup(&user(), ROOT_ID, b"a.txt").unwrap();
+    assert!(a.partial && a.meta_pending);
+    assert_eq!((a.size, a.mode, a.uid), (3 << 20, 0o666, 65534));
+    assert!(
+        c.needs_listing(c.lookup(&user(), ROOT_ID, b"sub").unwrap().id, None)
+            .unwrap()
+    );
+    // Reading needs the store: the engine names the block-aligned ranges to fetch.
+    match c.read(&user(), a.id, (1 << 20) + 5, 10) {
+        Err(CacheError::NotCached(r)) => assert_eq!(r, vec![(1 << 20, 1 << 20)]),
+        other => panic!("{other:?}"),
+    }
+    c.fill(a.id, "e1", 1 << 20, &vec![9u8; 1 << 20]).unwrap();
+    assert_eq!(c.read(&user(), a.id, (1 << 20) + 5, 10).unwrap().0, vec![9u8; 10]);
+    // A write needs the whole file first, then the file is whole and dirty.
+    assert!(matches!(
+        c.write(&user(), a.id, 0, b"x", false),
+        Err(CacheError::NotCached(_))
+    ));
+    c.fill(a.id, "e1", 0, &vec![1u8; 1 << 20]).unwrap();
+    c.fill(a.id, "e1", 2 << 20, &vec![2u8; 1 << 20]).unwrap();
+    c.write(&Caller::root(), a.id, 0, b"x", false).unwrap();
+    assert!(!c.get(a.id).unwrap().partial);
+    // The store changes both files and drops everything else.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let ch = c
+        .apply_listing(
+            ROOT_ID,
+            vec![listed_file("a.txt", 5, "e2"), listed_file("b.txt", 20, "e2")],
+            later,
+        )
+        .unwrap();
+    assert_eq!(ch.changed, 1, "b.txt (clean) takes the new version");
+    assert_eq!(ch.removed, 1, "sub is gone");
+    assert_eq!(
+        c.get(a.id).unwrap().size,
+        3 << 20,
+        "a.txt has local changes: they win"
+    );
+    assert_eq!(c.lookup(&user(), ROOT_ID, b"b.txt").unwrap().size, 20);
+    assert!(matches!(
+        c.lookup(&user(), ROOT_ID, b"sub"),
+        Err(CacheError::NotFound)
+    ));
+}
+
+#[test]
+fn clean_data_is_evicted_beyond_capacity_and_dirty_data_never() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Cache::open(
+        t.path(),
+        CacheOptions {
+            capacity_bytes: 4 << 20,
+            ..CacheOptions::default()
+        },
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let (f, _) = c
+            .create(&user(), ROOT_ID, format!("f{i}").as_bytes(), unchecked(0o644))
+            .unwrap();
+        c.write(&user(), f.id, 0, &vec![i as u8; 2 << 20], false).unwrap();
+        ids.push(f.id);
+    }
+    // Upload the first three; the fourth stays dirty.
+    for &id in &ids[..3] {
+        let i = c.get(id).unwrap();
+        c.record_upload(
+            id,
+            i.change_seq,
+            &format!("f{id}"),
+            "etag",
+            i.data_seq,
+            (0, 0, 0, 0),
+        )
+        .unwrap();
+    }
+    c.run_evictions();
+    let evicted: Vec<_> = ids[..3]
+        .iter()
+        .filter(|&&id| c.get(id).unwrap().partial)
+        .collect();
+    assert!(!evicted.is_empty(), "6 MiB of clean data does not fit 4 MiB");
+    assert!(!c.get(ids[3]).unwrap().partial, "dirty data is never evicted");
+    assert_eq!(c.read(&user(), ids[3], 0, 4).unwrap().0, vec![3u8; 4]);
+    let gone = *evicted[0];
+    assert!(matches!(
+        c.read(&user(), gone, 0, 4),
+        Err(CacheError::NotCached(_))
+    ));
+    assert!(c.evicted().0 >= 1);
+}
