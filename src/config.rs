@@ -165,6 +165,11 @@ pub struct ShareConfig {
     pub default_owner: u32,
     #[serde(default = "default_nobody")]
     pub default_group: u32,
+    /// Re-list a directory from the store when it was last listed longer ago than
+    /// this (File Gateway's automated cache refresh). Unset: only `bucketgate refresh`
+    /// and the first access list.
+    #[serde(default)]
+    pub cache_stale_after: Option<HumanDuration>,
 }
 
 fn default_true() -> bool {

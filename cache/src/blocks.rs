@@ -138,9 +138,10 @@ impl Cache {
             }
         };
         drop(guard);
+        // Evictions run after the read that wanted these bytes (in `touch`), never
+        // here: a file larger than the whole cache must still be readable.
         self.lru
             .insert(id, ((cached / 1024).min(u32::MAX as u64) as u32).max(1));
-        self.run_evictions();
         Ok(())
     }
 

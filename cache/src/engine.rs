@@ -289,7 +289,10 @@ impl Cache {
         db.flush()?;
         let evictions: Arc<Mutex<Vec<FileId>>> = Arc::default();
         let queue = evictions.clone();
+        // Plain LRU: TinyLFU's admission would evict a file right after it was read
+        // (it has been seen once), throwing away the bytes just fetched.
         let lru = moka::sync::Cache::builder()
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .max_capacity((opts.capacity_bytes / 1024).max(1))
             .weigher(|_, w: &u32| *w)
             .eviction_listener(move |id: Arc<FileId>, _, cause| {
@@ -1350,6 +1353,7 @@ impl Cache {
         let Some(mut i) = self.load(id)? else {
             return Ok(false);
         };
+        let snapshot_size = i.size;
         let r = &mut i.remote;
         if let Some(old) = r.key.take()
             && old != key
@@ -1362,6 +1366,9 @@ impl Cache {
         r.data_seq = data_seq;
         r.meta = meta;
         r.synced_ns = now_ns();
+        // Our own upload: the size is known, the store's Last-Modified is not.
+        r.listed_size = snapshot_size;
+        r.listed_mtime_ns = 0;
         if i.unlinked {
             // Removed while uploading: the object just written is an orphan.
             r.stale_keys.push(key.to_string());

@@ -40,6 +40,11 @@ pub struct RemoteState {
     /// When the store last took an upload for this inode, or when a listing showed it
     /// (ns since epoch): a listing started before this cannot contradict it.
     pub synced_ns: u64,
+    /// Size and Last-Modified of the object as a listing last showed them (0 when
+    /// unknown): changes are detected by ETag, or by these when a store's listings
+    /// carry no ETag.
+    pub listed_size: u64,
+    pub listed_mtime_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -99,7 +99,14 @@ impl Cache {
                     };
                     let in_sync = !child.is_dirty() && !child.unlinked && child.remote.synced_ns < started_ns;
                     if let (RemoteKind::File { size, etag, mtime_ns }, Kind::File) = (&e.kind, child.kind) {
-                        if in_sync && child.remote.etag != *etag {
+                        let r = &child.remote;
+                        let changed = if !etag.is_empty() && !r.etag.is_empty() {
+                            r.etag != *etag
+                        } else {
+                            r.listed_size != *size
+                                || (r.listed_mtime_ns != 0 && r.listed_mtime_ns != *mtime_ns)
+                        };
+                        if in_sync && changed {
                             refreshed.push((child.id, etag.clone(), *size, *mtime_ns));
                         }
                     }
@@ -142,6 +149,8 @@ impl Cache {
                     meta: (child.uid, child.gid, child.st_mode(), child.mtime_ns),
                     stale_keys: Vec::new(),
                     synced_ns: now,
+                    listed_size: child.size,
+                    listed_mtime_ns: if child.partial { child.mtime_ns } else { 0 },
                 };
                 let seq = d.next_dir_seq;
                 d.next_dir_seq += 1;
@@ -237,6 +246,8 @@ impl Cache {
         i.meta_pending = true;
         i.remote.etag = etag.to_string();
         i.remote.synced_ns = now_ns();
+        i.remote.listed_size = size;
+        i.remote.listed_mtime_ns = mtime_ns;
         let mut b = Batch::default();
         Self::put(&mut b, &i);
         b.remove(&keys::blocks(id));
@@ -255,14 +266,15 @@ impl Cache {
             return Ok(i);
         }
         i.meta_pending = false;
-        if let Some(a) = attrs {
-            if !i.is_dirty() && (a.mode & 0o170000) == i.kind.type_bits() {
-                i.uid = a.uid;
-                i.gid = a.gid;
-                i.mode = a.mode & 0o7777;
-                i.mtime_ns = a.mtime_ns;
-                i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
-            }
+        if let Some(a) = attrs
+            && !i.is_dirty()
+            && (a.mode & 0o170000) == i.kind.type_bits()
+        {
+            i.uid = a.uid;
+            i.gid = a.gid;
+            i.mode = a.mode & 0o7777;
+            i.mtime_ns = a.mtime_ns;
+            i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
         }
         let mut b = Batch::default();
         Self::put(&mut b, &i);

@@ -136,12 +136,36 @@ impl AdminApi for Api {
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshReport, ApiError> {
-        if let Some(p) = &req.path {
-            self.split(p)?;
+        let scope: Vec<(usize, String)> = match &req.path {
+            None => (0..self.0.shares.len()).map(|i| (i, String::new())).collect(),
+            Some(p) => {
+                let (i, rest) = self.split(p)?;
+                vec![(i, rest.to_string())]
+            }
+        };
+        let mut report = RefreshReport::default();
+        for (i, sub) in scope {
+            let s = &self.0.shares[i];
+            let dir = match s.share.cache.resolve(&sub) {
+                Ok(Some(d)) if d.kind == bucketgate_cache::Kind::Dir => d,
+                Ok(_) => {
+                    return Err(ApiError::NotFound(format!(
+                        "/{}/{sub} is not a directory",
+                        s.config.name
+                    )));
+                }
+                Err(e) => return Err(ApiError::Internal(e.to_string())),
+            };
+            let (dirs, changes) = s
+                .share
+                .rt
+                .refresh(dir.id, req.recursive)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("listing the store failed: {e}")))?;
+            report.directories += dirs;
+            report.entries_changed += changes.added + changes.changed + changes.removed;
         }
-        Err(ApiError::Unavailable(
-            "refresh needs the read-through namespace, which this build does not have yet".into(),
-        ))
+        Ok(report)
     }
 
     fn readiness(&self) -> Readiness {

@@ -18,11 +18,17 @@ use crate::config::{Config, ShareConfig};
 use crate::metrics::Metrics;
 use crate::nfs::nfs3::{NfsService, Share};
 use crate::nfs::server::{Limits, serve};
+use crate::readthrough::ReadThrough;
 use crate::remote::instrumented::Instrumented;
 use crate::remote::{ObjectStore, open_share_store};
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
+
+/// The admin API of a gateway, for tests that call it without HTTP.
+pub fn admin_api(g: &Arc<Gateway>) -> Arc<dyn crate::admin::AdminApi> {
+    Arc::new(admin::Api(g.clone()))
+}
 
 /// S3's limit on key length, which bounds paths in a share.
 const MAX_KEY_BYTES: usize = 1024;
@@ -86,6 +92,8 @@ impl Gateway {
                 root_uid: sc.default_owner,
                 root_gid: sc.default_group,
                 dirty_limit_bytes: config.dirty_limit_bytes(),
+                capacity_bytes: config.cache.capacity.0,
+                default_file_mode: sc.default_file_mode.0,
             };
             let cache = Arc::new(
                 tokio::task::spawn_blocking(move || Cache::open(&dir, opts))
@@ -100,6 +108,12 @@ impl Gateway {
                 Some((metrics.clone(), sc.name.clone())),
             );
             let clients = sc.client_list().map_err(anyhow::Error::msg)?;
+            let rt = ReadThrough::new(
+                cache.clone(),
+                store.clone(),
+                prefix.clone(),
+                sc.cache_stale_after.map(|d| d.0),
+            );
             let share = Arc::new(Share {
                 name: sc.name.clone(),
                 export_path: sc.export_path(),
@@ -108,6 +122,7 @@ impl Gateway {
                 read_only: sc.read_only,
                 allowed_clients: sc.allowed_clients.clone(),
                 allows: Box::new(move |ip| clients.allows(ip)),
+                rt,
             });
             shares.push(ShareRuntime {
                 config: sc.clone(),
@@ -164,7 +179,7 @@ impl Gateway {
         });
 
         admin::install_scrape_hook(&gateway);
-        let api: Arc<dyn crate::admin::AdminApi> = Arc::new(admin::Api(gateway.clone()));
+        let api = admin_api(&gateway);
         let metrics = gateway.metrics.clone();
         let token = stop.clone();
         tasks.spawn(async move {

@@ -20,6 +20,7 @@ use super::xdr::{NAME_MAX, XdrCursor, encode};
 use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
 use crate::config::Squash;
 use crate::metrics::Metrics;
+use crate::readthrough::ReadThrough;
 
 /// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
 pub const NOBODY: u32 = 65534;
@@ -36,6 +37,8 @@ pub struct Share {
     pub read_only: bool,
     pub allowed_clients: Vec<String>,
     pub allows: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// Lists directories and fetches data the cache does not hold.
+    pub rt: Arc<ReadThrough>,
 }
 
 impl Share {
@@ -179,6 +182,29 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
 }
 
+/// Runs an engine call; when it needs data only the store has, fetches that and runs
+/// it again. Returns whether anything had to be fetched (a cache miss).
+async fn with_fetch<T: Send + 'static>(
+    share: &Share,
+    id: FileId,
+    op: impl Fn() -> Result<T, CacheError> + Clone + Send + 'static,
+) -> (Result<T, CacheError>, bool) {
+    let mut missed = false;
+    // Eviction may race a fetch; a few rounds settle it.
+    for _ in 0..8 {
+        match blocking(op.clone()).await {
+            Err(CacheError::NotCached(ranges)) => {
+                missed = true;
+                if let Err(e) = share.rt.fetch(id, &ranges).await {
+                    return (Err(e), missed);
+                }
+            }
+            other => return (other, missed),
+        }
+    }
+    (Err(CacheError::TryLater), missed)
+}
+
 macro_rules! args {
     ($e:expr) => {
         match $e {
@@ -291,7 +317,10 @@ impl NfsService {
         };
         let cache = s.cache.clone();
         let id = i.id;
-        match blocking(move || cache.setattr(&caller, id, set, guard)).await {
+        match with_fetch(&s, id, move || cache.setattr(&caller, id, set, guard))
+            .await
+            .0
+        {
             Ok((before, after)) => ok::<_, SETATTR3resfail>(Nfs3Result::Ok(SETATTR3resok {
                 obj_wcc: wcc_data {
                     before: pre(before),
@@ -309,7 +338,14 @@ impl NfsService {
             Err(st) => return ok::<LOOKUP3resok, _>(Nfs3Result::Err((st, LOOKUP3resfail::default()))),
         };
         let caller = s.caller(ctx);
-        match s.cache.lookup(&caller, d.id, &name) {
+        let found = match s.rt.ensure_listed(d.id).await {
+            Ok(()) => match s.cache.lookup(&caller, d.id, &name) {
+                Ok(i) => s.rt.ensure_attrs(i).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match found {
             Ok(i) => ok::<_, LOOKUP3resfail>(Nfs3Result::Ok(LOOKUP3resok {
                 object: s.handle(&i),
                 obj_attributes: Self::attr_of(&s, &i),
@@ -392,9 +428,11 @@ impl NfsService {
         let caller = s.caller(ctx);
         let cache = s.cache.clone();
         let id = i.id;
-        match blocking(move || cache.read(&caller, id, offset, count)).await {
+        s.rt.read_ahead(&i, offset, count as u64);
+        let (result, missed) = with_fetch(&s, id, move || cache.read(&caller, id, offset, count)).await;
+        match result {
             Ok((data, eof, after)) => {
-                self.count_bytes(&s, false, data.len());
+                self.count_bytes(&s, missed, data.len());
                 ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
                     file_attributes: Self::attr_of(&s, &after),
                     count: data.len() as u32,
@@ -445,6 +483,13 @@ impl NfsService {
             let (cache, caller, data) = (s.cache.clone(), caller.clone(), data.clone());
             let id = i.id;
             match blocking(move || cache.write(&caller, id, a.offset, &data, sync)).await {
+                // The first write to a file only partly cached fetches the rest: a
+                // dirty file is always whole on the cache disk.
+                Err(CacheError::NotCached(ranges)) => {
+                    if let Err(e) = s.rt.fetch(id, &ranges).await {
+                        break Err(e);
+                    }
+                }
                 Err(CacheError::TryLater) if waited < Duration::from_secs(2) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     waited += Duration::from_millis(100);
@@ -454,7 +499,7 @@ impl NfsService {
         };
         match result {
             Ok((before, after)) => {
-                self.count_bytes(&s, true, data.len());
+                self.count_write(&s, data.len());
                 ok::<_, WRITE3resfail>(Nfs3Result::Ok(WRITE3resok {
                     file_wcc: wcc_data {
                         before: pre(before),
@@ -487,6 +532,8 @@ impl NfsService {
         if name.len() > NAME_MAX {
             return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
         }
+        // Know what the store already holds under that name before creating it.
+        s.rt.ensure_listed(d.id).await.map_err(|e| nfs_status(&e))?;
         let caller = s.caller(ctx);
         let cache = s.cache.clone();
         let did = d.id;
@@ -605,6 +652,7 @@ impl NfsService {
         let result = async {
             let (s, d) = self.resolve(ctx, &dir)?;
             Self::writable(&s)?;
+            s.rt.ensure_listed(d.id).await.map_err(|e| nfs_status(&e))?;
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
             let r = blocking(move || {
@@ -649,6 +697,9 @@ impl NfsService {
             Self::writable(&s)?;
             if from_name.len() > NAME_MAX || to_name.len() > NAME_MAX {
                 return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
+            }
+            for d in [fd.id, td.id] {
+                s.rt.ensure_listed(d).await.map_err(|e| nfs_status(&e))?;
             }
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
@@ -727,6 +778,10 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return Self::readdir_fail(plus, st, Nfs3Option::None),
         };
+        if let Err(e) = s.rt.ensure_listed(d.id).await {
+            return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d));
+        }
+        let d = s.cache.get(d.id).unwrap_or(d);
         if let Err(st) = Self::check_verifier(&s, cookie, &verf) {
             return Self::readdir_fail(plus, st, Self::attr_of(&s, &d));
         }
@@ -966,17 +1021,26 @@ fn status_label(proc: u32, reply: &ProcReply) -> String {
 }
 
 impl NfsService {
-    fn count_bytes(&self, share: &Share, write: bool, n: usize) {
+    fn count_write(&self, share: &Share, n: usize) {
         if let Some(m) = &self.metrics {
-            let c = if write {
-                &m.nfs_write_bytes_total
+            m.nfs_write_bytes_total
+                .with_label_values(&[&share.name])
+                .inc_by(n as u64);
+        }
+    }
+
+    /// A READ answered: from the cache (hit) or after fetching from the store (miss).
+    fn count_bytes(&self, share: &Share, missed: bool, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.nfs_read_bytes_total
+                .with_label_values(&[&share.name])
+                .inc_by(n as u64);
+            let c = if missed {
+                &m.cache_misses_total
             } else {
-                &m.nfs_read_bytes_total
+                &m.cache_hits_total
             };
-            c.with_label_values(&[&share.name]).inc_by(n as u64);
-            if !write {
-                m.cache_hits_total.with_label_values(&[&share.name]).inc();
-            }
+            c.with_label_values(&[&share.name]).inc();
         }
     }
 }

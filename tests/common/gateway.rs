@@ -42,7 +42,18 @@ pub fn share_with(cfg: &Config, f: impl FnOnce(&mut ShareConfig)) -> Config {
     c
 }
 
+/// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=bucketgate=debug).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn start(cfg: Config, creds: Option<(String, String)>) -> Running {
+    init_logs();
     Gateway::open(cfg, creds, None)
         .await
         .expect("open gateway")
