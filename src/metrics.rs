@@ -131,6 +131,12 @@ pub struct Metrics {
     /// read off the socket to its reply being queued.
     pub nfs_call_duration_seconds: HistogramVec,
 
+    // --- audit log ---
+    /// `bucketgate_audit_dropped_total{share}`: audit records dropped because the
+    /// audit log writer could not keep up (the log disk is slow or full). Alert on > 0
+    /// where the audit trail is a compliance requirement.
+    pub audit_dropped_total: IntCounterVec,
+
     // --- readiness (set on each scrape from the AdminApi) ---
     /// `bucketgate_ready`: 1 when every readiness check passes (what /readyz says).
     pub ready: IntGauge,
@@ -317,6 +323,13 @@ impl Metrics {
                 ),
                 &["procedure", "status"]
             )),
+            audit_dropped_total: reg!(IntCounterVec::new(
+                o(
+                    "audit_dropped_total",
+                    "Audit records dropped because the audit log writer could not keep up."
+                ),
+                &["share"]
+            )),
             ready: reg!(IntGauge::with_opts(o(
                 "ready",
                 "1 when every readiness check passes."
@@ -333,6 +346,8 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Exported at 0 from the start, so alerts on increase() see the first refusal.
+        m.nfs_connections_rejected_total.with_label_values(&["limit"]);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         m.start_time_seconds.set(now.as_secs_f64());
         m
@@ -365,6 +380,7 @@ impl Metrics {
             &self.store_downloaded_bytes_total,
             &self.nfs_read_bytes_total,
             &self.nfs_write_bytes_total,
+            &self.audit_dropped_total,
         ] {
             c.with_label_values(&[share]);
         }
@@ -505,6 +521,7 @@ impl Metrics {
             &self.nfs_write_bytes_total,
             &self.nfs_calls_total,
             &self.nfs_call_duration_seconds,
+            &self.audit_dropped_total,
             &self.ready,
             &self.readiness_check,
         ];

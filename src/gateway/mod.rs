@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::config::ShareLocation;
 use crate::config::{Config, ShareConfig};
 use crate::metrics::Metrics;
@@ -99,6 +100,17 @@ impl Gateway {
                 upload_settings(&config),
                 Some((metrics.clone(), sc.name.clone())),
             );
+            let audit = match &sc.audit_log {
+                Some(path) => Some(Arc::new(
+                    AuditLog::open(
+                        &sc.name,
+                        path,
+                        Some(metrics.audit_dropped_total.with_label_values(&[&sc.name])),
+                    )
+                    .with_context(|| format!("share {}: opening audit_log {}", sc.name, path.display()))?,
+                )),
+                None => None,
+            };
             let clients = sc.client_list().map_err(anyhow::Error::msg)?;
             let share = Arc::new(Share {
                 name: sc.name.clone(),
@@ -108,6 +120,7 @@ impl Gateway {
                 read_only: sc.read_only,
                 allowed_clients: sc.allowed_clients.clone(),
                 allows: Box::new(move |ip| clients.allows(ip)),
+                audit,
             });
             shares.push(ShareRuntime {
                 config: sc.clone(),
