@@ -611,3 +611,52 @@ async fn binary_writes_json_logs_with_per_call_spans() {
     .await
     .expect("bounded");
 }
+
+// ------------------------------------------------- readiness of an idle gateway
+
+/// With no NFS traffic at all, an outage still turns /readyz to 503 and the recovery
+/// back to 200: the gateway probes an idle or failed store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_gateway_readiness_follows_the_store() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().join("bucket").display());
+        let inner = bucketgate::remote::open_share_store(&config(tmp.path(), &url).shares[0], None)
+            .await
+            .unwrap()
+            .0;
+        let faulty = Faulty::new(inner);
+        let mut gw = bucketgate::gateway::Gateway::open(config(tmp.path(), &url), None, Some(faulty.clone()))
+            .await
+            .unwrap();
+        gw.probe_interval = Duration::from_millis(100);
+        let gw = gw.start().await.unwrap();
+        let api = AdminClient::new(gw.admin_addr);
+        let status = |api: AdminClient| async move { api.request("GET", "/readyz", None, None).await.unwrap().status };
+        assert_eq!(status(api.clone()).await, 200);
+
+        faulty.down.store(true, Ordering::SeqCst);
+        eventually("/readyz 503 while idle", || {
+            let api = api.clone();
+            async move { status(api).await == 503 }
+        })
+        .await;
+        let m = api.metrics_text().await.unwrap();
+        assert!(m.contains("bucketgate_store_reachable 0\n"), "{m}");
+        assert!(
+            m.contains("bucketgate_store_errors_total{code=\"ServiceUnavailable\",operation=\"ListObjectsV2\",share=\"data\"}"),
+            "the probe is a counted ListObjectsV2: {m}"
+        );
+
+        faulty.down.store(false, Ordering::SeqCst);
+        eventually("/readyz 200 after recovery, with nothing to upload", || {
+            let api = api.clone();
+            async move { status(api).await == 200 }
+        })
+        .await;
+        assert!(api.metrics_text().await.unwrap().contains("bucketgate_store_reachable 1\n"));
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bucketgate_cache::{Cache, CacheOptions};
@@ -24,6 +24,7 @@ use crate::remote::{ObjectStore, open_share_store};
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
+mod probe;
 
 /// S3's limit on key length, which bounds paths in a share.
 const MAX_KEY_BYTES: usize = 1024;
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub nfs: Arc<NfsService>,
     pub metrics: Metrics,
     pub started: Instant,
+    /// How often an idle or unreachable store is probed for `/readyz` (see `probe`).
+    pub probe_interval: Duration,
     nfs_listening: AtomicBool,
 }
 
@@ -141,6 +144,7 @@ impl Gateway {
             nfs,
             metrics,
             started: Instant::now(),
+            probe_interval: probe::PROBE_INTERVAL,
             nfs_listening: AtomicBool::new(false),
         })
     }
@@ -176,6 +180,7 @@ impl Gateway {
             gw.nfs_listening.store(false, Ordering::Relaxed);
         });
 
+        tasks.spawn(probe::run(gateway.clone(), stop.clone()));
         admin::install_scrape_hook(&gateway);
         let api: Arc<dyn crate::admin::AdminApi> = Arc::new(admin::Api(gateway.clone()));
         let metrics = gateway.metrics.clone();
