@@ -125,7 +125,8 @@ pub struct Metrics {
     pub nfs_read_bytes_total: IntCounterVec,
     /// `bucketgate_nfs_write_bytes_total{share}`: bytes accepted by WRITE (WriteBytes).
     pub nfs_write_bytes_total: IntCounterVec,
-    /// `bucketgate_nfs_calls_total{procedure,status}`: NFS and MOUNT calls answered.
+    /// `bucketgate_nfs_calls_total{procedure,status}`: NFSv3 calls answered (MOUNT and
+    /// portmap calls are not counted).
     pub nfs_calls_total: IntCounterVec,
     /// `bucketgate_nfs_call_duration_seconds{procedure,status}`: time from a call being
     /// read off the socket to its reply being queued.
@@ -311,7 +312,7 @@ impl Metrics {
             nfs_calls_total: reg!(IntCounterVec::new(
                 o(
                     "nfs_calls_total",
-                    "NFS and MOUNT calls answered, by procedure and status."
+                    "NFSv3 calls answered, by procedure and status."
                 ),
                 &["procedure", "status"]
             )),
