@@ -437,6 +437,26 @@ impl Metrics {
         }
     }
 
+    /// Brings the share's eviction counters up to the cache engine's running totals
+    /// (`Cache::evicted()` gives files and bytes evicted since open). For the scrape
+    /// hook: counters only move forward, so a total below the counter (a cache
+    /// reopened under the same registry) adds nothing.
+    pub fn sync_evictions(&self, share: &str, files_total: u64, bytes_total: u64) {
+        for (c, total) in [
+            (&self.cache_evictions_total, files_total),
+            (&self.cache_evicted_bytes_total, bytes_total),
+        ] {
+            let c = c.with_label_values(&[share]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
+    /// One NFS READ that could not be served from the cache alone (it needed data
+    /// fetched from the store): CacheHitPercent's miss.
+    pub fn cache_miss(&self, share: &str) {
+        self.cache_misses_total.with_label_values(&[share]).inc();
+    }
+
     /// Records one answered NFS/MOUNT call.
     pub fn observe_nfs_call(&self, procedure: &str, status: &str, elapsed: Duration) {
         self.nfs_calls_total.with_label_values(&[procedure, status]).inc();
@@ -592,6 +612,24 @@ mod tests {
             text.contains("bucketgate_uploads_total{result=\"error\",share=\"data\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn evictions_follow_the_engine_totals() {
+        let m = Metrics::new();
+        m.sync_evictions("data", 2, 4096);
+        m.sync_evictions("data", 5, 10_000);
+        m.sync_evictions("data", 5, 10_000);
+        assert_eq!(m.cache_evictions_total.with_label_values(&["data"]).get(), 5);
+        assert_eq!(
+            m.cache_evicted_bytes_total.with_label_values(&["data"]).get(),
+            10_000
+        );
+        // A smaller total (cache reopened) never moves a counter back.
+        m.sync_evictions("data", 1, 10);
+        assert_eq!(m.cache_evictions_total.with_label_values(&["data"]).get(), 5);
+        m.cache_miss("data");
+        assert_eq!(m.cache_misses_total.with_label_values(&["data"]).get(), 1);
     }
 
     #[test]
