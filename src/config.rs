@@ -170,6 +170,9 @@ pub struct ShareConfig {
     /// and the first access list.
     #[serde(default)]
     pub cache_stale_after: Option<HumanDuration>,
+    /// JSON-lines audit log of changes made through this share; off when unset.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -807,6 +810,28 @@ impl Config {
                     }
                 }
             }
+            if let Some(a) = &s.audit_log {
+                if !a.is_absolute() {
+                    p.add(
+                        k("audit_log"),
+                        format!("`{}` must be an absolute path", a.display()),
+                    );
+                } else if a.is_dir() {
+                    p.add(
+                        k("audit_log"),
+                        format!("`{}` is a directory; name a file", a.display()),
+                    );
+                }
+                if let Some(j) = self.shares[..i]
+                    .iter()
+                    .position(|o| o.audit_log.as_ref() == Some(a))
+                {
+                    p.add(
+                        k("audit_log"),
+                        format!("`{}` is already the audit log of share[{j}]", a.display()),
+                    );
+                }
+            }
             for (key, m) in [
                 ("default_file_mode", s.default_file_mode),
                 ("default_dir_mode", s.default_dir_mode),
@@ -958,6 +983,19 @@ mod tests {
             ),
             (share("sse_kms_key_id = \"k\""), "share[0].sse_kms_key_id"),
             (share("acl = \"log-delivery-write\""), "share[0].acl"),
+            (
+                share("audit_log = \"audit.jsonl\""),
+                "share[0].audit_log: `audit.jsonl` must be an absolute path",
+            ),
+            (
+                share("audit_log = \"/tmp\""),
+                "share[0].audit_log: `/tmp` is a directory",
+            ),
+            (
+                share("audit_log = \"/var/log/a.jsonl\"")
+                    + "[[share]]\nname = \"b\"\nurl = \"s3://b-bucket/\"\naudit_log = \"/var/log/a.jsonl\"\n",
+                "share[1].audit_log: `/var/log/a.jsonl` is already the audit log of share[0]",
+            ),
             (share("region = \"EU West\""), "share[0].region"),
             (share("endpoint = \"s3.example.com\""), "share[0].endpoint"),
             (

@@ -1,6 +1,7 @@
 //! bucketgate: an NFSv3 file gateway in front of S3.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod gateway;

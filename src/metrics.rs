@@ -125,11 +125,18 @@ pub struct Metrics {
     pub nfs_read_bytes_total: IntCounterVec,
     /// `bucketgate_nfs_write_bytes_total{share}`: bytes accepted by WRITE (WriteBytes).
     pub nfs_write_bytes_total: IntCounterVec,
-    /// `bucketgate_nfs_calls_total{procedure,status}`: NFS and MOUNT calls answered.
+    /// `bucketgate_nfs_calls_total{procedure,status}`: NFSv3 calls answered (MOUNT and
+    /// portmap calls are not counted).
     pub nfs_calls_total: IntCounterVec,
     /// `bucketgate_nfs_call_duration_seconds{procedure,status}`: time from a call being
     /// read off the socket to its reply being queued.
     pub nfs_call_duration_seconds: HistogramVec,
+
+    // --- audit log ---
+    /// `bucketgate_audit_dropped_total{share}`: audit records dropped because the
+    /// audit log writer could not keep up (the log disk is slow or full). Alert on > 0
+    /// where the audit trail is a compliance requirement.
+    pub audit_dropped_total: IntCounterVec,
 
     // --- readiness (set on each scrape from the AdminApi) ---
     /// `bucketgate_ready`: 1 when every readiness check passes (what /readyz says).
@@ -305,7 +312,7 @@ impl Metrics {
             nfs_calls_total: reg!(IntCounterVec::new(
                 o(
                     "nfs_calls_total",
-                    "NFS and MOUNT calls answered, by procedure and status."
+                    "NFSv3 calls answered, by procedure and status."
                 ),
                 &["procedure", "status"]
             )),
@@ -316,6 +323,13 @@ impl Metrics {
                     NFS_BUCKETS
                 ),
                 &["procedure", "status"]
+            )),
+            audit_dropped_total: reg!(IntCounterVec::new(
+                o(
+                    "audit_dropped_total",
+                    "Audit records dropped because the audit log writer could not keep up."
+                ),
+                &["share"]
             )),
             ready: reg!(IntGauge::with_opts(o(
                 "ready",
@@ -333,6 +347,8 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Exported at 0 from the start, so alerts on increase() see the first refusal.
+        m.nfs_connections_rejected_total.with_label_values(&["limit"]);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         m.start_time_seconds.set(now.as_secs_f64());
         m
@@ -365,6 +381,7 @@ impl Metrics {
             &self.store_downloaded_bytes_total,
             &self.nfs_read_bytes_total,
             &self.nfs_write_bytes_total,
+            &self.audit_dropped_total,
         ] {
             c.with_label_values(&[share]);
         }
@@ -418,6 +435,26 @@ impl Metrics {
                 .with_label_values(&[share, operation, code])
                 .inc();
         }
+    }
+
+    /// Brings the share's eviction counters up to the cache engine's running totals
+    /// (`Cache::evicted()` gives files and bytes evicted since open). For the scrape
+    /// hook: counters only move forward, so a total below the counter (a cache
+    /// reopened under the same registry) adds nothing.
+    pub fn sync_evictions(&self, share: &str, files_total: u64, bytes_total: u64) {
+        for (c, total) in [
+            (&self.cache_evictions_total, files_total),
+            (&self.cache_evicted_bytes_total, bytes_total),
+        ] {
+            let c = c.with_label_values(&[share]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
+    /// One NFS READ that could not be served from the cache alone (it needed data
+    /// fetched from the store): CacheHitPercent's miss.
+    pub fn cache_miss(&self, share: &str) {
+        self.cache_misses_total.with_label_values(&[share]).inc();
     }
 
     /// Records one answered NFS/MOUNT call.
@@ -505,6 +542,7 @@ impl Metrics {
             &self.nfs_write_bytes_total,
             &self.nfs_calls_total,
             &self.nfs_call_duration_seconds,
+            &self.audit_dropped_total,
             &self.ready,
             &self.readiness_check,
         ];
@@ -574,6 +612,24 @@ mod tests {
             text.contains("bucketgate_uploads_total{result=\"error\",share=\"data\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn evictions_follow_the_engine_totals() {
+        let m = Metrics::new();
+        m.sync_evictions("data", 2, 4096);
+        m.sync_evictions("data", 5, 10_000);
+        m.sync_evictions("data", 5, 10_000);
+        assert_eq!(m.cache_evictions_total.with_label_values(&["data"]).get(), 5);
+        assert_eq!(
+            m.cache_evicted_bytes_total.with_label_values(&["data"]).get(),
+            10_000
+        );
+        // A smaller total (cache reopened) never moves a counter back.
+        m.sync_evictions("data", 1, 10);
+        assert_eq!(m.cache_evictions_total.with_label_values(&["data"]).get(), 5);
+        m.cache_miss("data");
+        assert_eq!(m.cache_misses_total.with_label_values(&["data"]).get(), 1);
     }
 
     #[test]

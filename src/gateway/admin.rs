@@ -49,6 +49,10 @@ pub fn install_scrape_hook(g: &Arc<Gateway>) {
         let f = figures(&g);
         m.set_cache(g.config.cache.capacity.0, f.used, f.dirty);
         m.set_upload_queue(f.queued, f.dirty, f.oldest, f.failing);
+        for s in &g.shares {
+            let (files, bytes) = s.share.cache.evicted();
+            m.sync_evictions(&s.config.name, files, bytes);
+        }
     });
 }
 

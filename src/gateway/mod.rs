@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bucketgate_cache::{Cache, CacheOptions};
@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::config::ShareLocation;
 use crate::config::{Config, ShareConfig};
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ use crate::remote::{ObjectStore, open_share_store};
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
+mod probe;
 
 /// The admin API of a gateway, for tests that call it without HTTP.
 pub fn admin_api(g: &Arc<Gateway>) -> Arc<dyn crate::admin::AdminApi> {
@@ -51,6 +53,8 @@ pub struct Gateway {
     pub nfs: Arc<NfsService>,
     pub metrics: Metrics,
     pub started: Instant,
+    /// How often an idle or unreachable store is probed for `/readyz` (see `probe`).
+    pub probe_interval: Duration,
     nfs_listening: AtomicBool,
 }
 
@@ -107,6 +111,17 @@ impl Gateway {
                 upload_settings(&config),
                 Some((metrics.clone(), sc.name.clone())),
             );
+            let audit = match &sc.audit_log {
+                Some(path) => Some(Arc::new(
+                    AuditLog::open(
+                        &sc.name,
+                        path,
+                        Some(metrics.audit_dropped_total.with_label_values(&[&sc.name])),
+                    )
+                    .with_context(|| format!("share {}: opening audit_log {}", sc.name, path.display()))?,
+                )),
+                None => None,
+            };
             let clients = sc.client_list().map_err(anyhow::Error::msg)?;
             let rt = ReadThrough::new(
                 cache.clone(),
@@ -123,6 +138,7 @@ impl Gateway {
                 allowed_clients: sc.allowed_clients.clone(),
                 allows: Box::new(move |ip| clients.allows(ip)),
                 rt,
+                audit,
             });
             shares.push(ShareRuntime {
                 config: sc.clone(),
@@ -143,6 +159,7 @@ impl Gateway {
             nfs,
             metrics,
             started: Instant::now(),
+            probe_interval: probe::PROBE_INTERVAL,
             nfs_listening: AtomicBool::new(false),
         })
     }
@@ -178,6 +195,7 @@ impl Gateway {
             gw.nfs_listening.store(false, Ordering::Relaxed);
         });
 
+        tasks.spawn(probe::run(gateway.clone(), stop.clone()));
         admin::install_scrape_hook(&gateway);
         let api = admin_api(&gateway);
         let metrics = gateway.metrics.clone();

@@ -22,6 +22,8 @@ use crate::config::Squash;
 use crate::metrics::Metrics;
 use crate::readthrough::ReadThrough;
 
+mod audit_hook;
+
 /// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
 pub const NOBODY: u32 = 65534;
 /// Largest READ/WRITE we offer in FSINFO and accept.
@@ -39,6 +41,8 @@ pub struct Share {
     pub allows: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
     /// Lists directories and fetches data the cache does not hold.
     pub rt: Arc<ReadThrough>,
+    /// The share's audit log, when `audit_log` is configured.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Share {
@@ -75,6 +79,8 @@ pub struct NfsService {
     metrics: Option<Metrics>,
     by_id: HashMap<u32, Arc<Share>>,
     write_verifier: writeverf3,
+    /// Some share keeps an audit log (else the audit hook costs nothing).
+    audit_any: bool,
 }
 
 type Res<T> = Result<T, nfsstat3>;
@@ -225,6 +231,7 @@ impl NfsService {
             .unwrap_or(0)
             ^ ((std::process::id() as u64) << 40);
         NfsService {
+            audit_any: shares.iter().any(|s| s.audit.is_some()),
             shares,
             metrics,
             by_id,
@@ -1051,12 +1058,27 @@ impl Nfs3Program for NfsService {
         let span = tracing::debug_span!(
             "nfs",
             xid = ctx.xid,
-            proc = PROC_NAMES.get(proc as usize).copied().unwrap_or("?")
+            proc = PROC_NAMES.get(proc as usize).copied().unwrap_or("?"),
+            client = %ctx.client,
+            fileid = tracing::field::Empty,
         );
-        let reply = tracing::Instrument::instrument(self.dispatch(ctx, proc, args), span).await;
-        if let Some(m) = &self.metrics {
-            let name = PROC_NAMES.get(proc as usize).copied().unwrap_or("UNKNOWN");
-            m.observe_nfs_call(name, &status_label(proc, &reply), started.elapsed());
+        audit_hook::record_file_id(&span, &args);
+        let audit = self.audit_begin(&ctx, proc, &args);
+        let reply = tracing::Instrument::instrument(self.dispatch(ctx, proc, args), span.clone()).await;
+        let traced = !span.is_disabled();
+        if self.metrics.is_some() || audit.is_some() || traced {
+            let status = status_label(proc, &reply);
+            if traced {
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                span.in_scope(|| tracing::debug!(status = %status, elapsed_us, "nfs call"));
+            }
+            if let Some(m) = &self.metrics {
+                let name = PROC_NAMES.get(proc as usize).copied().unwrap_or("UNKNOWN");
+                m.observe_nfs_call(name, &status, started.elapsed());
+            }
+            if let Some(a) = audit {
+                a.finish(&status);
+            }
         }
         reply
     }

@@ -3,8 +3,8 @@
 //! answered its last request, for `/readyz`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +17,9 @@ pub struct Instrumented {
     metrics: Metrics,
     share: String,
     reachable: AtomicBool,
+    /// When the last request finished, in ms since `created` (for the idle prober).
+    created: Instant,
+    last_request_ms: AtomicU64,
 }
 
 impl Instrumented {
@@ -26,6 +29,8 @@ impl Instrumented {
             metrics,
             share: share.to_string(),
             reachable: AtomicBool::new(true),
+            created: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
         })
     }
 
@@ -34,12 +39,20 @@ impl Instrumented {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Time since the last request finished (since creation if none has).
+    pub fn since_last_request(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(last)
+    }
+
     fn record<T>(&self, op: &str, started: Instant, r: &StoreResult<T>) {
         let code = r.as_ref().err().map(|e| e.code());
         self.metrics
             .observe_store_request(&self.share, op, started.elapsed(), code);
         let answered = !matches!(r, Err(StoreError::Transient { .. }));
         self.reachable.store(answered, Ordering::Relaxed);
+        self.last_request_ms
+            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn uploaded(&self, n: usize) {
