@@ -662,22 +662,22 @@ async fn idle_gateway_readiness_follows_the_store() {
 
 // ------------------------------------------------------------------- docs
 
-/// docs/monitoring.md lists every metric the gateway registers and every shipped alert.
+/// The README lists every metric the gateway registers and every shipped alert.
 #[test]
 fn monitoring_doc_lists_every_metric_and_alert() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let doc = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
+    let doc = std::fs::read_to_string(root.join("README.md")).unwrap();
     for name in Metrics::new().names() {
         assert!(
             doc.contains(&format!("| `{name}` |")),
-            "docs/monitoring.md does not list {name}"
+            "README.md does not list {name}"
         );
     }
     let rules = std::fs::read_to_string(root.join("ami/prometheus/alerts.yml")).unwrap();
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
         assert!(
             doc.contains(&format!("| {alert} |")),
-            "docs/monitoring.md does not list {alert}"
+            "README.md does not list {alert}"
         );
     }
 }
