@@ -153,7 +153,10 @@ impl Gateway {
         gateway.nfs_listening.store(true, Ordering::Relaxed);
 
         let nfs = gateway.nfs.clone();
-        let limits = Limits::from_config(&gateway.config.nfs);
+        let limits = Limits {
+            metrics: Some(gateway.metrics.clone()),
+            ..Limits::from_config(&gateway.config.nfs)
+        };
         let token = stop.clone();
         let gw = gateway.clone();
         tasks.spawn(async move {
