@@ -43,7 +43,10 @@ fn assert_full_wcc(w: &wcc_data, what: &str) {
 }
 
 fn assert_after_wcc(w: &wcc_data, what: &str) {
-    assert!(w.after.is_some(), "{what}: failure reply without post-op attributes");
+    assert!(
+        w.after.is_some(),
+        "{what}: failure reply without post-op attributes"
+    );
 }
 
 fn status<T, E>(r: &Nfs3Result<T, E>) -> nfsstat3 {
@@ -116,7 +119,10 @@ async fn null_getattr_lookup_fsinfo_pathconf_fsstat() {
         (ftype3::NF3REG, 0o640, 1000, 1000, 0)
     );
     assert_eq!(fa.fsid, a.fsid, "one share, one fsid");
-    assert_eq!(getattr(&mut c, &fh(&[1, 2, 3])).await.unwrap_err(), nfsstat3::NFS3ERR_BADHANDLE);
+    assert_eq!(
+        getattr(&mut c, &fh(&[1, 2, 3])).await.unwrap_err(),
+        nfsstat3::NFS3ERR_BADHANDLE
+    );
 
     // LOOKUP
     let r = c
@@ -136,16 +142,32 @@ async fn null_getattr_lookup_fsinfo_pathconf_fsstat() {
         .unwrap();
     let (st, fail) = err(r, "lookup missing");
     assert_eq!(st, nfsstat3::NFS3ERR_NOENT);
-    assert!(fail.dir_attributes.is_some(), "LOOKUP failure carries dir attributes");
+    assert!(
+        fail.dir_attributes.is_some(),
+        "LOOKUP failure carries dir attributes"
+    );
     assert_eq!(lookup(&mut c, &root, ".").await.unwrap(), root);
-    assert_eq!(lookup(&mut c, &root, "..").await.unwrap(), root, "root's parent is root");
+    assert_eq!(
+        lookup(&mut c, &root, "..").await.unwrap(),
+        root,
+        "root's parent is root"
+    );
     let d = mkdir(&mut c, &root, "d", 0o755).await;
     assert_eq!(lookup(&mut c, &d, "..").await.unwrap(), root);
-    assert_eq!(lookup(&mut c, &f, "x").await.unwrap_err(), nfsstat3::NFS3ERR_NOTDIR);
+    assert_eq!(
+        lookup(&mut c, &f, "x").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOTDIR
+    );
 
     // FSINFO
-    let i = ok(c.fsinfo(&FSINFO3args { fsroot: root.clone() }).await.unwrap(), "fsinfo");
-    assert_eq!((i.rtmax, i.rtpref, i.wtmax, i.wtpref), (1 << 20, 1 << 20, 1 << 20, 1 << 20));
+    let i = ok(
+        c.fsinfo(&FSINFO3args { fsroot: root.clone() }).await.unwrap(),
+        "fsinfo",
+    );
+    assert_eq!(
+        (i.rtmax, i.rtpref, i.wtmax, i.wtpref),
+        (1 << 20, 1 << 20, 1 << 20, 1 << 20)
+    );
     assert_eq!(i.maxfilesize, 5 << 40);
     assert_eq!((i.time_delta.seconds, i.time_delta.nseconds), (0, 1));
     assert_eq!(i.properties, FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME);
@@ -162,7 +184,10 @@ async fn null_getattr_lookup_fsinfo_pathconf_fsstat() {
     assert_eq!(p.linkmax, 1);
 
     // FSSTAT: the cache disk's real figures.
-    let s = ok(c.fsstat(&FSSTAT3args { fsroot: root.clone() }).await.unwrap(), "fsstat");
+    let s = ok(
+        c.fsstat(&FSSTAT3args { fsroot: root.clone() }).await.unwrap(),
+        "fsstat",
+    );
     let path = std::ffi::CString::new(tmp.path().as_os_str().as_encoded_bytes()).unwrap();
     let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and out-pointer.
@@ -171,7 +196,10 @@ async fn null_getattr_lookup_fsinfo_pathconf_fsstat() {
     assert!(s.tbytes > 0 && s.fbytes > 0 && s.abytes > 0, "{s:?}");
     assert_eq!(s.tbytes, disk, "total is the cache disk's size");
     assert!(s.fbytes <= s.tbytes && s.abytes <= s.fbytes, "{s:?}");
-    assert!(s.tfiles > 0 && s.ffiles <= s.tfiles && s.afiles <= s.ffiles, "{s:?}");
+    assert!(
+        s.tfiles > 0 && s.ffiles <= s.tfiles && s.afiles <= s.ffiles,
+        "{s:?}"
+    );
 
     gw.shutdown().await;
 }
@@ -191,7 +219,9 @@ async fn create_unchecked_guarded_exclusive() {
     assert_full_wcc(&r.dir_wcc, "CREATE");
     let u = r.obj.unwrap();
     assert_eq!(r.obj_attributes.unwrap().mode, 0o600);
-    write_at(&mut c, &u, 0, b"hello", stable_how::FILE_SYNC).await.unwrap();
+    write_at(&mut c, &u, 0, b"hello", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
     let again = c
         .create(&create_args(
             &root,
@@ -240,7 +270,11 @@ async fn create_unchecked_guarded_exclusive() {
     );
     assert_eq!(retrans.obj.unwrap(), x);
     let r = c
-        .create(&create_args(&root, b"x", createhow3::EXCLUSIVE(createverf3(*b"verf0002"))))
+        .create(&create_args(
+            &root,
+            b"x",
+            createhow3::EXCLUSIVE(createverf3(*b"verf0002")),
+        ))
         .await
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_EXIST);
@@ -257,13 +291,21 @@ async fn create_unchecked_guarded_exclusive() {
     // CREATE over a directory name: EXIST, even UNCHECKED.
     mkdir(&mut c, &root, "dir", 0o755).await;
     let r = c
-        .create(&create_args(&root, b"dir", createhow3::UNCHECKED(mode_attr(0o644))))
+        .create(&create_args(
+            &root,
+            b"dir",
+            createhow3::UNCHECKED(mode_attr(0o644)),
+        ))
         .await
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_EXIST);
     // CREATE in a file: NOTDIR.
     let r = c
-        .create(&create_args(&u, b"in-file", createhow3::UNCHECKED(mode_attr(0o644))))
+        .create(&create_args(
+            &u,
+            b"in-file",
+            createhow3::UNCHECKED(mode_attr(0o644)),
+        ))
         .await
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_NOTDIR);
@@ -335,7 +377,12 @@ async fn mkdir_symlink_readlink() {
     let f = create(&mut c, &root, "f", 0o644).await;
     let r = c.readlink(&READLINK3args { symlink: f }).await.unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_INVAL);
-    let r = c.readlink(&READLINK3args { symlink: root.clone() }).await.unwrap();
+    let r = c
+        .readlink(&READLINK3args {
+            symlink: root.clone(),
+        })
+        .await
+        .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_INVAL);
     gw.shutdown().await;
 }
@@ -347,17 +394,29 @@ async fn read_write_commit() {
     let root = c.root_nfs_fh3();
     let f = create(&mut c, &root, "f", 0o644).await;
 
-    let w1 = ok(write(&mut c, &f, 0, b"0123456789", stable_how::UNSTABLE).await, "write");
+    let w1 = ok(
+        write(&mut c, &f, 0, b"0123456789", stable_how::UNSTABLE).await,
+        "write",
+    );
     assert_eq!((w1.count, w1.committed), (10, stable_how::UNSTABLE));
     assert_full_wcc(&w1.file_wcc, "WRITE");
     assert_eq!(w1.file_wcc.before.as_ref_size(), Some(0));
     assert_eq!(w1.file_wcc.after.as_ref_size(), Some(10));
     // A sparse write past the end, FILE_SYNC: committed FILE_SYNC, same verifier.
-    let w2 = ok(write(&mut c, &f, 20, b"tail", stable_how::FILE_SYNC).await, "write sync");
+    let w2 = ok(
+        write(&mut c, &f, 20, b"tail", stable_how::FILE_SYNC).await,
+        "write sync",
+    );
     assert_eq!(w2.committed, stable_how::FILE_SYNC);
     assert_eq!(w2.verf, w1.verf, "one verifier per process lifetime");
-    let w3 = ok(write(&mut c, &f, 0, b"AB", stable_how::DATA_SYNC).await, "write data_sync");
-    assert!(matches!(w3.committed, stable_how::FILE_SYNC | stable_how::DATA_SYNC));
+    let w3 = ok(
+        write(&mut c, &f, 0, b"AB", stable_how::DATA_SYNC).await,
+        "write data_sync",
+    );
+    assert!(matches!(
+        w3.committed,
+        stable_how::FILE_SYNC | stable_how::DATA_SYNC
+    ));
 
     let cm = ok(
         c.commit(&COMMIT3args {
@@ -419,14 +478,20 @@ async fn read_write_commit() {
     // A 1 MiB WRITE (wtmax) round-trips.
     let big = body(1 << 20, 3);
     let g = create(&mut c, &root, "big", 0o644).await;
-    let w = ok(write(&mut c, &g, 0, &big, stable_how::UNSTABLE).await, "1 MiB write");
+    let w = ok(
+        write(&mut c, &g, 0, &big, stable_how::UNSTABLE).await,
+        "1 MiB write",
+    );
     assert_eq!(w.count, 1 << 20);
     assert_eq!(read_all(&mut c, &g).await, big);
 
     // A reader without read permission who is not the owner: ACCES.
     let mut other = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
     set_mode(&mut c, &f, 0o600).await.unwrap();
-    assert_eq!(status(&read(&mut other, &f, 0, 10).await), nfsstat3::NFS3ERR_ACCES);
+    assert_eq!(
+        status(&read(&mut other, &f, 0, 10).await),
+        nfsstat3::NFS3ERR_ACCES
+    );
     assert_eq!(
         status(&write(&mut other, &f, 0, b"x", stable_how::UNSTABLE).await),
         nfsstat3::NFS3ERR_ACCES
@@ -558,7 +623,10 @@ async fn setattr_guard_truncate_chmod_chown_times() {
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_PERM);
     let mut other = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
-    assert_eq!(set_mode(&mut other, &f, 0o777).await.unwrap_err(), nfsstat3::NFS3ERR_PERM);
+    assert_eq!(
+        set_mode(&mut other, &f, 0o777).await.unwrap_err(),
+        nfsstat3::NFS3ERR_PERM
+    );
     gw.shutdown().await;
 }
 
@@ -582,7 +650,10 @@ async fn remove_rmdir_rename() {
         "remove",
     );
     assert_full_wcc(&r.dir_wcc, "REMOVE");
-    assert_eq!(lookup(&mut c, &root, "f").await.unwrap_err(), nfsstat3::NFS3ERR_NOENT);
+    assert_eq!(
+        lookup(&mut c, &root, "f").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOENT
+    );
     assert_eq!(getattr(&mut c, &f).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
     let r = c
         .remove(&REMOVE3args {
@@ -593,7 +664,10 @@ async fn remove_rmdir_rename() {
     let (st, fail) = err(r, "remove missing");
     assert_eq!(st, nfsstat3::NFS3ERR_NOENT);
     assert_after_wcc(&fail.dir_wcc, "REMOVE failure");
-    assert_eq!(remove(&mut c, &root, "d").await.unwrap_err(), nfsstat3::NFS3ERR_ISDIR);
+    assert_eq!(
+        remove(&mut c, &root, "d").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ISDIR
+    );
 
     // RMDIR
     let rmdir = |dir: &nfs_fh3, n: &str| RMDIR3args {
@@ -604,8 +678,14 @@ async fn remove_rmdir_rename() {
     assert_eq!(st, nfsstat3::NFS3ERR_NOTEMPTY);
     assert_after_wcc(&fail.dir_wcc, "RMDIR failure");
     create(&mut c, &root, "file", 0o644).await;
-    assert_eq!(status(&c.rmdir(&rmdir(&root, "file")).await.unwrap()), nfsstat3::NFS3ERR_NOTDIR);
-    assert_eq!(status(&c.rmdir(&rmdir(&root, "nope")).await.unwrap()), nfsstat3::NFS3ERR_NOENT);
+    assert_eq!(
+        status(&c.rmdir(&rmdir(&root, "file")).await.unwrap()),
+        nfsstat3::NFS3ERR_NOTDIR
+    );
+    assert_eq!(
+        status(&c.rmdir(&rmdir(&root, "nope")).await.unwrap()),
+        nfsstat3::NFS3ERR_NOENT
+    );
     let r = c.rmdir(&rmdir(&d, ".")).await.unwrap();
     assert!(
         matches!(status(&r), nfsstat3::NFS3ERR_INVAL | nfsstat3::NFS3ERR_ACCES),
@@ -624,7 +704,10 @@ async fn remove_rmdir_rename() {
     let r = ok(r, "rename");
     assert_full_wcc(&r.fromdir_wcc, "RENAME from");
     assert_full_wcc(&r.todir_wcc, "RENAME to");
-    assert_eq!(lookup(&mut c, &root, "file").await.unwrap_err(), nfsstat3::NFS3ERR_NOENT);
+    assert_eq!(
+        lookup(&mut c, &root, "file").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOENT
+    );
     lookup(&mut c, &sub, "moved").await.expect("renamed file");
     // Over an existing file: replaces it.
     rename(&mut c, &sub, "moved", &sub, "inner").await.unwrap();
@@ -642,15 +725,27 @@ async fn remove_rmdir_rename() {
     assert_after_wcc(&fail.fromdir_wcc, "RENAME failure from");
     assert_after_wcc(&fail.todir_wcc, "RENAME failure to");
     // A directory into its own subtree: INVAL.
-    assert_eq!(rename(&mut c, &root, "d", &sub, "loop").await.unwrap_err(), nfsstat3::NFS3ERR_INVAL);
+    assert_eq!(
+        rename(&mut c, &root, "d", &sub, "loop").await.unwrap_err(),
+        nfsstat3::NFS3ERR_INVAL
+    );
     // A directory over a non-empty directory: NOTEMPTY (EEXIST is also allowed).
     mkdir(&mut c, &root, "e", 0o755).await;
     let st = rename(&mut c, &root, "e", &root, "d").await.unwrap_err();
-    assert!(matches!(st, nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST), "{st:?}");
+    assert!(
+        matches!(st, nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST),
+        "{st:?}"
+    );
     // A file over a directory: ISDIR; a directory over a file: NOTDIR.
     create(&mut c, &root, "g", 0o644).await;
-    assert_eq!(rename(&mut c, &root, "g", &root, "e").await.unwrap_err(), nfsstat3::NFS3ERR_ISDIR);
-    assert_eq!(rename(&mut c, &root, "e", &root, "g").await.unwrap_err(), nfsstat3::NFS3ERR_NOTDIR);
+    assert_eq!(
+        rename(&mut c, &root, "g", &root, "e").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ISDIR
+    );
+    assert_eq!(
+        rename(&mut c, &root, "e", &root, "g").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOTDIR
+    );
     // A directory moves with its contents; handles below it keep working.
     rename(&mut c, &root, "d", &root, "d2").await.unwrap();
     let d2 = lookup(&mut c, &root, "d2").await.unwrap();
@@ -694,7 +789,10 @@ async fn mknod_and_link_are_not_supported() {
         assert_eq!(st, nfsstat3::NFS3ERR_NOTSUPP);
         assert_after_wcc(&fail.dir_wcc, "MKNOD failure");
     }
-    assert_eq!(lookup(&mut c, &root, "node").await.unwrap_err(), nfsstat3::NFS3ERR_NOENT);
+    assert_eq!(
+        lookup(&mut c, &root, "node").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOENT
+    );
 
     let r = c
         .link(&LINK3args {
@@ -707,7 +805,10 @@ async fn mknod_and_link_are_not_supported() {
     assert_eq!(st, nfsstat3::NFS3ERR_NOTSUPP);
     assert!(fail.file_attributes.is_some());
     assert_after_wcc(&fail.linkdir_wcc, "LINK failure");
-    assert_eq!(lookup(&mut c, &root, "hard").await.unwrap_err(), nfsstat3::NFS3ERR_NOENT);
+    assert_eq!(
+        lookup(&mut c, &root, "hard").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOENT
+    );
     gw.shutdown().await;
 }
 
@@ -935,12 +1036,8 @@ async fn access_answers_from_mode_owner_and_group() {
     let mut primary = mount_as(addr, "/data", 2001, 1000).await;
     let mut other = mount_as(addr, "/data", 3000, 3000).await;
 
-    const ALL: u32 = ACCESS3_READ
-        | ACCESS3_LOOKUP
-        | ACCESS3_MODIFY
-        | ACCESS3_EXTEND
-        | ACCESS3_DELETE
-        | ACCESS3_EXECUTE;
+    const ALL: u32 =
+        ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE | ACCESS3_EXECUTE;
     async fn access(c: &mut Conn, fh: &nfs_fh3, want: u32) -> u32 {
         let r = c
             .access(&ACCESS3args {
@@ -963,11 +1060,17 @@ async fn access_answers_from_mode_owner_and_group() {
     // 0750 directory: LOOKUP for x, DELETE with w.
     let dir_all = ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_MODIFY | ACCESS3_EXTEND | ACCESS3_DELETE;
     assert_eq!(access(&mut owner, &dir, ALL).await, dir_all);
-    assert_eq!(access(&mut member, &dir, ALL).await, ACCESS3_READ | ACCESS3_LOOKUP);
+    assert_eq!(
+        access(&mut member, &dir, ALL).await,
+        ACCESS3_READ | ACCESS3_LOOKUP
+    );
     assert_eq!(access(&mut other, &dir, ALL).await, 0);
     // 0750 file: EXECUTE for x.
     assert_eq!(access(&mut owner, &exe, ALL).await, RW | ACCESS3_EXECUTE);
-    assert_eq!(access(&mut member, &exe, ALL).await, ACCESS3_READ | ACCESS3_EXECUTE);
+    assert_eq!(
+        access(&mut member, &exe, ALL).await,
+        ACCESS3_READ | ACCESS3_EXECUTE
+    );
     assert_eq!(access(&mut other, &exe, ALL).await, 0);
     // Only what is asked comes back.
     assert_eq!(access(&mut owner, &file, ACCESS3_READ).await, ACCESS3_READ);
@@ -1007,14 +1110,42 @@ async fn hostile_names_get_errors_never_a_panic() {
     let long = vec![b'n'; 256];
     let max = vec![b'm'; 255];
     let cases: Vec<(&str, Vec<u8>, &[nfsstat3])> = vec![
-        ("slash", b"a/b".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES]),
-        ("lone slash", b"/".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES]),
-        ("NUL", b"a\0b".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES]),
-        ("empty", b"".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES]),
-        ("dot", b".".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_EXIST]),
-        ("dotdot", b"..".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_EXIST]),
+        (
+            "slash",
+            b"a/b".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES],
+        ),
+        (
+            "lone slash",
+            b"/".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES],
+        ),
+        (
+            "NUL",
+            b"a\0b".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES],
+        ),
+        (
+            "empty",
+            b"".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES],
+        ),
+        (
+            "dot",
+            b".".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_EXIST],
+        ),
+        (
+            "dotdot",
+            b"..".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_EXIST],
+        ),
         ("256 bytes", long.clone(), &[nfsstat3::NFS3ERR_NAMETOOLONG]),
-        ("not UTF-8", b"caf\xe9".to_vec(), &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES]),
+        (
+            "not UTF-8",
+            b"caf\xe9".to_vec(),
+            &[nfsstat3::NFS3ERR_INVAL, nfsstat3::NFS3ERR_ACCES],
+        ),
     ];
     for (what, n, allowed) in &cases {
         let r = c
@@ -1048,9 +1179,18 @@ async fn hostile_names_get_errors_never_a_panic() {
             })
             .await
             .unwrap();
-        assert!(allowed.contains(&status(&r)), "RENAME to {what}: {:?}", status(&r));
+        assert!(
+            allowed.contains(&status(&r)),
+            "RENAME to {what}: {:?}",
+            status(&r)
+        );
         // LOOKUP and REMOVE of such a name find nothing (or refuse it).
-        let r = c.lookup(&LOOKUP3args { what: dirop(&root, n) }).await.unwrap();
+        let r = c
+            .lookup(&LOOKUP3args {
+                what: dirop(&root, n),
+            })
+            .await
+            .unwrap();
         let st = status(&r);
         if n.as_slice() != b"." && n.as_slice() != b".." {
             assert!(
@@ -1058,13 +1198,28 @@ async fn hostile_names_get_errors_never_a_panic() {
                 "LOOKUP {what}: {st:?}"
             );
         }
-        let r = c.remove(&REMOVE3args { object: dirop(&root, n) }).await.unwrap();
+        let r = c
+            .remove(&REMOVE3args {
+                object: dirop(&root, n),
+            })
+            .await
+            .unwrap();
         assert_ne!(status(&r), nfsstat3::NFS3_OK, "REMOVE {what}");
-        let r = c.rmdir(&RMDIR3args { object: dirop(&root, n) }).await.unwrap();
+        let r = c
+            .rmdir(&RMDIR3args {
+                object: dirop(&root, n),
+            })
+            .await
+            .unwrap();
         assert_ne!(status(&r), nfsstat3::NFS3_OK, "RMDIR {what}");
     }
     // A 256-byte LOOKUP: NAMETOOLONG; 255 bytes is a valid name.
-    let r = c.lookup(&LOOKUP3args { what: dirop(&root, &long) }).await.unwrap();
+    let r = c
+        .lookup(&LOOKUP3args {
+            what: dirop(&root, &long),
+        })
+        .await
+        .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_NAMETOOLONG);
     let r = c
         .create(&create_args(&root, &max, createhow3::UNCHECKED(mode_attr(0o644))))
@@ -1081,7 +1236,11 @@ async fn hostile_names_get_errors_never_a_panic() {
     create(&mut c, &dir, &fits, 0o644).await;
     let too_long = "g".repeat(1024 - 804);
     let r = c
-        .create(&create_args(&dir, too_long.as_bytes(), createhow3::UNCHECKED(mode_attr(0o644))))
+        .create(&create_args(
+            &dir,
+            too_long.as_bytes(),
+            createhow3::UNCHECKED(mode_attr(0o644)),
+        ))
         .await
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_NAMETOOLONG);
