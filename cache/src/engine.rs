@@ -364,6 +364,20 @@ impl Cache {
         Ok(f)
     }
 
+    /// The data file of a live inode, for callers not holding the state lock (READ,
+    /// WRITE, the uploader). Opening creates the file, so on a cache miss it is opened
+    /// under the state lock after checking the inode still exists: otherwise a REMOVE
+    /// landing between the caller's check and the open would leave a new, empty data
+    /// file behind that nothing ever deletes.
+    fn live_file(&self, id: FileId) -> Result<Arc<File>> {
+        if let Some(f) = self.files.get(&id) {
+            return Ok(f);
+        }
+        let _st = self.state.lock();
+        self.get(id)?;
+        self.file(id)
+    }
+
     fn drop_data(&self, id: FileId) {
         self.files.invalidate(&id);
         let _ = fs::remove_file(self.data_path(id));
@@ -517,7 +531,7 @@ impl Cache {
         }
         let len = (i.size - offset).min(count as u64) as usize;
         let mut buf = vec![0u8; len];
-        let f = self.file(id)?;
+        let f = self.live_file(id)?;
         let mut done = 0;
         while done < len {
             match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -634,7 +648,7 @@ impl Cache {
                 return Err(CacheError::TryLater);
             }
         }
-        let f = self.file(id)?;
+        let f = self.live_file(id)?;
         f.write_all_at(data, offset).map_err(CacheError::from_io)?;
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
@@ -1248,7 +1262,7 @@ impl Cache {
 
     /// Opens the data file for reading by the uploader.
     pub fn open_data(&self, id: FileId) -> Result<Arc<File>> {
-        self.file(id)
+        self.live_file(id)
     }
 
     /// Is there a live inode whose object key is `key` (share-relative; a trailing
