@@ -1279,3 +1279,53 @@ async fn hostile_names_get_errors_never_a_panic() {
     c.null().await.expect("still serving");
     gw.shutdown().await;
 }
+
+/// WRITE racing REMOVE of the same file, many times: when the dust settles and every
+/// file is gone, the cache disk holds no data file (a write that lost the race must
+/// not leave an orphan behind that nothing would ever delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_racing_remove_leaves_no_orphan_data() {
+    let (tmp, gw) = gateway().await;
+    let addr = gw.nfs_addr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..3 {
+        tasks.spawn(async move {
+            let mut writer = mount(addr).await;
+            let mut remover = mount(addr).await;
+            let root = writer.root_nfs_fh3();
+            for i in 0..150 {
+                let n = format!("race-{w}-{i}");
+                let f = create(&mut writer, &root, &n, 0o644).await;
+                let data = [7u8; 4096];
+                let (wr, rm) = tokio::join!(
+                    async {
+                        for k in 0..4u64 {
+                            let r = write_at(&mut writer, &f, k * 4096, &data, stable_how::UNSTABLE).await;
+                            if let Err(st) = r {
+                                assert_eq!(st, nfsstat3::NFS3ERR_STALE);
+                                return false;
+                            }
+                        }
+                        true
+                    },
+                    remove(&mut remover, &root, &n)
+                );
+                rm.expect("remove");
+                let _ = wr;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let mut c = mount(addr).await;
+    let root = c.root_nfs_fh3();
+    assert!(list_names(&mut c, &root).await.is_empty());
+    let data_dir = tmp.path().join("cache/shares/data/data");
+    let left: Vec<_> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "orphan data files: {left:?}");
+    gw.shutdown().await;
+}
