@@ -1092,6 +1092,11 @@ impl Cache {
             .ok_or(CacheError::NotFound)?;
         let mut moving = self.get(e.child)?;
         Self::check_sticky(caller, &fd, &moving)?;
+        // A directory moving to another parent has its ".." rewritten, which POSIX
+        // rename(2) (and Linux) allow only to whoever may write that directory.
+        if moving.kind == Kind::Dir && from_dir != to_dir {
+            perm::require(caller, &moving, perm::WRITE)?;
+        }
         let fd_before = WccAttr::from(&fd);
         let td_before = WccAttr::from(&td);
         let target = self.lookup_entry(to_dir, to_name)?;
