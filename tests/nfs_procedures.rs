@@ -834,6 +834,24 @@ async fn readdir_all(c: &mut Conn, dir: &nfs_fh3, count: u32) -> (Vec<(String, u
         let r = ok(r, "readdir");
         verf = r.cookieverf;
         assert!(r.dir_attributes.is_some());
+        // The reply fits in `count` bytes, as the client sized its buffer for it:
+        // status, dir attributes, verifier, entries, list end, eof.
+        let size: usize = 4
+            + 4
+            + 84
+            + 8
+            + r.reply
+                .entries
+                .0
+                .iter()
+                .map(|e| 4 + 8 + 4 + e.name.0.len().div_ceil(4) * 4 + 8)
+                .sum::<usize>()
+            + 4
+            + 4;
+        assert!(
+            size <= count as usize,
+            "READDIR reply of {size} bytes for count {count}"
+        );
         for e in r.reply.entries.0 {
             cookie = e.cookie;
             out.push((String::from_utf8(e.name.0.to_vec()).unwrap(), e.cookie));
@@ -903,6 +921,30 @@ async fn readdir_and_readdirplus_page_a_large_directory() {
             .unwrap();
         let r = ok(r, "readdirplus");
         verf = r.cookieverf;
+        let entry_bytes = |e: &entryplus3| {
+            let attrs = if e.name_attributes.is_some() { 4 + 84 } else { 4 };
+            let handle = match &e.name_handle {
+                Nfs3Option::Some(h) => 4 + 4 + h.data.len().div_ceil(4) * 4,
+                Nfs3Option::None => 4,
+            };
+            4 + 8 + 4 + e.name.0.len().div_ceil(4) * 4 + 8 + attrs + handle
+        };
+        let size: usize = 4 + 4 + 84 + 8 + r.reply.entries.0.iter().map(entry_bytes).sum::<usize>() + 8;
+        assert!(
+            size <= 4096,
+            "READDIRPLUS reply of {size} bytes for maxcount 4096"
+        );
+        let dir_info: usize = r
+            .reply
+            .entries
+            .0
+            .iter()
+            .map(|e| 8 + 4 + e.name.0.len().div_ceil(4) * 4 + 8)
+            .sum();
+        assert!(
+            dir_info <= 512 || r.reply.entries.0.len() == 1,
+            "{dir_info} bytes of names and cookies for dircount 512"
+        );
         for e in r.reply.entries.0 {
             cookie = e.cookie;
             let n = String::from_utf8(e.name.0.to_vec()).unwrap();
@@ -1089,6 +1131,20 @@ async fn access_answers_from_mode_owner_and_group() {
         .await
         .unwrap();
     assert_eq!(status(&r), nfsstat3::NFS3ERR_ACCES);
+    let r = member
+        .readdir(&READDIR3args {
+            dir: dir.clone(),
+            cookie: 0,
+            cookieverf: cookieverf3::default(),
+            count: 4096,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&r),
+        nfsstat3::NFS3ERR_ACCES,
+        "READDIR without read permission"
+    );
     // A bad handle: BADHANDLE.
     let r = owner
         .access(&ACCESS3args {
@@ -1327,5 +1383,69 @@ async fn write_racing_remove_leaves_no_orphan_data() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "orphan data files: {left:?}");
+    gw.shutdown().await;
+}
+
+/// Who may rename and remove: write+search on the directories, the sticky bit, and
+/// (as POSIX rename(2) requires) write permission on a directory that moves to
+/// another parent, since its ".." changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_and_remove_permissions() {
+    let (_tmp, gw) = gateway().await;
+    let mut alice = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+    let mut bob = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
+    let root = alice.root_nfs_fh3();
+    let p1 = mkdir(&mut alice, &root, "p1", 0o777).await;
+    let p2 = mkdir(&mut alice, &root, "p2", 0o777).await;
+    let theirs = mkdir(&mut alice, &p1, "theirs", 0o755).await;
+    // Bob may rename alice's directory within p1 (he can write p1) ...
+    rename(&mut bob, &p1, "theirs", &p1, "renamed").await.unwrap();
+    // ... but not move it to another parent: that rewrites its "..".
+    assert_eq!(
+        rename(&mut bob, &p1, "renamed", &p2, "moved").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    assert_eq!(lookup(&mut bob, &p1, "renamed").await.unwrap(), theirs);
+    rename(&mut alice, &p1, "renamed", &p2, "moved").await.unwrap();
+    // A file has no "..": bob may move alice's file between directories he can write.
+    create(&mut alice, &p1, "file", 0o644).await;
+    rename(&mut bob, &p1, "file", &p2, "file").await.unwrap();
+
+    // A read-only directory: nobody but its owner's permissions count.
+    let ro = mkdir(&mut alice, &root, "ro", 0o755).await;
+    create(&mut alice, &ro, "f", 0o666).await;
+    assert_eq!(
+        remove(&mut bob, &ro, "f").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    assert_eq!(
+        rename(&mut bob, &ro, "f", &p2, "g").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    assert_eq!(
+        rename(&mut bob, &p2, "file", &ro, "g").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+
+    // Sticky (01777): only the entry's owner (or the directory's) removes or renames it.
+    let tmp = mkdir(&mut alice, &root, "tmp", 0o777).await;
+    set_mode(&mut alice, &tmp, 0o1777).await.unwrap();
+    create(&mut alice, &tmp, "alices", 0o666).await;
+    create(&mut bob, &tmp, "bobs", 0o666).await;
+    assert_eq!(
+        remove(&mut bob, &tmp, "alices").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    assert_eq!(
+        rename(&mut bob, &tmp, "alices", &tmp, "mine").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    assert_eq!(
+        rename(&mut bob, &tmp, "bobs", &tmp, "alices").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES,
+        "replacing someone else's entry in a sticky directory"
+    );
+    remove(&mut bob, &tmp, "bobs").await.unwrap();
+    remove(&mut alice, &tmp, "alices").await.unwrap();
     gw.shutdown().await;
 }
