@@ -1449,3 +1449,60 @@ async fn rename_and_remove_permissions() {
     remove(&mut alice, &tmp, "alices").await.unwrap();
     gw.shutdown().await;
 }
+
+/// Cookies are stable while the directory changes between pages: names that exist
+/// throughout are listed exactly once, removed ones never twice, nothing repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdir_cookies_survive_changes_between_pages() {
+    let (_tmp, gw) = gateway().await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let d = mkdir(&mut c, &root, "churn", 0o755).await;
+    for i in 0..300 {
+        create(&mut c, &d, &format!("keep-{i:03}"), 0o644).await;
+        create(&mut c, &d, &format!("gone-{i:03}"), 0o644).await;
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cookie = 0;
+    let mut verf = cookieverf3::default();
+    let mut page = 0;
+    loop {
+        let r = c
+            .readdir(&READDIR3args {
+                dir: d.clone(),
+                cookie,
+                cookieverf: verf,
+                count: 1024,
+            })
+            .await
+            .unwrap();
+        let r = ok(r, "readdir");
+        verf = r.cookieverf;
+        for e in r.reply.entries.0 {
+            cookie = e.cookie;
+            seen.push(String::from_utf8(e.name.0.to_vec()).unwrap());
+        }
+        if r.reply.eof {
+            break;
+        }
+        // Between pages: remove the entry just listed and two not listed yet, add one.
+        page += 1;
+        let last = seen.last().unwrap().clone();
+        if last.starts_with("gone-") {
+            remove(&mut c, &d, &last).await.unwrap();
+        }
+        for i in [page * 2, 299 - page] {
+            let _ = remove(&mut c, &d, &format!("gone-{i:03}")).await;
+        }
+        create(&mut c, &d, &format!("new-{page:03}"), 0o644).await;
+    }
+    assert!(page > 10, "paged {page} times");
+    let mut uniq = seen.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), seen.len(), "a name listed twice");
+    for i in 0..300 {
+        assert!(seen.contains(&format!("keep-{i:03}")), "keep-{i:03} missing");
+    }
+    gw.shutdown().await;
+}
