@@ -645,7 +645,29 @@ async fn connection_gauge_and_limit_rejections_are_exported() {
     // A mount holds two connections (MOUNT and NFS).
     let mut c = mount(gw.nfs_addr).await;
     c.null().await.unwrap();
-    assert_eq!(metric(&m.render(), "bucketgate_nfs_connections"), Some(2.0));
+    let root = c.root_nfs_fh3();
+    assert_eq!(
+        lookup(&mut c, &root, "nope").await.unwrap_err(),
+        nfsstat3::NFS3ERR_NOENT
+    );
+    let text = m.render();
+    assert_eq!(metric(&text, "bucketgate_nfs_connections"), Some(2.0));
+    // Calls are counted by procedure and status too.
+    assert_eq!(
+        metric(
+            &text,
+            "bucketgate_nfs_calls_total{procedure=\"LOOKUP\",status=\"NFS3ERR_NOENT\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "bucketgate_nfs_calls_total{procedure=\"NULL\",status=\"OK\"}"
+        ),
+        Some(1.0)
+    );
 
     // A third is closed at once and counted.
     // (A raw socket: nfs3_client spins on a peer that closed before answering.)
