@@ -1506,3 +1506,69 @@ async fn readdir_cookies_survive_changes_between_pages() {
     }
     gw.shutdown().await;
 }
+
+/// READDIRPLUS in a directory the caller may read but not search (r-- for them)
+/// lists names but hands out no file handles or attributes: a handle would let the
+/// caller reach the entries that LOOKUP refuses them (knfsd omits them the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdirplus_gives_no_handles_without_search_permission() {
+    let (_tmp, gw) = gateway().await;
+    let mut alice = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+    let mut bob = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
+    let root = alice.root_nfs_fh3();
+    let d = mkdir(&mut alice, &root, "listable", 0o744).await;
+    let secret = put_file(&mut alice, &d, "secret", b"for alice").await;
+    set_mode(&mut alice, &secret, 0o644).await.unwrap();
+    assert_eq!(
+        lookup(&mut bob, &d, "secret").await.unwrap_err(),
+        nfsstat3::NFS3ERR_ACCES
+    );
+    let r = bob
+        .readdirplus(&READDIRPLUS3args {
+            dir: d.clone(),
+            cookie: 0,
+            cookieverf: cookieverf3::default(),
+            dircount: 4096,
+            maxcount: 32768,
+        })
+        .await
+        .unwrap();
+    let r = ok(r, "readdirplus by a reader without search permission");
+    let names: Vec<String> = r
+        .reply
+        .entries
+        .0
+        .iter()
+        .map(|e| String::from_utf8(e.name.0.to_vec()).unwrap())
+        .collect();
+    assert!(names.contains(&"secret".to_string()), "{names:?}");
+    for e in &r.reply.entries.0 {
+        assert!(e.name_handle.is_none(), "handle handed out for {:?}", e.name);
+        assert!(
+            e.name_attributes.is_none(),
+            "attributes handed out for {:?}",
+            e.name
+        );
+    }
+    // Alice, who may search it, gets handles.
+    let r = alice
+        .readdirplus(&READDIRPLUS3args {
+            dir: d.clone(),
+            cookie: 0,
+            cookieverf: cookieverf3::default(),
+            dircount: 4096,
+            maxcount: 32768,
+        })
+        .await
+        .unwrap();
+    let r = ok(r, "readdirplus by the owner");
+    let e = r
+        .reply
+        .entries
+        .0
+        .iter()
+        .find(|e| &*e.name.0 == b"secret")
+        .unwrap();
+    assert_eq!(e.name_handle.clone().unwrap(), secret);
+    gw.shutdown().await;
+}
