@@ -806,3 +806,30 @@ async fn exclusive_create_and_readdir_cookies_survive_a_restart() {
     assert_eq!(got, rest);
     gw.shutdown().await;
 }
+
+/// Two shares whose caches carry one share id (a cache directory copied from another
+/// share) would answer each other's file handles: the gateway refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_with_one_share_id_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = two_shares(tmp.path());
+    let gw = start(cfg.clone(), None).await;
+    gw.shutdown().await;
+    let shares = tmp.path().join("cache/shares");
+    std::fs::remove_dir_all(shares.join("b")).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(shares.join("a"))
+        .arg(shares.join("b"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = match bucketgate::gateway::Gateway::open(cfg, None, None).await {
+        Ok(_) => panic!("opened two shares with one share id"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("same share id") && err.contains('a') && err.contains('b'),
+        "{err}"
+    );
+}
