@@ -662,6 +662,7 @@ impl Cache {
             i.size = i.size.max(end);
             i.mtime_ns = now;
             i.ctime_ns = now;
+            drop_privileges(&mut i, caller);
             let mut b = Batch::default();
             Self::touch_for_upload(&mut i, &mut b, now, true);
             Self::put(&mut b, &i);
@@ -732,6 +733,7 @@ impl Cache {
                 i.size = size;
                 data_changed = true;
                 i.mtime_ns = now;
+                drop_privileges(&mut i, caller);
             }
         }
         if let Some(m) = set.mode {
@@ -1381,6 +1383,19 @@ impl Cache {
         self.commit_batch(b)?;
         st.account(&i);
         Ok(())
+    }
+}
+
+/// A change to a file's bytes by anyone but root clears setuid, and setgid when
+/// group execute is set (without it, setgid means mandatory locking), as write(2)
+/// and truncate(2) do on Linux: whoever may write a setuid program must not be able
+/// to replace its code and keep the privilege.
+fn drop_privileges(i: &mut Inode, caller: &Caller) {
+    if caller.uid != 0 && i.mode & 0o6000 != 0 {
+        i.mode &= !0o4000;
+        if i.mode & 0o010 != 0 {
+            i.mode &= !0o2000;
+        }
     }
 }
 
