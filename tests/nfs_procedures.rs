@@ -1572,3 +1572,52 @@ async fn readdirplus_gives_no_handles_without_search_permission() {
     assert_eq!(e.name_handle.clone().unwrap(), secret);
     gw.shutdown().await;
 }
+
+/// A WRITE or truncate by anyone but root clears setuid, and setgid where group
+/// execute is set, as write(2) and truncate(2) do on Linux (and knfsd through them):
+/// otherwise whoever may write a setuid program could replace its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_clear_setuid_and_setgid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = common::gateway::share_with(&quiet_config(tmp.path()), |s| {
+        s.squash = bucketgate::config::Squash::None
+    });
+    let gw = start(cfg, None).await;
+    let mut root_c = mount_as(gw.nfs_addr, "/data", 0, 0).await;
+    let mut user = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+    let root = root_c.root_nfs_fh3();
+    let prog = put_file(&mut root_c, &root, "prog", b"#!/bin/sh\n").await;
+    set_mode(&mut root_c, &prog, 0o6777).await.unwrap();
+    // Root writing keeps the bits.
+    write_at(&mut root_c, &prog, 0, b"#", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert_eq!(getattr(&mut root_c, &prog).await.unwrap().mode, 0o6777);
+    // Another user writing clears both (group execute is set).
+    let w = write_at(&mut user, &prog, 0, b"#", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert_eq!(w.file_wcc.after.unwrap().mode, 0o777);
+    // setgid without group execute is mandatory locking, not privilege: kept.
+    set_mode(&mut root_c, &prog, 0o6767).await.unwrap();
+    write_at(&mut user, &prog, 0, b"#", stable_how::UNSTABLE)
+        .await
+        .unwrap();
+    assert_eq!(getattr(&mut root_c, &prog).await.unwrap().mode, 0o2767);
+    // A truncate by a user clears them too.
+    set_mode(&mut root_c, &prog, 0o4777).await.unwrap();
+    let r = user
+        .setattr(&SETATTR3args {
+            object: prog.clone(),
+            new_attributes: sattr3 {
+                size: Nfs3Option::Some(1),
+                ..sattr3::default()
+            },
+            guard: Nfs3Option::None,
+        })
+        .await
+        .unwrap();
+    ok(r, "truncate by user");
+    assert_eq!(getattr(&mut root_c, &prog).await.unwrap().mode, 0o777);
+    gw.shutdown().await;
+}
