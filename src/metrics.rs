@@ -145,6 +145,12 @@ pub struct Metrics {
     pub readiness_check: IntGaugeVec,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 /// Store latencies: from a fast HEAD on a VPC endpoint to a slow 5 GiB part.
 const STORE_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -363,6 +369,8 @@ impl Metrics {
         for s in &cfg.shares {
             m.add_share(&s.name);
         }
+        // At 0 from the first scrape, so rate() and alerts on it work at once.
+        m.nfs_connections_rejected_total.with_label_values(&["limit"]);
         m
     }
 

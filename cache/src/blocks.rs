@@ -101,7 +101,7 @@ impl Cache {
         if end <= offset {
             return Ok(());
         }
-        self.file(id)?
+        self.live_file(id)?
             .write_all_at(&data[..(end - offset) as usize], offset)
             .map_err(CacheError::from_io)?;
         let cached = {

@@ -403,6 +403,20 @@ impl Cache {
         Ok(f)
     }
 
+    /// The data file of a live inode, for callers not holding the state lock (READ,
+    /// WRITE, the uploader). Opening creates the file, so on a cache miss it is opened
+    /// under the state lock after checking the inode still exists: otherwise a REMOVE
+    /// landing between the caller's check and the open would leave a new, empty data
+    /// file behind that nothing ever deletes.
+    pub(crate) fn live_file(&self, id: FileId) -> Result<Arc<File>> {
+        if let Some(f) = self.files.get(&id) {
+            return Ok(f);
+        }
+        let _st = self.state.lock();
+        self.get(id)?;
+        self.file(id)
+    }
+
     pub(crate) fn drop_data(&self, id: FileId) {
         self.files.invalidate(&id);
         let _ = fs::remove_file(self.data_path(id));
@@ -570,7 +584,7 @@ impl Cache {
             }
         }
         let mut buf = vec![0u8; len];
-        let f = self.file(id)?;
+        let f = self.live_file(id)?;
         let mut done = 0;
         while done < len {
             match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -691,7 +705,7 @@ impl Cache {
         }
         let guard = self.data_lock(id).read();
         self.make_whole(id)?;
-        let f = self.file(id)?;
+        let f = self.live_file(id)?;
         f.write_all_at(data, offset).map_err(CacheError::from_io)?;
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
@@ -706,6 +720,7 @@ impl Cache {
             i.size = i.size.max(end);
             i.mtime_ns = now;
             i.ctime_ns = now;
+            drop_privileges(&mut i, caller);
             let mut b = Batch::default();
             Self::touch_for_upload(&mut i, &mut b, now, true);
             Self::put(&mut b, &i);
@@ -786,6 +801,7 @@ impl Cache {
                 i.size = size;
                 data_changed = true;
                 i.mtime_ns = now;
+                drop_privileges(&mut i, caller);
             }
         }
         if let Some(m) = set.mode {
@@ -1150,6 +1166,11 @@ impl Cache {
             .ok_or(CacheError::NotFound)?;
         let mut moving = self.get(e.child)?;
         Self::check_sticky(caller, &fd, &moving)?;
+        // A directory moving to another parent has its ".." rewritten, which POSIX
+        // rename(2) (and Linux) allow only to whoever may write that directory.
+        if moving.kind == Kind::Dir && from_dir != to_dir {
+            perm::require(caller, &moving, perm::WRITE)?;
+        }
         let fd_before = WccAttr::from(&fd);
         let td_before = WccAttr::from(&td);
         let target = self.lookup_entry(to_dir, to_name)?;
@@ -1320,7 +1341,7 @@ impl Cache {
 
     /// Opens the data file for reading by the uploader.
     pub fn open_data(&self, id: FileId) -> Result<Arc<File>> {
-        self.file(id)
+        self.live_file(id)
     }
 
     /// Is there a live inode whose object key is `key` (share-relative; a trailing
@@ -1446,6 +1467,19 @@ impl Cache {
         self.commit_batch(b)?;
         st.account(&i);
         Ok(())
+    }
+}
+
+/// A change to a file's bytes by anyone but root clears setuid, and setgid when
+/// group execute is set (without it, setgid means mandatory locking), as write(2)
+/// and truncate(2) do on Linux: whoever may write a setuid program must not be able
+/// to replace its code and keep the privilege.
+fn drop_privileges(i: &mut Inode, caller: &Caller) {
+    if caller.uid != 0 && i.mode & 0o6000 != 0 {
+        i.mode &= !0o4000;
+        if i.mode & 0o010 != 0 {
+            i.mode &= !0o2000;
+        }
     }
 }
 

@@ -149,6 +149,21 @@ impl Gateway {
                 prefix,
             });
         }
+        // File handles name their share by this id; two shares with one id (a cache
+        // directory copied from another share) would answer each other's handles.
+        for (i, a) in shares.iter().enumerate() {
+            if let Some(b) = shares[..i]
+                .iter()
+                .find(|b| b.share.cache.share_id() == a.share.cache.share_id())
+            {
+                bail!(
+                    "shares {} and {} have the same share id in their caches (was one cache \
+                     directory copied from the other?); give one a fresh cache directory",
+                    b.config.name,
+                    a.config.name
+                );
+            }
+        }
         let nfs = Arc::new(NfsService::new(
             shares.iter().map(|s| s.share.clone()).collect(),
             Some(metrics.clone()),
@@ -185,7 +200,10 @@ impl Gateway {
         gateway.nfs_listening.store(true, Ordering::Relaxed);
 
         let nfs = gateway.nfs.clone();
-        let limits = Limits::from_config(&gateway.config.nfs);
+        let limits = Limits {
+            metrics: Some(gateway.metrics.clone()),
+            ..Limits::from_config(&gateway.config.nfs)
+        };
         let token = stop.clone();
         let gw = gateway.clone();
         tasks.spawn(async move {

@@ -793,6 +793,13 @@ impl NfsService {
             return Self::readdir_fail(plus, st, Self::attr_of(&s, &d));
         }
         let caller = s.caller(ctx);
+        // Handles and attributes of entries only for a caller who may search the
+        // directory: a handle would reach entries that LOOKUP refuses (knfsd omits them
+        // too; the client falls back to LOOKUP and gets ACCES).
+        let searchable = plus
+            && s.cache
+                .access(&caller, d.id)
+                .is_ok_and(|(_, rwx)| rwx & bucketgate_cache::EXEC != 0);
         // Reply overhead: status, dir attributes, verifier, list end and eof.
         let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
         let per_entry = if plus { 220 } else { 40 };
@@ -821,8 +828,16 @@ impl NfsService {
                     fileid: e.attr.id,
                     name: filename3(Opaque::owned(e.name)),
                     cookie: e.cookie,
-                    name_attributes: Nfs3Option::Some(fattr(sid, &e.attr)),
-                    name_handle: Nfs3Option::Some(s.handle(&e.attr)),
+                    name_attributes: if searchable {
+                        Nfs3Option::Some(fattr(sid, &e.attr))
+                    } else {
+                        Nfs3Option::None
+                    },
+                    name_handle: if searchable {
+                        Nfs3Option::Some(s.handle(&e.attr))
+                    } else {
+                        Nfs3Option::None
+                    },
                 };
                 if list.try_push(entry).is_err() {
                     break;

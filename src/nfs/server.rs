@@ -68,6 +68,9 @@ pub struct Limits {
     /// closed (clients reconnect transparently; Linux knfsd does the same after ~6
     /// minutes). Frees the slots of clients that vanished without a FIN.
     pub idle_timeout: Duration,
+    /// Where the open-connection gauge and the refused-connection counter go
+    /// (`bucketgate_nfs_connections`, `bucketgate_nfs_connections_rejected_total`).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for Limits {
@@ -84,6 +87,7 @@ impl Default for Limits {
             reply_write_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(360),
+            metrics: None,
         }
     }
 }
@@ -176,16 +180,49 @@ fn admit<P: Nfs3Program, E: Exports>(
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     match slots.clone().try_acquire_owned() {
         Ok(slot) => {
+            let open = OpenConnection::new(shared.limits.metrics.clone());
             let conn = connection(stream, peer, shared.clone(), stop.clone(), slot);
-            conns.spawn(conn.instrument(info_span!("nfs_conn", %peer)));
+            conns.spawn(
+                async move {
+                    // Dropped with the task, also when shutdown aborts it.
+                    let _open = open;
+                    conn.await
+                }
+                .instrument(info_span!("nfs_conn", %peer)),
+            );
         }
         Err(_) => {
+            if let Some(m) = &shared.limits.metrics {
+                m.nfs_connections_rejected_total
+                    .with_label_values(&["limit"])
+                    .inc();
+            }
             warn!(
                 %peer,
                 max = shared.limits.max_connections,
                 "connection limit reached, closing new connection"
             );
             drop(stream);
+        }
+    }
+}
+
+/// Counts one open connection in `bucketgate_nfs_connections` while it lives.
+struct OpenConnection(Option<crate::metrics::Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Option<crate::metrics::Metrics>) -> Self {
+        if let Some(m) = &metrics {
+            m.nfs_connections.inc();
+        }
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.nfs_connections.dec();
         }
     }
 }

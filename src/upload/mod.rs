@@ -262,6 +262,10 @@ impl Uploader {
             }
         }
         let workers = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        // Uploads in flight are owned here, so stopping stops them too: a detached
+        // upload would keep the share's cache (and its sled lock) alive after
+        // `Running::shutdown` returned, and a restart in the same process would fail.
+        let mut running = tokio::task::JoinSet::new();
         loop {
             // Start everything that is due while workers are free.
             loop {
@@ -277,7 +281,7 @@ impl Uploader {
                     id
                 };
                 let me = self.clone();
-                tokio::spawn(async move {
+                running.spawn(async move {
                     me.process(id).await;
                     drop(permit);
                     me.wake.notify_one();
@@ -291,7 +295,13 @@ impl Uploader {
                 }
             };
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    // As safe as a crash at this point, which the queue is built for:
+                    // the file is uploaded again from the start after the restart.
+                    running.shutdown().await;
+                    return;
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 Some(id) = changes.recv() => self.changed(id),
                 _ = self.wake.notified() => {}
                 _ = sleep => {}

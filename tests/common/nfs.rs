@@ -329,3 +329,61 @@ pub fn body(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// AUTH_SYS credentials with supplementary groups.
+pub fn unix_cred(uid: u32, gid: u32, gids: &[u32]) -> opaque_auth<'static> {
+    opaque_auth::auth_unix(&auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"test-client"),
+        uid,
+        gid,
+        gids: gids.to_vec(),
+    })
+}
+
+/// Mounts `export` with any credential (`opaque_auth::default()` is AUTH_NONE).
+pub async fn try_mount_cred(
+    addr: SocketAddr,
+    export: &str,
+    cred: opaque_auth<'static>,
+) -> Result<Conn, nfs3_client::ConnectError> {
+    Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), export)
+        .connect_from_privileged_port(false)
+        .mount_port(addr.port())
+        .nfs3_port(addr.port())
+        .credential(cred)
+        .mount()
+        .await
+}
+
+pub async fn mount_cred(addr: SocketAddr, export: &str, cred: opaque_auth<'static>) -> Conn {
+    try_mount_cred(addr, export, cred).await.expect("mount")
+}
+
+pub type Client = nfs3_client::Nfs3Client<TokioIo<TcpStream>>;
+
+/// An NFS client connection that never called MNT (a client reusing a handle it
+/// got earlier, or guessed).
+pub async fn raw_client(addr: SocketAddr, cred: opaque_auth<'static>) -> Client {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    nfs3_client::Nfs3Client::new_with_auth(TokioIo::new(s), cred, opaque_auth::default())
+}
+
+/// A handle made of arbitrary bytes.
+pub fn fh(bytes: &[u8]) -> nfs_fh3 {
+    nfs_fh3 {
+        data: Opaque::owned(bytes.to_vec()),
+    }
+}
+
+/// A name made of arbitrary bytes (NUL, "/", not UTF-8, ...).
+pub fn bname(n: &[u8]) -> filename3<'static> {
+    filename3(Opaque::owned(n.to_vec()))
+}
+
+pub fn dirop(dir: &nfs_fh3, n: &[u8]) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: bname(n),
+    }
+}
