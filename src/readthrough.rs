@@ -85,7 +85,25 @@ impl ReadThrough {
         if !self.cache.needs_listing(dir, stale)? {
             return Ok(()); // listed by whoever held the lock
         }
-        self.list(dir).await.map(|_| ())
+        match self.list(dir).await {
+            Ok(_) => Ok(()),
+            // Listed before: serve that listing until the store answers again.
+            Err(e) if self.cache.get(dir)?.listed_ns != 0 => {
+                tracing::debug!(dir, error = %e, "re-listing failed; serving the previous listing");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Before a change in `dir` (create, remove, rename): learn what the store holds
+    /// there. When the store cannot be reached the change goes ahead anyway (writes
+    /// are accepted during an outage); the directory is listed once the store is back,
+    /// and a local change not yet uploaded wins over that listing.
+    pub async fn list_before_change(&self, dir: FileId) {
+        if let Err(e) = self.ensure_listed(dir).await {
+            tracing::debug!(dir, error = %e, "could not list before a change; going ahead");
+        }
     }
 
     /// Lists `dir` now (paginated ListObjectsV2 with a delimiter; no HEAD per object).

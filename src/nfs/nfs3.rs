@@ -345,12 +345,12 @@ impl NfsService {
             Err(st) => return ok::<LOOKUP3resok, _>(Nfs3Result::Err((st, LOOKUP3resfail::default()))),
         };
         let caller = s.caller(ctx);
-        let found = match s.rt.ensure_listed(d.id).await {
-            Ok(()) => match s.cache.lookup(&caller, d.id, &name) {
-                Ok(i) => s.rt.ensure_attrs(i).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        // A name the cache knows is answered even when the store cannot be listed.
+        let listed = s.rt.ensure_listed(d.id).await;
+        let found = match (s.cache.lookup(&caller, d.id, &name), listed) {
+            (Ok(i), _) => s.rt.ensure_attrs(i).await,
+            (Err(CacheError::NotFound), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
         };
         match found {
             Ok(i) => ok::<_, LOOKUP3resfail>(Nfs3Result::Ok(LOOKUP3resok {
@@ -540,7 +540,7 @@ impl NfsService {
             return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
         }
         // Know what the store already holds under that name before creating it.
-        s.rt.ensure_listed(d.id).await.map_err(|e| nfs_status(&e))?;
+        s.rt.list_before_change(d.id).await;
         let caller = s.caller(ctx);
         let cache = s.cache.clone();
         let did = d.id;
@@ -659,7 +659,7 @@ impl NfsService {
         let result = async {
             let (s, d) = self.resolve(ctx, &dir)?;
             Self::writable(&s)?;
-            s.rt.ensure_listed(d.id).await.map_err(|e| nfs_status(&e))?;
+            s.rt.list_before_change(d.id).await;
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
             let r = blocking(move || {
@@ -706,7 +706,7 @@ impl NfsService {
                 return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
             }
             for d in [fd.id, td.id] {
-                s.rt.ensure_listed(d).await.map_err(|e| nfs_status(&e))?;
+                s.rt.list_before_change(d).await;
             }
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
