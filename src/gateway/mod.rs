@@ -139,6 +139,7 @@ impl Gateway {
         for s in &self.shares {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             s.share.cache.set_notifier(tx);
+            s.uploader.queue_pending();
             tasks.spawn(s.uploader.clone().run(rx, stop.clone()));
         }
         let nfs_listener = TcpListener::bind(self.config.nfs.listen)

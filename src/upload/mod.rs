@@ -249,18 +249,24 @@ impl Uploader {
         })
     }
 
-    /// Runs until `stop`: aborts multipart uploads a crash left behind, queues what
-    /// the cache says is pending, then uploads as files become due.
+    /// Makes due now everything the cache says is pending: what an earlier run left
+    /// behind. Call it before clients are served: a change made after it waits its
+    /// `upload_delay` as usual (taken later, a file written just after start would
+    /// count as a leftover and go up at once).
+    pub fn queue_pending(&self) {
+        let now = Instant::now();
+        let pending = self.cache.pending().unwrap_or_default();
+        let mut s = self.sched.lock();
+        for id in pending {
+            s.first_dirty.entry(id).or_insert(now);
+            s.set_due(id, now);
+        }
+    }
+
+    /// Runs until `stop`: aborts multipart uploads a crash left behind, then uploads
+    /// as files become due (what [`Uploader::queue_pending`] queued and what changes).
     pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<FileId>, stop: CancellationToken) {
         self.abort_leftover_multiparts().await;
-        let now = Instant::now();
-        {
-            let mut s = self.sched.lock();
-            for id in self.cache.pending().unwrap_or_default() {
-                s.first_dirty.entry(id).or_insert(now);
-                s.set_due(id, now);
-            }
-        }
         let workers = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         loop {
             // Start everything that is due while workers are free.
