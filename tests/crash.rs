@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::child::{ChildGateway, bucket_contents, multipart_uploads};
+use common::child::{ChildGateway, bucket_contents, bucket_keys, multipart_uploads};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 use nfs3_types::nfs3::stable_how;
@@ -169,7 +169,7 @@ async fn kill9_during_directory_rename_loses_nothing() {
         tmp.path(),
         &s3,
         "upload_delay = \"50ms\"\nmax_dirty_age = \"1s\"",
-        "concurrency = 2",
+        "concurrency = 1",
     );
     blocking(|| gw.start());
     let mut c = mount(gw.nfs_addr).await;
@@ -190,18 +190,27 @@ async fn kill9_during_directory_rename_loses_nothing() {
     drop(c);
     // Kill once the copies have begun (some new keys exist) but before they end.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let at_kill = loop {
-        let b = bucket_contents(&s3).await;
-        let copied = b.keys().filter(|k| k.starts_with("new/f")).count();
+    loop {
+        let copied = bucket_keys(&s3)
+            .await
+            .iter()
+            .filter(|k| k.starts_with("new/f"))
+            .count();
         if copied > 0 {
             blocking(|| gw.kill9());
-            break b;
+            break;
         }
         assert!(Instant::now() < deadline, "rename never started: {}", gw.log());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let copied = at_kill.keys().filter(|k| k.starts_with("new/f")).count();
-    eprintln!("killed with {copied} of {count} copies listed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys = bucket_keys(&s3).await;
+    let copied = keys.iter().filter(|k| k.starts_with("new/f")).count();
+    let left = keys.iter().filter(|k| k.starts_with("old/f")).count();
+    eprintln!("killed with {copied} of {count} copied, {left} old keys left");
+    assert!(
+        copied < count,
+        "killed before the rename finished: {copied} copied"
+    );
 
     // At any moment, every file is under its old key or its new key (or both).
     let now = bucket_contents(&s3).await;

@@ -25,6 +25,13 @@ pub fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// The gateway binary: `BUCKETGATE_BIN` when set, else cargo's. A target directory
+/// shared by several checkouts has one `debug/bucketgate` that every checkout's build
+/// overwrites; `BUCKETGATE_BIN=target/debug/deps/bucketgate-<hash>` pins this one's.
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("BUCKETGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bucketgate").into())
+}
+
 impl ChildGateway {
     /// Writes a config under `dir` for one share `data` in the test server's bucket.
     /// `extra_cache` and `upload` are TOML lines for the [cache] and [upload] tables.
@@ -76,7 +83,7 @@ path_style = true
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bucketgate"))
+        let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env_clear()
@@ -135,7 +142,7 @@ path_style = true
     /// `bucketgate flush --wait` against the admin API; panics unless it reports
     /// everything in the store.
     pub fn flush_wait(&self, timeout_s: u32) {
-        let out = Command::new(env!("CARGO_BIN_EXE_bucketgate"))
+        let out = Command::new(binary())
             .args(["flush", "--wait", "--timeout", &timeout_s.to_string(), "--admin"])
             .arg(self.admin_addr.to_string())
             .output()
@@ -184,6 +191,27 @@ pub async fn bucket_contents(s3: &S3TestServer) -> std::collections::BTreeMap<St
             let body = got.body.collect().await.unwrap().into_bytes().to_vec();
             out.insert(key, body);
         }
+        match page.next_continuation_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// Every key in the bucket (one listing, no GETs: quick enough to poll).
+pub async fn bucket_keys(s3: &S3TestServer) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3
+            .client
+            .list_objects_v2()
+            .bucket(&s3.bucket)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .expect("list");
+        out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
         match page.next_continuation_token() {
             Some(t) => token = Some(t.to_string()),
             None => return out,
