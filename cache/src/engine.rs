@@ -267,6 +267,7 @@ impl Cache {
             }
         }
         db.flush()?;
+        Self::reconcile_data_files(&db, &data_dir)?;
         Ok(Cache {
             db,
             data_dir,
@@ -276,6 +277,51 @@ impl Cache {
             opts,
             share_id,
         })
+    }
+
+    /// Makes the data files agree with the metadata after a crash. A WRITE puts its
+    /// bytes in the data file before its metadata batch, so a crash (or a failed
+    /// batch) can leave bytes past the recorded size, or a data file for an inode
+    /// whose creation was never recorded (and whose id will be handed out again).
+    /// Those bytes were never acknowledged as stable; left in place they would show
+    /// through a later hole or extending truncate, possibly in another user's file.
+    fn reconcile_data_files(db: &sled::Db, data_dir: &Path) -> Result<()> {
+        for entry in fs::read_dir(data_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| FileId::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            let recorded = match db.get(keys::inode(id))? {
+                Some(v) => {
+                    let ino = decode_inode(&v)?;
+                    (ino.kind == Kind::File && !ino.unlinked).then_some(ino.size)
+                }
+                None => None,
+            };
+            match recorded {
+                None => {
+                    tracing::info!(
+                        file_id = id,
+                        "removing a data file no inode owns (left by a crash)"
+                    );
+                    fs::remove_file(entry.path()).map_err(CacheError::from_io)?;
+                }
+                Some(size) => {
+                    if entry.metadata()?.len() > size {
+                        tracing::info!(
+                            file_id = id,
+                            size,
+                            "trimming unrecorded bytes past the end of a file"
+                        );
+                        let f = OpenOptions::new().write(true).open(entry.path())?;
+                        f.set_len(size).map_err(CacheError::from_io)?;
+                        f.sync_all().map_err(CacheError::from_io)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Identifies this share's cache in file handles; random at creation, so handles
@@ -639,6 +685,12 @@ impl Cache {
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
         }
+        failpoint!(
+            "cache::write::after_data",
+            Err(CacheError::Io(std::io::Error::other(
+                "failpoint cache::write::after_data"
+            )))
+        );
         let (before, after) = {
             let mut st = self.state.lock();
             let mut i = self.get(id)?;

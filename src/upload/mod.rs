@@ -23,6 +23,18 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError};
 
+/// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
+/// nothing otherwise. Configured to `return`, the step ends right there with
+/// [`UploadError::Injected`], which is handled like a crash at that point: no
+/// clean-up (a multipart upload is not aborted), the state recorded so far stays.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(UploadError::Injected($name)));
+    };
+}
+pub(crate) use failpoint;
+
 mod keylock;
 mod transfer;
 
@@ -387,6 +399,10 @@ impl Uploader {
             let Some(ino) = self.cache.load_any(id)? else {
                 return Ok(true);
             };
+            if !ino.remote.stale_keys.is_empty() {
+                // The new object is recorded; the old keys are not deleted yet.
+                failpoint!("upload::after_record_before_delete");
+            }
             for rel in ino.remote.stale_keys.clone() {
                 self.delete_stale(id, &rel).await?;
             }
@@ -429,6 +445,7 @@ impl Uploader {
             let renamed = src != key;
             match self.copy(&src, &key, &meta, ino.size).await {
                 Ok(etag) => {
+                    failpoint!("upload::after_copy_before_record");
                     self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
                     if renamed {
                         self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
@@ -450,6 +467,8 @@ impl Uploader {
             self.cache.record_clean(ino.id, ino.change_seq)?;
             return Ok(());
         };
+        // The object is in the store (put, multipart or copy); the cache does not know yet.
+        failpoint!("upload::after_store_before_record");
         if !self
             .cache
             .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)?
@@ -508,11 +527,14 @@ impl Uploader {
         .await;
         let parts: Vec<CompletedPart> = match result {
             Ok(p) => p,
+            // A simulated crash leaves the upload behind, as a real one would.
+            Err(e @ UploadError::Injected(_)) => return Err(e),
             Err(e) => {
                 let _ = self.store.abort_multipart(key, &upload_id).await;
                 return Err(e);
             }
         };
+        failpoint!("upload::multipart::before_complete");
         match self.store.complete_multipart(key, &upload_id, &parts).await {
             Ok(etag) => Ok(etag),
             Err(e) => {
@@ -570,6 +592,9 @@ pub enum UploadError {
     Store(#[from] StoreError),
     #[error("cache: {0}")]
     Cache(#[from] bucketgate_cache::CacheError),
+    /// A failpoint fired (tests built with the `failpoints` feature only).
+    #[error("failpoint {0}")]
+    Injected(&'static str),
 }
 
 impl UploadError {
@@ -577,6 +602,7 @@ impl UploadError {
         match self {
             UploadError::Store(e) => e.code(),
             UploadError::Cache(_) => "CacheError",
+            UploadError::Injected(_) => "Injected",
         }
     }
 }
