@@ -49,7 +49,8 @@ pub enum CacheError {
 impl From<sled::Error> for CacheError {
     fn from(e: sled::Error) -> Self {
         match e {
-            sled::Error::Io(io) => CacheError::from(io),
+            // A full disk under sled is a full cache disk too: NOSPC, not a generic EIO.
+            sled::Error::Io(io) => CacheError::from_io(io),
             other => CacheError::Meta(other.to_string()),
         }
     }
