@@ -444,6 +444,16 @@ impl Cache {
         Ok(())
     }
 
+    /// Applies a namespace or attribute change and makes it durable before the
+    /// caller answers: NFSv3 clients treat CREATE, MKDIR, SYMLINK, REMOVE, RMDIR,
+    /// RENAME and SETATTR as stable once answered (they never resend them), so a
+    /// crash must not undo one. WRITE alone is left to COMMIT / FILE_SYNC.
+    fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Makes everything applied so far durable.
     pub fn flush_metadata(&self) -> Result<()> {
         self.db.flush()?;
@@ -810,7 +820,7 @@ impl Cache {
             Self::touch_for_upload(&mut i, &mut b, now, data_changed);
         }
         Self::put(&mut b, &i);
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&i);
         drop(st);
         if remote_visible || data_changed {
@@ -881,7 +891,7 @@ impl Cache {
         b.insert(&keys::seq(dir.id, seq), child.name.clone());
         Self::put(&mut b, &dir);
         b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&child);
         self.notify(child.id);
         Ok(DirChange { before, after: dir })
@@ -1090,7 +1100,7 @@ impl Cache {
         Self::put(&mut b, &d);
         let victim_id = victim.id;
         self.unlink_in_batch(&mut st, &mut b, victim, now);
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         drop(st);
         self.notify(victim_id);
         Ok(DirChange { before, after: d })
@@ -1221,7 +1231,7 @@ impl Cache {
         if moving.kind == Kind::Dir {
             self.requeue_subtree(moving.id, &mut b, now, &mut requeued)?;
         }
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&moving);
         drop(st);
         for id in requeued {
