@@ -245,3 +245,58 @@ async fn kill9_during_directory_rename_loses_nothing() {
     }
     blocking(|| gw.stop());
 }
+
+/// NFSv3 namespace operations (CREATE, MKDIR, SYMLINK, RENAME, REMOVE, SETATTR) are
+/// stable when answered, as RFC 1813 asks: a kill -9 right after the replies keeps
+/// every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_namespace_changes_survive_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"1h\"\nmax_dirty_age = \"1h\"",
+        "",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let gone = put_file(&mut c, &root, "gone", b"bye").await;
+    // No COMMIT and no FILE_SYNC write after this point.
+    let d = mkdir(&mut c, &root, "d", 0o750).await;
+    let a = create(&mut c, &root, "a", 0o644).await;
+    let b = create(&mut c, &root, "b", 0o644).await;
+    symlink(&mut c, &d, "l", "../a").await;
+    rename(&mut c, &root, "b", &d, "b2").await.unwrap();
+    remove(&mut c, &root, "gone").await.unwrap();
+    set_mode(&mut c, &a, 0o600).await.unwrap();
+    blocking(|| gw.kill9());
+
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let mut names = list_names(&mut c, &root).await;
+    names.sort();
+    assert_eq!(names, ["a", "d"], "root after kill -9");
+    let mut names = list_names(&mut c, &d).await;
+    names.sort();
+    assert_eq!(names, ["b2", "l"], "d after kill -9");
+    assert_eq!(
+        lookup(&mut c, &d, "b2").await.unwrap(),
+        b,
+        "renamed file keeps its handle"
+    );
+    assert_eq!(getattr(&mut c, &a).await.unwrap().mode, 0o600);
+    assert_eq!(getattr(&mut c, &d).await.unwrap().mode, 0o750);
+    assert_eq!(
+        getattr(&mut c, &gone).await.err(),
+        Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_STALE)
+    );
+    blocking(|| gw.flush_wait(60));
+    let keys = bucket_keys(&s3).await;
+    let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "d/", "d/b2", "d/l"]);
+    blocking(|| gw.stop());
+}
