@@ -1367,6 +1367,27 @@ impl Cache {
         Ok(true)
     }
 
+    /// Before the uploader writes the object at `key` for `id`: `key` joins the
+    /// inode's keys to clean up, durably, unless the inode already claims it. A crash
+    /// after the object is written but before [`Cache::record_upload`] is durable
+    /// (or a file removed or renamed after such a crash) would otherwise leave an
+    /// object nothing in the cache knows of, for ever. `record_upload` takes the key
+    /// back off the list; if it never runs, the key is deleted unless a live file has
+    /// that path again (then its own upload overwrites it).
+    pub fn record_intent(&self, id: FileId, key: &str) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
+        if i.remote.key.as_deref() == Some(key) || i.remote.stale_keys.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        i.remote.stale_keys.push(key.to_string());
+        self.save_upload_state(&mut st, i)?;
+        drop(st);
+        self.flush_metadata()
+    }
+
     /// The object under `key` is gone from the store (deleted by us, or found missing).
     pub fn record_deleted(&self, id: FileId, key: &str) -> Result<()> {
         let mut st = self.state.lock();

@@ -430,6 +430,9 @@ impl Uploader {
         let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
         let key = self.full_key(&rel);
         let _guard = self.locks.lock(&key).await;
+        // Durably note the key before writing it, so a crash between the write and
+        // record_upload cannot orphan the object (see Cache::record_intent).
+        self.cache.record_intent(ino.id, &rel)?;
         let r = &ino.remote;
         let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
         let etag = if ino.kind == Kind::Dir {
