@@ -1326,6 +1326,37 @@ impl Cache {
         })
     }
 
+    /// `key` is stale for `id` (or for an inode that no longer exists). If a live
+    /// inode's path names it again, that inode takes over the duty to clean it up
+    /// (unless its object already is `key`) and true is returned: the key must not
+    /// be deleted now, since that inode's upload will overwrite it. Just forgetting
+    /// the key was wrong: if that inode moved away again before uploading, the old
+    /// object stayed in the bucket for ever.
+    pub fn hand_over_stale_key(&self, id: FileId, key: &str) -> Result<bool> {
+        let (path, want_dir) = match key.strip_suffix('/') {
+            Some(p) => (p, true),
+            None => (key, false),
+        };
+        let st = self.state.lock();
+        let mut live = match self.resolve(path)? {
+            Some(i) if i.id != ROOT_ID && (i.kind == Kind::Dir) == want_dir => i,
+            _ => return Ok(false),
+        };
+        let claimed =
+            live.remote.key.as_deref() == Some(key) || live.remote.stale_keys.iter().any(|k| k == key);
+        if live.id == id || claimed {
+            return Ok(true);
+        }
+        live.remote.stale_keys.push(key.to_string());
+        let mut b = Batch::default();
+        b.insert(&keys::queue(live.id), &[]);
+        Self::put(&mut b, &live);
+        self.commit_batch(b)?;
+        drop(st);
+        self.notify(live.id);
+        Ok(true)
+    }
+
     /// Records what the store now holds for `id` after a step that made the object at
     /// `key` carry `data_seq` and `meta`, planned when the inode was at `planned_seq`.
     /// Returns false when the inode no longer exists at all (the caller must delete

@@ -339,3 +339,36 @@ fn hostile_names_are_refused_by_every_call() {
         assert!(c.path_of(&i).unwrap().len() < 64);
     }
 }
+
+/// A stale key whose path a live file names again is handed to that file, not
+/// forgotten: when the file moves on before uploading there, the key is still
+/// deleted (this used to leave the old object in the bucket for ever).
+#[test]
+fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    let u = user();
+    let meta = (1000, 1000, 0o100644, 0);
+    let (a, _) = c.create(&u, ROOT_ID, b"k", unchecked(0o644)).unwrap();
+    let seq = c.get(a.id).unwrap().change_seq;
+    assert!(c.record_upload(a.id, seq, "k", "e1", seq, meta).unwrap());
+    // b is renamed over k: a is unlinked and owes the deletion of "k".
+    let (b, _) = c.create(&u, ROOT_ID, b"b", unchecked(0o644)).unwrap();
+    c.rename(&u, ROOT_ID, b"b", ROOT_ID, b"k").unwrap();
+    assert_eq!(c.load_any(a.id).unwrap().unwrap().remote.stale_keys, ["k"]);
+    // The uploader finds "k" live (it is b's path): b takes the duty over.
+    assert!(c.hand_over_stale_key(a.id, "k").unwrap());
+    c.record_deleted(a.id, "k").unwrap();
+    assert!(c.load_any(a.id).unwrap().is_none());
+    assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
+    // b moves on before its upload and is uploaded under its new name...
+    c.rename(&u, ROOT_ID, b"k", ROOT_ID, b"z").unwrap();
+    let seq = c.get(b.id).unwrap().change_seq;
+    let data_seq = c.get(b.id).unwrap().data_seq;
+    assert!(c.record_upload(b.id, seq, "z", "e2", data_seq, meta).unwrap());
+    // ...and still owes "k", which nothing names now: it gets deleted.
+    assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
+    assert!(!c.hand_over_stale_key(b.id, "k").unwrap());
+    c.record_deleted(b.id, "k").unwrap();
+    assert!(c.pending().unwrap().is_empty(), "clean at the end");
+}

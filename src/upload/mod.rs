@@ -477,7 +477,7 @@ impl Uploader {
             .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)?
         {
             // The inode vanished entirely while we wrote its object: nothing claims it.
-            if !self.cache.key_is_live(&rel)? {
+            if !self.cache.hand_over_stale_key(0, &rel)? {
                 self.store.delete_object(&key).await?;
             }
         }
@@ -579,8 +579,9 @@ impl Uploader {
         let key = self.full_key(rel);
         let _guard = self.locks.lock(&key).await;
         // A key that a live file or directory claims again (a file recreated under
-        // an old name) belongs to that inode's upload now: forget it, don't delete it.
-        if !self.cache.key_is_live(rel)? {
+        // an old name) belongs to that inode now: it overwrites the object, or
+        // deletes it if it moves on first (Cache::hand_over_stale_key).
+        if !self.cache.hand_over_stale_key(id, rel)? {
             self.store.delete_object(&key).await?;
             self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
         }
