@@ -257,7 +257,8 @@ fn hostile_names_are_refused_by_every_call() {
     let (f, _) = c.create(&u, ROOT_ID, b"f", unchecked(0o644)).unwrap();
     let (d, _) = c.mkdir(&u, ROOT_ID, b"d", SetAttr::default()).unwrap();
     let long = vec![b'x'; 256];
-    let cases: [(&[u8], fn(&CacheError) -> bool); 7] = [
+    type Check = fn(&CacheError) -> bool;
+    let cases: [(&[u8], Check); 7] = [
         (b"a/b", |e| matches!(e, CacheError::Invalid)),
         (b"", |e| matches!(e, CacheError::Invalid)),
         (b".", |e| matches!(e, CacheError::Invalid)),
