@@ -271,6 +271,11 @@ async fn acknowledged_namespace_changes_survive_kill9() {
     rename(&mut c, &root, "b", &d, "b2").await.unwrap();
     remove(&mut c, &root, "gone").await.unwrap();
     set_mode(&mut c, &a, 0o600).await.unwrap();
+    // Last before the kill: an extending WRITE and its COMMIT (the size is metadata).
+    write_at(&mut c, &b, 0, b"committed", stable_how::UNSTABLE)
+        .await
+        .unwrap();
+    commit(&mut c, &b).await;
     blocking(|| gw.kill9());
 
     blocking(|| gw.start());
@@ -289,6 +294,7 @@ async fn acknowledged_namespace_changes_survive_kill9() {
     );
     assert_eq!(getattr(&mut c, &a).await.unwrap().mode, 0o600);
     assert_eq!(getattr(&mut c, &d).await.unwrap().mode, 0o750);
+    assert_eq!(read_all(&mut c, &b).await, b"committed");
     assert_eq!(
         getattr(&mut c, &gone).await.err(),
         Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_STALE)
