@@ -38,6 +38,11 @@ pub struct CacheOptions {
     pub root_gid: u32,
     /// Writes that would take dirty bytes past this get `TryLater`.
     pub dirty_limit_bytes: u64,
+    /// Free space on the cache disk kept for the metadata store: WRITE, CREATE,
+    /// MKDIR and SYMLINK get `NoSpace` rather than use it. sled treats a failed log
+    /// write as fatal (every later call fails until the process restarts), so it
+    /// must never be the one to find the disk full.
+    pub metadata_reserve_bytes: u64,
 }
 
 impl Default for CacheOptions {
@@ -48,6 +53,7 @@ impl Default for CacheOptions {
             root_uid: 65534,
             root_gid: 65534,
             dirty_limit_bytes: u64::MAX,
+            metadata_reserve_bytes: 16 << 20,
         }
     }
 }
@@ -637,6 +643,15 @@ impl Cache {
         Ok(Listing { entries, eof })
     }
 
+    /// `NoSpace` unless `need` bytes fit on the cache disk above the metadata reserve.
+    fn check_space(&self, need: u64) -> Result<()> {
+        let s = self.fsstat()?;
+        if s.avail_bytes < self.opts.metadata_reserve_bytes.saturating_add(need) {
+            return Err(CacheError::NoSpace);
+        }
+        Ok(())
+    }
+
     pub fn fsstat(&self) -> Result<FsStat> {
         let path = std::ffi::CString::new(self.data_dir.as_os_str().as_encoded_bytes())
             .map_err(|_| CacheError::Invalid)?;
@@ -695,6 +710,7 @@ impl Cache {
                 return Err(CacheError::TryLater);
             }
         }
+        self.check_space(data.len() as u64)?;
         let f = self.file(id)?;
         f.write_all_at(data, offset).map_err(CacheError::from_io)?;
         if sync {
@@ -906,6 +922,7 @@ impl Cache {
         let d = self.get_dir(dir)?;
         self.check_name(&d, name)?;
         perm::require(caller, &d, perm::WRITE | perm::EXEC)?;
+        self.check_space(0)?;
         Ok(d)
     }
 

@@ -68,6 +68,14 @@ impl CacheError {
     pub(crate) fn from_io(e: io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => CacheError::NoSpace,
+            // sled re-wraps OS errors, keeping only their kind.
+            _ if matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) =>
+            {
+                CacheError::NoSpace
+            }
             _ => CacheError::Io(e),
         }
     }

@@ -86,6 +86,7 @@ impl Gateway {
                 root_uid: sc.default_owner,
                 root_gid: sc.default_group,
                 dirty_limit_bytes: config.dirty_limit_bytes(),
+                ..CacheOptions::default()
             };
             let cache = Arc::new(
                 tokio::task::spawn_blocking(move || Cache::open(&dir, opts))
