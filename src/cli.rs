@@ -174,7 +174,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "uploads started"
             };
             println!("flush: {} files, {}: {state}", rep.files, human_bytes(rep.bytes));
-            Ok(ExitCode::SUCCESS)
+            // --wait that timed out is a failure for scripts (`flush --wait && stop`).
+            Ok(if wait && !rep.complete {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Refresh {
             target,

@@ -119,6 +119,12 @@ impl AdminApi for Fixed {
     async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {
         match req.path.as_deref() {
             Some("/nope") => Err(ApiError::NotFound("no share `nope`".into())),
+            // Uploads that do not finish within the wait.
+            Some("/slow") => Ok(FlushReport {
+                files: 1,
+                bytes: 1,
+                complete: false,
+            }),
             _ => Ok(FlushReport {
                 files: 2,
                 bytes: 2048,
@@ -187,6 +193,21 @@ async fn client_commands_against_a_live_listener() {
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("2 files, 2.0 KiB: all in the store"), "{stdout}");
+
+    // A --wait that times out exits 1, so `flush --wait && systemctl stop` is safe.
+    let o = run(a(&[
+        "flush",
+        "--admin",
+        &addr,
+        "--wait",
+        "--timeout",
+        "1",
+        "/slow",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{:?}", out(&o));
+    assert!(out(&o).0.contains("not complete"), "{:?}", out(&o));
 
     let o = run(a(&["flush", "--admin", &addr, "/nope"])).await.unwrap();
     assert_eq!(o.status.code(), Some(1));

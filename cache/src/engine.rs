@@ -42,6 +42,11 @@ pub struct CacheOptions {
     pub capacity_bytes: u64,
     /// Mode of files the store holds without POSIX metadata (dirs use `root_mode`).
     pub default_file_mode: u32,
+    /// Free space on the cache disk kept for the metadata store: WRITE, CREATE,
+    /// MKDIR and SYMLINK get `NoSpace` rather than use it. sled treats a failed log
+    /// write as fatal (every later call fails until the process restarts), so it
+    /// must never be the one to find the disk full.
+    pub metadata_reserve_bytes: u64,
 }
 
 impl Default for CacheOptions {
@@ -54,6 +59,7 @@ impl Default for CacheOptions {
             dirty_limit_bytes: u64::MAX,
             capacity_bytes: u64::MAX,
             default_file_mode: 0o666,
+            metadata_reserve_bytes: 16 << 20,
         }
     }
 }
@@ -287,6 +293,7 @@ impl Cache {
             }
         }
         db.flush()?;
+        Self::reconcile_data_files(&db, &data_dir)?;
         let evictions: Arc<Mutex<Vec<FileId>>> = Arc::default();
         let queue = evictions.clone();
         // Plain LRU: TinyLFU's admission would evict a file right after it was read
@@ -315,6 +322,51 @@ impl Cache {
         };
         cache.load_lru()?;
         Ok(cache)
+    }
+
+    /// Makes the data files agree with the metadata after a crash. A WRITE puts its
+    /// bytes in the data file before its metadata batch, so a crash (or a failed
+    /// batch) can leave bytes past the recorded size, or a data file for an inode
+    /// whose creation was never recorded (and whose id will be handed out again).
+    /// Those bytes were never acknowledged as stable; left in place they would show
+    /// through a later hole or extending truncate, possibly in another user's file.
+    fn reconcile_data_files(db: &sled::Db, data_dir: &Path) -> Result<()> {
+        for entry in fs::read_dir(data_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| FileId::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            let recorded = match db.get(keys::inode(id))? {
+                Some(v) => {
+                    let ino = decode_inode(&v)?;
+                    (ino.kind == Kind::File && !ino.unlinked).then_some(ino.size)
+                }
+                None => None,
+            };
+            match recorded {
+                None => {
+                    tracing::info!(
+                        file_id = id,
+                        "removing a data file no inode owns (left by a crash)"
+                    );
+                    fs::remove_file(entry.path()).map_err(CacheError::from_io)?;
+                }
+                Some(size) => {
+                    if entry.metadata()?.len() > size {
+                        tracing::info!(
+                            file_id = id,
+                            size,
+                            "trimming unrecorded bytes past the end of a file"
+                        );
+                        let f = OpenOptions::new().write(true).open(entry.path())?;
+                        f.set_len(size).map_err(CacheError::from_io)?;
+                        f.sync_all().map_err(CacheError::from_io)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Identifies this share's cache in file handles; random at creation, so handles
@@ -451,8 +503,23 @@ impl Cache {
         Ok(())
     }
 
+    /// Applies a namespace or attribute change and makes it durable before the
+    /// caller answers: NFSv3 clients treat CREATE, MKDIR, SYMLINK, REMOVE, RMDIR,
+    /// RENAME and SETATTR as stable once answered (they never resend them), so a
+    /// crash must not undo one. WRITE alone is left to COMMIT / FILE_SYNC.
+    fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
+        self.db.apply_batch(batch)?;
+        self.flush_metadata()
+    }
+
     /// Makes everything applied so far durable.
     pub fn flush_metadata(&self) -> Result<()> {
+        // sled 0.34.7 loses the last batch applied before a kill -9 even after a
+        // successful flush, unless some other write follows it in the log
+        // (tests/crash.rs, acknowledged_namespace_changes_survive_kill9, caught a
+        // SETATTR lost this way). A one-key write after it makes it recoverable.
+        self.db
+            .insert(keys::meta("flushed_at"), &now_ns().to_be_bytes())?;
         self.db.flush()?;
         Ok(())
     }
@@ -645,6 +712,15 @@ impl Cache {
         Ok(Listing { entries, eof })
     }
 
+    /// `NoSpace` unless `need` bytes fit on the cache disk above the metadata reserve.
+    fn check_space(&self, need: u64) -> Result<()> {
+        let s = self.fsstat()?;
+        if s.avail_bytes < self.opts.metadata_reserve_bytes.saturating_add(need) {
+            return Err(CacheError::NoSpace);
+        }
+        Ok(())
+    }
+
     pub fn fsstat(&self) -> Result<FsStat> {
         let path = std::ffi::CString::new(self.data_dir.as_os_str().as_encoded_bytes())
             .map_err(|_| CacheError::Invalid)?;
@@ -705,11 +781,18 @@ impl Cache {
         }
         let guard = self.data_lock(id).read();
         self.make_whole(id)?;
+        self.check_space(data.len() as u64)?;
         let f = self.live_file(id)?;
         f.write_all_at(data, offset).map_err(CacheError::from_io)?;
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
         }
+        failpoint!(
+            "cache::write::after_data",
+            Err(CacheError::Io(std::io::Error::other(
+                "failpoint cache::write::after_data"
+            )))
+        );
         let (before, after) = {
             let mut st = self.state.lock();
             let mut i = self.get(id)?;
@@ -842,7 +925,7 @@ impl Cache {
             Self::touch_for_upload(&mut i, &mut b, now, data_changed);
         }
         Self::put(&mut b, &i);
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&i);
         drop(st);
         if remote_visible || data_changed {
@@ -917,7 +1000,7 @@ impl Cache {
         b.insert(&keys::seq(dir.id, seq), child.name.clone());
         Self::put(&mut b, &dir);
         b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&child);
         self.notify(child.id);
         Ok(DirChange { before, after: dir })
@@ -927,6 +1010,7 @@ impl Cache {
         let d = self.get_dir(dir)?;
         self.check_name(&d, name)?;
         perm::require(caller, &d, perm::WRITE | perm::EXEC)?;
+        self.check_space(0)?;
         Ok(d)
     }
 
@@ -1126,7 +1210,7 @@ impl Cache {
         Self::put(&mut b, &d);
         let victim_id = victim.id;
         self.unlink_in_batch(&mut st, &mut b, victim, now);
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         drop(st);
         self.notify(victim_id);
         Ok(DirChange { before, after: d })
@@ -1262,7 +1346,7 @@ impl Cache {
         if moving.kind == Kind::Dir {
             self.requeue_subtree(moving.id, &mut b, now, &mut requeued)?;
         }
-        self.commit_batch(b)?;
+        self.commit_batch_stable(b)?;
         st.account(&moving);
         drop(st);
         for id in requeued {
@@ -1357,6 +1441,37 @@ impl Cache {
         })
     }
 
+    /// `key` is stale for `id` (or for an inode that no longer exists). If a live
+    /// inode's path names it again, that inode takes over the duty to clean it up
+    /// (unless its object already is `key`) and true is returned: the key must not
+    /// be deleted now, since that inode's upload will overwrite it. Just forgetting
+    /// the key was wrong: if that inode moved away again before uploading, the old
+    /// object stayed in the bucket for ever.
+    pub fn hand_over_stale_key(&self, id: FileId, key: &str) -> Result<bool> {
+        let (path, want_dir) = match key.strip_suffix('/') {
+            Some(p) => (p, true),
+            None => (key, false),
+        };
+        let st = self.state.lock();
+        let mut live = match self.resolve(path)? {
+            Some(i) if i.id != ROOT_ID && (i.kind == Kind::Dir) == want_dir => i,
+            _ => return Ok(false),
+        };
+        let claimed =
+            live.remote.key.as_deref() == Some(key) || live.remote.stale_keys.iter().any(|k| k == key);
+        if live.id == id || claimed {
+            return Ok(true);
+        }
+        live.remote.stale_keys.push(key.to_string());
+        let mut b = Batch::default();
+        b.insert(&keys::queue(live.id), &[]);
+        Self::put(&mut b, &live);
+        self.commit_batch(b)?;
+        drop(st);
+        self.notify(live.id);
+        Ok(true)
+    }
+
     /// Records what the store now holds for `id` after a step that made the object at
     /// `key` carry `data_seq` and `meta`, planned when the inode was at `planned_seq`.
     /// Returns false when the inode no longer exists at all (the caller must delete
@@ -1408,6 +1523,27 @@ impl Cache {
             self.touch(&snapshot);
         }
         Ok(true)
+    }
+
+    /// Before the uploader writes the object at `key` for `id`: `key` joins the
+    /// inode's keys to clean up, durably, unless the inode already claims it. A crash
+    /// after the object is written but before [`Cache::record_upload`] is durable
+    /// (or a file removed or renamed after such a crash) would otherwise leave an
+    /// object nothing in the cache knows of, for ever. `record_upload` takes the key
+    /// back off the list; if it never runs, the key is deleted unless a live file has
+    /// that path again (then its own upload overwrites it).
+    pub fn record_intent(&self, id: FileId, key: &str) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
+        if i.remote.key.as_deref() == Some(key) || i.remote.stale_keys.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        i.remote.stale_keys.push(key.to_string());
+        self.save_upload_state(&mut st, i)?;
+        drop(st);
+        self.flush_metadata()
     }
 
     /// The object under `key` is gone from the store (deleted by us, or found missing).

@@ -53,7 +53,8 @@ pub enum CacheError {
 impl From<sled::Error> for CacheError {
     fn from(e: sled::Error) -> Self {
         match e {
-            sled::Error::Io(io) => CacheError::from(io),
+            // A full disk under sled is a full cache disk too: NOSPC, not a generic EIO.
+            sled::Error::Io(io) => CacheError::from_io(io),
             other => CacheError::Meta(other.to_string()),
         }
     }
@@ -71,6 +72,14 @@ impl CacheError {
     pub(crate) fn from_io(e: io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => CacheError::NoSpace,
+            // sled re-wraps OS errors, keeping only their kind.
+            _ if matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) =>
+            {
+                CacheError::NoSpace
+            }
             _ => CacheError::Io(e),
         }
     }

@@ -3,6 +3,16 @@
 //! has to learn. Nothing here knows NFS or S3 wire formats.
 
 mod blocks;
+/// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
+/// nothing otherwise. When configured to `return`, the enclosing function returns
+/// `$on_fire`: the step stops exactly there, as if the process had died.
+macro_rules! failpoint {
+    ($name:literal, $on_fire:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| $on_fire);
+    };
+}
+
 mod engine;
 mod error;
 mod inode;

@@ -375,3 +375,135 @@ fn clean_data_is_evicted_beyond_capacity_and_dirty_data_never() {
     ));
     assert!(c.evicted().0 >= 1);
 }
+
+/// Every call that takes a name refuses the same hostile names, and paths stay
+/// within the key limit whichever way a file gets deep: create, mkdir, symlink,
+/// rename of a file, rename of a directory whose descendants would grow too long.
+#[test]
+fn hostile_names_are_refused_by_every_call() {
+    let t = tempfile::tempdir().unwrap();
+    let opts = CacheOptions {
+        max_path_bytes: 64,
+        ..CacheOptions::default()
+    };
+    let c = Cache::open(t.path(), opts).unwrap();
+    let u = user();
+    let (f, _) = c.create(&u, ROOT_ID, b"f", unchecked(0o644)).unwrap();
+    let (d, _) = c.mkdir(&u, ROOT_ID, b"d", SetAttr::default()).unwrap();
+    let long = vec![b'x'; 256];
+    type Check = fn(&CacheError) -> bool;
+    let cases: [(&[u8], Check); 7] = [
+        (b"a/b", |e| matches!(e, CacheError::Invalid)),
+        (b"", |e| matches!(e, CacheError::Invalid)),
+        (b".", |e| matches!(e, CacheError::Invalid)),
+        (b"..", |e| matches!(e, CacheError::Invalid)),
+        (b"nul\0x", |e| matches!(e, CacheError::Invalid)),
+        (b"\xff\xfe", |e| matches!(e, CacheError::Invalid)),
+        (&long, |e| matches!(e, CacheError::NameTooLong)),
+    ];
+    for (bad, want) in cases {
+        let shown = String::from_utf8_lossy(&bad[..bad.len().min(8)]).into_owned();
+        let e = c.mkdir(&u, ROOT_ID, bad, SetAttr::default()).unwrap_err();
+        assert!(want(&e), "mkdir {shown:?}: {e:?}");
+        let e = c
+            .symlink(&u, ROOT_ID, bad, b"target", SetAttr::default())
+            .unwrap_err();
+        assert!(want(&e), "symlink {shown:?}: {e:?}");
+        let e = c.rename(&u, ROOT_ID, b"f", ROOT_ID, bad).unwrap_err();
+        assert!(want(&e), "rename to {shown:?}: {e:?}");
+        let e = c
+            .create(&u, d.id, bad, CreateMode::Exclusive(*b"verifier"))
+            .unwrap_err();
+        assert!(want(&e), "exclusive create {shown:?}: {e:?}");
+    }
+    // Removing "." or ".." is refused, never acts on the directory or its parent.
+    assert!(c.remove(&u, d.id, b".").is_err());
+    assert!(c.rmdir(&u, d.id, b"..").is_err());
+    assert!(c.rename(&u, d.id, b"..", ROOT_ID, b"z").is_err());
+    assert!(matches!(
+        c.lookup(&u, ROOT_ID, &long),
+        Err(CacheError::NameTooLong)
+    ));
+    assert!(matches!(c.lookup(&u, ROOT_ID, b"d/f"), Err(CacheError::NotFound)));
+    // Symlink targets: no NUL, at most 4096 bytes.
+    assert!(
+        c.symlink(&u, ROOT_ID, b"s1", b"a\0b", SetAttr::default())
+            .is_err()
+    );
+    assert!(matches!(
+        c.symlink(&u, ROOT_ID, b"s2", &[b'a'; 4097], SetAttr::default()),
+        Err(CacheError::NameTooLong)
+    ));
+    // 255 bytes is a fine name where the path allows it.
+    let c2_dir = tempfile::tempdir().unwrap();
+    let c2 = open(c2_dir.path());
+    c2.create(&u, ROOT_ID, &[b'n'; 255], unchecked(0o644)).unwrap();
+
+    // Paths: 64 bytes here, one kept for a directory marker's "/": "d/" + 62 is
+    // over, however the file gets there.
+    let name62 = vec![b'y'; 62];
+    assert!(matches!(
+        c.create(&u, d.id, &name62, unchecked(0o644)),
+        Err(CacheError::NameTooLong)
+    ));
+    assert!(matches!(
+        c.rename(&u, ROOT_ID, b"f", d.id, &name62),
+        Err(CacheError::NameTooLong)
+    ));
+    // A directory holding a 50-byte name may not move under a 20-byte name.
+    let name50 = vec![b'z'; 50];
+    c.create(&u, d.id, &name50, unchecked(0o644)).unwrap();
+    let (deep, _) = c.mkdir(&u, ROOT_ID, &[b'w'; 20], SetAttr::default()).unwrap();
+    assert!(matches!(
+        c.rename(&u, ROOT_ID, b"d", deep.id, b"d"),
+        Err(CacheError::NameTooLong)
+    ));
+    // Nothing above changed the namespace.
+    assert_eq!(c.lookup(&u, ROOT_ID, b"f").unwrap().id, f.id);
+    assert_eq!(c.lookup(&u, ROOT_ID, b"d").unwrap().id, d.id);
+    let names: Vec<_> = c
+        .readdir(&u, ROOT_ID, 0, 100)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names.len(), 5, "., .., f, d, w…: {names:?}");
+    for e in c.pending().unwrap() {
+        let i = c.load_any(e).unwrap().unwrap();
+        assert!(c.path_of(&i).unwrap().len() < 64);
+    }
+}
+
+/// A stale key whose path a live file names again is handed to that file, not
+/// forgotten: when the file moves on before uploading there, the key is still
+/// deleted (this used to leave the old object in the bucket for ever).
+#[test]
+fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    let u = user();
+    let meta = (1000, 1000, 0o100644, 0);
+    let (a, _) = c.create(&u, ROOT_ID, b"k", unchecked(0o644)).unwrap();
+    let seq = c.get(a.id).unwrap().change_seq;
+    assert!(c.record_upload(a.id, seq, "k", "e1", seq, meta).unwrap());
+    // b is renamed over k: a is unlinked and owes the deletion of "k".
+    let (b, _) = c.create(&u, ROOT_ID, b"b", unchecked(0o644)).unwrap();
+    c.rename(&u, ROOT_ID, b"b", ROOT_ID, b"k").unwrap();
+    assert_eq!(c.load_any(a.id).unwrap().unwrap().remote.stale_keys, ["k"]);
+    // The uploader finds "k" live (it is b's path): b takes the duty over.
+    assert!(c.hand_over_stale_key(a.id, "k").unwrap());
+    c.record_deleted(a.id, "k").unwrap();
+    assert!(c.load_any(a.id).unwrap().is_none());
+    assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
+    // b moves on before its upload and is uploaded under its new name...
+    c.rename(&u, ROOT_ID, b"k", ROOT_ID, b"z").unwrap();
+    let seq = c.get(b.id).unwrap().change_seq;
+    let data_seq = c.get(b.id).unwrap().data_seq;
+    assert!(c.record_upload(b.id, seq, "z", "e2", data_seq, meta).unwrap());
+    // ...and still owes "k", which nothing names now: it gets deleted.
+    assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
+    assert!(!c.hand_over_stale_key(b.id, "k").unwrap());
+    c.record_deleted(b.id, "k").unwrap();
+    assert!(c.pending().unwrap().is_empty(), "clean at the end");
+}

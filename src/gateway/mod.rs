@@ -98,6 +98,7 @@ impl Gateway {
                 dirty_limit_bytes: config.dirty_limit_bytes(),
                 capacity_bytes: config.cache.capacity.0,
                 default_file_mode: sc.default_file_mode.0,
+                ..CacheOptions::default()
             };
             let cache = Arc::new(
                 tokio::task::spawn_blocking(move || Cache::open(&dir, opts))
@@ -186,6 +187,7 @@ impl Gateway {
         for s in &self.shares {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             s.share.cache.set_notifier(tx);
+            s.uploader.queue_pending();
             tasks.spawn(s.uploader.clone().run(rx, stop.clone()));
         }
         let nfs_listener = TcpListener::bind(self.config.nfs.listen)

@@ -23,6 +23,18 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError};
 
+/// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
+/// nothing otherwise. Configured to `return`, the step ends right there with
+/// [`UploadError::Injected`], which is handled like a crash at that point: no
+/// clean-up (a multipart upload is not aborted), the state recorded so far stays.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(UploadError::Injected($name)));
+    };
+}
+pub(crate) use failpoint;
+
 mod keylock;
 mod transfer;
 
@@ -249,18 +261,24 @@ impl Uploader {
         })
     }
 
-    /// Runs until `stop`: aborts multipart uploads a crash left behind, queues what
-    /// the cache says is pending, then uploads as files become due.
+    /// Makes due now everything the cache says is pending: what an earlier run left
+    /// behind. Call it before clients are served: a change made after it waits its
+    /// `upload_delay` as usual (taken later, a file written just after start would
+    /// count as a leftover and go up at once).
+    pub fn queue_pending(&self) {
+        let now = Instant::now();
+        let pending = self.cache.pending().unwrap_or_default();
+        let mut s = self.sched.lock();
+        for id in pending {
+            s.first_dirty.entry(id).or_insert(now);
+            s.set_due(id, now);
+        }
+    }
+
+    /// Runs until `stop`: aborts multipart uploads a crash left behind, then uploads
+    /// as files become due (what [`Uploader::queue_pending`] queued and what changes).
     pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<FileId>, stop: CancellationToken) {
         self.abort_leftover_multiparts().await;
-        let now = Instant::now();
-        {
-            let mut s = self.sched.lock();
-            for id in self.cache.pending().unwrap_or_default() {
-                s.first_dirty.entry(id).or_insert(now);
-                s.set_due(id, now);
-            }
-        }
         let workers = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         // Uploads in flight are owned here, so stopping stops them too: a detached
         // upload would keep the share's cache (and its sled lock) alive after
@@ -391,6 +409,10 @@ impl Uploader {
             let Some(ino) = self.cache.load_any(id)? else {
                 return Ok(true);
             };
+            if !ino.remote.stale_keys.is_empty() {
+                // The new object is recorded; the old keys are not deleted yet.
+                failpoint!("upload::after_record_before_delete");
+            }
             for rel in ino.remote.stale_keys.clone() {
                 self.delete_stale(id, &rel).await?;
             }
@@ -418,6 +440,9 @@ impl Uploader {
         let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
         let key = self.full_key(&rel);
         let _guard = self.locks.lock(&key).await;
+        // Durably note the key before writing it, so a crash between the write and
+        // record_upload cannot orphan the object (see Cache::record_intent).
+        self.cache.record_intent(ino.id, &rel)?;
         let r = &ino.remote;
         let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
         let etag = if ino.kind == Kind::Dir {
@@ -433,6 +458,7 @@ impl Uploader {
             let renamed = src != key;
             match self.copy(&src, &key, &meta, ino.size).await {
                 Ok(etag) => {
+                    failpoint!("upload::after_copy_before_record");
                     self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
                     if renamed {
                         self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
@@ -454,12 +480,14 @@ impl Uploader {
             self.cache.record_clean(ino.id, ino.change_seq)?;
             return Ok(());
         };
+        // The object is in the store (put, multipart or copy); the cache does not know yet.
+        failpoint!("upload::after_store_before_record");
         if !self
             .cache
             .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)?
         {
             // The inode vanished entirely while we wrote its object: nothing claims it.
-            if !self.cache.key_is_live(&rel)? {
+            if !self.cache.hand_over_stale_key(0, &rel)? {
                 self.store.delete_object(&key).await?;
             }
         }
@@ -512,11 +540,14 @@ impl Uploader {
         .await;
         let parts: Vec<CompletedPart> = match result {
             Ok(p) => p,
+            // A simulated crash leaves the upload behind, as a real one would.
+            Err(e @ UploadError::Injected(_)) => return Err(e),
             Err(e) => {
                 let _ = self.store.abort_multipart(key, &upload_id).await;
                 return Err(e);
             }
         };
+        failpoint!("upload::multipart::before_complete");
         match self.store.complete_multipart(key, &upload_id, &parts).await {
             Ok(etag) => Ok(etag),
             Err(e) => {
@@ -558,8 +589,9 @@ impl Uploader {
         let key = self.full_key(rel);
         let _guard = self.locks.lock(&key).await;
         // A key that a live file or directory claims again (a file recreated under
-        // an old name) belongs to that inode's upload now: forget it, don't delete it.
-        if !self.cache.key_is_live(rel)? {
+        // an old name) belongs to that inode now: it overwrites the object, or
+        // deletes it if it moves on first (Cache::hand_over_stale_key).
+        if !self.cache.hand_over_stale_key(id, rel)? {
             self.store.delete_object(&key).await?;
             self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
         }
@@ -574,6 +606,9 @@ pub enum UploadError {
     Store(#[from] StoreError),
     #[error("cache: {0}")]
     Cache(#[from] bucketgate_cache::CacheError),
+    /// A failpoint fired (tests built with the `failpoints` feature only).
+    #[error("failpoint {0}")]
+    Injected(&'static str),
 }
 
 impl UploadError {
@@ -581,6 +616,7 @@ impl UploadError {
         match self {
             UploadError::Store(e) => e.code(),
             UploadError::Cache(_) => "CacheError",
+            UploadError::Injected(_) => "Injected",
         }
     }
 }

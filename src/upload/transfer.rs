@@ -61,6 +61,10 @@ pub async fn upload_parts(
                 upload_id.to_string(),
             );
             tasks.spawn(async move {
+                if number > 1 {
+                    // Some parts are in the store, the upload is not complete.
+                    super::failpoint!("upload::multipart::between_parts");
+                }
                 let body = read_range(&cache, id, offset, len).await?;
                 let etag = store.upload_part(&key, &upload_id, number, body).await?;
                 Ok(CompletedPart {

@@ -2,6 +2,7 @@
 //! what it needs.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod faulty;
 pub mod gateway;
 pub mod nfs;

@@ -238,6 +238,8 @@ impl S3TestServer {
 /// - multipart checksums: an upload created with CRC32C needs every part's
 ///   checksum in CompleteMultipartUpload, each matching its part (s3s-fs ignores
 ///   them), and ListParts gives each part's ETag and CRC32C (s3s-fs: neither);
+/// - CompleteMultipartUpload over an existing key drops the old object's stored
+///   full-object checksum (s3s-fs keeps it, so GETs then fail their checksum);
 /// - directory markers (`key/`): s3s-fs makes a bare directory, drops the
 ///   metadata and answers HEAD/GET with 500. Compat keeps the metadata beside it
 ///   and answers HEAD/GET as S3 does for an empty object.
@@ -684,6 +686,15 @@ impl S3 for Compat {
                 }
             }
         }
+        // s3s-fs keeps the key's previous internal info and only updates the ETag, so
+        // a full-object CRC32C left by an earlier PutObject of the same key stays and
+        // every later GET fails its checksum. S3 replaces the object whole: drop it.
+        let info = self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64url_encode(&req.input.bucket),
+            b64url_encode(&req.input.key)
+        ));
+        let _ = std::fs::remove_file(info);
         self.fs.complete_multipart_upload(req).await
     }
 

@@ -1,0 +1,308 @@
+//! kill -9 of the real `bucketgate serve` binary, then a restart on the same cache:
+//! what was committed survives and reaches the bucket; a multipart upload cut off
+//! in the middle is redone and leaves no upload behind; a directory rename cut off
+//! between copies and deletes leaves every file under its old or new key, and ends
+//! with every file under its new key only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::child::{ChildGateway, bucket_contents, bucket_keys, multipart_uploads};
+use common::nfs::*;
+use common::s3server::S3TestServer;
+use nfs3_types::nfs3::stable_how;
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_survive_kill9_and_reach_the_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    // Nothing is uploaded before the kill: everything must come from the cache disk.
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"1h\"\nmax_dirty_age = \"1h\"",
+        "",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut handles = Vec::new();
+
+    // UNSTABLE writes then COMMIT, as the Linux client does.
+    for i in 0..6 {
+        let data = body(1000 + i * 70_000, i as u64);
+        let n = format!("committed-{i}");
+        let fh = put_file(&mut c, &root, &n, &data).await;
+        handles.push((n.clone(), fh));
+        model.insert(n, data);
+    }
+    // FILE_SYNC writes need no COMMIT.
+    let sub = mkdir(&mut c, &root, "sub", 0o755).await;
+    model.insert("sub/".into(), Vec::new());
+    let fh = create(&mut c, &sub, "filesync", 0o644).await;
+    let data = body(200_000, 99);
+    let mut verf_before = None;
+    for (i, chunk) in data.chunks(65536).enumerate() {
+        let r = write_at(&mut c, &fh, (i * 65536) as u64, chunk, stable_how::FILE_SYNC)
+            .await
+            .expect("write");
+        assert_eq!(r.committed, stable_how::FILE_SYNC);
+        verf_before = Some(r.verf);
+    }
+    handles.push(("sub/filesync".into(), fh));
+    model.insert("sub/filesync".into(), data);
+    // An overwrite in the middle of a committed file, committed again.
+    let (n, fh) = handles[2].clone();
+    let patch = body(5000, 1234);
+    write_at(&mut c, &fh, 100, &patch, stable_how::UNSTABLE)
+        .await
+        .unwrap();
+    commit(&mut c, &fh).await;
+    model.get_mut(&n).unwrap()[100..5100].copy_from_slice(&patch);
+
+    let early = bucket_contents(&s3).await;
+    assert!(
+        early.is_empty(),
+        "nothing may be uploaded before the kill (upload_delay 1h): {:?}",
+        early.keys().collect::<Vec<_>>()
+    );
+    drop(c);
+    blocking(|| gw.kill9());
+
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    // The old handles still work and read every committed byte.
+    for (n, fh) in &handles {
+        assert_eq!(&read_all(&mut c, fh).await, &model[n], "{n} after kill -9");
+    }
+    // The write verifier differs, so clients resend what was not committed.
+    let root = c.root_nfs_fh3();
+    let probe = create(&mut c, &root, "probe", 0o644).await;
+    let r = write_at(&mut c, &probe, 0, b"x", stable_how::UNSTABLE)
+        .await
+        .unwrap();
+    assert_ne!(
+        Some(r.verf),
+        verf_before,
+        "write verifier must change across a restart"
+    );
+    model.insert("probe".into(), b"x".to_vec());
+    commit(&mut c, &probe).await;
+
+    blocking(|| gw.flush_wait(60));
+    let bucket = bucket_contents(&s3).await;
+    assert_eq!(
+        bucket.keys().collect::<Vec<_>>(),
+        model.keys().collect::<Vec<_>>()
+    );
+    assert!(bucket == model, "bucket bodies equal the model");
+    blocking(|| gw.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_multipart_upload_redoes_it_and_leaks_no_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"100ms\"\nmax_dirty_age = \"1s\"",
+        "multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\npart_concurrency = 1",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let data = body(60 << 20, 7);
+    let fh = put_file(&mut c, &root, "big.bin", &data).await;
+    drop(c);
+
+    // Kill as soon as the server holds an unfinished multipart upload.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !multipart_uploads(&s3).await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload started: {}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    blocking(|| gw.kill9());
+    assert!(
+        !multipart_uploads(&s3).await.is_empty(),
+        "killed with an upload in flight"
+    );
+    assert!(
+        !bucket_contents(&s3).await.contains_key("big.bin"),
+        "killed before the upload completed"
+    );
+
+    blocking(|| gw.start());
+    blocking(|| gw.flush_wait(120));
+    let mut c = mount(gw.nfs_addr).await;
+    assert_eq!(read_all(&mut c, &fh).await, data, "old handle reads the file");
+    let bucket = bucket_contents(&s3).await;
+    assert_eq!(bucket.len(), 1);
+    assert!(bucket["big.bin"] == data, "object equals the file");
+    assert_eq!(
+        multipart_uploads(&s3).await,
+        Vec::<(String, String)>::new(),
+        "no multipart upload left"
+    );
+    blocking(|| gw.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_directory_rename_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"50ms\"\nmax_dirty_age = \"1s\"",
+        "concurrency = 1",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let old = mkdir(&mut c, &root, "old", 0o755).await;
+    let count = 150;
+    let mut files = Vec::new();
+    for i in 0..count {
+        let data = body(100 + i * 13, 1000 + i as u64);
+        let n = format!("f{i:03}");
+        let fh = put_file(&mut c, &old, &n, &data).await;
+        files.push((n, fh, data));
+    }
+    blocking(|| gw.flush_wait(60));
+    assert_eq!(bucket_contents(&s3).await.len(), count + 1);
+
+    rename(&mut c, &root, "old", &root, "new").await.unwrap();
+    drop(c);
+    // Kill once the copies have begun (some new keys exist) but before they end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copied = bucket_keys(&s3)
+            .await
+            .iter()
+            .filter(|k| k.starts_with("new/f"))
+            .count();
+        if copied > 0 {
+            blocking(|| gw.kill9());
+            break;
+        }
+        assert!(Instant::now() < deadline, "rename never started: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys = bucket_keys(&s3).await;
+    let copied = keys.iter().filter(|k| k.starts_with("new/f")).count();
+    let left = keys.iter().filter(|k| k.starts_with("old/f")).count();
+    eprintln!("killed with {copied} of {count} copied, {left} old keys left");
+    assert!(
+        copied < count,
+        "killed before the rename finished: {copied} copied"
+    );
+
+    // At any moment, every file is under its old key or its new key (or both).
+    let now = bucket_contents(&s3).await;
+    for (n, _, data) in &files {
+        let o = now.get(&format!("old/{n}"));
+        let nw = now.get(&format!("new/{n}"));
+        assert!(
+            o == Some(data) || nw == Some(data),
+            "{n} lost at the kill: old {:?} new {:?}",
+            o.map(|b| b.len()),
+            nw.map(|b| b.len())
+        );
+    }
+
+    blocking(|| gw.start());
+    blocking(|| gw.flush_wait(120));
+    let bucket = bucket_contents(&s3).await;
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    model.insert("new/".into(), Vec::new());
+    for (n, _, data) in &files {
+        model.insert(format!("new/{n}"), data.clone());
+    }
+    assert_eq!(
+        bucket.keys().collect::<Vec<_>>(),
+        model.keys().collect::<Vec<_>>()
+    );
+    assert!(bucket == model);
+    // The old handles still work after the rename and the restart.
+    let mut c = mount(gw.nfs_addr).await;
+    for (n, fh, data) in files.iter().step_by(10) {
+        assert_eq!(&read_all(&mut c, fh).await, data, "{n}");
+    }
+    blocking(|| gw.stop());
+}
+
+/// NFSv3 namespace operations (CREATE, MKDIR, SYMLINK, RENAME, REMOVE, SETATTR) are
+/// stable when answered, as RFC 1813 asks: a kill -9 right after the replies keeps
+/// every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_namespace_changes_survive_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"1h\"\nmax_dirty_age = \"1h\"",
+        "",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let gone = put_file(&mut c, &root, "gone", b"bye").await;
+    // No COMMIT and no FILE_SYNC write after this point.
+    let d = mkdir(&mut c, &root, "d", 0o750).await;
+    let a = create(&mut c, &root, "a", 0o644).await;
+    let b = create(&mut c, &root, "b", 0o644).await;
+    symlink(&mut c, &d, "l", "../a").await;
+    rename(&mut c, &root, "b", &d, "b2").await.unwrap();
+    remove(&mut c, &root, "gone").await.unwrap();
+    set_mode(&mut c, &a, 0o600).await.unwrap();
+    // Last before the kill: an extending WRITE and its COMMIT (the size is metadata).
+    write_at(&mut c, &b, 0, b"committed", stable_how::UNSTABLE)
+        .await
+        .unwrap();
+    commit(&mut c, &b).await;
+    blocking(|| gw.kill9());
+
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let mut names = list_names(&mut c, &root).await;
+    names.sort();
+    assert_eq!(names, ["a", "d"], "root after kill -9");
+    let mut names = list_names(&mut c, &d).await;
+    names.sort();
+    assert_eq!(names, ["b2", "l"], "d after kill -9");
+    assert_eq!(
+        lookup(&mut c, &d, "b2").await.unwrap(),
+        b,
+        "renamed file keeps its handle"
+    );
+    assert_eq!(getattr(&mut c, &a).await.unwrap().mode, 0o600);
+    assert_eq!(getattr(&mut c, &d).await.unwrap().mode, 0o750);
+    assert_eq!(read_all(&mut c, &b).await, b"committed");
+    assert_eq!(
+        getattr(&mut c, &gone).await.err(),
+        Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_STALE)
+    );
+    blocking(|| gw.flush_wait(60));
+    let keys = bucket_keys(&s3).await;
+    let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "d/", "d/b2", "d/l"]);
+    blocking(|| gw.stop());
+}
