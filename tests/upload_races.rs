@@ -85,3 +85,60 @@ async fn writes_are_accepted_during_an_outage_and_drain_after() {
     assert!(gw.gateway.shares[0].uploader.failing().is_empty());
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_dirty_limit_writers_get_jukebox_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.hold.store(true, Ordering::SeqCst); // uploads cannot drain
+    let mut cfg = config(tmp.path(), "file:///unused");
+    cfg.cache.dirty_limit = Some(bucketgate::config::ByteSize(4 << 20));
+    let gw = start_with_store(cfg, faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    // 3 MiB dirty in one file that cannot be uploaded...
+    put_file(&mut c, &root, "first.bin", &body(3 << 20, 4)).await;
+    // ...so the second file's second MiB crosses the 4 MiB limit.
+    let fh = create(&mut c, &root, "second.bin", 0o644).await;
+    let data = body(3 << 20, 5);
+    let mut refused_at = None;
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        let started = std::time::Instant::now();
+        match write_at(&mut c, &fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await {
+            Ok(_) => {}
+            Err(st) => {
+                assert_eq!(
+                    st,
+                    nfs3_types::nfs3::nfsstat3::NFS3ERR_JUKEBOX,
+                    "never an error that loses data"
+                );
+                assert!(
+                    started.elapsed() >= Duration::from_secs(1),
+                    "the writer was held back first"
+                );
+                refused_at = Some(i);
+                break;
+            }
+        }
+    }
+    assert_eq!(refused_at, Some(1));
+    // The store drains; the client's retry of the refused write then succeeds.
+    faulty.hold.store(false, Ordering::SeqCst);
+    faulty.gate.add_permits(1000);
+    flush(&gw).await;
+    for (i, chunk) in data.chunks(1 << 20).enumerate().skip(1) {
+        write_at(&mut c, &fh, (i as u64) << 20, chunk, stable_how::UNSTABLE)
+            .await
+            .unwrap();
+    }
+    commit(&mut c, &fh).await;
+    flush(&gw).await;
+    let got = local.get_range("second.bin", 0, data.len() as u64).await.unwrap();
+    assert!(got.as_ref() == &data[..]);
+    assert_eq!(
+        local.get_range("first.bin", 0, 3 << 20).await.unwrap().as_ref(),
+        &body(3 << 20, 4)[..]
+    );
+    gw.shutdown().await;
+}

@@ -775,7 +775,14 @@ impl Cache {
             } else {
                 growth
             };
-            if newly_dirty > 0 && st.dirty_total.saturating_add(newly_dirty) > self.opts.dirty_limit_bytes {
+            // Other files' dirty bytes hold a writer back; a file alone may always
+            // proceed, or one larger than the limit could never be written again
+            // once uploaded (its next write makes all of it dirty at once).
+            let others = st.dirty_total - i.dirty_data_bytes();
+            if newly_dirty > 0
+                && others > 0
+                && st.dirty_total.saturating_add(newly_dirty) > self.opts.dirty_limit_bytes
+            {
                 return Err(CacheError::TryLater);
             }
         }
