@@ -157,7 +157,7 @@ impl State {
         } else {
             self.dirty.insert(ino.id, now)
         };
-        self.dirty_total = self.dirty_total - before.unwrap_or(0) + now;
+        self.dirty_total = (self.dirty_total + now).saturating_sub(before.unwrap_or(0));
     }
 
     pub(crate) fn resized(&mut self, old: u64, new: u64) {
@@ -166,7 +166,7 @@ impl State {
 
     pub(crate) fn forget(&mut self, id: FileId) {
         if let Some(b) = self.dirty.remove(&id) {
-            self.dirty_total -= b;
+            self.dirty_total = self.dirty_total.saturating_sub(b);
         }
     }
 
@@ -778,7 +778,9 @@ impl Cache {
             // Other files' dirty bytes hold a writer back; a file alone may always
             // proceed, or one larger than the limit could never be written again
             // once uploaded (its next write makes all of it dirty at once).
-            let others = st.dirty_total - i.dirty_data_bytes();
+            // Read under the lock: the inode read above may be out of date already.
+            let mine = st.dirty.get(&id).copied().unwrap_or(0);
+            let others = st.dirty_total.saturating_sub(mine);
             if newly_dirty > 0
                 && others > 0
                 && st.dirty_total.saturating_add(newly_dirty) > self.opts.dirty_limit_bytes
