@@ -34,6 +34,10 @@ fn harness() -> &'static Harness {
         };
         let cache = Arc::new(Cache::open(dir.path(), opts).unwrap());
         let share_id = cache.share_id();
+        // An empty local-directory bucket: listings and fetches hit a real store.
+        let store: Arc<dyn bucketgate::remote::ObjectStore> =
+            Arc::new(bucketgate::remote::local::LocalStore::new(dir.path().join("bucket")).unwrap());
+        let rt = bucketgate::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None);
         let share = Arc::new(Share {
             name: "data".into(),
             export_path: "/data".into(),
@@ -42,9 +46,11 @@ fn harness() -> &'static Harness {
             read_only: false,
             allowed_clients: Vec::new(),
             allows: Box::new(|_| true),
+            rt,
+            audit: None,
         });
         Harness {
-            rt: tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
             svc: NfsService::new(vec![share], None),
             share_id,
             _dir: dir,
