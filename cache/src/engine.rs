@@ -17,15 +17,13 @@ use sled::Batch;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{CacheError, Result};
-use crate::inode::{DirEntry, FileId, Inode, Kind, RemoteState, keys};
+use crate::inode::{DirEntry, FileId, Inode, Kind, keys};
 use crate::perm::{self, Caller};
 
 /// The largest file S3 can hold.
 pub const MAX_FILE_SIZE: u64 = 5 << 40;
 pub const MAX_NAME_BYTES: usize = 255;
 pub const ROOT_ID: FileId = 1;
-/// READDIR cookies 1 and 2 are "." and ".."; entries count up from here.
-const FIRST_DIR_SEQ: u64 = 3;
 
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
@@ -253,33 +251,18 @@ impl Cache {
         }
         if db.get(keys::inode(ROOT_ID))?.is_none() {
             let now = now_ns();
-            let root = Inode {
-                id: ROOT_ID,
-                generation: 0,
-                kind: Kind::Dir,
-                mode: opts.root_mode & 0o7777,
-                uid: opts.root_uid,
-                gid: opts.root_gid,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                parent: ROOT_ID,
-                name: Vec::new(),
-                symlink_target: Vec::new(),
-                create_verifier: None,
-                next_dir_seq: FIRST_DIR_SEQ,
-                change_seq: 0,
-                data_seq: 0,
-                synced_seq: 0,
-                dirty_since_ns: 0,
-                last_change_ns: 0,
-                unlinked: false,
-                remote: RemoteState::default(),
-                partial: false,
-                listed_ns: 0,
-                meta_pending: false,
-            };
+            let mut root = Inode::fresh(
+                ROOT_ID,
+                0,
+                Kind::Dir,
+                opts.root_mode,
+                opts.root_uid,
+                opts.root_gid,
+                now,
+            );
+            root.parent = ROOT_ID;
+            // The share's root mirrors the bucket prefix: list it on first access.
+            root.listed_ns = 0;
             db.insert(keys::inode(ROOT_ID), encode(&root))?;
         }
         for kv in db.scan_prefix([keys::INODE]) {
@@ -962,34 +945,10 @@ impl Cache {
         } else {
             caller.gid
         };
-        Inode {
-            id,
-            generation: st.random_u32(),
-            kind,
-            mode: mode & 0o7777,
-            uid: caller.uid,
-            gid,
-            size: 0,
-            atime_ns: now,
-            mtime_ns: now,
-            ctime_ns: now,
-            parent: dir.id,
-            name: name.to_vec(),
-            symlink_target: Vec::new(),
-            create_verifier: None,
-            next_dir_seq: FIRST_DIR_SEQ,
-            change_seq: 0,
-            data_seq: 0,
-            synced_seq: 0,
-            dirty_since_ns: 0,
-            last_change_ns: 0,
-            unlinked: false,
-            remote: RemoteState::default(),
-            partial: false,
-            // A directory made here has nothing in the store to list yet.
-            listed_ns: now,
-            meta_pending: false,
-        }
+        let mut ino = Inode::fresh(id, st.random_u32(), kind, mode, caller.uid, gid, now);
+        ino.parent = dir.id;
+        ino.name = name.to_vec();
+        ino
     }
 
     /// Adds `child` to `dir` and records both, queued for upload, in one batch.

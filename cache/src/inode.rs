@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 pub type FileId = u64;
 
+/// READDIR cookies 1 and 2 are "." and ".."; entries count up from here.
+pub(crate) const FIRST_DIR_SEQ: u64 = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     File,
@@ -94,6 +97,45 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A new, empty inode: not in the store, nothing to list (`listed_ns` = now).
+    pub(crate) fn fresh(
+        id: FileId,
+        generation: u32,
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        now: u64,
+    ) -> Inode {
+        Inode {
+            id,
+            generation,
+            kind,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            parent: 0,
+            name: Vec::new(),
+            symlink_target: Vec::new(),
+            create_verifier: None,
+            next_dir_seq: FIRST_DIR_SEQ,
+            change_seq: 0,
+            data_seq: 0,
+            synced_seq: 0,
+            dirty_since_ns: 0,
+            last_change_ns: 0,
+            unlinked: false,
+            remote: RemoteState::default(),
+            partial: false,
+            listed_ns: now,
+            meta_pending: false,
+        }
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.synced_seq != self.change_seq || !self.remote.stale_keys.is_empty()
     }
