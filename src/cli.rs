@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::admin::{AdminClient, FlushRequest, RefreshRequest, StatusReport};
+use crate::admin::{AdminClient, FlushRequest, ReadinessBody, RefreshRequest, StatusReport};
 use crate::config::{AdminConfig, Config, EXAMPLE_TOML};
 
 #[derive(Debug, Parser)]
@@ -136,6 +136,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(cfg) => {
                 print!("OK {}\n{}", config.display(), cfg.summary());
+                for w in cfg.warnings() {
+                    println!("warning: {w}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -145,11 +148,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Status { target, json } => {
             let client = AdminClient::new(target.resolve()?);
-            let status = block_on(client.status())?;
+            let (status, ready) =
+                block_on(async { (client.status().await, client.readiness().await) });
+            let status = status?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", render_status(&status, unix_now()));
+                match ready {
+                    Ok(r) => print!("{}", render_readiness(&r)),
+                    Err(e) => println!("\nready   unknown ({e})"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -210,6 +219,9 @@ fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     for line in cfg.summary().lines() {
         tracing::info!("{line}");
+    }
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
     }
     crate::gateway::run(cfg, embedded)?;
     Ok(ExitCode::SUCCESS)
@@ -273,6 +285,22 @@ pub fn human_duration(secs: u64) -> String {
         (0, _, _) => format!("{h}h {m}m"),
         _ => format!("{d}d {h}h"),
     }
+}
+
+/// The readiness lines of `bucketgate status`.
+pub fn render_readiness(r: &ReadinessBody) -> String {
+    if r.ready {
+        return "\nready   yes\n".to_string();
+    }
+    let mut o = String::from("\nready   NO\n");
+    for c in r.checks.iter().filter(|c| !c.ok) {
+        o.push_str(&format!(
+            "  failing check {}: {}\n",
+            c.name,
+            c.detail.as_deref().unwrap_or("-")
+        ));
+    }
+    o
 }
 
 /// The human-readable `bucketgate status` output.
@@ -430,6 +458,36 @@ mod tests {
         ] {
             assert!(t.contains(want), "missing {want:?} in\n{t}");
         }
+    }
+
+    #[test]
+    fn readiness_lines_name_failing_checks() {
+        use crate::admin::ReadinessCheck;
+        let check = |name: &str, ok: bool, detail: Option<&str>| ReadinessCheck {
+            name: name.into(),
+            ok,
+            detail: detail.map(str::to_string),
+        };
+        let r = ReadinessBody {
+            ready: false,
+            checks: vec![
+                check("nfs_listening", true, None),
+                check("store_reachable", false, Some("timeout")),
+            ],
+        };
+        let t = render_readiness(&r);
+        assert!(
+            t.contains("ready   NO") && t.contains("store_reachable: timeout"),
+            "{t}"
+        );
+        assert!(!t.contains("nfs_listening"), "{t}");
+        assert!(
+            render_readiness(&ReadinessBody {
+                ready: true,
+                checks: vec![]
+            })
+            .contains("ready   yes")
+        );
     }
 
     #[test]

@@ -846,6 +846,49 @@ impl Config {
         }
     }
 
+    /// Valid but probably unintended settings, for `check-config` and the startup log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let nfs_local = self.nfs.listen.ip().is_loopback();
+        if nfs_local {
+            w.push(format!(
+                "nfs.listen: {} is loopback, so only this host can mount; use 0.0.0.0 or a private address to serve others",
+                self.nfs.listen
+            ));
+        }
+        if !self.admin.listen.ip().is_loopback() {
+            w.push(format!(
+                "admin.listen: {} is reachable from the network and the admin API has no authentication; firewall it",
+                self.admin.listen
+            ));
+        }
+        for (i, s) in self.shares.iter().enumerate() {
+            if !nfs_local && s.allowed_clients.is_empty() {
+                w.push(format!(
+                    "share[{i}].allowed_clients: empty, so every host that reaches {} may mount {}",
+                    self.nfs.listen,
+                    s.export_path()
+                ));
+            }
+            if s.squash == Squash::None && !s.read_only {
+                w.push(format!(
+                    "share[{i}].squash: \"none\" lets root on any allowed client act as root on {}",
+                    s.export_path()
+                ));
+            }
+        }
+        // S3 allows 10,000 parts: the part size caps the largest file that can upload.
+        let max_file = self.upload.part_size.0.saturating_mul(10_000);
+        if max_file < (1 << 40) {
+            w.push(format!(
+                "upload.part_size: files above {} GiB (10,000 parts of {} MiB) cannot be uploaded",
+                max_file >> 30,
+                self.upload.part_size.0 >> 20
+            ));
+        }
+        w
+    }
+
     /// A few lines for `check-config` and the startup log. Nothing here is secret (the
     /// config holds no credentials: they come from the AWS credential chain).
     pub fn summary(&self) -> String {
@@ -1231,6 +1274,31 @@ mod tests {
         let c = Config::from_toml(&format!("[cache]\ncapacity = 1073741824\n{SHARE}")).unwrap();
         assert_eq!(c.cache.capacity, ByteSize(1 << 30));
         assert!(err_of(&format!("[cache]\ncapacity = -1\n{SHARE}")).contains("negative"));
+    }
+
+    #[test]
+    fn warnings_flag_risky_but_valid_settings() {
+        let c = Config::from_toml(&format!(
+            "[nfs]\nlisten = \"0.0.0.0:2049\"\n[admin]\nlisten = \"0.0.0.0:9108\"\n{SHARE}squash = \"none\"\n"
+        ))
+        .unwrap();
+        let w = c.warnings().join("\n");
+        for key in [
+            "admin.listen",
+            "share[0].allowed_clients",
+            "share[0].squash",
+            "upload.part_size",
+        ] {
+            assert!(w.contains(key), "{key} missing from\n{w}");
+        }
+        assert!(!w.contains("nfs.listen"), "{w}");
+        let local = Config::from_toml(&format!(
+            "[upload]\npart_size = \"128MiB\"\nmultipart_threshold = \"128MiB\"\n{SHARE}"
+        ))
+        .unwrap();
+        let w = local.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("nfs.listen"), "{w:?}");
     }
 
     #[test]

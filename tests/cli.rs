@@ -170,6 +170,7 @@ async fn client_commands_against_a_live_listener() {
         "s3://media-bucket/",
         "1.0 GiB of 4.0 GiB",
         "(12.5%)",
+        "ready   yes",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
     }
