@@ -148,8 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Status { target, json } => {
             let client = AdminClient::new(target.resolve()?);
-            let (status, ready) =
-                block_on(async { (client.status().await, client.readiness().await) });
+            let (status, ready) = block_on(async { (client.status().await, client.readiness().await) });
             let status = status?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
