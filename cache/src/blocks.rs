@@ -140,8 +140,7 @@ impl Cache {
         drop(guard);
         // Evictions run after the read that wanted these bytes (in `touch`), never
         // here: a file larger than the whole cache must still be readable.
-        self.lru
-            .insert(id, ((cached / 1024).min(u32::MAX as u64) as u32).max(1));
+        self.lru_insert(id, cached);
         Ok(())
     }
 
@@ -156,10 +155,25 @@ impl Cache {
             } else {
                 ino.size
             };
-            self.lru
-                .insert(ino.id, ((bytes / 1024).min(u32::MAX as u64) as u32).max(1));
+            self.lru_insert(ino.id, bytes);
         }
-        self.run_evictions();
+        // Only an insert can take the LRU past capacity: a READ of a file already in
+        // it (the common case) costs one atomic load here, not a pass over moka.
+        if self
+            .evict_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.run_evictions();
+        }
+    }
+
+    /// Adds a clean file to the LRU, weighted by its cached KiB; the next `touch`
+    /// (or `run_evictions`) makes room.
+    pub(crate) fn lru_insert(&self, id: FileId, bytes: u64) {
+        self.lru
+            .insert(id, ((bytes / 1024).min(u32::MAX as u64) as u32).max(1));
+        self.evict_pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cached_bytes(&self, ino: &Inode) -> u64 {
@@ -181,8 +195,7 @@ impl Cache {
                     self.state.lock().resized(0, bytes);
                 }
                 if bytes > 0 {
-                    self.lru
-                        .insert(ino.id, ((bytes / 1024).min(u32::MAX as u64) as u32).max(1));
+                    self.lru_insert(ino.id, bytes);
                 }
             }
         }

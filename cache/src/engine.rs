@@ -192,6 +192,8 @@ pub struct Cache {
     /// Readers, writers and fills of a file hold its stripe shared; eviction holds it
     /// exclusively, so a file's data never vanishes under a read or a write.
     pub(crate) data_locks: Vec<parking_lot::RwLock<()>>,
+    /// Set by every LRU insert; the next `touch` runs evictions.
+    pub(crate) evict_pending: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -302,6 +304,7 @@ impl Cache {
             lru,
             evictions,
             data_locks: (0..64).map(|_| parking_lot::RwLock::new(())).collect(),
+            evict_pending: std::sync::atomic::AtomicBool::new(false),
         };
         cache.load_lru()?;
         Ok(cache)

@@ -178,12 +178,16 @@ impl fmt::Debug for S3Store {
     }
 }
 
-fn check_enum<T: AsRef<str>>(field: &str, value: &str, known: &[T]) -> Result<(), String> {
-    if known.iter().any(|k| k.as_ref() == value) {
-        Ok(())
-    } else {
-        let list: Vec<&str> = known.iter().map(|k| k.as_ref()).collect();
-        Err(format!("{field} = `{value}` is not one of: {}", list.join(", ")))
+/// An optional setting that must name one of the SDK enum's `known` values.
+fn parse_enum<'a, E: From<&'a str>>(
+    field: &str,
+    value: Option<&'a str>,
+    known: &[&str],
+) -> Result<Option<E>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) if known.contains(&v) => Ok(Some(E::from(v))),
+        Some(v) => Err(format!("{field} = `{v}` is not one of: {}", known.join(", "))),
     }
 }
 
@@ -194,32 +198,22 @@ impl S3Store {
         if settings.bucket.is_empty() {
             return Err("bucket name is empty".into());
         }
-        let storage_class = match settings.storage_class.as_deref() {
-            Some(sc) => {
-                check_enum("storage_class", sc, StorageClass::values())?;
-                Some(StorageClass::from(sc))
-            }
-            None => None,
-        };
-        let sse = match settings.sse.as_deref() {
-            Some(s) => {
-                check_enum("sse", s, ServerSideEncryption::values())?;
-                Some(ServerSideEncryption::from(s))
-            }
-            None => None,
-        };
+        let storage_class = parse_enum::<StorageClass>(
+            "storage_class",
+            settings.storage_class.as_deref(),
+            StorageClass::values(),
+        )?;
+        let sse = parse_enum::<ServerSideEncryption>(
+            "sse",
+            settings.sse.as_deref(),
+            ServerSideEncryption::values(),
+        )?;
         if settings.sse_kms_key_id.is_some()
             && !matches!(settings.sse.as_deref(), Some(s) if s.starts_with("aws:kms"))
         {
             return Err("sse_kms_key_id needs sse = \"aws:kms\" (or \"aws:kms:dsse\")".into());
         }
-        let acl = match settings.acl.as_deref() {
-            Some(a) => {
-                check_enum("acl", a, ObjectCannedAcl::values())?;
-                Some(ObjectCannedAcl::from(a))
-            }
-            None => None,
-        };
+        let acl = parse_enum::<ObjectCannedAcl>("acl", settings.acl.as_deref(), ObjectCannedAcl::values())?;
 
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
