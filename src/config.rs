@@ -173,6 +173,23 @@ pub struct ShareConfig {
     /// JSON-lines audit log of changes made through this share; off when unset.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// How an upload makes sure it does not replace a version of the object that
+    /// someone else wrote since the gateway last saw it.
+    #[serde(default)]
+    pub conflict_check: ConflictCheck,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictCheck {
+    /// Conditional requests (If-Match, x-amz-copy-source-if-match): atomic. S3 and
+    /// most S3-compatible servers support them.
+    #[default]
+    IfMatch,
+    /// A HEAD before each such write, for stores that ignore the conditions.
+    Head,
+    /// Overwrite, as File Gateway does: the last writer wins.
+    Off,
 }
 
 fn default_true() -> bool {

@@ -188,9 +188,17 @@ async fn clients_outages_and_kills_end_with_bucket_equal_to_model() {
             format!("{k}: {shown}")
         })
         .collect();
+    let ok = missing.is_empty() && extra.is_empty() && wrong.is_empty();
+    // The temporary directory goes with the test; keep the gateway's log of a failure
+    // (RUST_LOG=bucketgate=debug makes it name every object written and deleted).
+    let kept = std::env::temp_dir().join(format!("soak-{seed}.log"));
+    if !ok {
+        let _ = std::fs::copy(&gw.log_path, &kept);
+    }
     assert!(
-        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
-        "SOAK_SEED={seed}: missing {missing:?}, extra {extra:?}, wrong {wrong:?}"
+        ok,
+        "SOAK_SEED={seed}: missing {missing:?}, extra {extra:?}, wrong {wrong:?}; gateway log in {}",
+        kept.display()
     );
     // And through NFS after all that, every file reads as committed.
     let mut c = mount(gw.nfs_addr).await;

@@ -370,7 +370,7 @@ impl Cache {
         *self.notify.lock() = Some(tx);
     }
 
-    fn notify(&self, id: FileId) {
+    pub(crate) fn notify(&self, id: FileId) {
         if let Some(tx) = self.notify.lock().as_ref() {
             let _ = tx.send(id);
         }
@@ -413,7 +413,7 @@ impl Cache {
         Ok(i)
     }
 
-    fn get_dir(&self, id: FileId) -> Result<Inode> {
+    pub(crate) fn get_dir(&self, id: FileId) -> Result<Inode> {
         let d = self.get(id)?;
         if d.kind != Kind::Dir {
             return Err(CacheError::NotDir);
@@ -493,7 +493,7 @@ impl Cache {
     /// caller answers: NFSv3 clients treat CREATE, MKDIR, SYMLINK, REMOVE, RMDIR,
     /// RENAME and SETATTR as stable once answered (they never resend them), so a
     /// crash must not undo one. WRITE alone is left to COMMIT / FILE_SYNC.
-    fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
+    pub(crate) fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
         self.db.apply_batch(batch)?;
         self.flush_metadata()
     }
@@ -1476,6 +1476,7 @@ impl Cache {
         // Our own upload: the size is known, the store's Last-Modified is not.
         r.listed_size = snapshot_size;
         r.listed_mtime_ns = 0;
+        r.overwrite_meta = None;
         if i.unlinked {
             // Removed while uploading: the object just written is an orphan.
             r.stale_keys.push(key.to_string());
@@ -1512,6 +1513,20 @@ impl Cache {
             return Ok(());
         }
         i.remote.stale_keys.push(key.to_string());
+        self.save_upload_state(&mut st, i)?;
+        drop(st);
+        self.flush_metadata()
+    }
+
+    /// Before the uploader overwrites `id`'s own object with one carrying `meta`:
+    /// noted durably, so that after a crash that lost the record of that write, the
+    /// new version is recognised as ours rather than taken for a conflict.
+    pub fn record_overwrite_intent(&self, id: FileId, meta: (u32, u32, u32, u64)) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(mut i) = self.load(id)? else {
+            return Ok(());
+        };
+        i.remote.overwrite_meta = Some(meta);
         self.save_upload_state(&mut st, i)?;
         drop(st);
         self.flush_metadata()

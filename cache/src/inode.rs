@@ -48,6 +48,10 @@ pub struct RemoteState {
     /// carry no ETag.
     pub listed_size: u64,
     pub listed_mtime_ns: u64,
+    /// The attributes of an overwrite of `key` that may have reached the store
+    /// without being recorded (a crash in between): a version there carrying exactly
+    /// these is ours, not another writer's. Set durably before such a write.
+    pub overwrite_meta: Option<(u32, u32, u32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

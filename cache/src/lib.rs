@@ -13,6 +13,7 @@ macro_rules! failpoint {
     };
 }
 
+mod conflict;
 mod engine;
 mod error;
 mod inode;

@@ -8,7 +8,7 @@
 
 use sled::Batch;
 
-use crate::engine::{Cache, encode, now_ns};
+use crate::engine::{Cache, State, encode, now_ns};
 use crate::error::{CacheError, Result};
 use crate::inode::{DirEntry, FileId, Inode, Kind, RemoteState, keys};
 use crate::perm::Caller;
@@ -151,6 +151,7 @@ impl Cache {
                     synced_ns: now,
                     listed_size: child.size,
                     listed_mtime_ns: if child.partial { child.mtime_ns } else { 0 },
+                    overwrite_meta: None,
                 };
                 let seq = d.next_dir_seq;
                 d.next_dir_seq += 1;
@@ -237,24 +238,52 @@ impl Cache {
         if i.is_dirty() || i.unlinked || i.remote.synced_ns >= started_ns {
             return Ok(false);
         }
-        st.resized(self.cached_bytes_of(&i), 0);
-        self.file(id)?.set_len(0).map_err(CacheError::from_io)?;
-        i.size = size;
         i.mtime_ns = mtime_ns;
-        i.ctime_ns = now_ns();
-        i.partial = true;
         i.meta_pending = true;
-        i.remote.etag = etag.to_string();
-        i.remote.synced_ns = now_ns();
-        i.remote.listed_size = size;
         i.remote.listed_mtime_ns = mtime_ns;
-        let mut b = Batch::default();
-        Self::put(&mut b, &i);
-        b.remove(&keys::blocks(id));
-        self.commit_batch(b)?;
+        self.forget_cached_bytes(&mut st, i, etag, size)?;
         drop(st);
         self.lru.invalidate(&id);
         Ok(true)
+    }
+
+    /// A server-side copy of `id`'s object (for a rename or an attribute change)
+    /// found that the store holds another version than the cached one (ETag `etag`,
+    /// `size` bytes), and `id` has no data changes of its own: the store's bytes win
+    /// (the cached ones are dropped and fetched again when read), while the local name
+    /// and attributes stay pending, to be applied to that version by the next copy.
+    /// False when `id` has data changes of its own (a conflict, not a rebase).
+    pub fn rebase_on_remote(&self, id: FileId, etag: &str, size: u64) -> Result<bool> {
+        let _guard = self.data_lock(id).write();
+        let mut st = self.state.lock();
+        let Some(i) = self.load(id)? else {
+            return Ok(false);
+        };
+        if i.kind != Kind::File || i.dirty_data_bytes() > 0 {
+            return Ok(false);
+        }
+        self.forget_cached_bytes(&mut st, i, etag, size)?;
+        drop(st);
+        self.lru.invalidate(&id);
+        Ok(true)
+    }
+
+    /// Drops `i`'s cached bytes: it becomes a partial file of the store's version.
+    fn forget_cached_bytes(&self, st: &mut State, mut i: Inode, etag: &str, size: u64) -> Result<()> {
+        st.resized(self.cached_bytes_of(&i), 0);
+        self.file(i.id)?.set_len(0).map_err(CacheError::from_io)?;
+        i.size = size;
+        i.ctime_ns = now_ns();
+        i.partial = true;
+        i.remote.etag = etag.to_string();
+        i.remote.synced_ns = now_ns();
+        i.remote.listed_size = size;
+        let mut b = Batch::default();
+        Self::put(&mut b, &i);
+        b.remove(&keys::blocks(i.id));
+        self.commit_batch(b)?;
+        st.account(&i);
+        Ok(())
     }
 
     /// Attributes read from the object's metadata (or `None`: it carries none, keep

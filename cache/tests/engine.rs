@@ -511,3 +511,63 @@ fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
     c.record_deleted(b.id, "k").unwrap();
     assert!(c.pending().unwrap().is_empty(), "clean at the end");
 }
+
+#[test]
+fn a_conflict_moves_the_local_file_aside_and_leaves_the_name_to_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    let me = user();
+    let f = cache
+        .create(&me, ROOT_ID, b"report.txt", unchecked(0o644))
+        .unwrap()
+        .0;
+    cache.write(&me, f.id, 0, b"local", true).unwrap();
+    // A clash with an earlier conflict copy gets a counter.
+    cache
+        .create(
+            &me,
+            ROOT_ID,
+            b"report.txt.conflict-20261129T120000Z",
+            unchecked(0o644),
+        )
+        .unwrap();
+    let got = cache
+        .set_aside_conflict(f.id, "report.txt", "20261129T120000Z")
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("report.txt.conflict-20261129T120000Z-2"));
+    assert!(matches!(
+        cache.lookup(&me, ROOT_ID, b"report.txt"),
+        Err(CacheError::NotFound)
+    ));
+    let moved = cache
+        .lookup(&me, ROOT_ID, b"report.txt.conflict-20261129T120000Z-2")
+        .unwrap();
+    assert_eq!(moved.id, f.id);
+    assert!(moved.remote.key.is_none() && moved.remote.stale_keys.is_empty());
+    assert!(moved.is_dirty());
+    // The store's version comes back at the next access.
+    assert!(cache.needs_listing(ROOT_ID, None).unwrap());
+    // No longer at that key: nothing to do.
+    assert_eq!(cache.set_aside_conflict(f.id, "report.txt", "x").unwrap(), None);
+}
+
+#[test]
+fn a_conflict_copy_of_a_long_name_is_cut_at_a_character_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    let me = user();
+    let long = "é".repeat(127); // 254 bytes
+    let f = cache
+        .create(&me, ROOT_ID, long.as_bytes(), unchecked(0o644))
+        .unwrap()
+        .0;
+    let got = cache
+        .set_aside_conflict(f.id, &long, "20261129T120000Z")
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.len() <= 255 && got.ends_with(".conflict-20261129T120000Z"),
+        "{got}"
+    );
+    assert!(got.starts_with("éé"));
+}

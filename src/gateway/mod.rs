@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 use crate::config::ShareLocation;
-use crate::config::{Config, ShareConfig};
+use crate::config::{Config, ConflictCheck, ShareConfig};
 use crate::metrics::Metrics;
 use crate::nfs::nfs3::{NfsService, Share};
 use crate::nfs::server::{Limits, serve};
@@ -109,7 +109,10 @@ impl Gateway {
                 cache.clone(),
                 store.clone(),
                 prefix.clone(),
-                upload_settings(&config),
+                UploadSettings {
+                    check_conflicts: sc.conflict_check != ConflictCheck::Off,
+                    ..upload_settings(&config)
+                },
                 Some((metrics.clone(), sc.name.clone())),
             );
             let audit = match &sc.audit_log {
@@ -252,6 +255,7 @@ pub fn upload_settings(config: &Config) -> UploadSettings {
         part_size: config.upload.part_size.0,
         concurrency: config.upload.concurrency,
         part_concurrency: config.upload.part_concurrency,
+        check_conflicts: true,
     }
 }
 

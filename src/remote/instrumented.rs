@@ -186,4 +186,50 @@ impl ObjectStore for Instrumented {
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         timed!(self, "DeleteObject", self.inner.delete_object(key))
     }
+    // The conditional writes go to the inner store's own (possibly atomic) versions,
+    // counted under the same operation names.
+    async fn put_object_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_match: &str,
+    ) -> StoreResult<String> {
+        let n = body.len();
+        let r = timed!(
+            self,
+            "PutObject",
+            self.inner.put_object_if(key, body, meta, if_match)
+        );
+        if r.is_ok() {
+            self.uploaded(n);
+        }
+        r
+    }
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: &str,
+    ) -> StoreResult<String> {
+        timed!(
+            self,
+            "CompleteMultipartUpload",
+            self.inner.complete_multipart_if(key, upload_id, parts, if_match)
+        )
+    }
+    async fn copy_object_if(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+        src_if_match: &str,
+    ) -> StoreResult<String> {
+        timed!(
+            self,
+            "CopyObject",
+            self.inner.copy_object_if(src_key, dst_key, meta, src_if_match)
+        )
+    }
 }

@@ -157,4 +157,59 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> StoreResult<String>;
     /// Idempotent: deleting a missing key is not an error.
     async fn delete_object(&self, key: &str) -> StoreResult<()>;
+
+    // ----- writes that must not replace a version the gateway has not seen -----
+    //
+    // Each fails with `PreconditionFailed` when the object under `key` (for a copy:
+    // the source) no longer has ETag `if_match`, and with `NotFound` (or, from some
+    // stores, `PreconditionFailed`) when it is gone. The defaults compare with a HEAD
+    // first, which leaves a short window; stores that support conditional requests
+    // (S3 If-Match, x-amz-copy-source-if-match) override them to check atomically.
+
+    async fn put_object_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_match: &str,
+    ) -> StoreResult<String> {
+        expect_etag(self, key, if_match).await?;
+        self.put_object(key, body, meta).await
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: &str,
+    ) -> StoreResult<String> {
+        expect_etag(self, key, if_match).await?;
+        self.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn copy_object_if(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+        src_if_match: &str,
+    ) -> StoreResult<String> {
+        expect_etag(self, src_key, src_if_match).await?;
+        self.copy_object(src_key, dst_key, meta).await
+    }
+}
+
+/// ETags compare without their quotes (S3 sends them quoted, listings may not).
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+/// The HEAD check behind the default conditional writes.
+pub async fn expect_etag<S: ObjectStore + ?Sized>(store: &S, key: &str, etag: &str) -> StoreResult<()> {
+    match store.head(key).await? {
+        None => Err(StoreError::NotFound),
+        Some(info) if same_etag(&info.etag, etag) => Ok(()),
+        Some(_) => Err(StoreError::PreconditionFailed),
+    }
 }

@@ -38,8 +38,10 @@ use aws_sdk_s3::types::{
 };
 use bytes::Bytes;
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
-use crate::config::ShareConfig;
+use super::{
+    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult, expect_etag,
+};
+use crate::config::{ConflictCheck, ShareConfig};
 
 /// How to reach one bucket. The share prefix is not part of it: keys given to the
 /// store are full object keys.
@@ -80,6 +82,9 @@ pub struct S3Settings {
     pub min_upload_bytes_per_sec: u64,
     /// Attempts per request in the SDK's standard retry mode (1 = no retry).
     pub max_attempts: u32,
+    /// Send If-Match / x-amz-copy-source-if-match on writes that must not replace
+    /// an unseen version (S3 and most compatible servers); false: a HEAD first.
+    pub conditional_writes: bool,
 }
 
 impl S3Settings {
@@ -102,6 +107,7 @@ impl S3Settings {
             attempt_timeout: Duration::from_secs(300),
             min_upload_bytes_per_sec: 32 << 10,
             max_attempts: 3,
+            conditional_writes: true,
         }
     }
 
@@ -117,6 +123,7 @@ impl S3Settings {
             acl: share.acl.clone(),
             guess_mime_type: share.guess_mime_type,
             requester_pays: share.requester_pays,
+            conditional_writes: share.conflict_check == ConflictCheck::IfMatch,
             ..S3Settings::new(bucket)
         }
     }
@@ -145,6 +152,7 @@ impl fmt::Debug for S3Settings {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("min_upload_bytes_per_sec", &self.min_upload_bytes_per_sec)
             .field("max_attempts", &self.max_attempts)
+            .field("conditional_writes", &self.conditional_writes)
             .finish()
     }
 }
@@ -167,6 +175,7 @@ pub struct S3Store {
     connect_timeout: Duration,
     read_timeout: Duration,
     min_upload_bytes_per_sec: u64,
+    conditional_writes: bool,
 }
 
 impl fmt::Debug for S3Store {
@@ -254,7 +263,114 @@ impl S3Store {
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
             min_upload_bytes_per_sec: settings.min_upload_bytes_per_sec.max(1),
+            conditional_writes: settings.conditional_writes,
         })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let len = body.len();
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(if_match.map(quote))
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_metadata(Some(Self::metadata_map(meta)))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_content_type(self.content_type(key))
+            .set_storage_class(self.opts.storage_class.clone())
+            .set_server_side_encryption(self.opts.sse.clone())
+            .set_ssekms_key_id(self.opts.sse_kms_key_id.clone())
+            .set_acl(self.opts.acl.clone())
+            .set_request_payer(self.opts.request_payer.clone())
+            .customize()
+            .config_override(self.upload_timeouts(len))
+            .send()
+            .await
+            .map_err(|e| map_sdk_err("PutObject", e))?;
+        Ok(out.e_tag().map(unquote).unwrap_or_default())
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let checksums = self.part_checksums(key, upload_id).await?;
+        let parts = parts
+            .iter()
+            .map(|p| {
+                // Only the checksum of the very part version being committed.
+                let crc = checksums
+                    .get(&p.part_number)
+                    .filter(|(etag, _)| *etag == unquote(&p.etag));
+                SdkCompletedPart::builder()
+                    .part_number(p.part_number)
+                    .e_tag(format!("\"{}\"", unquote(&p.etag)))
+                    .set_checksum_crc32_c(crc.map(|(_, c)| c.clone()))
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_if_match(if_match.map(quote))
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .set_request_payer(self.opts.request_payer.clone())
+            .send()
+            .await
+            .map_err(|e| map_sdk_err("CompleteMultipartUpload", e))?;
+        Ok(out.e_tag().map(unquote).unwrap_or_default())
+    }
+
+    async fn copy(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+        src_if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(self.copy_source(src_key))
+            .set_copy_source_if_match(src_if_match.map(quote))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_storage_class(self.opts.storage_class.clone())
+            .set_server_side_encryption(self.opts.sse.clone())
+            .set_ssekms_key_id(self.opts.sse_kms_key_id.clone())
+            .set_acl(self.opts.acl.clone())
+            .set_request_payer(self.opts.request_payer.clone());
+        req = match meta {
+            // REPLACE drops every header of the source, Content-Type included, so the
+            // new one has to be sent again.
+            Some(m) => req
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(Some(Self::metadata_map(m)))
+                .set_content_type(self.content_type(dst_key)),
+            None => req.metadata_directive(MetadataDirective::Copy),
+        };
+        let out = req.send().await.map_err(|e| map_sdk_err("CopyObject", e))?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .map(unquote)
+            .unwrap_or_default())
     }
 
     /// HeadBucket: that the bucket exists and these credentials may use it. Worth
@@ -366,6 +482,10 @@ fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_owned()
 }
 
+fn quote(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
+}
+
 fn to_ns(t: &DateTime) -> Option<u64> {
     let secs = u64::try_from(t.secs()).ok()?;
     secs.checked_mul(1_000_000_000)?
@@ -465,28 +585,67 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> StoreError
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
-        let len = body.len();
-        let out = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .set_metadata(Some(Self::metadata_map(meta)))
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .set_content_type(self.content_type(key))
-            .set_storage_class(self.opts.storage_class.clone())
-            .set_server_side_encryption(self.opts.sse.clone())
-            .set_ssekms_key_id(self.opts.sse_kms_key_id.clone())
-            .set_acl(self.opts.acl.clone())
-            .set_request_payer(self.opts.request_payer.clone())
-            .customize()
-            .config_override(self.upload_timeouts(len))
-            .send()
-            .await
-            .map_err(|e| map_sdk_err("PutObject", e))?;
-        Ok(out.e_tag().map(unquote).unwrap_or_default())
+        self.put(key, body, meta, None).await
+    }
+
+    async fn put_object_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_match: &str,
+    ) -> StoreResult<String> {
+        if !self.conditional_writes {
+            expect_etag(self, key, if_match).await?;
+            return self.put(key, body, meta, None).await;
+        }
+        self.put(key, body, meta, Some(if_match)).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<String> {
+        self.complete(key, upload_id, parts, None).await
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: &str,
+    ) -> StoreResult<String> {
+        if !self.conditional_writes {
+            expect_etag(self, key, if_match).await?;
+            return self.complete(key, upload_id, parts, None).await;
+        }
+        self.complete(key, upload_id, parts, Some(if_match)).await
+    }
+
+    async fn copy_object(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+    ) -> StoreResult<String> {
+        self.copy(src_key, dst_key, meta, None).await
+    }
+
+    async fn copy_object_if(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+        src_if_match: &str,
+    ) -> StoreResult<String> {
+        if !self.conditional_writes {
+            expect_etag(self, src_key, src_if_match).await?;
+            return self.copy(src_key, dst_key, meta, None).await;
+        }
+        self.copy(src_key, dst_key, meta, Some(src_if_match)).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
@@ -568,41 +727,6 @@ impl ObjectStore for S3Store {
             .and_then(|r| r.e_tag())
             .map(unquote)
             .unwrap_or_default())
-    }
-
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> StoreResult<String> {
-        let checksums = self.part_checksums(key, upload_id).await?;
-        let parts = parts
-            .iter()
-            .map(|p| {
-                // Only the checksum of the very part version being committed.
-                let crc = checksums
-                    .get(&p.part_number)
-                    .filter(|(etag, _)| *etag == unquote(&p.etag));
-                SdkCompletedPart::builder()
-                    .part_number(p.part_number)
-                    .e_tag(format!("\"{}\"", unquote(&p.etag)))
-                    .set_checksum_crc32_c(crc.map(|(_, c)| c.clone()))
-                    .build()
-            })
-            .collect();
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .set_request_payer(self.opts.request_payer.clone())
-            .send()
-            .await
-            .map_err(|e| map_sdk_err("CompleteMultipartUpload", e))?;
-        Ok(out.e_tag().map(unquote).unwrap_or_default())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
@@ -776,41 +900,6 @@ impl ObjectStore for S3Store {
             common_prefixes,
             next_token,
         })
-    }
-
-    async fn copy_object(
-        &self,
-        src_key: &str,
-        dst_key: &str,
-        meta: Option<&ObjectMeta>,
-    ) -> StoreResult<String> {
-        let mut req = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(dst_key)
-            .copy_source(self.copy_source(src_key))
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .set_storage_class(self.opts.storage_class.clone())
-            .set_server_side_encryption(self.opts.sse.clone())
-            .set_ssekms_key_id(self.opts.sse_kms_key_id.clone())
-            .set_acl(self.opts.acl.clone())
-            .set_request_payer(self.opts.request_payer.clone());
-        req = match meta {
-            // REPLACE drops every header of the source, Content-Type included, so the
-            // new one has to be sent again.
-            Some(m) => req
-                .metadata_directive(MetadataDirective::Replace)
-                .set_metadata(Some(Self::metadata_map(m)))
-                .set_content_type(self.content_type(dst_key)),
-            None => req.metadata_directive(MetadataDirective::Copy),
-        };
-        let out = req.send().await.map_err(|e| map_sdk_err("CopyObject", e))?;
-        Ok(out
-            .copy_object_result()
-            .and_then(|r| r.e_tag())
-            .map(unquote)
-            .unwrap_or_default())
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {

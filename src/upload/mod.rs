@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError};
+use crate::remote::{CompletedPart, ObjectInfo, ObjectMeta, ObjectStore, StoreError, expect_etag, same_etag};
 
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
 /// nothing otherwise. Configured to `return`, the step ends right there with
@@ -54,6 +54,9 @@ pub struct UploadSettings {
     pub part_size: u64,
     pub concurrency: usize,
     pub part_concurrency: usize,
+    /// Never write over a version of an object that someone else wrote since the
+    /// gateway last saw it (the share's `conflict_check` is not "off").
+    pub check_conflicts: bool,
 }
 
 /// Why a file has not reached the store yet.
@@ -76,6 +79,7 @@ pub struct UploadCounters {
     pub objects_copied: AtomicU64,
     pub objects_deleted: AtomicU64,
     pub files_renamed: AtomicU64,
+    pub conflicts: AtomicU64,
 }
 
 struct Schedule {
@@ -452,11 +456,21 @@ impl Uploader {
             }
             self.store.put_object(&key, Bytes::new(), &meta).await?
         } else if !data_current {
-            self.upload_data(ino, &key, &meta).await?
+            match self.upload_unless_conflict(ino, &rel, &key, &meta).await? {
+                Some(etag) => etag,
+                None => return Ok(()),
+            }
         } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta_tuple {
             let src = self.full_key(r.key.as_deref().unwrap_or_default());
             let renamed = src != key;
-            match self.copy(&src, &key, &meta, ino.size).await {
+            let base = self.settings.check_conflicts && !r.etag.is_empty();
+            if base && !renamed {
+                self.cache.record_overwrite_intent(ino.id, meta_tuple)?;
+            }
+            match self
+                .copy(&src, &key, &meta, ino.size, base.then_some(r.etag.as_str()))
+                .await
+            {
                 Ok(etag) => {
                     failpoint!("upload::after_copy_before_record");
                     self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
@@ -472,7 +486,26 @@ impl Uploader {
                     // The object we meant to copy is gone (deleted behind our back):
                     // upload the bytes instead.
                     tracing::warn!(key = src, "copy source missing; uploading the data again");
-                    self.upload_data(ino, &key, &meta).await?
+                    self.upload_data(ino, &key, &meta, None).await?
+                }
+                Err(UploadError::Store(StoreError::PreconditionFailed)) => {
+                    // Another client replaced the object since we saw it; only our name
+                    // or attributes changed, so its bytes win and the next pass applies
+                    // our change to them.
+                    match self.store.head(&src).await? {
+                        Some(now) if Self::written_by_us(ino, &now) => {
+                            self.store.copy_object(&src, &key, Some(&meta)).await?
+                        }
+                        Some(now) => {
+                            tracing::info!(
+                                key = src,
+                                "object changed in the store; renaming or re-attributing its new version"
+                            );
+                            self.cache.rebase_on_remote(ino.id, &now.etag, now.size)?;
+                            return Ok(());
+                        }
+                        None => self.upload_data(ino, &key, &meta, None).await?,
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -480,6 +513,13 @@ impl Uploader {
             self.cache.record_clean(ino.id, ino.change_seq)?;
             return Ok(());
         };
+        tracing::debug!(
+            file_id = ino.id,
+            key,
+            data_seq = ino.data_seq,
+            size = ino.size,
+            "object written"
+        );
         // The object is in the store (put, multipart or copy); the cache does not know yet.
         failpoint!("upload::after_store_before_record");
         if !self
@@ -494,16 +534,87 @@ impl Uploader {
         Ok(())
     }
 
-    async fn upload_data(&self, ino: &Inode, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+    /// Uploads the file's bytes to `key`, unless the object there is no longer the
+    /// version the local change started from: then the local version is set aside as
+    /// a conflict copy (uploaded by the next pass) and `None` is returned.
+    async fn upload_unless_conflict(
+        &self,
+        ino: &Inode,
+        rel: &str,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Option<String>, UploadError> {
+        let r = &ino.remote;
+        let base = (self.settings.check_conflicts && r.key.as_deref() == Some(rel) && !r.etag.is_empty())
+            .then_some(r.etag.as_str());
+        let Some(base) = base else {
+            return self.upload_data(ino, key, meta, None).await.map(Some);
+        };
+        self.cache
+            .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
+        match self.upload_data(ino, key, meta, Some(base)).await {
+            Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {}
+            done => return done.map(Some),
+        }
+        // Some stores answer a failed If-Match on a missing object with 412, some with
+        // 404: look before deciding.
+        let theirs = match self.store.head(key).await? {
+            // Deleted behind our back: the local change brings it back.
+            None => return self.upload_data(ino, key, meta, None).await.map(Some),
+            // Not changed after all, or changed by an upload of ours whose record a
+            // crash lost.
+            Some(now) if same_etag(&now.etag, base) || Self::written_by_us(ino, &now) => {
+                return self.upload_data(ino, key, meta, None).await.map(Some);
+            }
+            Some(now) => now,
+        };
+        let stamp: String = crate::audit::rfc3339_now()
+            .chars()
+            .take(19)
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .chain(std::iter::once('Z'))
+            .collect();
+        if let Some(name) = self.cache.set_aside_conflict(ino.id, rel, &stamp)? {
+            tracing::warn!(
+                key,
+                their_etag = theirs.etag,
+                our_base = base,
+                kept_as = name,
+                "conflict: the object changed in the store since the gateway last saw it; \
+                 the store's version keeps the name, the local one is kept beside it"
+            );
+            self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            if let Some((m, share)) = &self.metrics {
+                m.conflicts_total.with_label_values(&[share]).inc();
+            }
+        }
+        Ok(None)
+    }
+
+    fn written_by_us(ino: &Inode, info: &ObjectInfo) -> bool {
+        let theirs = info.meta.map(|m| (m.uid, m.gid, m.mode, m.mtime_ns));
+        theirs.is_some() && theirs == ino.remote.overwrite_meta
+    }
+
+    async fn upload_data(
+        &self,
+        ino: &Inode,
+        key: &str,
+        meta: &ObjectMeta,
+        if_match: Option<&str>,
+    ) -> Result<String, UploadError> {
+        let put = |body: Bytes| async move {
+            match if_match {
+                Some(etag) => self.store.put_object_if(key, body, meta, etag).await,
+                None => self.store.put_object(key, body, meta).await,
+            }
+        };
         let etag = if ino.kind == Kind::Symlink {
-            self.store
-                .put_object(key, Bytes::from(ino.symlink_target.clone()), meta)
-                .await?
+            put(Bytes::from(ino.symlink_target.clone())).await?
         } else if ino.size < self.settings.multipart_threshold {
-            let body = transfer::read_range(&self.cache, ino.id, 0, ino.size).await?;
-            self.store.put_object(key, body, meta).await?
+            put(transfer::read_range(&self.cache, ino.id, 0, ino.size).await?).await?
         } else {
-            self.multipart_upload(ino, key, meta).await?
+            self.multipart_upload(ino, key, meta, if_match).await?
         };
         self.counters.objects_put.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -523,6 +634,7 @@ impl Uploader {
         ino: &Inode,
         key: &str,
         meta: &ObjectMeta,
+        if_match: Option<&str>,
     ) -> Result<String, UploadError> {
         let size = ino.size;
         let part_size = self.part_size_for(size);
@@ -548,7 +660,15 @@ impl Uploader {
             }
         };
         failpoint!("upload::multipart::before_complete");
-        match self.store.complete_multipart(key, &upload_id, &parts).await {
+        let completed = match if_match {
+            Some(etag) => {
+                self.store
+                    .complete_multipart_if(key, &upload_id, &parts, etag)
+                    .await
+            }
+            None => self.store.complete_multipart(key, &upload_id, &parts).await,
+        };
+        match completed {
             Ok(etag) => Ok(etag),
             Err(e) => {
                 let _ = self.store.abort_multipart(key, &upload_id).await;
@@ -557,9 +677,23 @@ impl Uploader {
         }
     }
 
-    async fn copy(&self, src: &str, dst: &str, meta: &ObjectMeta, size: u64) -> Result<String, UploadError> {
+    /// Server-side copy; with `src_if_match`, only of that version of `src`.
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        meta: &ObjectMeta,
+        size: u64,
+        src_if_match: Option<&str>,
+    ) -> Result<String, UploadError> {
         if size <= MAX_SINGLE_COPY {
-            return Ok(self.store.copy_object(src, dst, Some(meta)).await?);
+            return Ok(match src_if_match {
+                Some(etag) => self.store.copy_object_if(src, dst, Some(meta), etag).await?,
+                None => self.store.copy_object(src, dst, Some(meta)).await?,
+            });
+        }
+        if let Some(etag) = src_if_match {
+            expect_etag(self.store.as_ref(), src, etag).await?;
         }
         let part_size = self.part_size_for(size).max(512 << 20);
         let upload_id = self.store.create_multipart(dst, meta).await?;
@@ -593,7 +727,10 @@ impl Uploader {
         // deletes it if it moves on first (Cache::hand_over_stale_key).
         if !self.cache.hand_over_stale_key(id, rel)? {
             self.store.delete_object(&key).await?;
+            tracing::debug!(file_id = id, key, "stale object deleted");
             self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::debug!(file_id = id, key, "stale key claimed by a live file");
         }
         self.cache.record_deleted(id, rel)?;
         Ok(())

@@ -88,6 +88,7 @@ path_style = true
             .arg(&self.config_path)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_default())
             .env("AWS_ACCESS_KEY_ID", &self.s3.0)
             .env("AWS_SECRET_ACCESS_KEY", &self.s3.1)
             .env("AWS_REGION", &self.s3.2)

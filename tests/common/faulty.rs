@@ -137,4 +137,40 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.inner.delete_object(key).await
     }
+    async fn put_object_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_match: &str,
+    ) -> StoreResult<String> {
+        self.check()?;
+        self.maybe_hold().await;
+        self.check()?;
+        self.inner.put_object_if(key, body, meta, if_match).await
+    }
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: &str,
+    ) -> StoreResult<String> {
+        self.check()?;
+        self.inner
+            .complete_multipart_if(key, upload_id, parts, if_match)
+            .await
+    }
+    async fn copy_object_if(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&ObjectMeta>,
+        src_if_match: &str,
+    ) -> StoreResult<String> {
+        self.check()?;
+        self.inner
+            .copy_object_if(src_key, dst_key, meta, src_if_match)
+            .await
+    }
 }

@@ -6,7 +6,7 @@
 //! let srv = S3TestServer::start().await;           // bucket already created
 //! let store = srv.store().await;                    // bucketgate S3Store for it
 //! srv.client.head_bucket().bucket(&srv.bucket).send().await?; // plain SDK client
-//! srv.handle.stop().await;                          // port closed, connections cut
+//! srv.handle.stop().await;                          // port closed, requests in flight finish
 //! srv.handle.restart().await;                       // same port, same data
 //! ```
 //!
@@ -27,6 +27,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpSocket;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
 pub const ACCESS_KEY: &str = "bucketgate-test-ak";
 pub const SECRET_KEY: &str = "bucketgate-test-sk-0123456789";
@@ -55,16 +56,19 @@ pub struct S3TestServer {
 pub struct ServerHandle {
     addr: SocketAddr,
     service: S3Service,
-    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    task: Arc<Mutex<Option<(JoinHandle<()>, CancellationToken)>>>,
 }
 
 impl ServerHandle {
-    /// Closes the listening socket and every open connection; returns when the port
-    /// refuses connections. Idempotent.
+    /// Closes the listening socket and every idle connection; returns when the port
+    /// refuses connections. Requests already being served finish first, each on its
+    /// own: S3 applies a request whole or not at all, while cancelling s3s-fs in the
+    /// middle of one can leave an object without its ETag or metadata, which no real
+    /// store does. Idempotent.
     pub async fn stop(&self) {
         let task = self.task.lock().unwrap().take();
-        if let Some(task) = task {
-            task.abort();
+        if let Some((task, stop)) = task {
+            stop.cancel();
             let _ = task.await;
         }
     }
@@ -75,7 +79,7 @@ impl ServerHandle {
             return;
         }
         let listener = bind(self.addr).await;
-        *self.task.lock().unwrap() = Some(tokio::spawn(serve(listener, self.service.clone())));
+        *self.task.lock().unwrap() = Some(spawn_server(listener, self.service.clone()));
     }
 
     pub fn is_running(&self) -> bool {
@@ -83,7 +87,7 @@ impl ServerHandle {
             .lock()
             .unwrap()
             .as_ref()
-            .is_some_and(|t| !t.is_finished())
+            .is_some_and(|(t, _)| !t.is_finished())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -107,30 +111,50 @@ async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     panic!("cannot bind {addr}: {last_err:?}");
 }
 
-/// Accepts connections until aborted; aborting drops the JoinSet, which aborts
-/// (and so closes) every connection.
-async fn serve(listener: tokio::net::TcpListener, service: S3Service) {
+fn spawn_server(
+    listener: tokio::net::TcpListener,
+    service: S3Service,
+) -> (JoinHandle<()>, CancellationToken) {
+    let stop = CancellationToken::new();
+    (tokio::spawn(serve(listener, service, stop.clone())), stop)
+}
+
+/// Accepts connections until `stop`; then closes the listener and asks every
+/// connection to close once its current request is answered (idle ones at once).
+/// Aborting the task instead (test teardown) cuts everything.
+async fn serve(listener: tokio::net::TcpListener, service: S3Service, stop: CancellationToken) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let service = service.clone();
+                let stop = stop.clone();
                 conns.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    drop(listener);
+    conns.detach_all();
 }
 
 impl Drop for S3TestServer {
     /// The data directory goes away with the server: stop serving it.
     fn drop(&mut self) {
-        if let Some(task) = self.handle.task.lock().unwrap().take() {
+        if let Some((task, _)) = self.handle.task.lock().unwrap().take() {
             task.abort();
         }
     }
@@ -168,7 +192,7 @@ impl S3TestServer {
         let handle = ServerHandle {
             addr,
             service: service.clone(),
-            task: Arc::new(Mutex::new(Some(tokio::spawn(serve(listener, service))))),
+            task: Arc::new(Mutex::new(Some(spawn_server(listener, service.clone())))),
         };
         let endpoint = format!("http://{addr}");
         let conf = aws_sdk_s3::Config::builder()
