@@ -10,7 +10,10 @@
 //! 3. small files: 10,000 × 4 KiB created, written, committed by 8 clients; files/s to
 //!    the cache, and the upload rate to S3 separately.
 //! 4. metadata: READDIRPLUS of a 10,000-entry directory; GETATTR and LOOKUP calls/s.
-//! 5. warm read through the gateway vs a raw read of the cache file.
+//! 5. warm read through the gateway vs a raw read of the cache file, and vs the same
+//!    bytes read from the file and sent through a loopback TCP socket (the floor for
+//!    any network file server on this machine); cold sequential read through a second
+//!    gateway with an empty cache vs direct GETs of the same object with aws-sdk-s3.
 //! 6. CPU seconds per GiB for 1 and 5 (client and gateway share the process).
 
 #[path = "../tests/common/s3server.rs"]
@@ -202,6 +205,66 @@ async fn direct_multipart(srv: &S3TestServer, path: &std::path::Path, total: usi
     t.elapsed()
 }
 
+/// Reads the file in 1 MiB pieces and sends them through a loopback TCP connection to
+/// a reader that drops them: the kernel copies a networked reader cannot avoid.
+fn file_over_tcp(path: &std::path::Path) -> Duration {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; MIB];
+        while s.read(&mut buf).unwrap() > 0 {}
+    });
+    let t = Instant::now();
+    let mut out = std::net::TcpStream::connect(addr).unwrap();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).unwrap();
+    }
+    drop(out);
+    sink.join().unwrap();
+    t.elapsed()
+}
+
+/// GETs `total` bytes of `key` as ranges of `piece` bytes, `depth` at a time.
+async fn direct_get(srv: &S3TestServer, key: &str, total: usize, piece: usize, depth: usize) -> Duration {
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut next, mut got) = (0usize, 0usize);
+    while next < total || !tasks.is_empty() {
+        while next < total && tasks.len() < depth {
+            let (client, bucket, key) = (srv.client.clone(), srv.bucket.clone(), key.to_string());
+            let range = format!("bytes={next}-{}", (next + piece).min(total) - 1);
+            tasks.spawn(async move {
+                let mut body = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .range(range)
+                    .send()
+                    .await
+                    .unwrap()
+                    .body;
+                let mut n = 0;
+                while let Some(chunk) = body.try_next().await.unwrap() {
+                    n += chunk.len();
+                }
+                n
+            });
+            next += piece;
+        }
+        got += tasks.join_next().await.unwrap().unwrap();
+    }
+    assert_eq!(got, total);
+    t.elapsed()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mib: usize = std::env::var("BENCH_MIB")
@@ -281,7 +344,41 @@ async fn main() {
         "MiB/s",
         Some((mbps(raw_read), "read of the cache file")),
     );
+        row(
+        "5 warm read",
+        mbps(warm),
+        "MiB/s",
+        Some((mbps(file_over_tcp(&cache_file)), "read + loopback TCP")),
+    );
     row("6 warm read CPU", read_cpu / gib, "s/GiB", None);
+
+    // 5. cold read: a second gateway with an empty cache reads what the first uploaded.
+    let cold_dir = tmp.path().join("cold");
+    std::fs::create_dir_all(&cold_dir).unwrap();
+    let gw2 = gateway(&srv, &cold_dir, Duration::from_secs(3600)).await;
+    let c2 = Client::connect(gw2.nfs_addr, 1000, 1000).await;
+    let root2 = c2.mount("/data").await;
+    let fh2 = c2.lookup(&root2, "ingest.bin").await;
+    let ranged = direct_get(&srv, "bench/ingest.bin", total, 8 * MIB, 8).await;
+    let single = direct_get(&srv, "bench/ingest.bin", total, total, 1).await;
+    let t = Instant::now();
+    let got = nfs_read(&c2, &fh2, total, 16).await;
+    let cold = t.elapsed();
+    assert_eq!(got, total);
+    row(
+        "5 cold read (16 x 1 MiB in flight)",
+        mbps(cold),
+        "MiB/s",
+        Some((mbps(ranged), "8 x 8 MiB ranged GETs")),
+    );
+    row(
+        "5 cold read",
+        mbps(cold),
+        "MiB/s",
+        Some((mbps(single), "one GET, streamed")),
+    );
+    gw2.shutdown().await;
+
 
     // 3. small files
     let files = 10_000usize;

@@ -39,6 +39,11 @@ pub struct ReadThrough {
     /// One fetch of a given range at a time; a second reader waits, then finds it cached.
     fetching: RangeLocks,
     listing: Mutex<HashMap<FileId, Arc<AsyncMutex<()>>>>,
+    /// When each directory's last listing in this process started. Staleness is
+    /// measured on tokio's clock, not the wall clock: a clock step cannot make every
+    /// directory stale (or none), and tests can pause time. A directory not listed
+    /// since the start counts as stale (listed again once after a restart).
+    listed_at: Mutex<HashMap<FileId, tokio::time::Instant>>,
     streams: Mutex<HashMap<FileId, Stream>>,
 }
 
@@ -69,6 +74,7 @@ impl ReadThrough {
             stale_after,
             fetching: Mutex::default(),
             listing: Mutex::default(),
+            listed_at: Mutex::default(),
             streams: Mutex::default(),
         })
     }
@@ -76,13 +82,12 @@ impl ReadThrough {
     /// Lists `dir` from the store if it never was, or if it is older than
     /// `cache_stale_after`.
     pub async fn ensure_listed(&self, dir: FileId) -> Result<(), CacheError> {
-        let stale = self.stale_after.map(|d| d.as_nanos() as u64);
-        if !self.cache.needs_listing(dir, stale)? {
+        if !self.needs_listing(dir)? {
             return Ok(());
         }
         let lock = self.listing.lock().entry(dir).or_default().clone();
         let _g = lock.lock().await;
-        if !self.cache.needs_listing(dir, stale)? {
+        if !self.needs_listing(dir)? {
             return Ok(()); // listed by whoever held the lock
         }
         match self.list(dir).await {
@@ -94,6 +99,19 @@ impl ReadThrough {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn needs_listing(&self, dir: FileId) -> Result<bool, CacheError> {
+        if self.cache.needs_listing(dir, None)? {
+            return Ok(true); // never listed (or marked for listing)
+        }
+        let Some(ttl) = self.stale_after else {
+            return Ok(false);
+        };
+        if self.cache.get(dir)?.kind != Kind::Dir {
+            return Ok(false);
+        }
+        Ok(self.listed_at.lock().get(&dir).is_none_or(|t| t.elapsed() > ttl))
     }
 
     /// Before a change in `dir` (create, remove, rename): learn what the store holds
@@ -119,6 +137,7 @@ impl ReadThrough {
             format!("{}{path}/", self.prefix)
         };
         let started = now_ns();
+        let started_at = tokio::time::Instant::now();
         let mut entries = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -176,9 +195,11 @@ impl ReadThrough {
         entries.retain(|e| matches!(e.kind, RemoteKind::Dir) || !dirs.contains(&e.name));
         entries.dedup_by(|a, b| a.name == b.name);
         let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || cache.apply_listing(dir, entries, started))
+        let changes = tokio::task::spawn_blocking(move || cache.apply_listing(dir, entries, started))
             .await
-            .map_err(|e| CacheError::Meta(e.to_string()))?
+            .map_err(|e| CacheError::Meta(e.to_string()))??;
+        self.listed_at.lock().insert(dir, started_at);
+        Ok(changes)
     }
 
     /// Re-lists `dir` and, with `recursive`, every directory below it that was listed

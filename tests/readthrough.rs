@@ -239,3 +239,55 @@ async fn refresh_picks_up_what_other_clients_added_changed_and_deleted() {
     assert_eq!(read_all(&mut c, &mine).await, b"local, not uploaded yet");
     gw.shutdown().await;
 }
+
+/// `cache_stale_after` on tokio's clock, paused: a directory is listed again only once
+/// its listing is older than that, and never because the wall clock moved.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_directory_is_listed_again_only_once_older_than_cache_stale_after() {
+    use bucketgate::readthrough::ReadThrough;
+    use bucketgate::remote::{LocalStore, ObjectMeta, ObjectStore};
+    use bucketgate_cache::{Cache, CacheOptions, Caller, ROOT_ID};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let cache = Arc::new(Cache::open(&tmp.path().join("cache"), CacheOptions::default()).unwrap());
+    let ttl = Duration::from_secs(300);
+    let rt = ReadThrough::new(cache.clone(), store.clone(), String::new(), Some(ttl));
+    let meta = ObjectMeta {
+        uid: 0,
+        gid: 0,
+        mode: 0o100644,
+        mtime_ns: 1,
+    };
+    let put = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .put_object(key, bytes::Bytes::from_static(b"x"), &meta)
+                .await
+                .unwrap();
+        }
+    };
+    let visible = |name: &str| {
+        cache
+            .lookup(&Caller::new(0, 0, vec![]), ROOT_ID, name.as_bytes())
+            .is_ok()
+    };
+
+    put("first").await;
+    rt.ensure_listed(ROOT_ID).await.unwrap();
+    assert!(visible("first"));
+    put("second").await;
+    tokio::time::advance(ttl - Duration::from_secs(1)).await;
+    rt.ensure_listed(ROOT_ID).await.unwrap();
+    assert!(!visible("second"), "listed again before cache_stale_after");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    rt.ensure_listed(ROOT_ID).await.unwrap();
+    assert!(visible("second"), "not listed again after cache_stale_after");
+    // A listing resets the age.
+    put("third").await;
+    tokio::time::advance(ttl / 2).await;
+    rt.ensure_listed(ROOT_ID).await.unwrap();
+    assert!(!visible("third"));
+}

@@ -154,6 +154,8 @@ async fn clients_outages_and_kills_end_with_bucket_equal_to_model() {
             if kill { "kill -9" } else { "SIGTERM" }
         );
         tokio::task::block_in_place(|| if kill { gw.kill9() } else { gw.stop() });
+        // Requests of the killed gateway that reached S3 still complete there.
+        s3.handle.wait_idle().await;
         tokio::task::block_in_place(|| gw.start());
     }
     s3.handle.restart().await;

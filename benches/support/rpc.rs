@@ -169,12 +169,15 @@ impl Client {
         assert_eq!(Self::status(&r), 0, "GETATTR");
     }
 
-    pub async fn lookup(&self, dir: &[u8], name: &str) {
+        /// LOOKUP → the handle.
+    pub async fn lookup(&self, dir: &[u8], name: &str) -> Vec<u8> {
         let mut a = Vec::new();
         opaque(&mut a, dir);
         opaque(&mut a, name.as_bytes());
         let r = self.call(100003, 3, 3, &a).await;
-        assert_eq!(Self::status(&r), 0, "LOOKUP");
+        assert_eq!(Self::status(&r), 0, "LOOKUP {name}");
+        let len = u32::from_be_bytes(r[4..8].try_into().unwrap()) as usize;
+        r[8..8 + len].to_vec()
     }
 
     /// READDIRPLUS through the whole directory; returns the entries seen.

@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub struct ServerHandle {
     addr: SocketAddr,
     service: S3Service,
     task: Arc<Mutex<Option<(JoinHandle<()>, CancellationToken)>>>,
+    /// Requests being served, including those whose client has gone.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ServerHandle {
@@ -79,7 +82,11 @@ impl ServerHandle {
             return;
         }
         let listener = bind(self.addr).await;
-        *self.task.lock().unwrap() = Some(spawn_server(listener, self.service.clone()));
+        *self.task.lock().unwrap() = Some(spawn_server(
+            listener,
+            self.service.clone(),
+            self.in_flight.clone(),
+        ));
     }
 
     pub fn is_running(&self) -> bool {
@@ -92,6 +99,20 @@ impl ServerHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Waits (up to 60 s) until no request is being served. A request whose client
+    /// died still runs to its end, as on S3; a test that restarts a killed gateway
+    /// waits for this first, as a real restart outlasts S3 finishing a request.
+    pub async fn wait_idle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "S3 test server never idle"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -114,26 +135,70 @@ async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
 fn spawn_server(
     listener: tokio::net::TcpListener,
     service: S3Service,
+    in_flight: Arc<AtomicUsize>,
 ) -> (JoinHandle<()>, CancellationToken) {
     let stop = CancellationToken::new();
-    (tokio::spawn(serve(listener, service, stop.clone())), stop)
+    (
+        tokio::spawn(serve(listener, service, stop.clone(), in_flight)),
+        stop,
+    )
+}
+
+/// Counts one request in flight while alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(n: &Arc<AtomicUsize>) -> InFlight {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Accepts connections until `stop`; then closes the listener and asks every
 /// connection to close once its current request is answered (idle ones at once).
 /// Aborting the task instead (test teardown) cuts everything.
-async fn serve(listener: tokio::net::TcpListener, service: S3Service, stop: CancellationToken) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    service: S3Service,
+    stop: CancellationToken,
+    in_flight: Arc<AtomicUsize>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let service = service.clone();
+                                let service = service.clone();
                 let stop = stop.clone();
+                let in_flight = in_flight.clone();
                 conns.spawn(async move {
+                    // Each request runs in a task of its own, so a client that goes
+                    // away (a gateway killed with SIGKILL) cannot cancel s3s-fs in the
+                    // middle of it either: see `ServerHandle::stop`.
+                    let whole = hyper::service::service_fn(move |req| {
+                                                let call = hyper::service::Service::call(&service, req);
+                        let counted = InFlight::new(&in_flight);
+                        async move {
+                            let whole = async move {
+                                let answer = call.await;
+                                drop(counted);
+                                answer
+                            };
+                            match tokio::spawn(whole).await {
+                                Ok(answer) => answer,
+                                Err(e) => Err(s3s::HttpError::new(Box::new(e))),
+                            }
+                        }
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                        .serve_connection(TokioIo::new(stream), whole);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => {}
@@ -189,10 +254,16 @@ impl S3TestServer {
 
         let listener = bind("127.0.0.1:0".parse().unwrap()).await;
         let addr = listener.local_addr().unwrap();
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let handle = ServerHandle {
             addr,
             service: service.clone(),
-            task: Arc::new(Mutex::new(Some(spawn_server(listener, service.clone())))),
+            task: Arc::new(Mutex::new(Some(spawn_server(
+                listener,
+                service.clone(),
+                in_flight.clone(),
+            )))),
+            in_flight,
         };
         let endpoint = format!("http://{addr}");
         let conf = aws_sdk_s3::Config::builder()
@@ -712,14 +783,22 @@ impl S3 for Compat {
         }
         // s3s-fs keeps the key's previous internal info and only updates the ETag, so
         // a full-object CRC32C left by an earlier PutObject of the same key stays and
-        // every later GET fails its checksum. S3 replaces the object whole: drop it.
+        // every later GET fails its checksum. S3 replaces the object whole: keep only
+        // the new ETag. (Afterwards: s3s-fs checks If-Match against the old info.)
         let info = self.root.join(format!(
             ".bucket-{}.object-{}.internal.json",
             b64url_encode(&req.input.bucket),
             b64url_encode(&req.input.key)
         ));
-        let _ = std::fs::remove_file(info);
-        self.fs.complete_multipart_upload(req).await
+        let out = self.fs.complete_multipart_upload(req).await?;
+        let kept: serde_json::Map<String, serde_json::Value> = std::fs::read(&info)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let kept: serde_json::Map<_, _> = kept.into_iter().filter(|(k, _)| k == "e_tag").collect();
+        let json = serde_json::to_vec(&kept).map_err(|e| s3_error!(e, InternalError))?;
+        std::fs::write(&info, json).map_err(|e| s3_error!(e, InternalError))?;
+        Ok(out)
     }
 
     async fn abort_multipart_upload(
