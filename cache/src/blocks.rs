@@ -69,7 +69,7 @@ impl Cache {
 
     /// Before a file's first change: fails with the ranges to fetch unless every
     /// block is present, then marks the file whole. Call with the data lock held.
-    pub(crate) fn make_whole(&self, id: FileId) -> Result<()> {
+    pub fn make_whole(&self, id: FileId) -> Result<()> {
         let i = self.get(id)?;
         if !i.partial {
             return Ok(());

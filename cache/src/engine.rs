@@ -973,6 +973,7 @@ impl Cache {
         b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
         self.commit_batch_stable(b)?;
         st.account(&child);
+        tracing::debug!(file_id = child.id, dir = dir.id, name = %String::from_utf8_lossy(&child.name), "created");
         self.notify(child.id);
         Ok(DirChange { before, after: dir })
     }
@@ -1119,6 +1120,10 @@ impl Cache {
     pub(crate) fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
         victim.unlinked = true;
         victim.ctime_ns = now;
+        if let Some(k) = &victim.remote.key {
+            // Best effort: a stale entry is recognised as such when read.
+            let _ = self.forget_moved(b, k, victim.id);
+        }
         if let Some(k) = victim.remote.key.take()
             && !victim.remote.stale_keys.contains(&k)
         {
@@ -1183,6 +1188,7 @@ impl Cache {
         self.unlink_in_batch(&mut st, &mut b, victim, now);
         self.commit_batch_stable(b)?;
         drop(st);
+        tracing::debug!(file_id = victim_id, dir, name = %String::from_utf8_lossy(name), "removed");
         self.notify(victim_id);
         Ok(DirChange { before, after: d })
     }
@@ -1262,6 +1268,7 @@ impl Cache {
         }
         let now = now_ns();
         let mut b = Batch::default();
+        let replaced = target.as_ref().map(|t| t.child);
         if let Some(t) = target {
             let victim = self.get(t.child)?;
             Self::check_sticky(caller, &td, &victim)?;
@@ -1300,6 +1307,7 @@ impl Cache {
         moving.parent = to_dir;
         moving.name = to_name.to_vec();
         moving.ctime_ns = now;
+        Self::note_moved(&mut b, &moving);
         Self::touch_for_upload(&mut moving, &mut b, now, false);
         Self::put(&mut b, &moving);
         fd.mtime_ns = now;
@@ -1320,6 +1328,15 @@ impl Cache {
         self.commit_batch_stable(b)?;
         st.account(&moving);
         drop(st);
+        tracing::debug!(
+            file_id = moving.id,
+            from_dir,
+            from = %String::from_utf8_lossy(from_name),
+            to_dir,
+            to = %String::from_utf8_lossy(to_name),
+            ?replaced,
+            "renamed"
+        );
         for id in requeued {
             self.notify(id);
         }
@@ -1367,6 +1384,7 @@ impl Cache {
                     continue;
                 };
                 Self::touch_for_upload(&mut c, b, now, false);
+                Self::note_moved(b, &c);
                 Self::put(b, &c);
                 out.push(c.id);
                 if c.kind == Kind::Dir {
@@ -1423,6 +1441,11 @@ impl Cache {
             Some(p) => (p, true),
             None => (key, false),
         };
+        if !want_dir && self.moved_away_from(key, id)?.is_some() {
+            // A renamed file still copies its object from there; it deletes the key
+            // itself once its object has moved.
+            return Ok(true);
+        }
         let st = self.state.lock();
         let mut live = match self.resolve(path)? {
             Some(i) if i.id != ROOT_ID && (i.kind == Kind::Dir) == want_dir => i,
@@ -1462,6 +1485,7 @@ impl Cache {
         };
         let snapshot_size = i.size;
         let r = &mut i.remote;
+        let moved_on = r.key.clone().filter(|old| old != key);
         if let Some(old) = r.key.take()
             && old != key
             && !r.stale_keys.contains(&old)
@@ -1489,6 +1513,11 @@ impl Cache {
         let clean = !i.is_dirty() && !i.unlinked;
         let snapshot = i.clone();
         self.save_upload_state(&mut st, i)?;
+        if let Some(old) = moved_on {
+            let mut b = Batch::default();
+            self.forget_moved(&mut b, &old, id)?;
+            self.commit_batch(b)?;
+        }
         drop(st);
         if clean {
             // Clean data may now be evicted under pressure: it is in the store.

@@ -167,6 +167,8 @@ pub(crate) mod keys {
     pub const QUEUE: u8 = b'Q';
     pub const META: u8 = b'M';
     pub const BLOCKS: u8 = b'B';
+    /// Object key → the file that moved away from it before its object followed.
+    pub const MOVED: u8 = b'R';
 
     pub fn inode(id: FileId) -> [u8; 9] {
         let mut k = [INODE; 9];
@@ -211,6 +213,18 @@ pub(crate) mod keys {
         let mut k = vec![META];
         k.extend_from_slice(name.as_bytes());
         k
+    }
+
+    pub fn moved(key: &str) -> Vec<u8> {
+        let mut k = vec![MOVED];
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    pub fn id_from_value(v: &[u8]) -> FileId {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&v[..8]);
+        u64::from_be_bytes(b)
     }
 
     pub fn id_from(k: &[u8]) -> FileId {

@@ -17,6 +17,7 @@ mod conflict;
 mod engine;
 mod error;
 mod inode;
+mod moves;
 mod perm;
 mod store_sync;
 
@@ -27,5 +28,6 @@ pub use engine::{
 };
 pub use error::{CacheError, Result};
 pub use inode::{FileId, Inode, Kind, RemoteState};
+pub use moves::KeyRelease;
 pub use perm::{Caller, EXEC, READ, WRITE};
 pub use store_sync::{ListingChanges, RemoteAttrs, RemoteEntry, RemoteKind};

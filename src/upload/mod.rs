@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bucketgate_cache::{Cache, FileId, Inode, Kind};
+use bucketgate_cache::{Cache, FileId, Inode, KeyRelease, Kind};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
@@ -424,6 +424,38 @@ impl Uploader {
         Ok(self.cache.load_any(id)?.is_none_or(|i| !i.is_dirty()))
     }
 
+    /// A file that moved away from `rel` may still have its object there, to be copied
+    /// to its new key: it gets any bytes it lacks from that object, then lets the key
+    /// go and uploads its own bytes (see `Cache::release_moved_key`).
+    async fn take_over_key(&self, rel: &str, key: &str, me: FileId) -> Result<(), UploadError> {
+        const PIECE: u64 = 8 << 20;
+        for _ in 0..8 {
+            let (id, etag, ranges) = match self.cache.release_moved_key(rel, me)? {
+                KeyRelease::Free => return Ok(()),
+                KeyRelease::NeedsBytes { id, etag, ranges } => (id, etag, ranges),
+            };
+            for (start, len) in ranges {
+                let mut at = start;
+                while at < start + len {
+                    let n = (start + len - at).min(PIECE);
+                    let bytes = match self.store.get_range(key, at, n).await {
+                        Ok(b) => b,
+                        // Gone from the store: there is nothing left to protect.
+                        Err(StoreError::NotFound) => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let (cache, etag) = (self.cache.clone(), etag.clone());
+                    tokio::task::spawn_blocking(move || cache.fill(id, &etag, at, &bytes))
+                        .await
+                        .map_err(|e| bucketgate_cache::CacheError::Meta(e.to_string()))??;
+                    at += n;
+                }
+            }
+        }
+        // The object there is not the version that file knew (its bytes were refused).
+        Err(bucketgate_cache::CacheError::TryLater.into())
+    }
+
     fn meta_of(ino: &Inode) -> ObjectMeta {
         ObjectMeta {
             uid: ino.uid,
@@ -444,6 +476,9 @@ impl Uploader {
         let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
         let key = self.full_key(&rel);
         let _guard = self.locks.lock(&key).await;
+        if ino.kind != Kind::Dir && ino.remote.key.as_deref() != Some(rel.as_str()) {
+            self.take_over_key(&rel, &key, ino.id).await?;
+        }
         // Durably note the key before writing it, so a crash between the write and
         // record_upload cannot orphan the object (see Cache::record_intent).
         self.cache.record_intent(ino.id, &rel)?;
