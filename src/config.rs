@@ -32,6 +32,9 @@ pub struct NfsConfig {
     pub max_connections: usize,
     /// Calls served at once on one connection; more wait in the socket.
     pub max_calls_per_connection: usize,
+    /// A portmapper (UDP and TCP) on another address, normally "0.0.0.0:111", for
+    /// clients that always ask port 111 (Windows). Off when unset.
+    pub portmap_listen: Option<SocketAddr>,
 }
 
 impl Default for NfsConfig {
@@ -40,6 +43,7 @@ impl Default for NfsConfig {
             listen: "127.0.0.1:2049".parse().expect("valid literal"),
             max_connections: 1024,
             max_calls_per_connection: 64,
+            portmap_listen: None,
         }
     }
 }
@@ -642,15 +646,27 @@ impl Config {
         if self.nfs.max_calls_per_connection == 0 {
             p.add("nfs.max_calls_per_connection", "must be at least 1");
         }
+        let collide = |x: SocketAddr, y: SocketAddr| {
+            x.port() != 0
+                && x.port() == y.port()
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        };
         let (n, a) = (self.nfs.listen, self.admin.listen);
-        if n.port() != 0
-            && n.port() == a.port()
-            && (n.ip() == a.ip() || n.ip().is_unspecified() || a.ip().is_unspecified())
-        {
+        if collide(n, a) {
             p.add(
                 "admin.listen",
                 format!("{a} collides with nfs.listen {n}; use another port"),
             );
+        }
+        if let Some(pm) = self.nfs.portmap_listen {
+            for (other, what) in [(n, "nfs.listen"), (a, "admin.listen")] {
+                if collide(pm, other) {
+                    p.add(
+                        "nfs.portmap_listen",
+                        format!("{pm} collides with {what} {other}; NFS's own port already answers portmap"),
+                    );
+                }
+            }
         }
 
         // [cache]

@@ -18,6 +18,7 @@ use crate::config::ShareLocation;
 use crate::config::{Config, ConflictCheck, ShareConfig};
 use crate::metrics::Metrics;
 use crate::nfs::nfs3::{NfsService, Share};
+use crate::nfs::portmap_server;
 use crate::nfs::server::{Limits, serve};
 use crate::readthrough::ReadThrough;
 use crate::remote::instrumented::Instrumented;
@@ -63,6 +64,8 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub nfs_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The extra portmapper's address (UDP and TCP), when configured.
+    pub portmap_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -201,6 +204,17 @@ impl Gateway {
             .with_context(|| format!("binding the admin listener on {}", self.config.admin.listen))?;
         let nfs_addr = nfs_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let portmap = match self.config.nfs.portmap_listen {
+            Some(addr) => Some(portmap_server::bind(addr).await?),
+            None => None,
+        };
+        let portmap_addr = match &portmap {
+            Some((udp, _)) => Some(udp.local_addr()?),
+            None => None,
+        };
+        if let Some((udp, tcp)) = portmap {
+            tasks.spawn(portmap_server::serve(udp, tcp, nfs_addr.port(), stop.clone()));
+        }
         let gateway = Arc::new(self);
         gateway.nfs_listening.store(true, Ordering::Relaxed);
 
@@ -234,6 +248,7 @@ impl Gateway {
             gateway,
             nfs_addr,
             admin_addr,
+            portmap_addr,
             stop,
             tasks,
         })

@@ -13,6 +13,7 @@ pub mod handle;
 pub mod mount;
 pub mod nfs3;
 pub mod portmap;
+pub mod portmap_server;
 pub mod rpc;
 pub mod server;
 pub mod status;

@@ -52,12 +52,15 @@ pub struct S3TestServer {
     _tmp: tempfile::TempDir,
 }
 
+/// The accept loop of a running server and the token that stops it.
+type Serving = (JoinHandle<()>, CancellationToken);
+
 /// Stops and restarts one server on the same port, keeping its data.
 #[derive(Clone)]
 pub struct ServerHandle {
     addr: SocketAddr,
     service: S3Service,
-    task: Arc<Mutex<Option<(JoinHandle<()>, CancellationToken)>>>,
+        task: Arc<Mutex<Option<Serving>>>,
     /// Requests being served, including those whose client has gone.
     in_flight: Arc<AtomicUsize>,
 }
@@ -136,7 +139,7 @@ fn spawn_server(
     listener: tokio::net::TcpListener,
     service: S3Service,
     in_flight: Arc<AtomicUsize>,
-) -> (JoinHandle<()>, CancellationToken) {
+) -> Serving {
     let stop = CancellationToken::new();
     (
         tokio::spawn(serve(listener, service, stop.clone(), in_flight)),
