@@ -344,7 +344,7 @@ async fn main() {
         "MiB/s",
         Some((mbps(raw_read), "read of the cache file")),
     );
-        row(
+    row(
         "5 warm read",
         mbps(warm),
         "MiB/s",
@@ -378,7 +378,6 @@ async fn main() {
         Some((mbps(single), "one GET, streamed")),
     );
     gw2.shutdown().await;
-
 
     // 3. small files
     let files = 10_000usize;

@@ -60,7 +60,10 @@ async fn a_new_file_at_a_renamed_files_old_name_does_not_take_its_bytes() {
     flush(&gw).await;
     newcomer_first(&gw, &mut c).await;
     assert_eq!(object(&store, "a").await, b"the newcomer");
-    assert!(object(&store, "b").await == old, "b holds the renamed file's bytes");
+    assert!(
+        object(&store, "b").await == old,
+        "b holds the renamed file's bytes"
+    );
     let b = lookup(&mut c, &root, "b").await.unwrap();
     assert!(read_all(&mut c, &b).await == old);
     gw.shutdown().await;
@@ -86,7 +89,10 @@ async fn a_renamed_file_never_read_gets_its_bytes_before_its_old_name_is_reused(
     let mut c = mount(gw.nfs_addr).await;
     newcomer_first(&gw, &mut c).await;
     assert_eq!(object(&store, "a").await, b"the newcomer");
-    assert!(object(&store, "b").await == old, "b holds the renamed file's bytes");
+    assert!(
+        object(&store, "b").await == old,
+        "b holds the renamed file's bytes"
+    );
     let root = c.root_nfs_fh3();
     let b = lookup(&mut c, &root, "b").await.unwrap();
     assert!(read_all(&mut c, &b).await == old);

@@ -169,7 +169,7 @@ impl Client {
         assert_eq!(Self::status(&r), 0, "GETATTR");
     }
 
-        /// LOOKUP → the handle.
+    /// LOOKUP → the handle.
     pub async fn lookup(&self, dir: &[u8], name: &str) -> Vec<u8> {
         let mut a = Vec::new();
         opaque(&mut a, dir);

@@ -101,7 +101,7 @@ impl Cache {
         i.remote.key = None;
         i.remote.etag.clear();
         i.remote.data_seq = 0;
-                Self::touch_for_upload(&mut i, &mut b, now_ns(), true);
+        Self::touch_for_upload(&mut i, &mut b, now_ns(), true);
         Self::put(&mut b, &i);
         // Durable before the newcomer's object replaces the old one: after a crash the
         // moved file must not go back to copying from that key.
