@@ -47,7 +47,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     let ctx = |what: &str, e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("portmap_listen {addr} ({what}): {e}"))
     };
-        let udp = UdpSocket::bind(addr).await.map_err(|e| ctx("udp", e))?;
+    let udp = UdpSocket::bind(addr).await.map_err(|e| ctx("udp", e))?;
     // Port 0 (tests): TCP takes the port UDP got.
     let tcp = TcpListener::bind(udp.local_addr()?)
         .await

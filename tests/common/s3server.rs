@@ -60,7 +60,7 @@ type Serving = (JoinHandle<()>, CancellationToken);
 pub struct ServerHandle {
     addr: SocketAddr,
     service: S3Service,
-        task: Arc<Mutex<Option<Serving>>>,
+    task: Arc<Mutex<Option<Serving>>>,
     /// Requests being served, including those whose client has gone.
     in_flight: Arc<AtomicUsize>,
 }
