@@ -142,3 +142,60 @@ async fn past_the_dirty_limit_writers_get_jukebox_and_nothing_is_lost() {
     );
     gw.shutdown().await;
 }
+
+/// 403 (AccessDenied: a bucket policy or a role that lost its permission) and clock
+/// skew (RequestTimeTooSkewed) are reported with their code and retried, never
+/// dropped; writes go on being accepted; once the store accepts again, all drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_clock_skewed_uploads_are_reported_retried_and_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    *faulty.fail_with.lock().unwrap() = Some((false, "AccessDenied".into()));
+    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let up = &gw.gateway.shares[0].uploader;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    put_file(&mut c, &root, "denied", b"kept until the store takes it").await;
+    assert!(flush_within(&gw, Duration::from_secs(2)).await.is_err());
+    let failing = up.failing();
+    assert_eq!(failing.len(), 1);
+    assert_eq!(
+        (failing[0].path.as_str(), failing[0].error_code.as_str()),
+        ("denied", "AccessDenied")
+    );
+    let metrics = gw.gateway.metrics.render();
+    assert!(
+        metrics.contains("bucketgate_upload_failing_files 1"),
+        "the failing file is in the metrics"
+    );
+    // Still accepting writes.
+    put_file(&mut c, &root, "skewed", b"written during the trouble").await;
+    *faulty.fail_with.lock().unwrap() = Some((true, "RequestTimeTooSkewed".into()));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            up.flush_now(None);
+            let f = up.failing();
+            if f.len() == 2 && f.iter().all(|f| f.error_code == "RequestTimeTooSkewed") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both files retried and reported with the new error");
+    *faulty.fail_with.lock().unwrap() = None;
+    flush_within(&gw, Duration::from_secs(60))
+        .await
+        .expect("drains once the store accepts again");
+    assert_eq!(
+        local.get_range("denied", 0, 100).await.unwrap().as_ref(),
+        b"kept until the store takes it"
+    );
+    assert_eq!(
+        local.get_range("skewed", 0, 100).await.unwrap().as_ref(),
+        b"written during the trouble"
+    );
+    assert!(up.failing().is_empty());
+    gw.shutdown().await;
+}

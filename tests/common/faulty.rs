@@ -20,6 +20,9 @@ pub struct Faulty {
     pub gate: Semaphore,
     /// Puts that reached the gate.
     pub puts_started: AtomicUsize,
+    /// When set, every call fails with this S3 error code: (transient?, code), e.g.
+    /// (false, "AccessDenied") or (true, "RequestTimeTooSkewed").
+    pub fail_with: std::sync::Mutex<Option<(bool, String)>>,
 }
 
 impl Faulty {
@@ -30,6 +33,7 @@ impl Faulty {
             hold: AtomicBool::new(false),
             gate: Semaphore::new(0),
             puts_started: AtomicUsize::new(0),
+            fail_with: std::sync::Mutex::new(None),
         })
     }
 
@@ -38,6 +42,14 @@ impl Faulty {
             return Err(StoreError::Transient {
                 code: "ServiceUnavailable".into(),
                 message: "injected outage".into(),
+            });
+        }
+        if let Some((transient, code)) = self.fail_with.lock().unwrap().clone() {
+            let message = format!("injected {code}");
+            return Err(if transient {
+                StoreError::Transient { code, message }
+            } else {
+                StoreError::Permanent { code, message }
             });
         }
         Ok(())
