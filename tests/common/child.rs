@@ -34,8 +34,14 @@ pub fn binary() -> std::ffi::OsString {
 
 impl ChildGateway {
     /// Writes a config under `dir` for one share `data` in the test server's bucket.
-    /// `extra_cache` and `upload` are TOML lines for the [cache] and [upload] tables.
+    /// `extra_cache` and `upload` are TOML lines for the [cache] and [upload] tables
+    /// (`extra_cache` may set `capacity`; 8 GiB otherwise).
     pub fn new(dir: &Path, s3: &S3TestServer, extra_cache: &str, upload: &str) -> ChildGateway {
+        let capacity = if extra_cache.contains("capacity") {
+            ""
+        } else {
+            "capacity = \"8GiB\""
+        };
         let nfs_addr = free_port();
         let admin_addr = free_port();
         let config_path = dir.join("bucketgate.toml");
@@ -47,7 +53,7 @@ listen = "{nfs_addr}"
 listen = "{admin_addr}"
 [cache]
 dir = "{cache}"
-capacity = "8GiB"
+{capacity}
 {extra_cache}
 [upload]
 {upload}
