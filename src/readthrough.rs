@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucketgate_cache::{
-    BLOCK, Cache, CacheError, FileId, Inode, Kind, ListingChanges, RemoteAttrs, RemoteEntry, RemoteKind,
+    BLOCK, Cache, CacheError, FETCH_PIECE, FileId, Inode, Kind, ListingChanges, RemoteAttrs, RemoteEntry,
+    RemoteKind,
 };
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
@@ -287,31 +288,36 @@ impl ReadThrough {
         futures::future::join_all(futs).await.into_iter().collect()
     }
 
+    /// Fetches what is still missing of `[start, start+len)`, which lies within one
+    /// [`FETCH_PIECE`]. One fetch per piece at a time: a reader whose blocks read-ahead
+    /// is already fetching waits for that GET instead of sending its own.
     async fn fetch_range(&self, id: FileId, start: u64, len: u64) -> Result<(), CacheError> {
-        let lock = key_lock(&self.fetching, (id, start));
+        let piece = start / FETCH_PIECE * FETCH_PIECE;
+        let lock = key_lock(&self.fetching, (id, piece));
         let _g = lock.lock().await;
         let result = async {
             let ino = self.cache.get(id)?;
-            if self.cache.missing_ranges(&ino, start, len)?.is_empty() {
-                return Ok(()); // another reader fetched it while we waited
+            // Usually all of it, or nothing when another reader fetched it meanwhile.
+            for (at, n) in self.cache.missing_ranges(&ino, start, len)? {
+                let rel = ino.remote.key.clone().ok_or(CacheError::Stale)?;
+                let bytes = self
+                    .store
+                    .get_range(&format!("{}{rel}", self.prefix), at, n)
+                    .await
+                    .map_err(store_err)?;
+                let cache = self.cache.clone();
+                let etag = ino.remote.etag.clone();
+                tokio::task::spawn_blocking(move || cache.fill(id, &etag, at, &bytes))
+                    .await
+                    .map_err(|e| CacheError::Meta(e.to_string()))??;
             }
-            let rel = ino.remote.key.clone().ok_or(CacheError::Stale)?;
-            let bytes = self
-                .store
-                .get_range(&format!("{}{rel}", self.prefix), start, len)
-                .await
-                .map_err(store_err)?;
-            let cache = self.cache.clone();
-            let etag = ino.remote.etag.clone();
-            tokio::task::spawn_blocking(move || cache.fill(id, &etag, start, &bytes))
-                .await
-                .map_err(|e| CacheError::Meta(e.to_string()))?
+            Ok(())
         }
         .await;
         drop(_g);
         let mut map = self.fetching.lock();
-        if map.get(&(id, start)).is_some_and(|l| Arc::strong_count(l) == 1) {
-            map.remove(&(id, start));
+        if map.get(&(id, piece)).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&(id, piece));
         }
         result
     }
@@ -340,8 +346,10 @@ impl ReadThrough {
                 (s.window * 2).min(MAX_WINDOW)
             };
             let from = s.ahead_to.max(end);
-            let to = (end + s.window).min(ino.size);
-            if to <= from || to - from < s.window / 2 {
+            // Whole pieces, topped up as soon as the reader has used one: about
+            // window / FETCH_PIECE GETs stay in flight.
+            let to = ((end + s.window) / FETCH_PIECE * FETCH_PIECE).min(ino.size);
+            if to <= from || (to - from < FETCH_PIECE && to < ino.size) {
                 return; // enough already in flight
             }
             s.ahead_to = to;

@@ -291,3 +291,70 @@ async fn a_directory_is_listed_again_only_once_older_than_cache_stale_after() {
     rt.ensure_listed(ROOT_ID).await.unwrap();
     assert!(!visible("third"));
 }
+
+/// A cold sequential read of 1 GiB (READTHROUGH_COLD_MIB to change) streams: one READ
+/// at a time, as a simple reader does, and read-ahead keeps the fetches ahead of it, so
+/// nearly every READ finds its data already cached; the bytes equal the object's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_sequential_read_of_a_large_object_streams_ahead_of_the_reader() {
+    let mib: usize = std::env::var("READTHROUGH_COLD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let srv = S3TestServer::start().await;
+    // Written straight into the server's directory: 1 GiB through a debug-built SDK
+    // would take most of the test's time.
+    let path = srv.object_path("pre/large.bin");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut want = 0u32; // CRC32C of the whole object
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for i in 0..mib {
+            let chunk = body(1 << 20, i as u64);
+            want = crc32c::crc32c_append(want, &chunk);
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    srv.set_etag("pre/large.bin", &format!("{want:08x}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = lookup(&mut c, &root, "large.bin").await.unwrap();
+    let mut got = 0u32;
+    let (mut offset, mut reads) = (0u64, 0u64);
+    loop {
+        let r = c
+            .read(&nfs3_types::nfs3::READ3args {
+                file: fh.clone(),
+                offset,
+                count: 1 << 20,
+            })
+            .await
+            .unwrap();
+        let ok = match r {
+            nfs3_types::nfs3::Nfs3Result::Ok(ok) => ok,
+            nfs3_types::nfs3::Nfs3Result::Err((st, _)) => panic!("read at {offset}: {st:?}"),
+        };
+        got = crc32c::crc32c_append(got, &ok.data);
+        offset += ok.data.len() as u64;
+        reads += 1;
+        if ok.eof || ok.data.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(offset, (mib as u64) << 20);
+    assert_eq!(got, want, "the bytes read equal the object");
+    let m = gw.gateway.metrics.render();
+    let misses: f64 = m
+        .lines()
+        .find(|l| l.starts_with("bucketgate_cache_misses_total{share=\"data\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        misses <= (reads as f64 * 0.1).max(2.0),
+        "{misses} of {reads} READs waited for a fetch: read-ahead did not keep ahead"
+    );
+    gw.shutdown().await;
+}

@@ -14,9 +14,10 @@ use crate::error::{CacheError, Result};
 use crate::inode::{FileId, Inode, Kind, keys};
 
 pub const BLOCK: u64 = 1 << 20;
-/// Longest run of missing blocks asked for in one range, so a huge read does not
-/// become one huge GET.
-const MAX_RANGE: u64 = 8 * BLOCK;
+/// Missing ranges are cut at multiples of this (so a huge read does not become one
+/// huge GET), and fetches are locked per piece: concurrent readers of a piece share
+/// one GET instead of each fetching their blocks again.
+pub const FETCH_PIECE: u64 = 8 * BLOCK;
 
 fn bit(map: &[u8], b: u64) -> bool {
     map.get((b / 8) as usize)
@@ -60,7 +61,9 @@ impl Cache {
             let start = b * BLOCK;
             let blen = BLOCK.min(ino.size - start);
             match out.last_mut() {
-                Some((s, l)) if *s + *l == start && *l + blen <= MAX_RANGE => *l += blen,
+                // Ranges never cross a FETCH_PIECE boundary: a reader and read-ahead
+                // wanting the same piece take the same fetch lock.
+                Some((s, l)) if *s + *l == start && start % FETCH_PIECE != 0 => *l += blen,
                 _ => out.push((start, blen)),
             }
         }

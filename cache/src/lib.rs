@@ -21,7 +21,7 @@ mod moves;
 mod perm;
 mod store_sync;
 
-pub use blocks::BLOCK;
+pub use blocks::{BLOCK, FETCH_PIECE};
 pub use engine::{
     Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES,
     ROOT_ID, SetAttr, SetTime, WccAttr,

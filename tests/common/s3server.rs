@@ -325,6 +325,18 @@ impl S3TestServer {
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.data_dir.join(&self.bucket).join(key)
     }
+
+    /// Records the ETag of an object written straight to [`Self::object_path`]
+    /// (faster than uploading a large one through a debug-built SDK). Without it
+    /// s3s-fs computes the MD5 of the whole object for every GET.
+    pub fn set_etag(&self, key: &str, etag: &str) {
+        let info = self.data_dir.canonicalize().unwrap().join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64url_encode(&self.bucket),
+            b64url_encode(key)
+        ));
+        std::fs::write(info, format!("{{\"e_tag\":\"{etag}\"}}")).unwrap();
+    }
 }
 
 /// s3s-fs with the gaps the gateway depends on filled, each as S3 documents it:
