@@ -63,7 +63,7 @@ impl Cache {
             match out.last_mut() {
                 // Ranges never cross a FETCH_PIECE boundary: a reader and read-ahead
                 // wanting the same piece take the same fetch lock.
-                Some((s, l)) if *s + *l == start && start % FETCH_PIECE != 0 => *l += blen,
+                Some((s, l)) if *s + *l == start && !start.is_multiple_of(FETCH_PIECE) => *l += blen,
                 _ => out.push((start, blen)),
             }
         }
