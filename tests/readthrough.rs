@@ -358,3 +358,78 @@ async fn a_cold_sequential_read_of_a_large_object_streams_ahead_of_the_reader() 
     );
     gw.shutdown().await;
 }
+
+/// A directory of 100,000 objects lists completely: ListObjectsV2 pages of 1,000 into
+/// the namespace, then READDIRPLUS pages through all of it, each name once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_100000_objects_lists_completely() {
+    let srv = S3TestServer::start().await;
+    // Written straight into the server's directory: 100,000 PUTs would take minutes.
+    let dir = srv.object_path("pre/huge");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..100_000 {
+        std::fs::write(dir.join(format!("f{i:06}")), b"x").unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let huge = lookup(&mut c, &root, "huge").await.unwrap();
+    let names = list_names(&mut c, &huge).await;
+    let unique: std::collections::HashSet<&String> = names.iter().collect();
+    assert_eq!((names.len(), unique.len()), (100_000, 100_000));
+    assert!(unique.contains(&"f099999".to_string()));
+    let fh = lookup(&mut c, &huge, "f054321").await.unwrap();
+    assert_eq!(read_all(&mut c, &fh).await, b"x");
+    gw.shutdown().await;
+}
+
+/// Readers of the same cold block at the same moment share one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_of_a_cold_block_share_one_get() {
+    let srv = S3TestServer::start().await;
+    let data = body(4 << 20, 5);
+    put(&srv, "pre/shared.bin", data.clone(), None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
+    let gets = || {
+        gw.gateway
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| {
+                l.starts_with("bucketgate_store_request_duration_seconds_count")
+                    && l.contains("\"GetObject\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = lookup(&mut c, &root, "shared.bin").await.unwrap();
+    let before = gets();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (addr, fh) = (gw.nfs_addr, fh.clone());
+        readers.spawn(async move {
+            let mut c = mount(addr).await;
+            let r = c
+                .read(&nfs3_types::nfs3::READ3args {
+                    file: fh,
+                    offset: 2 << 20,
+                    count: 65536,
+                })
+                .await
+                .unwrap();
+            match r {
+                nfs3_types::nfs3::Nfs3Result::Ok(ok) => ok.data.to_vec(),
+                nfs3_types::nfs3::Nfs3Result::Err((st, _)) => panic!("read: {st:?}"),
+            }
+        });
+    }
+    while let Some(r) = readers.join_next().await {
+        assert!(r.unwrap() == data[2 << 20..(2 << 20) + 65536]);
+    }
+    assert_eq!(gets() - before, 1.0, "six readers, one GET");
+    gw.shutdown().await;
+}
