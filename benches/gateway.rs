@@ -15,6 +15,8 @@
 //!    any network file server on this machine); cold sequential read through a second
 //!    gateway with an empty cache vs direct GETs of the same object with aws-sdk-s3.
 //! 6. CPU seconds per GiB for 1 and 5 (client and gateway share the process).
+//! 7. upload_delay vs a client that flushes a growing file every `period`: uploads and
+//!    bytes sent per byte written, for a delay below, near and above the period.
 
 #[path = "../tests/common/s3server.rs"]
 #[allow(dead_code)]
@@ -51,6 +53,16 @@ fn row(name: &str, value: f64, unit: &str, baseline: Option<(f64, &str)>) {
 }
 
 async fn gateway(srv: &S3TestServer, dir: &std::path::Path, upload_delay: Duration) -> Running {
+    let max_dirty_age = upload_delay.max(Duration::from_secs(60));
+    gateway_with(srv, dir, upload_delay, max_dirty_age).await
+}
+
+async fn gateway_with(
+    srv: &S3TestServer,
+    dir: &std::path::Path,
+    upload_delay: Duration,
+    max_dirty_age: Duration,
+) -> Running {
     let mut cfg = Config::from_toml(&format!(
         r#"
         [nfs]
@@ -73,7 +85,7 @@ async fn gateway(srv: &S3TestServer, dir: &std::path::Path, upload_delay: Durati
     ))
     .expect("bench config");
     cfg.cache.upload_delay = HumanDuration(upload_delay);
-    cfg.cache.max_dirty_age = HumanDuration(upload_delay.max(Duration::from_secs(60)));
+    cfg.cache.max_dirty_age = HumanDuration(max_dirty_age);
     cfg.upload.part_size = ByteSize(16 << 20);
     cfg.upload.multipart_threshold = ByteSize(16 << 20);
     Gateway::open(cfg, Some((srv.access_key.clone(), srv.secret_key.clone())), None)
@@ -471,4 +483,35 @@ async fn main() {
         row(name, calls as f64 / t.elapsed().as_secs_f64(), "calls/s", None);
     }
     gw.shutdown().await;
+
+    // 7. upload_delay against a client that flushes its dirty pages periodically (the
+    //    Linux kernel's flusher wakes every 5 s, dirty_writeback_centisecs): a growing
+    //    file gets a WRITE burst + COMMIT every `period`. Time is scaled down 10x.
+    let period = Duration::from_millis(500);
+    let bursts = 12u32;
+    let chunk = Arc::new(vec![3u8; 256 << 10]);
+    for factor in [0.6, 1.2, 2.0] {
+        let delay = period.mul_f64(factor);
+        let dir = tmp.path().join(format!("delay-{factor}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gw = gateway_with(&srv, &dir, delay, period * 100).await;
+        let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+        let root = c.mount("/data").await;
+        let fh = c.create(&root, &format!("growing-{factor}")).await;
+        for i in 0..bursts {
+            c.write(&fh, u64::from(i) * chunk.len() as u64, &chunk, 0).await;
+            c.commit(&fh).await;
+            tokio::time::sleep(period).await;
+        }
+        flush(&gw).await;
+        let counters = &gw.gateway.shares[0].uploader.counters;
+        let uploads = counters.objects_put.load(std::sync::atomic::Ordering::Relaxed);
+        let sent = counters.bytes_uploaded.load(std::sync::atomic::Ordering::Relaxed);
+        let written = u64::from(bursts) * chunk.len() as u64;
+        println!(
+            "7 upload_delay {factor:.1} x flush interval   {uploads:>4} uploads, {:.1}x the bytes written sent",
+            sent as f64 / written as f64
+        );
+        gw.shutdown().await;
+    }
 }

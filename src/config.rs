@@ -80,7 +80,7 @@ impl Default for CacheConfig {
             dir: PathBuf::from("bucketgate-data/cache"),
             capacity: ByteSize(150 << 30),
             dirty_limit: None,
-            upload_delay: HumanDuration(Duration::from_secs(5)),
+            upload_delay: HumanDuration(Duration::from_secs(10)),
             max_dirty_age: HumanDuration(Duration::from_secs(60)),
         }
     }
