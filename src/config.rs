@@ -96,6 +96,10 @@ pub struct UploadConfig {
     pub concurrency: usize,
     /// Parts of one multipart upload in flight at once.
     pub part_concurrency: usize,
+    /// Renames and attribute changes of larger objects are copied part by part
+    /// (UploadPartCopy) instead of with one CopyObject: S3's limit is 5 GiB, some
+    /// S3-compatible stores have a lower one.
+    pub max_single_copy: ByteSize,
 }
 
 impl Default for UploadConfig {
@@ -105,6 +109,7 @@ impl Default for UploadConfig {
             part_size: ByteSize(16 << 20),
             concurrency: 8,
             part_concurrency: 8,
+            max_single_copy: ByteSize(MAX_SINGLE_PUT),
         }
     }
 }
@@ -739,6 +744,12 @@ impl Config {
         }
         if u.part_concurrency == 0 {
             p.add("upload.part_concurrency", "must be at least 1");
+        }
+        if !(MIN_PART_SIZE..=MAX_SINGLE_PUT).contains(&u.max_single_copy.0) {
+            p.add(
+                "upload.max_single_copy",
+                format!("{} bytes is not within 5MiB..5GiB", u.max_single_copy.0),
+            );
         }
 
         // [log]

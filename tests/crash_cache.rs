@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::child::{ChildGateway, binary, bucket_contents};
+use common::gateway::metric_sum;
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
@@ -117,11 +118,7 @@ async fn kill9_during_eviction_keeps_cached_data_right_and_committed_data_whole(
             .metrics_text()
             .await
             .unwrap();
-        let evicted: f64 = m
-            .lines()
-            .find(|l| l.starts_with("bucketgate_cache_evictions_total{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0);
+        let evicted = metric_sum(&m, "bucketgate_cache_evictions_total", "");
         assert!(evicted > 0.0, "round {round}: nothing was evicted");
     }
     blocking(|| gw.flush_wait(120));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::admin::RefreshRequest;
 use bucketgate::config::ByteSize;
-use common::gateway::{config, flush, start};
+use common::gateway::{config, flush, metric_sum, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
@@ -138,12 +138,7 @@ async fn cold_reads_fetch_ranges_and_sequential_reads_stream() {
         m.contains("bucketgate_cache_misses_total{share=\"data\"}"),
         "misses counted"
     );
-    let misses: f64 = m
-        .lines()
-        .find(|l| l.starts_with("bucketgate_cache_misses_total{share=\"data\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let misses = metric_sum(&m, "bucketgate_cache_misses_total", "share=\"data\"");
     assert!(misses >= 1.0);
     gw.shutdown().await;
 }
@@ -347,11 +342,7 @@ async fn a_cold_sequential_read_of_a_large_object_streams_ahead_of_the_reader() 
     assert_eq!(offset, (mib as u64) << 20);
     assert_eq!(got, want, "the bytes read equal the object");
     let m = gw.gateway.metrics.render();
-    let misses: f64 = m
-        .lines()
-        .find(|l| l.starts_with("bucketgate_cache_misses_total{share=\"data\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let misses = metric_sum(&m, "bucketgate_cache_misses_total", "share=\"data\"");
     assert!(
         misses <= (reads as f64 * 0.1).max(2.0),
         "{misses} of {reads} READs waited for a fetch: read-ahead did not keep ahead"
@@ -393,16 +384,12 @@ async fn concurrent_readers_of_a_cold_block_share_one_get() {
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
     let gets = || {
-        gw.gateway
-            .metrics
-            .render()
-            .lines()
-            .filter(|l| {
-                l.starts_with("bucketgate_store_request_duration_seconds_count")
-                    && l.contains("\"GetObject\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        let m = gw.gateway.metrics.render();
+        metric_sum(
+            &m,
+            "bucketgate_store_request_duration_seconds_count",
+            "\"GetObject\"",
+        )
     };
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();

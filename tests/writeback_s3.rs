@@ -5,13 +5,22 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::gateway::{config, flush, start};
+use common::gateway::{config, flush, metric_sum, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
 async fn s3_gateway(srv: &S3TestServer, dir: &std::path::Path) -> bucketgate::gateway::Running {
+    s3_gateway_with(srv, dir, |_| {}).await
+}
+
+async fn s3_gateway_with(
+    srv: &S3TestServer,
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut bucketgate::config::Config),
+) -> bucketgate::gateway::Running {
     let url = format!("s3://{}/site-a/", srv.bucket);
     let mut cfg = config(dir, &url);
+    tune(&mut cfg);
     cfg.shares[0].endpoint = Some(srv.endpoint.clone());
     cfg.shares[0].path_style = true;
     cfg.shares[0].region = Some("us-east-1".into());
@@ -107,5 +116,44 @@ async fn a_200_mib_file_goes_up_as_a_multipart_upload() {
         .await
         .unwrap();
     assert!(uploads.uploads().is_empty(), "no multipart upload left behind");
+    gw.shutdown().await;
+}
+
+/// Past `max_single_copy` (S3: 5 GiB, here lowered to 6 MiB) a rename copies the
+/// object part by part with UploadPartCopy; the bytes and metadata arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_past_the_single_copy_limit_copies_part_by_part() {
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = s3_gateway_with(&srv, tmp.path(), |c| {
+        c.upload.max_single_copy = bucketgate::config::ByteSize(6 << 20);
+    })
+    .await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let data = body(20 << 20, 77);
+    put_file(&mut c, &root, "before.bin", &data).await;
+    flush(&gw).await;
+    rename(&mut c, &root, "before.bin", &root, "after.bin")
+        .await
+        .unwrap();
+    flush(&gw).await;
+    let (got, meta, _) = get(&srv, "site-a/after.bin").await;
+    assert!(got == data, "the copied object holds the file's bytes");
+    assert_eq!(meta.get("file-permissions").map(String::as_str), Some("0100644"));
+    let gone = srv
+        .client
+        .head_object()
+        .bucket(&srv.bucket)
+        .key("site-a/before.bin")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the old key is deleted after the copy");
+    let part_copies = metric_sum(
+        &gw.gateway.metrics.render(),
+        "bucketgate_store_request_duration_seconds_count",
+        "\"UploadPartCopy\"",
+    );
+    assert_eq!(part_copies, 3.0, "20 MiB in 8 MiB parts");
     gw.shutdown().await;
 }

@@ -270,6 +270,7 @@ pub fn upload_settings(config: &Config) -> UploadSettings {
         part_size: config.upload.part_size.0,
         concurrency: config.upload.concurrency,
         part_concurrency: config.upload.part_concurrency,
+        max_single_copy: config.upload.max_single_copy.0,
         check_conflicts: true,
     }
 }

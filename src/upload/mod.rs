@@ -40,9 +40,10 @@ mod transfer;
 
 use keylock::KeyLocks;
 
-/// S3's limits on a multipart upload.
+/// S3's limit on a multipart upload.
 const MAX_PARTS: u64 = 10_000;
-const MAX_SINGLE_COPY: u64 = 5 << 30;
+/// Part size for UploadPartCopy: few requests, each far below S3's 5 GiB part limit.
+const COPY_PART: u64 = 512 << 20;
 
 #[derive(Clone, Debug)]
 pub struct UploadSettings {
@@ -54,6 +55,8 @@ pub struct UploadSettings {
     pub part_size: u64,
     pub concurrency: usize,
     pub part_concurrency: usize,
+    /// Larger objects are copied with UploadPartCopy parts (S3: 5 GiB).
+    pub max_single_copy: u64,
     /// Never write over a version of an object that someone else wrote since the
     /// gateway last saw it (the share's `conflict_check` is not "off").
     pub check_conflicts: bool,
@@ -721,7 +724,7 @@ impl Uploader {
         size: u64,
         src_if_match: Option<&str>,
     ) -> Result<String, UploadError> {
-        if size <= MAX_SINGLE_COPY {
+        if size <= self.settings.max_single_copy {
             return Ok(match src_if_match {
                 Some(etag) => self.store.copy_object_if(src, dst, Some(meta), etag).await?,
                 None => self.store.copy_object(src, dst, Some(meta)).await?,
@@ -730,7 +733,9 @@ impl Uploader {
         if let Some(etag) = src_if_match {
             expect_etag(self.store.as_ref(), src, etag).await?;
         }
-        let part_size = self.part_size_for(size).max(512 << 20);
+        let part_size = self
+            .part_size_for(size)
+            .max(COPY_PART.min(self.settings.max_single_copy));
         let upload_id = self.store.create_multipart(dst, meta).await?;
         let mut parts = Vec::new();
         let mut start = 0u64;

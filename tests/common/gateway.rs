@@ -94,3 +94,12 @@ pub async fn flush_within(r: &Running, limit: Duration) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The sum of the samples of metric `name` whose line contains `with` ("" for all),
+/// in Prometheus text format.
+pub fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
