@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bucketgate_cache::{Cache, FileId, Inode, KeyRelease, Kind};
+use bucketgate_cache::{Cache, FileId, Inode, Kind};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::remote::{CompletedPart, ObjectInfo, ObjectMeta, ObjectStore, StoreError, expect_etag, same_etag};
+use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError, expect_etag};
 
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
 /// nothing otherwise. Configured to `return`, the step ends right there with
@@ -35,7 +35,9 @@ macro_rules! failpoint {
 }
 pub(crate) use failpoint;
 
+mod conflict;
 mod keylock;
+mod moves;
 mod transfer;
 
 use keylock::KeyLocks;
@@ -427,38 +429,6 @@ impl Uploader {
         Ok(self.cache.load_any(id)?.is_none_or(|i| !i.is_dirty()))
     }
 
-    /// A file that moved away from `rel` may still have its object there, to be copied
-    /// to its new key: it gets any bytes it lacks from that object, then lets the key
-    /// go and uploads its own bytes (see `Cache::release_moved_key`).
-    async fn take_over_key(&self, rel: &str, key: &str, me: FileId) -> Result<(), UploadError> {
-        const PIECE: u64 = 8 << 20;
-        for _ in 0..8 {
-            let (id, etag, ranges) = match self.cache.release_moved_key(rel, me)? {
-                KeyRelease::Free => return Ok(()),
-                KeyRelease::NeedsBytes { id, etag, ranges } => (id, etag, ranges),
-            };
-            for (start, len) in ranges {
-                let mut at = start;
-                while at < start + len {
-                    let n = (start + len - at).min(PIECE);
-                    let bytes = match self.store.get_range(key, at, n).await {
-                        Ok(b) => b,
-                        // Gone from the store: there is nothing left to protect.
-                        Err(StoreError::NotFound) => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    };
-                    let (cache, etag) = (self.cache.clone(), etag.clone());
-                    tokio::task::spawn_blocking(move || cache.fill(id, &etag, at, &bytes))
-                        .await
-                        .map_err(|e| bucketgate_cache::CacheError::Meta(e.to_string()))??;
-                    at += n;
-                }
-            }
-        }
-        // The object there is not the version that file knew (its bytes were refused).
-        Err(bucketgate_cache::CacheError::TryLater.into())
-    }
-
     fn meta_of(ino: &Inode) -> ObjectMeta {
         ObjectMeta {
             uid: ino.uid,
@@ -570,68 +540,6 @@ impl Uploader {
             }
         }
         Ok(())
-    }
-
-    /// Uploads the file's bytes to `key`, unless the object there is no longer the
-    /// version the local change started from: then the local version is set aside as
-    /// a conflict copy (uploaded by the next pass) and `None` is returned.
-    async fn upload_unless_conflict(
-        &self,
-        ino: &Inode,
-        rel: &str,
-        key: &str,
-        meta: &ObjectMeta,
-    ) -> Result<Option<String>, UploadError> {
-        let r = &ino.remote;
-        let base = (self.settings.check_conflicts && r.key.as_deref() == Some(rel) && !r.etag.is_empty())
-            .then_some(r.etag.as_str());
-        let Some(base) = base else {
-            return self.upload_data(ino, key, meta, None).await.map(Some);
-        };
-        self.cache
-            .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
-        match self.upload_data(ino, key, meta, Some(base)).await {
-            Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {}
-            done => return done.map(Some),
-        }
-        // Some stores answer a failed If-Match on a missing object with 412, some with
-        // 404: look before deciding.
-        let theirs = match self.store.head(key).await? {
-            // Deleted behind our back: the local change brings it back.
-            None => return self.upload_data(ino, key, meta, None).await.map(Some),
-            // Not changed after all, or changed by an upload of ours whose record a
-            // crash lost.
-            Some(now) if same_etag(&now.etag, base) || Self::written_by_us(ino, &now) => {
-                return self.upload_data(ino, key, meta, None).await.map(Some);
-            }
-            Some(now) => now,
-        };
-        let stamp: String = crate::audit::rfc3339_now()
-            .chars()
-            .take(19)
-            .filter(|c| c.is_ascii_digit() || *c == 'T')
-            .chain(std::iter::once('Z'))
-            .collect();
-        if let Some(name) = self.cache.set_aside_conflict(ino.id, rel, &stamp)? {
-            tracing::warn!(
-                key,
-                their_etag = theirs.etag,
-                our_base = base,
-                kept_as = name,
-                "conflict: the object changed in the store since the gateway last saw it; \
-                 the store's version keeps the name, the local one is kept beside it"
-            );
-            self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-            if let Some((m, share)) = &self.metrics {
-                m.conflicts_total.with_label_values(&[share]).inc();
-            }
-        }
-        Ok(None)
-    }
-
-    fn written_by_us(ino: &Inode, info: &ObjectInfo) -> bool {
-        let theirs = info.meta.map(|m| (m.uid, m.gid, m.mode, m.mtime_ns));
-        theirs.is_some() && theirs == ino.remote.overwrite_meta
     }
 
     async fn upload_data(
