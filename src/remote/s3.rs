@@ -267,6 +267,16 @@ impl S3Store {
         })
     }
 
+    /// The condition to send with a write that must find `key` at ETag `etag`: the
+    /// ETag itself, or (conditional writes off) nothing once a HEAD has checked it.
+    async fn condition<'a>(&self, key: &str, etag: &'a str) -> StoreResult<Option<&'a str>> {
+        if self.conditional_writes {
+            return Ok(Some(etag));
+        }
+        expect_etag(self, key, etag).await?;
+        Ok(None)
+    }
+
     async fn put(
         &self,
         key: &str,
@@ -595,11 +605,8 @@ impl ObjectStore for S3Store {
         meta: &ObjectMeta,
         if_match: &str,
     ) -> StoreResult<String> {
-        if !self.conditional_writes {
-            expect_etag(self, key, if_match).await?;
-            return self.put(key, body, meta, None).await;
-        }
-        self.put(key, body, meta, Some(if_match)).await
+        let cond = self.condition(key, if_match).await?;
+        self.put(key, body, meta, cond).await
     }
 
     async fn complete_multipart(
@@ -618,11 +625,8 @@ impl ObjectStore for S3Store {
         parts: &[CompletedPart],
         if_match: &str,
     ) -> StoreResult<String> {
-        if !self.conditional_writes {
-            expect_etag(self, key, if_match).await?;
-            return self.complete(key, upload_id, parts, None).await;
-        }
-        self.complete(key, upload_id, parts, Some(if_match)).await
+        let cond = self.condition(key, if_match).await?;
+        self.complete(key, upload_id, parts, cond).await
     }
 
     async fn copy_object(
@@ -641,11 +645,8 @@ impl ObjectStore for S3Store {
         meta: Option<&ObjectMeta>,
         src_if_match: &str,
     ) -> StoreResult<String> {
-        if !self.conditional_writes {
-            expect_etag(self, src_key, src_if_match).await?;
-            return self.copy(src_key, dst_key, meta, None).await;
-        }
-        self.copy(src_key, dst_key, meta, Some(src_if_match)).await
+        let cond = self.condition(src_key, src_if_match).await?;
+        self.copy(src_key, dst_key, meta, cond).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
