@@ -1069,10 +1069,12 @@ impl Cache {
             set.mode.unwrap_or(0o755),
             now,
         );
+        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, ..set }, now)?;
+        // After the requested mode, which would otherwise clear it (the Linux kernel
+        // client found this): a directory made in a setgid directory is setgid too.
         if d.mode & 0o2000 != 0 {
             child.mode |= 0o2000;
         }
-        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, ..set }, now)?;
         let change = self.link_new(&mut st, d, child.clone(), now)?;
         Ok((self.get(child.id)?, change))
     }

@@ -571,3 +571,43 @@ fn a_conflict_copy_of_a_long_name_is_cut_at_a_character_boundary() {
     );
     assert!(got.starts_with("éé"));
 }
+
+#[test]
+fn a_directory_made_in_a_setgid_directory_inherits_its_group_and_setgid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    let root = Caller::new(0, 0, vec![]);
+    let shared = cache
+        .mkdir(
+            &root,
+            ROOT_ID,
+            b"shared",
+            SetAttr {
+                mode: Some(0o2775),
+                gid: Some(500),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap()
+        .0;
+    let me = Caller::new(1000, 1000, vec![500]);
+    let sub = cache
+        .mkdir(
+            &me,
+            shared.id,
+            b"sub",
+            SetAttr {
+                mode: Some(0o755),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap()
+        .0;
+    assert_eq!((sub.gid, sub.mode), (500, 0o2755));
+    let file = cache.create(&me, shared.id, b"f", unchecked(0o644)).unwrap().0;
+    assert_eq!(
+        (file.gid, file.mode),
+        (500, 0o644),
+        "files get the group, not setgid"
+    );
+}
