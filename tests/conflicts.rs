@@ -8,6 +8,7 @@ mod common;
 
 use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::config::{Config, ConflictCheck};
+use bucketgate::gateway::Running;
 use common::gateway::{config, flush, share_with, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
@@ -21,6 +22,14 @@ fn s3_config(srv: &S3TestServer, dir: &std::path::Path, check: ConflictCheck) ->
         s.region = Some("us-east-1".into());
         s.conflict_check = check;
     })
+}
+
+async fn gateway(srv: &S3TestServer, dir: &std::path::Path, check: ConflictCheck) -> Running {
+    start(
+        s3_config(srv, dir, check),
+        Some((srv.access_key.clone(), srv.secret_key.clone())),
+    )
+    .await
 }
 
 async fn their_put(srv: &S3TestServer, key: &str, body: &[u8]) {
@@ -65,11 +74,7 @@ async fn keys(srv: &S3TestServer) -> Vec<String> {
 async fn local_change_over_a_remote_one(check: ConflictCheck) -> (S3TestServer, Vec<String>, u64) {
     let srv = S3TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let gw = start(
-        s3_config(&srv, tmp.path(), check),
-        Some((srv.access_key.clone(), srv.secret_key.clone())),
-    )
-    .await;
+    let gw = gateway(&srv, tmp.path(), check).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "doc.txt", b"version 1").await;
@@ -141,11 +146,7 @@ async fn with_checks_off_the_last_writer_wins() {
 async fn a_large_file_conflict_is_caught_at_multipart_completion() {
     let srv = S3TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let gw = start(
-        s3_config(&srv, tmp.path(), ConflictCheck::IfMatch),
-        Some((srv.access_key.clone(), srv.secret_key.clone())),
-    )
-    .await;
+    let gw = gateway(&srv, tmp.path(), ConflictCheck::IfMatch).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     let big = body(12 << 20, 7); // above the tests' 8 MiB multipart threshold
@@ -169,11 +170,7 @@ async fn a_large_file_conflict_is_caught_at_multipart_completion() {
 async fn a_chmod_over_a_remote_change_applies_to_the_new_version() {
     let srv = S3TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let gw = start(
-        s3_config(&srv, tmp.path(), ConflictCheck::IfMatch),
-        Some((srv.access_key.clone(), srv.secret_key.clone())),
-    )
-    .await;
+    let gw = gateway(&srv, tmp.path(), ConflictCheck::IfMatch).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "notes.txt", b"ours, uploaded").await;
