@@ -120,3 +120,44 @@ async fn two_files_swapping_names_keep_their_bytes() {
     assert!(store.head("t").await.unwrap().is_none());
     gw.shutdown().await;
 }
+
+/// A renamed file never read, whose object another client deletes before the rename
+/// reached the store, cannot be rebuilt: it is reported failing (SourceGone), never
+/// uploaded with holes where its bytes were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_cached_file_whose_object_vanished_is_reported_not_uploaded_with_holes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(tmp.path().join("bucket")).unwrap();
+    let meta = ObjectMeta {
+        uid: 1000,
+        gid: 1000,
+        mode: 0o100644,
+        mtime_ns: 1,
+    };
+    store
+        .put_object("a", bytes::Bytes::from(body(3 << 20, 3)), &meta)
+        .await
+        .unwrap();
+    let gw = gateway(tmp.path()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    rename(&mut c, &root, "a", &root, "b").await.unwrap();
+    store.delete_object("a").await.unwrap();
+    let up = &gw.gateway.shares[0].uploader;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            up.flush_now(None);
+            if up.failing().iter().any(|f| f.error_code == "SourceGone") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reported as SourceGone");
+    assert!(
+        store.head("b").await.unwrap().is_none(),
+        "nothing uploaded with holes"
+    );
+    gw.shutdown().await;
+}

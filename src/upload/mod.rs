@@ -491,10 +491,7 @@ impl Uploader {
                     etag
                 }
                 Err(UploadError::Store(StoreError::NotFound)) => {
-                    // The object we meant to copy is gone (deleted behind our back):
-                    // upload the bytes instead.
-                    tracing::warn!(key = src, "copy source missing; uploading the data again");
-                    self.upload_data(ino, &key, &meta, None).await?
+                    self.upload_without_source(ino, &src, &key, &meta).await?
                 }
                 Err(UploadError::Store(StoreError::PreconditionFailed)) => {
                     // Another client replaced the object since we saw it; only our name
@@ -512,7 +509,7 @@ impl Uploader {
                             self.cache.rebase_on_remote(ino.id, &now.etag, now.size)?;
                             return Ok(());
                         }
-                        None => self.upload_data(ino, &key, &meta, None).await?,
+                        None => self.upload_without_source(ino, &src, &key, &meta).await?,
                     }
                 }
                 Err(e) => return Err(e),
@@ -540,6 +537,30 @@ impl Uploader {
             }
         }
         Ok(())
+    }
+
+    /// The object a copy would start from is gone (deleted behind our back): upload
+    /// the cached bytes instead, when they are all here. A file only partly cached
+    /// cannot be rebuilt; it is reported as failing rather than uploaded with holes.
+    async fn upload_without_source(
+        &self,
+        ino: &Inode,
+        src: &str,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<String, UploadError> {
+        if ino.partial {
+            return Err(StoreError::Permanent {
+                code: "SourceGone".into(),
+                message: format!(
+                    "{src} was deleted from the store while this file, only partly cached, still needed it: \
+                     its missing bytes are lost"
+                ),
+            }
+            .into());
+        }
+        tracing::warn!(key = src, "copy source missing; uploading the data again");
+        self.upload_data(ino, key, meta, None).await
     }
 
     async fn upload_data(
