@@ -332,24 +332,23 @@ impl S3Store {
                 })
                 .collect()
         };
-        let remembered = |c: &HashMap<i32, (String, String)>, p: &CompletedPart| {
-            c.get(&p.part_number).is_some_and(|(e, _)| *e == unquote(&p.etag))
+        // Only the checksum of the very part version being committed.
+        let crc_of = |c: &HashMap<i32, (String, String)>, p: &CompletedPart| {
+            c.get(&p.part_number)
+                .filter(|(etag, _)| *etag == unquote(&p.etag))
+                .map(|(_, crc)| crc.clone())
         };
-        if !parts.iter().all(|p| remembered(&checksums, p)) {
+        if !parts.iter().all(|p| crc_of(&checksums, p).is_some()) {
             // Uploaded by an earlier process, or answered without a checksum: ask.
             checksums.extend(self.part_checksums(key, upload_id).await?);
         }
         let parts = parts
             .iter()
             .map(|p| {
-                // Only the checksum of the very part version being committed.
-                let crc = checksums
-                    .get(&p.part_number)
-                    .filter(|(etag, _)| *etag == unquote(&p.etag));
                 SdkCompletedPart::builder()
                     .part_number(p.part_number)
-                    .e_tag(format!("\"{}\"", unquote(&p.etag)))
-                    .set_checksum_crc32_c(crc.map(|(_, c)| c.clone()))
+                    .e_tag(quote(&p.etag))
+                    .set_checksum_crc32_c(crc_of(&checksums, p))
                     .build()
             })
             .collect();

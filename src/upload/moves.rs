@@ -1,7 +1,7 @@
 //! A name freed by a rename, taken by another file before the renamed file's object
 //! has moved (see `bucketgate_cache::KeyRelease`).
 
-use bucketgate_cache::{CacheError, FileId, KeyRelease};
+use bucketgate_cache::{CacheError, FETCH_PIECE, FileId, KeyRelease};
 
 use super::{UploadError, Uploader};
 use crate::remote::StoreError;
@@ -11,7 +11,6 @@ impl Uploader {
     /// to its new key: it gets any bytes it lacks from that object, then lets the key
     /// go and uploads its own bytes (see `Cache::release_moved_key`).
     pub(super) async fn take_over_key(&self, rel: &str, key: &str, me: FileId) -> Result<(), UploadError> {
-        const PIECE: u64 = 8 << 20;
         for _ in 0..8 {
             let (id, etag, ranges) = match self.cache.release_moved_key(rel, me)? {
                 KeyRelease::Free => return Ok(()),
@@ -20,7 +19,7 @@ impl Uploader {
             for (start, len) in ranges {
                 let mut at = start;
                 while at < start + len {
-                    let n = (start + len - at).min(PIECE);
+                    let n = (start + len - at).min(FETCH_PIECE);
                     let bytes = match self.store.get_range(key, at, n).await {
                         Ok(b) => b,
                         // Gone from the store: there is nothing left to protect.
