@@ -72,6 +72,8 @@ pub struct CacheConfig {
     pub dirty_limit: Option<ByteSize>,
     pub upload_delay: HumanDuration,
     pub max_dirty_age: HumanDuration,
+    /// Memory for the attribute hot set: decoded inodes of recently used files.
+    pub attr_cache: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -82,6 +84,7 @@ impl Default for CacheConfig {
             dirty_limit: None,
             upload_delay: HumanDuration(Duration::from_secs(10)),
             max_dirty_age: HumanDuration(Duration::from_secs(60)),
+            attr_cache: ByteSize(64 << 20),
         }
     }
 }

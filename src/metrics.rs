@@ -78,6 +78,9 @@ pub struct Metrics {
     pub cache_evictions_total: IntCounterVec,
     /// `bucketgate_cache_evicted_bytes_total{share}`: bytes freed by eviction.
     pub cache_evicted_bytes_total: IntCounterVec,
+    /// `bucketgate_attr_cache_lookups_total{share,result}`: inode reads answered from
+    /// the in-memory attribute hot set (`hit`) or read from the metadata store (`miss`).
+    pub attr_cache_lookups_total: IntCounterVec,
 
     // --- upload ---
     /// `bucketgate_upload_queue_files`: files waiting to be uploaded or uploading.
@@ -239,6 +242,13 @@ impl Metrics {
                 o("cache_evicted_bytes_total", "Bytes freed by cache eviction."),
                 &["share"]
             )),
+            attr_cache_lookups_total: reg!(IntCounterVec::new(
+                o(
+                    "attr_cache_lookups_total",
+                    "Inode reads answered from memory (hit) or the metadata store (miss)."
+                ),
+                &["share", "result"]
+            )),
             upload_queue_files: reg!(IntGauge::with_opts(o(
                 "upload_queue_files",
                 "Files waiting to be uploaded or uploading."
@@ -396,6 +406,9 @@ impl Metrics {
         for r in ["ok", "error"] {
             self.uploads_total.with_label_values(&[share, r]);
         }
+        for r in ["hit", "miss"] {
+            self.attr_cache_lookups_total.with_label_values(&[share, r]);
+        }
         for op in STORE_OPERATIONS {
             self.store_request_duration_seconds
                 .with_label_values(&[share, op]);
@@ -454,8 +467,17 @@ impl Metrics {
             (&self.cache_evictions_total, files_total),
             (&self.cache_evicted_bytes_total, bytes_total),
         ] {
-            let c = c.with_label_values(&[share]);
-            c.inc_by(total.saturating_sub(c.get()));
+            catch_up(&c.with_label_values(&[share]), total);
+        }
+    }
+
+    /// The same for the attribute hot set (`Cache::attr_cache_stats()`).
+    pub fn sync_attr_cache(&self, share: &str, hits_total: u64, misses_total: u64) {
+        for (result, total) in [("hit", hits_total), ("miss", misses_total)] {
+            catch_up(
+                &self.attr_cache_lookups_total.with_label_values(&[share, result]),
+                total,
+            );
         }
     }
 
@@ -533,6 +555,7 @@ impl Metrics {
             &self.cache_misses_total,
             &self.cache_evictions_total,
             &self.cache_evicted_bytes_total,
+            &self.attr_cache_lookups_total,
             &self.upload_queue_files,
             &self.upload_queue_bytes,
             &self.upload_failing_files,
@@ -558,6 +581,12 @@ impl Metrics {
             .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
             .collect()
     }
+}
+
+/// Moves a counter up to `total`, a running total kept elsewhere; never down (a
+/// reopened cache starts its totals again from 0).
+fn catch_up(c: &prometheus::IntCounter, total: u64) {
+    c.inc_by(total.saturating_sub(c.get()));
 }
 
 fn clamp(v: u64) -> i64 {
@@ -638,6 +667,10 @@ mod tests {
         assert_eq!(m.cache_evictions_total.with_label_values(&["data"]).get(), 5);
         m.cache_miss("data");
         assert_eq!(m.cache_misses_total.with_label_values(&["data"]).get(), 1);
+        m.sync_attr_cache("data", 90, 10);
+        m.sync_attr_cache("data", 80, 10);
+        let lookups = |r| m.attr_cache_lookups_total.with_label_values(&["data", r]).get();
+        assert_eq!((lookups("hit"), lookups("miss")), (90, 10));
     }
 
     #[test]

@@ -140,6 +140,9 @@ async fn cold_reads_fetch_ranges_and_sequential_reads_stream() {
     );
     let misses = metric_sum(&m, "bucketgate_cache_misses_total", "share=\"data\"");
     assert!(misses >= 1.0);
+    // Every READ looks the file up; all but the first find it in memory.
+    let lookups = |r| metric_sum(&m, "bucketgate_attr_cache_lookups_total", r);
+    assert!(lookups("result=\"hit\"") > lookups("result=\"miss\""), "{m}");
     gw.shutdown().await;
 }
 

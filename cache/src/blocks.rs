@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use sled::Batch;
+use crate::attrs::Batch;
 
 use crate::engine::{Cache, decode_inode};
 use crate::error::{CacheError, Result};

@@ -2,7 +2,7 @@
 //! based on (another S3 client wrote it since the gateway last saw it). Neither
 //! version is lost: the store's keeps the name, the local one moves aside.
 
-use sled::Batch;
+use crate::attrs::Batch;
 
 use crate::engine::{Cache, MAX_NAME_BYTES, encode, now_ns};
 use crate::error::{CacheError, Result};

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use sled::Batch;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::attrs::{AttrCache, Batch};
 use crate::error::{CacheError, Result};
 use crate::inode::{DirEntry, FileId, Inode, Kind, keys};
 use crate::perm::{self, Caller};
@@ -45,6 +45,8 @@ pub struct CacheOptions {
     /// write as fatal (every later call fails until the process restarts), so it
     /// must never be the one to find the disk full.
     pub metadata_reserve_bytes: u64,
+    /// Memory for the attribute hot set (decoded inodes of recently used files).
+    pub attr_cache_bytes: u64,
 }
 
 impl Default for CacheOptions {
@@ -58,6 +60,7 @@ impl Default for CacheOptions {
             capacity_bytes: u64::MAX,
             default_file_mode: 0o666,
             metadata_reserve_bytes: 16 << 20,
+            attr_cache_bytes: 64 << 20,
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct Cache {
     pub(crate) data_locks: Vec<parking_lot::RwLock<()>>,
     /// Set by every LRU insert; the next `touch` runs evictions.
     pub(crate) evict_pending: std::sync::atomic::AtomicBool,
+    /// Decoded inodes in front of sled; every inode change passes through it.
+    pub(crate) attrs: AttrCache,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -293,6 +298,7 @@ impl Cache {
                 }
             })
             .build_with_hasher(std::collections::hash_map::RandomState::new());
+        let attrs = AttrCache::new(opts.attr_cache_bytes);
         let cache = Cache {
             db,
             data_dir,
@@ -305,6 +311,7 @@ impl Cache {
             evictions,
             data_locks: (0..64).map(|_| parking_lot::RwLock::new(())).collect(),
             evict_pending: std::sync::atomic::AtomicBool::new(false),
+            attrs,
         };
         cache.load_lru()?;
         Ok(cache)
@@ -390,10 +397,16 @@ impl Cache {
     }
 
     pub(crate) fn load(&self, id: FileId) -> Result<Option<Inode>> {
-        match self.db.get(keys::inode(id))? {
+        let hot = self.attrs.get(id, || match self.db.get(keys::inode(id))? {
             Some(v) => Ok(Some(decode_inode(&v)?)),
             None => Ok(None),
-        }
+        })?;
+        Ok(hot.map(|i| Inode::clone(&i)))
+    }
+
+    /// (hits, misses) of the attribute hot set since open.
+    pub fn attr_cache_stats(&self) -> (u64, u64) {
+        self.attrs.stats()
     }
 
     /// A live inode, or `Stale` for one that no longer exists.
@@ -481,12 +494,11 @@ impl Cache {
     }
 
     pub(crate) fn put(batch: &mut Batch, ino: &Inode) {
-        batch.insert(&keys::inode(ino.id), encode(ino));
+        batch.put_inode(ino);
     }
 
     pub(crate) fn commit_batch(&self, batch: Batch) -> Result<()> {
-        self.db.apply_batch(batch)?;
-        Ok(())
+        self.attrs.commit(&self.db, batch)
     }
 
     /// Applies a namespace or attribute change and makes it durable before the
@@ -494,7 +506,7 @@ impl Cache {
     /// RENAME and SETATTR as stable once answered (they never resend them), so a
     /// crash must not undo one. WRITE alone is left to COMMIT / FILE_SYNC.
     pub(crate) fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
-        self.db.apply_batch(batch)?;
+        self.commit_batch(batch)?;
         self.flush_metadata()
     }
 
@@ -1132,7 +1144,7 @@ impl Cache {
             victim.remote.stale_keys.push(k);
         }
         if victim.remote.stale_keys.is_empty() {
-            b.remove(&keys::inode(victim.id));
+            b.remove_inode(victim.id);
             b.remove(&keys::queue(victim.id));
             st.forget(victim.id);
         } else {
@@ -1606,7 +1618,7 @@ impl Cache {
     fn save_upload_state(&self, st: &mut State, mut i: Inode) -> Result<()> {
         let mut b = Batch::default();
         if i.unlinked && i.remote.stale_keys.is_empty() {
-            b.remove(&keys::inode(i.id));
+            b.remove_inode(i.id);
             b.remove(&keys::queue(i.id));
             self.commit_batch(b)?;
             st.forget(i.id);

@@ -2,6 +2,7 @@
 //! share, on the local cache disk, with the durable queue of what the store still
 //! has to learn. Nothing here knows NFS or S3 wire formats.
 
+mod attrs;
 mod blocks;
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
 /// nothing otherwise. When configured to `return`, the enclosing function returns

@@ -6,7 +6,7 @@
 //! newcomer takes the key over instead ([`Cache::release_moved_key`]): the renamed
 //! file's missing bytes are fetched first, then it uploads its own bytes.
 
-use sled::Batch;
+use crate::attrs::Batch;
 
 use crate::engine::{Cache, now_ns};
 use crate::error::Result;

@@ -6,7 +6,7 @@
 //! file; an object added remotely appears. A listing that started before the gateway's
 //! own last upload of a name says nothing about that name.
 
-use sled::Batch;
+use crate::attrs::Batch;
 
 use crate::engine::{Cache, State, encode, now_ns};
 use crate::error::{CacheError, Result};
@@ -184,7 +184,7 @@ impl Cache {
                 if gone_remotely {
                     b.remove(keys::name(dir, &name));
                     b.remove(k);
-                    b.remove(&keys::inode(child.id));
+                    b.remove_inode(child.id);
                     b.remove(&keys::blocks(child.id));
                     if child.kind == Kind::File {
                         st.resized(self.cached_bytes_of(&child), 0);

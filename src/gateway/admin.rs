@@ -52,6 +52,8 @@ pub fn install_scrape_hook(g: &Arc<Gateway>) {
         for s in &g.shares {
             let (files, bytes) = s.share.cache.evicted();
             m.sync_evictions(&s.config.name, files, bytes);
+            let (hits, misses) = s.share.cache.attr_cache_stats();
+            m.sync_attr_cache(&s.config.name, hits, misses);
         }
     });
 }

@@ -101,6 +101,7 @@ impl Gateway {
                 dirty_limit_bytes: config.dirty_limit_bytes(),
                 capacity_bytes: config.cache.capacity.0,
                 default_file_mode: sc.default_file_mode.0,
+                attr_cache_bytes: config.cache.attr_cache.0,
                 ..CacheOptions::default()
             };
             let cache = Arc::new(
