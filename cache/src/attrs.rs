@@ -52,7 +52,8 @@ impl Batch {
 }
 
 pub(crate) struct AttrCache {
-    map: moka::sync::Cache<FileId, Arc<Inode>>,
+    /// `None` when configured with no memory: every read goes to sled.
+    map: Option<moka::sync::Cache<FileId, Arc<Inode>>>,
     stripes: Vec<Mutex<()>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -71,10 +72,12 @@ fn weight(i: &Inode) -> u32 {
 impl AttrCache {
     pub(crate) fn new(capacity_bytes: u64) -> AttrCache {
         AttrCache {
-            map: moka::sync::Cache::builder()
-                .max_capacity(capacity_bytes)
-                .weigher(|_, i: &Arc<Inode>| weight(i))
-                .build(),
+            map: (capacity_bytes > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(capacity_bytes)
+                    .weigher(|_, i: &Arc<Inode>| weight(i))
+                    .build()
+            }),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -91,12 +94,16 @@ impl AttrCache {
         id: FileId,
         read: impl FnOnce() -> Result<Option<Inode>>,
     ) -> Result<Option<Arc<Inode>>> {
-        if let Some(i) = self.map.get(&id) {
+        let Some(map) = &self.map else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(read()?.map(Arc::new));
+        };
+        if let Some(i) = map.get(&id) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(i));
         }
         let _fill = self.stripes[Self::stripe(id)].lock();
-        if let Some(i) = self.map.get(&id) {
+        if let Some(i) = map.get(&id) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(i));
         }
@@ -105,26 +112,30 @@ impl AttrCache {
             return Ok(None);
         };
         let i = Arc::new(i);
-        self.map.insert(id, i.clone());
+        map.insert(id, i.clone());
         Ok(Some(i))
     }
 
     /// Applies `batch` to `db` and brings the hot set in line with it.
     pub(crate) fn commit(&self, db: &sled::Db, batch: Batch) -> Result<()> {
+        let Some(map) = &self.map else {
+            db.apply_batch(batch.sled)?;
+            return Ok(());
+        };
         let mut stripes: Vec<usize> = batch.inodes.iter().map(|(id, _)| Self::stripe(*id)).collect();
         stripes.sort_unstable();
         stripes.dedup();
         // In one order, so two commits never wait on each other's stripes.
         let _held: Vec<_> = stripes.iter().map(|s| self.stripes[*s].lock()).collect();
         for (id, _) in &batch.inodes {
-            self.map.invalidate(id);
+            map.invalidate(id);
         }
         db.apply_batch(batch.sled)?;
         // The last write of an id in the batch is what sled now holds.
         let mut seen = std::collections::HashSet::new();
         for (id, ino) in batch.inodes.into_iter().rev() {
             if let (true, Some(ino)) = (seen.insert(id), ino) {
-                self.map.insert(id, ino);
+                map.insert(id, ino);
             }
         }
         Ok(())
@@ -141,7 +152,7 @@ impl AttrCache {
     /// The entry held for `id`, if any (tests compare it with sled).
     #[cfg(test)]
     pub(crate) fn peek(&self, id: FileId) -> Option<Arc<Inode>> {
-        self.map.get(&id)
+        self.map.as_ref()?.get(&id)
     }
 }
 
@@ -192,6 +203,23 @@ mod tests {
         let gone = c.get(f.id);
         assert!(matches!(gone, Err(CacheError::Stale)), "{gone:?}");
         assert_eq!(c.get(f.id).ok(), on_disk(&c, f.id).filter(|i| !i.unlinked));
+    }
+
+    #[test]
+    fn with_no_memory_every_read_goes_to_sled() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            attr_cache_bytes: 0,
+            ..CacheOptions::default()
+        };
+        let c = Cache::open(t.path(), opts).unwrap();
+        let (f, _) = c
+            .create(&user(), ROOT_ID, b"a", CreateMode::Unchecked(chmod(0o600)))
+            .unwrap();
+        c.setattr(&user(), f.id, chmod(0o640), None).unwrap();
+        assert_eq!(c.get(f.id).unwrap().mode, 0o640);
+        assert_eq!(c.attr_cache_stats().0, 0);
+        assert!(c.attrs.peek(f.id).is_none());
     }
 
     /// Writers change attributes while readers keep missing (the hot set holds a few
