@@ -20,6 +20,11 @@ const MAX_WINDOW: u64 = 64 << 20;
 const FIRST_WINDOW: u64 = 8 << 20;
 const LIST_PAGE: i32 = 1000;
 const FETCH_CONCURRENCY: usize = 8;
+/// A sequential reader's READs arrive out of order when it keeps several in flight
+/// (the Linux client: 16 of 1 MiB) and the server runs them concurrently; a READ
+/// within this many READs' length of where the reader has got to still continues its
+/// stream.
+const READS_IN_FLIGHT: u64 = 16;
 
 /// One lock per (file, range start) being fetched.
 type RangeLocks = Mutex<HashMap<(FileId, u64), Arc<AsyncMutex<()>>>>;
@@ -332,14 +337,26 @@ impl ReadThrough {
         let end = offset + len;
         let (from, to) = {
             let mut streams = self.streams.lock();
+            let fresh = !streams.contains_key(&ino.id);
             let s = streams.entry(ino.id).or_default();
-            let sequential = offset == s.next_offset || (offset < s.next_offset && end > s.next_offset);
-            s.next_offset = end;
+            let slack = len * READS_IN_FLIGHT;
+            let sequential = if fresh {
+                offset == 0
+            } else {
+                offset <= s.next_offset + slack && end + slack >= s.next_offset
+            };
+            if sequential && end <= s.next_offset {
+                return; // a late READ of this stream (or a re-read): nothing new ahead
+            }
             if !sequential {
-                s.window = 0;
-                s.ahead_to = end;
+                *s = Stream {
+                    next_offset: end,
+                    window: 0,
+                    ahead_to: end,
+                };
                 return;
             }
+            s.next_offset = s.next_offset.max(end);
             s.window = if s.window == 0 {
                 FIRST_WINDOW
             } else {

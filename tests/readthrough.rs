@@ -423,3 +423,61 @@ async fn concurrent_readers_of_a_cold_block_share_one_get() {
     assert_eq!(gets() - before, 1.0, "six readers, one GET");
     gw.shutdown().await;
 }
+
+/// A sequential reader with several READs in flight (as the Linux client keeps 16)
+/// has them arrive out of order; read-ahead still follows it, so the object comes in
+/// whole pieces rather than one GET per READ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_reader_with_reads_out_of_order_still_gets_read_ahead() {
+    const MIB: u64 = 1 << 20;
+    let srv = S3TestServer::start().await;
+    let data = body(64 << 20, 9);
+    put(&srv, "pre/stream.bin", data.clone(), None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = lookup(&mut c, &root, "stream.bin").await.unwrap();
+    // Four connections take every fourth MiB, each in order: together one reader
+    // moving forward, its READs reaching the gateway out of order.
+    let mut readers = tokio::task::JoinSet::new();
+    for lane in 0..4u64 {
+        let (addr, fh) = (gw.nfs_addr, fh.clone());
+        readers.spawn(async move {
+            let mut c = mount(addr).await;
+            let mut got = Vec::new();
+            for offset in (lane * MIB..64 * MIB).step_by(4 * MIB as usize) {
+                let r = c
+                    .read(&nfs3_types::nfs3::READ3args {
+                        file: fh.clone(),
+                        offset,
+                        count: MIB as u32,
+                    })
+                    .await
+                    .unwrap();
+                match r {
+                    nfs3_types::nfs3::Nfs3Result::Ok(ok) => got.push((offset, ok.data.to_vec())),
+                    nfs3_types::nfs3::Nfs3Result::Err((st, _)) => panic!("read at {offset}: {st:?}"),
+                }
+            }
+            got
+        });
+    }
+    while let Some(r) = readers.join_next().await {
+        for (offset, bytes) in r.unwrap() {
+            let at = offset as usize;
+            assert!(bytes == data[at..at + MIB as usize], "bytes at {offset}");
+        }
+    }
+    let m = gw.gateway.metrics.render();
+    let gets = metric_sum(
+        &m,
+        "bucketgate_store_request_duration_seconds_count",
+        "\"GetObject\"",
+    );
+    let fetched = metric_sum(&m, "bucketgate_store_downloaded_bytes_total", "");
+    assert_eq!(fetched, (64 * MIB) as f64, "no byte fetched twice");
+    // 8 pieces of 8 MiB, plus the first READs' own ranges before read-ahead starts.
+    assert!(gets <= 16.0, "{gets} GETs for 64 READs");
+    gw.shutdown().await;
+}
