@@ -41,6 +41,10 @@ pub struct CallContext {
 pub enum ProcReply {
     /// Accepted, SUCCESS: the XDR-encoded results follow the accept_stat.
     Success(Vec<u8>),
+    /// Accepted, SUCCESS, with the results' last field (READ data) kept apart: the
+    /// encoded results up to and including its length word, then the bytes, padded.
+    /// The data is sent with writev, never copied into the reply.
+    SuccessWithData(Vec<u8>, Bytes),
     ProcUnavail,
     GarbageArgs,
     SystemErr,

@@ -179,6 +179,17 @@ fn ok<T: Pack, E: Pack>(r: Nfs3Result<T, E>) -> ProcReply {
     ProcReply::Success(encode(&r))
 }
 
+/// A READ's reply with its data kept apart: the results are encoded with empty data,
+/// the opaque's length word then set to the real length, and the data (padded to a
+/// multiple of 4 as XDR wants) follows as its own buffer.
+fn read_reply(results: READ3resok<'_>, mut data: Vec<u8>) -> ProcReply {
+    let mut head = encode(&Nfs3Result::<_, READ3resfail>::Ok(results));
+    let at = head.len() - 4;
+    head[at..].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    data.resize(data.len().next_multiple_of(4), 0);
+    ProcReply::SuccessWithData(head, Bytes::from(data))
+}
+
 /// Runs blocking engine work (file I/O, fsync) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
@@ -440,12 +451,13 @@ impl NfsService {
         match result {
             Ok((data, eof, after)) => {
                 self.count_bytes(&s, missed, data.len());
-                ok::<_, READ3resfail>(Nfs3Result::Ok(READ3resok {
+                let results = READ3resok {
                     file_attributes: Self::attr_of(&s, &after),
                     count: data.len() as u32,
                     eof,
-                    data: Opaque::owned(data),
-                }))
+                    data: Opaque::borrowed(&[]),
+                };
+                read_reply(results, data)
             }
             Err(e) => ok::<READ3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
@@ -1023,8 +1035,10 @@ const PROC_NAMES: [&str; 22] = [
 /// The status label of a reply: "OK", an NFS3ERR_* name, or the RPC-level outcome.
 fn status_label(proc: u32, reply: &ProcReply) -> String {
     match reply {
-        ProcReply::Success(body) if proc == 0 || body.len() < 4 => "OK".into(),
-        ProcReply::Success(body) => {
+        ProcReply::Success(body) | ProcReply::SuccessWithData(body, _) if proc == 0 || body.len() < 4 => {
+            "OK".into()
+        }
+        ProcReply::Success(body) | ProcReply::SuccessWithData(body, _) => {
             let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             if code == 0 {
                 "OK".into()
@@ -1172,5 +1186,33 @@ impl Exports for NfsService {
             generation: dir.generation,
         }
         .encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The READ reply sent in parts is, byte for byte, the reply encoded whole.
+    #[test]
+    fn a_read_reply_in_parts_equals_the_whole_encoding() {
+        for len in [0usize, 1, 5, 8, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let results = |data| READ3resok {
+                file_attributes: Nfs3Option::None,
+                count: len as u32,
+                eof: true,
+                data,
+            };
+            let whole = encode(&Nfs3Result::<_, READ3resfail>::Ok(results(Opaque::borrowed(
+                &data,
+            ))));
+            let ProcReply::SuccessWithData(head, tail) =
+                read_reply(results(Opaque::borrowed(&[])), data.clone())
+            else {
+                panic!("READ data kept apart");
+            };
+            assert_eq!([head, tail.to_vec()].concat(), whole, "{len} bytes");
+        }
     }
 }

@@ -32,9 +32,8 @@ pub fn answer(msg: Bytes, nfs_port: u16) -> Option<Vec<u8>> {
     };
     Some(match (h.prog, h.vers) {
         (portmap::PROGRAM, portmap::VERSION) => {
-            let (mut head, body) = rpc::proc_reply(h.xid, portmap::call(h.proc, args, nfs_port));
-            head.extend_from_slice(&body);
-            head
+            let (head, body, data) = rpc::proc_reply(h.xid, portmap::call(h.proc, args, nfs_port));
+            [head, body, data.to_vec()].concat()
         }
         (portmap::PROGRAM, _) => rpc::prog_mismatch(h.xid, portmap::VERSION, portmap::VERSION),
         _ => rpc::prog_unavail(h.xid),

@@ -196,13 +196,16 @@ pub fn auth_error(xid: u32, stat: auth_stat) -> Vec<u8> {
     reply(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(stat)))
 }
 
-/// Splits a handler's answer into (reply header, results) so results are never copied.
-pub fn proc_reply(xid: u32, r: ProcReply) -> (Vec<u8>, Vec<u8>) {
+/// Splits a handler's answer into (reply header, results, data) so results and data
+/// are never copied.
+pub fn proc_reply(xid: u32, r: ProcReply) -> (Vec<u8>, Vec<u8>, bytes::Bytes) {
+    let none = bytes::Bytes::new();
     match r {
-        ProcReply::Success(results) => (success_header(xid), results),
-        ProcReply::ProcUnavail => (proc_unavail(xid), Vec::new()),
-        ProcReply::GarbageArgs => (garbage_args(xid), Vec::new()),
-        ProcReply::SystemErr => (system_err(xid), Vec::new()),
+        ProcReply::Success(results) => (success_header(xid), results, none),
+        ProcReply::SuccessWithData(results, data) => (success_header(xid), results, data),
+        ProcReply::ProcUnavail => (proc_unavail(xid), Vec::new(), none),
+        ProcReply::GarbageArgs => (garbage_args(xid), Vec::new(), none),
+        ProcReply::SystemErr => (system_err(xid), Vec::new(), none),
     }
 }
 

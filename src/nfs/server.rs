@@ -237,21 +237,28 @@ struct Shared<P, E> {
     limits: Limits,
 }
 
-/// One reply as it goes on the wire: record mark + RPC header, then the results.
-/// Kept in two parts so READ data is written with writev, never copied into a header.
+/// One reply as it goes on the wire: record mark + RPC header, the results, then READ
+/// data. Kept in parts so the data is written with writev, never copied into a header.
 struct Outgoing {
     head: Bytes,
     body: Bytes,
+    data: Bytes,
 }
 
 impl Outgoing {
     fn new(rpc_header: Vec<u8>, body: Vec<u8>) -> Self {
+        Self::with_data(rpc_header, body, Bytes::new())
+    }
+
+    fn with_data(rpc_header: Vec<u8>, body: Vec<u8>, data: Bytes) -> Self {
         let mut head = Vec::with_capacity(4 + rpc_header.len());
-        head.extend_from_slice(&rpc::last_fragment_header(rpc_header.len() + body.len()));
+        let len = rpc_header.len() + body.len() + data.len();
+        head.extend_from_slice(&rpc::last_fragment_header(len));
         head.extend_from_slice(&rpc_header);
         Outgoing {
             head: head.into(),
             body: body.into(),
+            data,
         }
     }
 
@@ -259,17 +266,15 @@ impl Outgoing {
         Outgoing {
             head: bytes,
             body: Bytes::new(),
+            data: Bytes::new(),
         }
     }
 
     fn to_bytes(&self) -> Bytes {
-        if self.body.is_empty() {
+        if self.body.is_empty() && self.data.is_empty() {
             return self.head.clone();
         }
-        let mut v = Vec::with_capacity(self.head.len() + self.body.len());
-        v.extend_from_slice(&self.head);
-        v.extend_from_slice(&self.body);
-        v.into()
+        [&self.head[..], &self.body, &self.data].concat().into()
     }
 }
 
@@ -411,7 +416,7 @@ type Queued = (Outgoing, OwnedSemaphorePermit);
 
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
     while let Some((out, _permit)) = rx.recv().await {
-        let mut buf = out.head.chain(out.body);
+        let mut buf = out.head.chain(out.body).chain(out.data);
         match tokio::time::timeout(timeout, wr.write_all_buf(&mut buf)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -560,8 +565,8 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
 
 impl Outgoing {
     fn from_proc(xid: u32, r: ProcReply) -> Self {
-        let (head, body) = rpc::proc_reply(xid, r);
-        Outgoing::new(head, body)
+        let (head, body, data) = rpc::proc_reply(xid, r);
+        Outgoing::with_data(head, body, data)
     }
 }
 
