@@ -48,6 +48,16 @@ async fn newcomer_first(gw: &Running, c: &mut Conn) {
     flush(gw).await;
 }
 
+/// Metadata of a plain file of uid/gid 1000, as the bucket's objects carry it.
+fn user_file() -> ObjectMeta {
+    ObjectMeta {
+        uid: 1000,
+        gid: 1000,
+        mode: 0o100644,
+        mtime_ns: 1,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_file_at_a_renamed_files_old_name_does_not_take_its_bytes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -75,12 +85,7 @@ async fn a_renamed_file_never_read_gets_its_bytes_before_its_old_name_is_reused(
     // In the bucket before the gateway starts: listed, nothing cached.
     let store = LocalStore::new(tmp.path().join("bucket")).unwrap();
     let old = body(3 << 20, 2);
-    let meta = ObjectMeta {
-        uid: 1000,
-        gid: 1000,
-        mode: 0o100644,
-        mtime_ns: 1,
-    };
+    let meta = user_file();
     store
         .put_object("a", bytes::Bytes::from(old.clone()), &meta)
         .await
@@ -128,12 +133,7 @@ async fn two_files_swapping_names_keep_their_bytes() {
 async fn a_partly_cached_file_whose_object_vanished_is_reported_not_uploaded_with_holes() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::new(tmp.path().join("bucket")).unwrap();
-    let meta = ObjectMeta {
-        uid: 1000,
-        gid: 1000,
-        mode: 0o100644,
-        mtime_ns: 1,
-    };
+    let meta = user_file();
     store
         .put_object("a", bytes::Bytes::from(body(3 << 20, 3)), &meta)
         .await
