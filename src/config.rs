@@ -189,6 +189,10 @@ pub struct ShareConfig {
     /// someone else wrote since the gateway last saw it.
     #[serde(default)]
     pub conflict_check: ConflictCheck,
+    /// Keep setuid/setgid bits that object metadata carries. Off by default: anyone
+    /// who may write the bucket could plant a setuid-root program.
+    #[serde(default)]
+    pub import_setid: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

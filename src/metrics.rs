@@ -101,6 +101,10 @@ pub struct Metrics {
     pub conflicts_total: IntCounterVec,
 
     // --- store (S3 or directory) ---
+    /// `bucketgate_store_keys_hidden_total{share}`: object keys in the bucket that
+    /// cannot be a path of the share (an empty, `.` or `..` segment, a segment over
+    /// 255 bytes), each counted once per process; they are named in the log.
+    pub store_keys_hidden_total: IntCounterVec,
     /// `bucketgate_store_uploaded_bytes_total{share}`: body bytes sent to the store
     /// (CloudBytesUploaded).
     pub store_uploaded_bytes_total: IntCounterVec,
@@ -276,6 +280,13 @@ impl Metrics {
                 ),
                 &["share"]
             )),
+            store_keys_hidden_total: reg!(IntCounterVec::new(
+                o(
+                    "store_keys_hidden_total",
+                    "Object keys that cannot be a path of the share, so are not shown."
+                ),
+                &["share"]
+            )),
             store_uploaded_bytes_total: reg!(IntCounterVec::new(
                 o("store_uploaded_bytes_total", "Body bytes sent to the store."),
                 &["share"]
@@ -395,6 +406,7 @@ impl Metrics {
             &self.cache_evicted_bytes_total,
             &self.files_renamed_total,
             &self.conflicts_total,
+            &self.store_keys_hidden_total,
             &self.store_uploaded_bytes_total,
             &self.store_downloaded_bytes_total,
             &self.nfs_read_bytes_total,
@@ -562,6 +574,7 @@ impl Metrics {
             &self.uploads_total,
             &self.files_renamed_total,
             &self.conflicts_total,
+            &self.store_keys_hidden_total,
             &self.store_uploaded_bytes_total,
             &self.store_downloaded_bytes_total,
             &self.store_request_duration_seconds,

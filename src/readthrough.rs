@@ -2,18 +2,19 @@
 //! metadata, fetching missing blocks by ranged GET, and read-ahead for sequential
 //! readers. The cache engine says what is missing; this module fetches it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bucketgate_cache::{
-    BLOCK, Cache, CacheError, FETCH_PIECE, FileId, Inode, Kind, ListingChanges, RemoteAttrs, RemoteEntry,
-    RemoteKind,
+    BLOCK, Cache, CacheError, FETCH_PIECE, FileId, Inode, Kind, ListingChanges, MAX_NAME_BYTES,
+    MAX_SYMLINK_TARGET, ObjectHead, RemoteAttrs, RemoteEntry, RemoteKind,
 };
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::remote::{ObjectStore, StoreError};
+use crate::remote::meta::{S_IFLNK, S_IFMT};
+use crate::remote::{ObjectInfo, ObjectStore, StoreError};
 
 /// Largest read-ahead window for one sequential reader.
 const MAX_WINDOW: u64 = 64 << 20;
@@ -25,6 +26,11 @@ const FETCH_CONCURRENCY: usize = 8;
 /// within this many READs' length of where the reader has got to still continues its
 /// stream.
 const READS_IN_FLIGHT: u64 = 16;
+/// HEADs in flight when a directory's entries need their attributes (a READDIRPLUS
+/// page of a directory never looked at); measured in `benches/`.
+const HEAD_CONCURRENCY: usize = 64;
+/// Hidden keys remembered so each is logged and counted once.
+const MAX_HIDDEN_REMEMBERED: usize = 100_000;
 
 /// One lock per (file, range start) being fetched.
 type RangeLocks = Mutex<HashMap<(FileId, u64), Arc<AsyncMutex<()>>>>;
@@ -51,6 +57,146 @@ pub struct ReadThrough {
     /// since the start counts as stale (listed again once after a restart).
     listed_at: Mutex<HashMap<FileId, tokio::time::Instant>>,
     streams: Mutex<HashMap<FileId, Stream>>,
+    /// Keys left out of listings (they cannot be paths), and their counter.
+    hidden: Mutex<HashSet<String>>,
+    hidden_counter: Option<prometheus::IntCounter>,
+}
+
+/// The entries of each directory below a listed prefix, by path relative to it.
+#[derive(Default)]
+struct Tree {
+    dirs: HashMap<String, DirEntries>,
+}
+
+#[derive(Default)]
+struct DirEntries {
+    files: Vec<RemoteEntry>,
+    dirs: HashSet<String>,
+}
+
+impl Tree {
+    fn add(&mut self, parent: &str, name: &str, kind: RemoteKind) {
+        let d = self.dirs.entry(parent.to_owned()).or_default();
+        match kind {
+            RemoteKind::Dir => {
+                d.dirs.insert(name.to_owned());
+            }
+            file => d.files.push(RemoteEntry {
+                name: name.as_bytes().to_vec(),
+                kind: file,
+            }),
+        }
+    }
+
+    /// The entries of directory `rel`. A name that is both an object and a prefix
+    /// is shown as the directory, as File Gateway does.
+    fn take(&mut self, rel: &str) -> Vec<RemoteEntry> {
+        let Some(d) = self.dirs.remove(rel) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RemoteEntry> = d
+            .files
+            .into_iter()
+            .filter(|f| !d.dirs.contains(String::from_utf8_lossy(&f.name).as_ref()))
+            .collect();
+        out.extend(d.dirs.into_iter().map(|n| RemoteEntry {
+            name: n.into_bytes(),
+            kind: RemoteKind::Dir,
+        }));
+        out
+    }
+}
+
+/// Can this key segment be a file name? Any byte but NUL and `/` (no key has
+/// those), not empty, `.` or `..`, at most 255 bytes.
+fn name_ok(seg: &str) -> bool {
+    !seg.is_empty() && seg != "." && seg != ".." && seg.len() <= MAX_NAME_BYTES && !seg.contains('\0')
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CacheError::Meta(e.to_string()))?
+}
+
+/// Reads the attributes of inode `id` from its object's metadata (a HEAD; and for an
+/// object whose metadata says symlink, its body as the target) unless they are
+/// known already. Shared by every path that must not act on placeholders: replies,
+/// permission checks, and the uploader before it writes an object's metadata.
+pub async fn read_object_attrs(
+    cache: &Arc<Cache>,
+    store: &dyn ObjectStore,
+    prefix: &str,
+    id: FileId,
+) -> Result<(), CacheError> {
+    let ino = cache.load_any(id)?.ok_or(CacheError::Stale)?;
+    if !ino.meta_pending {
+        return Ok(());
+    }
+    let head = match &ino.remote.key {
+        None => Some(ObjectHead {
+            etag: ino.remote.etag.clone(),
+            size: ino.size,
+            attrs: None,
+            symlink_target: None,
+        }),
+        Some(rel) => {
+            let key = format!("{prefix}{rel}");
+            match store.head(&key).await.map_err(store_err)? {
+                None => None,
+                Some(info) => {
+                    let attrs = info.meta.map(|m| RemoteAttrs {
+                        uid: m.uid,
+                        gid: m.gid,
+                        mode: m.mode,
+                        mtime_ns: m.mtime_ns,
+                    });
+                    let symlink_target = match attrs {
+                        Some(a) if a.mode & S_IFMT == S_IFLNK && ino.kind == Kind::File => {
+                            symlink_body(store, &key, &info).await?
+                        }
+                        _ => None,
+                    };
+                    Some(ObjectHead {
+                        etag: info.etag,
+                        size: info.size,
+                        attrs,
+                        symlink_target,
+                    })
+                }
+            }
+        }
+    };
+    let cache = cache.clone();
+    blocking(move || cache.apply_head(id, head)).await.map(|_| ())
+}
+
+/// The target of an object whose metadata says symlink: its body, when that can be
+/// one (1 to 4,096 bytes, no NUL); `None` keeps it a regular file.
+async fn symlink_body(
+    store: &dyn ObjectStore,
+    key: &str,
+    info: &ObjectInfo,
+) -> Result<Option<Vec<u8>>, CacheError> {
+    if info.size == 0 || info.size > MAX_SYMLINK_TARGET as u64 {
+        tracing::warn!(
+            key,
+            size = info.size,
+            "an object marked as a symlink has no usable target; it stays a regular file"
+        );
+        return Ok(None);
+    }
+    let body = store.get_range(key, 0, info.size).await.map_err(store_err)?;
+    if body.is_empty() || body.contains(&0) {
+        tracing::warn!(
+            key,
+            "an object marked as a symlink has no usable target; it stays a regular file"
+        );
+        return Ok(None);
+    }
+    Ok(Some(body.to_vec()))
 }
 
 fn store_err(e: StoreError) -> CacheError {
@@ -72,6 +218,7 @@ impl ReadThrough {
         store: Arc<dyn ObjectStore>,
         prefix: String,
         stale_after: Option<Duration>,
+        hidden_counter: Option<prometheus::IntCounter>,
     ) -> Arc<ReadThrough> {
         Arc::new(ReadThrough {
             cache,
@@ -82,6 +229,8 @@ impl ReadThrough {
             listing: Mutex::default(),
             listed_at: Mutex::default(),
             streams: Mutex::default(),
+            hidden: Mutex::default(),
+            hidden_counter,
         })
     }
 
@@ -130,82 +279,169 @@ impl ReadThrough {
         }
     }
 
+    /// Every key under `prefix` (paginated ListObjectsV2), with `delimiter`'s common
+    /// prefixes.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<(Vec<ObjectInfo>, Vec<String>), CacheError> {
+        let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(prefix, delimiter, token.as_deref(), LIST_PAGE)
+                .await
+                .map_err(store_err)?;
+            objects.extend(page.objects);
+            prefixes.extend(page.common_prefixes);
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => return Ok((objects, prefixes)),
+            }
+        }
+    }
+
+    /// The store prefix of directory `d` ("<share prefix>a/b/").
+    fn dir_prefix(&self, d: &Inode) -> Result<String, CacheError> {
+        let path = self.cache.path_of(d)?;
+        Ok(if path.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{path}/", self.prefix)
+        })
+    }
+
+    /// A key that cannot be a path of the share is left out; it is counted and named
+    /// in the log once.
+    fn hide(&self, key: &str) {
+        let mut seen = self.hidden.lock();
+        if seen.len() < MAX_HIDDEN_REMEMBERED && seen.insert(key.to_owned()) {
+            tracing::warn!(
+                key = key.escape_debug().to_string(),
+                "an object key that cannot be a file name (an empty, `.` or `..` segment, or one over 255 bytes) is not shown"
+            );
+            if let Some(c) = &self.hidden_counter {
+                c.inc();
+            }
+        }
+    }
+
     /// Lists `dir` now (paginated ListObjectsV2 with a delimiter; no HEAD per object).
     pub async fn list(&self, dir: FileId) -> Result<ListingChanges, CacheError> {
         let d = self.cache.get(dir)?;
         if d.kind != Kind::Dir {
             return Err(CacheError::NotDir);
         }
-        let path = self.cache.path_of(&d)?;
-        let prefix = if path.is_empty() {
-            self.prefix.clone()
-        } else {
-            format!("{}{path}/", self.prefix)
-        };
+        let prefix = self.dir_prefix(&d)?;
         let started = now_ns();
         let started_at = tokio::time::Instant::now();
-        let mut entries = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list(&prefix, Some("/"), token.as_deref(), LIST_PAGE)
-                .await
-                .map_err(store_err)?;
-            for o in page.objects {
-                let Some(name) = o.key.strip_prefix(&prefix) else {
-                    continue;
-                };
-                if name.is_empty() {
-                    continue; // the directory's own marker
-                }
-                if let Some(dir_name) = name.strip_suffix('/') {
-                    // A "name/" marker of a subdirectory listed as an object.
-                    entries.push(RemoteEntry {
-                        name: dir_name.as_bytes().to_vec(),
-                        kind: RemoteKind::Dir,
-                    });
-                    continue;
-                }
-                entries.push(RemoteEntry {
-                    name: name.as_bytes().to_vec(),
-                    kind: RemoteKind::File {
-                        size: o.size,
-                        etag: o.etag,
-                        mtime_ns: o.last_modified_ns.unwrap_or_else(now_ns),
-                    },
-                });
-            }
-            for p in page.common_prefixes {
-                if let Some(name) = p.strip_prefix(&prefix).and_then(|n| n.strip_suffix('/'))
-                    && !name.is_empty()
-                {
-                    entries.push(RemoteEntry {
-                        name: name.as_bytes().to_vec(),
-                        kind: RemoteKind::Dir,
-                    });
-                }
-            }
-            match page.next_token {
-                Some(t) => token = Some(t),
-                None => break,
-            }
+        let (objects, prefixes) = self.list_keys(&prefix, Some("/")).await?;
+        let mut tree = Tree::default();
+        for o in objects {
+            let key = o.key.clone();
+            self.place(&mut tree, &prefix, &key, Some(o));
         }
-        // A name that is both an object and a prefix is shown as the directory, as
-        // File Gateway does.
-        let dirs: std::collections::HashSet<Vec<u8>> = entries
-            .iter()
-            .filter(|e| matches!(e.kind, RemoteKind::Dir))
-            .map(|e| e.name.clone())
-            .collect();
-        entries.retain(|e| matches!(e.kind, RemoteKind::Dir) || !dirs.contains(&e.name));
-        entries.dedup_by(|a, b| a.name == b.name);
-        let cache = self.cache.clone();
-        let changes = tokio::task::spawn_blocking(move || cache.apply_listing(dir, entries, started))
-            .await
-            .map_err(|e| CacheError::Meta(e.to_string()))??;
+        for p in prefixes {
+            self.place(&mut tree, &prefix, &p, None);
+        }
+        let entries = tree.take("");
+        let changes = self.apply(dir, entries, started).await?;
         self.listed_at.lock().insert(dir, started_at);
         Ok(changes)
+    }
+
+    /// Lists everything below `dir` at every depth (ListObjectsV2 without a
+    /// delimiter) into the namespace, so that a change to the whole directory (a
+    /// rename, an rmdir) acts on what the store holds, not on what was listed so far.
+    /// Every directory below comes out listed. Fails when the store cannot be listed:
+    /// the caller must not act on a partial view.
+    pub async fn list_subtree(&self, dir: FileId) -> Result<ListingChanges, CacheError> {
+        let d = self.cache.get(dir)?;
+        if d.kind != Kind::Dir {
+            return Err(CacheError::NotDir);
+        }
+        let prefix = self.dir_prefix(&d)?;
+        let started = now_ns();
+        let started_at = tokio::time::Instant::now();
+        let (objects, _) = self.list_keys(&prefix, None).await?;
+        let mut tree = Tree::default();
+        for o in objects {
+            let key = o.key.clone();
+            self.place(&mut tree, &prefix, &key, Some(o));
+        }
+        let mut total = ListingChanges::default();
+        // Top down, so each directory exists before its own entries are applied;
+        // local directories the store has nothing under are listed as empty.
+        let mut todo = vec![(dir, String::new())];
+        while let Some((id, rel)) = todo.pop() {
+            let c = self.apply(id, tree.take(&rel), started).await?;
+            total.add(c);
+            self.listed_at.lock().insert(id, started_at);
+            for (name, sub) in self.subdirs(id).await? {
+                let name = String::from_utf8_lossy(&name);
+                let sub_rel = if rel.is_empty() {
+                    name.into_owned()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                todo.push((sub, sub_rel));
+            }
+        }
+        Ok(total)
+    }
+
+    /// Puts `key` (an object when `obj` is given, else a common prefix) into `tree`
+    /// under the directory it belongs to, relative to `prefix`; every directory on
+    /// its way is an entry of its parent.
+    fn place(&self, tree: &mut Tree, prefix: &str, key: &str, obj: Option<ObjectInfo>) {
+        let Some(rel) = key.strip_prefix(prefix) else {
+            return;
+        };
+        if rel.is_empty() {
+            return; // the directory's own marker
+        }
+        let (path, leaf_is_dir) = match rel.strip_suffix('/') {
+            Some(p) => (p, true),
+            None => (rel, false),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        if !parts.iter().all(|p| name_ok(p)) {
+            self.hide(key);
+            return;
+        }
+        let mut parent = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            let kind = match &obj {
+                Some(o) if i + 1 == parts.len() && !leaf_is_dir => RemoteKind::File {
+                    size: o.size,
+                    etag: o.etag.clone(),
+                    mtime_ns: o.last_modified_ns.unwrap_or_else(now_ns),
+                },
+                _ => RemoteKind::Dir,
+            };
+            tree.add(&parent, part, kind);
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+        }
+    }
+
+    async fn apply(
+        &self,
+        dir: FileId,
+        entries: Vec<RemoteEntry>,
+        started: u64,
+    ) -> Result<ListingChanges, CacheError> {
+        let cache = self.cache.clone();
+        blocking(move || cache.apply_listing(dir, entries, started)).await
+    }
+
+    async fn subdirs(&self, dir: FileId) -> Result<Vec<(Vec<u8>, FileId)>, CacheError> {
+        let cache = self.cache.clone();
+        blocking(move || cache.subdirs(dir)).await
     }
 
     /// Re-lists `dir` and, with `recursive`, every directory below it that was listed
@@ -215,29 +451,12 @@ impl ReadThrough {
         let mut total = ListingChanges::default();
         let mut dirs = 0;
         while let Some(d) = todo.pop() {
-            let c = self.list(d).await?;
+            total.add(self.list(d).await?);
             dirs += 1;
-            total.added += c.added;
-            total.changed += c.changed;
-            total.removed += c.removed;
             if recursive {
-                let mut cookie = 0;
-                loop {
-                    let l = self
-                        .cache
-                        .readdir(&bucketgate_cache::Caller::root(), d, cookie, 1024)?;
-                    for e in &l.entries {
-                        cookie = e.cookie;
-                        if e.attr.kind == Kind::Dir
-                            && e.name != b"."
-                            && e.name != b".."
-                            && e.attr.listed_ns != 0
-                        {
-                            todo.push(e.attr.id);
-                        }
-                    }
-                    if l.eof {
-                        break;
+                for (_, sub) in self.subdirs(d).await? {
+                    if self.cache.get(sub)?.listed_ns != 0 {
+                        todo.push(sub);
                     }
                 }
             }
@@ -245,33 +464,31 @@ impl ReadThrough {
         Ok((dirs, total))
     }
 
-    /// Reads the object's metadata once for an entry a listing created.
-    pub async fn ensure_attrs(&self, ino: Inode) -> Result<Inode, CacheError> {
-        if !ino.meta_pending {
-            return Ok(ino);
+    /// Reads the attributes of inodes a listing created from their objects' metadata
+    /// (a HEAD each, a few at a time), so that no decision or reply rests on the
+    /// placeholders they had. Inodes already known cost nothing.
+    pub async fn read_attrs(&self, ids: &[FileId]) -> Result<(), CacheError> {
+        let permits = tokio::sync::Semaphore::new(HEAD_CONCURRENCY);
+        let mut heads = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let permits = &permits;
+            heads.push(async move {
+                let _p = permits
+                    .acquire()
+                    .await
+                    .map_err(|e| CacheError::Meta(e.to_string()))?;
+                read_object_attrs(&self.cache, self.store.as_ref(), &self.prefix, id).await
+            });
         }
-        let Some(rel) = ino.remote.key.clone() else {
-            return Ok(ino);
-        };
-        let attrs = match self.store.head(&format!("{}{rel}", self.prefix)).await {
-            Ok(Some(info)) => info.meta.map(|m| RemoteAttrs {
-                uid: m.uid,
-                gid: m.gid,
-                mode: m.mode,
-                mtime_ns: m.mtime_ns,
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                // Attributes can wait; the defaults stand until the store answers.
-                tracing::debug!(error = %e, "HEAD for attributes failed");
-                return Ok(ino);
+        let mut result = Ok(());
+        for r in futures::future::join_all(heads).await {
+            match r {
+                // Gone from the store meanwhile: nothing to show, not a failure.
+                Ok(()) | Err(CacheError::Stale) => {}
+                Err(e) => result = Err(e),
             }
-        };
-        let cache = self.cache.clone();
-        let id = ino.id;
-        tokio::task::spawn_blocking(move || cache.apply_head(id, attrs))
-            .await
-            .map_err(|e| CacheError::Meta(e.to_string()))?
+        }
+        result
     }
 
     /// Fetches the given byte ranges of a partial file into the cache.
@@ -390,4 +607,61 @@ fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::LocalStore;
+
+    fn info(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size: 1,
+            etag: String::new(),
+            last_modified_ns: Some(1),
+            meta: None,
+        }
+    }
+
+    /// Keys that cannot be paths are left out, counted and remembered once; every
+    /// other key lands in the directory it names, with each directory on the way.
+    /// (No test store can hold such keys: s3s-fs and the local store map keys to file
+    /// paths, which fold `.` and empty segments and refuse 256-byte names.)
+    #[test]
+    fn keys_that_cannot_be_paths_are_hidden_and_counted_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::open(&tmp.path().join("c"), Default::default()).unwrap());
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("b")).unwrap());
+        let counter = prometheus::IntCounter::new("hidden", "hidden").unwrap();
+        let rt = ReadThrough::new(cache, store, "pre/".into(), None, Some(counter.clone()));
+        let mut tree = Tree::default();
+        let long = format!("pre/{}", "l".repeat(256));
+        for key in [
+            "pre/ok",
+            "pre/a//b",
+            "pre/./x",
+            "pre/d/../x",
+            long.as_str(),
+            "pre/a//b",
+            "pre/sub/deep/file",
+            "pre/marker/",
+            "pre/",
+            "other/x",
+        ] {
+            rt.place(&mut tree, "pre/", key, Some(info(key)));
+        }
+        assert_eq!(counter.get(), 4, "each hidden key once");
+        let mut top: Vec<String> = tree
+            .take("")
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["marker", "ok", "sub"]);
+        let deep = tree.take("sub/deep");
+        assert_eq!(deep.len(), 1);
+        assert!(matches!(deep[0].kind, RemoteKind::File { .. }));
+        assert!(name_ok(&"n".repeat(255)) && !name_ok(&"n".repeat(256)));
+    }
 }

@@ -79,7 +79,7 @@ impl Cache {
         }
         let missing = self.missing_ranges(&i, 0, i.size)?;
         if !missing.is_empty() {
-            return Err(CacheError::NotCached(missing));
+            return Err(CacheError::NotCached(id, missing));
         }
         let _st = self.state.lock();
         let mut i = self.get(id)?;

@@ -36,12 +36,16 @@ impl Cache {
         b.insert(&keys::seq(d.id, seq), name.clone());
         i.name = name.clone();
         i.ctime_ns = now;
-        // The object under the old name is the other writer's now: never delete it.
+        // The object under the old name is the other writer's now: never delete it,
+        // nor expect any version of ours there.
         let r = &mut i.remote;
         r.stale_keys.retain(|k| k != key);
-        r.key = None;
-        r.etag.clear();
-        r.data_seq = 0;
+        Self::forget_left(&mut b, key);
+        if r.key.as_deref() == Some(key) {
+            r.key = None;
+            r.etag.clear();
+            r.data_seq = 0;
+        }
         Self::touch_for_upload(&mut i, &mut b, now, true);
         d.mtime_ns = now;
         d.ctime_ns = now;

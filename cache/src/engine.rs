@@ -47,6 +47,37 @@ pub struct CacheOptions {
     pub metadata_reserve_bytes: u64,
     /// Memory for the attribute hot set (decoded inodes of recently used files).
     pub attr_cache_bytes: u64,
+    /// Keep setuid/setgid bits read from object metadata (any S3 writer can set
+    /// them); off, files lose them and directories keep only setgid.
+    pub import_setid: bool,
+    /// Names the store would refuse, refused when a file is made or renamed.
+    pub key_check: KeyCheck,
+}
+
+type RefusesKey = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Why the store could never hold an object at a share-relative path, or `None`.
+#[derive(Clone, Default)]
+pub struct KeyCheck(Option<Arc<RefusesKey>>);
+
+impl KeyCheck {
+    pub fn new(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> KeyCheck {
+        KeyCheck(Some(Arc::new(f)))
+    }
+
+    fn refuses(&self, path: &str) -> Option<String> {
+        self.0.as_ref().and_then(|f| f(path))
+    }
+}
+
+impl std::fmt::Debug for KeyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "KeyCheck(store)"
+        } else {
+            "KeyCheck(none)"
+        })
+    }
 }
 
 impl Default for CacheOptions {
@@ -61,6 +92,8 @@ impl Default for CacheOptions {
             default_file_mode: 0o666,
             metadata_reserve_bytes: 16 << 20,
             attr_cache_bytes: 64 << 20,
+            import_setid: false,
+            key_check: KeyCheck::default(),
         }
     }
 }
@@ -417,6 +450,14 @@ impl Cache {
         }
     }
 
+    /// A live inode whose attributes are known (GETATTR): `AttrsUnknown` for one a
+    /// listing created until its object's metadata is read.
+    pub fn getattr(&self, id: FileId) -> Result<Inode> {
+        let i = self.get(id)?;
+        perm::known(&i)?;
+        Ok(i)
+    }
+
     /// Checks a handle's generation.
     pub fn get_checked(&self, id: FileId, generation: u32) -> Result<Inode> {
         let i = self.get(id)?;
@@ -545,6 +586,16 @@ impl Cache {
         if dir_path.len() + 1 + name.len() + 1 > self.opts.max_path_bytes {
             return Err(CacheError::NameTooLong);
         }
+        let name = std::str::from_utf8(name).map_err(|_| CacheError::Invalid)?;
+        let path = if dir_path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir_path}/{name}")
+        };
+        if let Some(why) = self.opts.key_check.refuses(&path) {
+            tracing::debug!(path, why, "refused a name the store cannot hold");
+            return Err(CacheError::Invalid);
+        }
         Ok(())
     }
 
@@ -592,20 +643,33 @@ impl Cache {
         if name == b"." {
             return Ok(d);
         }
-        if name == b".." {
-            return self.get(d.parent);
+        let found = if name == b".." {
+            self.get(d.parent)?
+        } else {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(CacheError::NameTooLong);
+            }
+            let e = self.lookup_entry(dir, name)?.ok_or(CacheError::NotFound)?;
+            self.get(e.child)?
+        };
+        perm::known(&found)?;
+        Ok(found)
+    }
+
+    /// The inode named `name` in `dir`, without any permission check or attribute
+    /// requirement (for the share layer's own bookkeeping, never for a reply).
+    pub fn peek(&self, dir: FileId, name: &[u8]) -> Result<Option<Inode>> {
+        match self.lookup_entry(dir, name)? {
+            Some(e) => self.load(e.child).map(|i| i.filter(|i| !i.unlinked)),
+            None => Ok(None),
         }
-        if name.len() > MAX_NAME_BYTES {
-            return Err(CacheError::NameTooLong);
-        }
-        let e = self.lookup_entry(dir, name)?.ok_or(CacheError::NotFound)?;
-        self.get(e.child)
     }
 
     /// ACCESS: which of the asked rights (`perm::READ|WRITE|EXEC` bits as NFS
     /// ACCESS3 flags mapped by the caller) the caller has.
     pub fn access(&self, caller: &Caller, id: FileId) -> Result<(Inode, u32)> {
         let i = self.get(id)?;
+        perm::known(&i)?;
         let granted = perm::granted(caller, &i);
         Ok((i, granted))
     }
@@ -633,6 +697,7 @@ impl Cache {
             Kind::Dir => return Err(CacheError::IsDir),
             Kind::Symlink => return Err(CacheError::Invalid),
         }
+        perm::known(&i)?;
         if caller.uid != i.uid {
             perm::require(caller, &i, perm::READ)?;
         }
@@ -645,7 +710,7 @@ impl Cache {
         if i.partial {
             let missing = self.missing_ranges(&i, offset, len as u64)?;
             if !missing.is_empty() {
-                return Err(CacheError::NotCached(missing));
+                return Err(CacheError::NotCached(id, missing));
             }
         }
         let mut buf = vec![0u8; len];
@@ -758,6 +823,7 @@ impl Cache {
         }
         // The owner may write a file whose mode lacks write permission, as knfsd
         // allows, so `cp` of a read-only file (create 0444, then write) works.
+        perm::known(&i)?;
         if caller.uid != i.uid {
             perm::require(caller, &i, perm::WRITE)?;
         }
@@ -865,6 +931,7 @@ impl Cache {
         let now = now_ns();
         let mut remote_visible = false;
         let mut data_changed = false;
+        let mut whole_now = false;
         if let Some(size) = set.size {
             if i.kind != Kind::File {
                 return Err(if i.kind == Kind::Dir {
@@ -877,17 +944,21 @@ impl Cache {
                 return Err(CacheError::TooBig);
             }
             if size != i.size {
+                let mut stored = i.size;
                 if i.partial {
-                    let missing = self.missing_ranges(&i, 0, i.size)?;
+                    // Only what the file keeps: a truncation to 0 fetches nothing.
+                    let missing = self.missing_ranges(&i, 0, size.min(i.size))?;
                     if !missing.is_empty() {
-                        return Err(CacheError::NotCached(missing));
+                        return Err(CacheError::NotCached(id, missing));
                     }
+                    stored = self.cached_bytes_of(&i);
                     i.partial = false;
+                    whole_now = true;
                 }
                 self.lru.invalidate(&id);
                 let f = self.file(id)?;
                 f.set_len(size).map_err(CacheError::from_io)?;
-                st.resized(i.size, size);
+                st.resized(stored, size);
                 i.size = size;
                 data_changed = true;
                 i.mtime_ns = now;
@@ -930,6 +1001,9 @@ impl Cache {
         let mut b = Batch::default();
         if remote_visible || data_changed {
             Self::touch_for_upload(&mut i, &mut b, now, data_changed);
+        }
+        if whole_now {
+            b.remove(&keys::blocks(id));
         }
         Self::put(&mut b, &i);
         self.commit_batch_stable(b)?;
@@ -1021,6 +1095,7 @@ impl Cache {
                     if existing.kind != Kind::File {
                         return Err(CacheError::Exists);
                     }
+                    perm::known(&existing)?;
                     drop(st);
                     // UNCHECKED on an existing file applies only the size (truncate).
                     let only_size = SetAttr {
@@ -1138,10 +1213,11 @@ impl Cache {
             // Best effort: a stale entry is recognised as such when read.
             let _ = self.forget_moved(b, k, victim.id);
         }
-        if let Some(k) = victim.remote.key.take()
-            && !victim.remote.stale_keys.contains(&k)
-        {
-            victim.remote.stale_keys.push(k);
+        if let Some(k) = victim.remote.key.take() {
+            Self::note_left(b, &k, &victim.remote.etag);
+            if !victim.remote.stale_keys.contains(&k) {
+                victim.remote.stale_keys.push(k);
+            }
         }
         if victim.remote.stale_keys.is_empty() {
             b.remove_inode(victim.id);
@@ -1159,6 +1235,7 @@ impl Cache {
     }
 
     fn check_sticky(caller: &Caller, dir: &Inode, victim: &Inode) -> Result<()> {
+        perm::known(victim)?;
         if dir.mode & 0o1000 != 0 && caller.uid != 0 && caller.uid != dir.uid && caller.uid != victim.uid {
             return Err(CacheError::Access);
         }
@@ -1498,8 +1575,14 @@ impl Cache {
             return Ok(false);
         };
         let snapshot_size = i.size;
+        let mut b = Batch::default();
         let r = &mut i.remote;
         let moved_on = r.key.clone().filter(|old| old != key);
+        if let Some(old) = &moved_on {
+            // Its object there stays until the stale key is deleted.
+            Self::note_left(&mut b, old, &r.etag);
+        }
+        Self::forget_left(&mut b, key);
         if let Some(old) = r.key.take()
             && old != key
             && !r.stale_keys.contains(&old)
@@ -1526,7 +1609,7 @@ impl Cache {
         }
         let clean = !i.is_dirty() && !i.unlinked;
         let snapshot = i.clone();
-        self.save_upload_state(&mut st, i)?;
+        self.save_upload_state_with(&mut st, i, b)?;
         if let Some(old) = moved_on {
             let mut b = Batch::default();
             self.forget_moved(&mut b, &old, id)?;
@@ -1575,8 +1658,10 @@ impl Cache {
         self.flush_metadata()
     }
 
-    /// The object under `key` is gone from the store (deleted by us, or found missing).
-    pub fn record_deleted(&self, id: FileId, key: &str) -> Result<()> {
+    /// `key` is no longer `id`'s to clean up: the object under it is gone from the
+    /// store (`deleted`: deleted by us, or found missing), or a live file that has
+    /// that name again took it over.
+    pub fn record_deleted(&self, id: FileId, key: &str, deleted: bool) -> Result<()> {
         let mut st = self.state.lock();
         let Some(mut i) = self.load(id)? else {
             return Ok(());
@@ -1586,7 +1671,11 @@ impl Cache {
             i.remote.key = None;
             i.remote.data_seq = 0;
         }
-        self.save_upload_state(&mut st, i)
+        let mut b = Batch::default();
+        if deleted {
+            Self::forget_left(&mut b, key);
+        }
+        self.save_upload_state_with(&mut st, i, b)
     }
 
     /// Nothing to send for `planned_seq`: the store already matches.
@@ -1615,8 +1704,12 @@ impl Cache {
         Ok(())
     }
 
-    fn save_upload_state(&self, st: &mut State, mut i: Inode) -> Result<()> {
-        let mut b = Batch::default();
+    fn save_upload_state(&self, st: &mut State, i: Inode) -> Result<()> {
+        self.save_upload_state_with(st, i, Batch::default())
+    }
+
+    /// [`Cache::save_upload_state`], together with the other records in `b`.
+    fn save_upload_state_with(&self, st: &mut State, mut i: Inode, mut b: Batch) -> Result<()> {
         if i.unlinked && i.remote.stale_keys.is_empty() {
             b.remove_inode(i.id);
             b.remove(&keys::queue(i.id));

@@ -40,10 +40,15 @@ pub enum CacheError {
     NotSync,
     #[error("bad readdir cookie")]
     BadCookie,
-    /// Part of the file's data is only in the store: fetch these byte ranges
+    /// Part of this file's data is only in the store: fetch these byte ranges
     /// (block-aligned, coalesced; `(offset, length)`) and try again.
     #[error("data not cached")]
-    NotCached(Vec<(u64, u64)>),
+    NotCached(crate::inode::FileId, Vec<(u64, u64)>),
+    /// The attributes of this inode are not read from the store yet (a listing
+    /// carries none): no decision and no reply may use the placeholders it has.
+    /// Read the object's metadata (a HEAD) and try again.
+    #[error("attributes not read from the store yet")]
+    AttrsUnknown(crate::inode::FileId),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("metadata store error: {0}")]

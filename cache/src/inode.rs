@@ -169,6 +169,12 @@ pub(crate) mod keys {
     pub const BLOCKS: u8 = b'B';
     /// Object key → the file that moved away from it before its object followed.
     pub const MOVED: u8 = b'R';
+    /// Object key → the ETag of the version the gateway last saw there, for a key
+    /// that no inode holds as its object any more while the object is still in the
+    /// store (a removed file not yet deleted there, the old key of a renamed file):
+    /// the version a new write of that key may replace, and a name a listing must
+    /// not bring back.
+    pub const LEFT: u8 = b'L';
 
     pub fn inode(id: FileId) -> [u8; 9] {
         let mut k = [INODE; 9];
@@ -217,6 +223,12 @@ pub(crate) mod keys {
 
     pub fn moved(key: &str) -> Vec<u8> {
         let mut k = vec![MOVED];
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    pub fn left(key: &str) -> Vec<u8> {
+        let mut k = vec![LEFT];
         k.extend_from_slice(key.as_bytes());
         k
     }

@@ -18,17 +18,18 @@ mod conflict;
 mod engine;
 mod error;
 mod inode;
+mod left;
 mod moves;
 mod perm;
 mod store_sync;
 
 pub use blocks::{BLOCK, FETCH_PIECE};
 pub use engine::{
-    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, Listing, MAX_FILE_SIZE, MAX_NAME_BYTES,
-    ROOT_ID, SetAttr, SetTime, WccAttr,
+    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, KeyCheck, Listing, MAX_FILE_SIZE,
+    MAX_NAME_BYTES, ROOT_ID, SetAttr, SetTime, WccAttr,
 };
 pub use error::{CacheError, Result};
 pub use inode::{FileId, Inode, Kind, RemoteState};
 pub use moves::KeyRelease;
 pub use perm::{Caller, EXEC, READ, WRITE};
-pub use store_sync::{ListingChanges, RemoteAttrs, RemoteEntry, RemoteKind};
+pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteAttrs, RemoteEntry, RemoteKind};

@@ -30,7 +30,8 @@ impl Caller {
     }
 }
 
-/// The rwx bits (READ|WRITE|EXEC) `caller` holds on `ino`.
+/// The rwx bits (READ|WRITE|EXEC) `caller` holds on `ino`, whose attributes must be
+/// [`known`].
 pub fn granted(caller: &Caller, ino: &Inode) -> u32 {
     if caller.uid == 0 {
         // Root may do anything, but execute a file only if someone may.
@@ -47,7 +48,19 @@ pub fn granted(caller: &Caller, ino: &Inode) -> u32 {
     (ino.mode >> shift) & 7
 }
 
+/// Attributes a decision may rest on: read from the store, or set here. An inode
+/// known only from a listing carries placeholders, and no permission is decided on
+/// those (`AttrsUnknown` sends the caller to read them first).
+pub fn known(ino: &Inode) -> Result<()> {
+    if ino.meta_pending {
+        Err(CacheError::AttrsUnknown(ino.id))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn require(caller: &Caller, ino: &Inode, want: u32) -> Result<()> {
+    known(ino)?;
     if granted(caller, ino) & want == want {
         Ok(())
     } else {
@@ -57,6 +70,7 @@ pub fn require(caller: &Caller, ino: &Inode, want: u32) -> Result<()> {
 
 /// Who may change what, as chmod/chown/utimes/truncate allow.
 pub fn check_setattr(caller: &Caller, ino: &Inode, set: &SetAttr) -> Result<()> {
+    known(ino)?;
     let is_owner = caller.uid == 0 || caller.uid == ino.uid;
     if set.mode.is_some() && !is_owner {
         return Err(CacheError::Perm);

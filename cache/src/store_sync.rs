@@ -39,8 +39,16 @@ pub struct ListingChanges {
     pub removed: u64,
 }
 
+impl ListingChanges {
+    pub fn add(&mut self, other: ListingChanges) {
+        self.added += other.added;
+        self.changed += other.changed;
+        self.removed += other.removed;
+    }
+}
+
 /// Attributes from an object's metadata (HEAD).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteAttrs {
     pub uid: u32,
     pub gid: u32,
@@ -49,7 +57,62 @@ pub struct RemoteAttrs {
     pub mtime_ns: u64,
 }
 
+/// What a HEAD of an inode's object found.
+#[derive(Clone, Debug)]
+pub struct ObjectHead {
+    pub etag: String,
+    pub size: u64,
+    /// `None`: the object carries no POSIX metadata (the share's defaults apply).
+    pub attrs: Option<RemoteAttrs>,
+    /// The body of an object whose metadata says symlink, when it can be a target
+    /// (at most 4,096 bytes, no NUL); otherwise it stays a regular file.
+    pub symlink_target: Option<Vec<u8>>,
+}
+
+/// Longest symlink target, as Linux's PATH_MAX.
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
 impl Cache {
+    /// The subdirectories of `dir` (name, id), for walking a listed tree; no
+    /// permission is checked and nothing here goes into a reply.
+    pub fn subdirs(&self, dir: FileId) -> Result<Vec<(Vec<u8>, FileId)>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(keys::seq_prefix(dir)) {
+            let (_, name) = kv?;
+            if let Some(e) = self.lookup_entry(dir, &name)?
+                && let Some(c) = self.load(e.child)?
+                && c.kind == Kind::Dir
+                && !c.unlinked
+            {
+                out.push((name.to_vec(), c.id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store holds something new where `id` was (another client wrote it):
+    /// `id`'s directory is listed again on its next use, so that it shows.
+    pub fn relist_parent(&self, id: FileId) -> Result<()> {
+        let _st = self.state.lock();
+        let Some(i) = self.load(id)? else {
+            return Ok(());
+        };
+        let Some(mut d) = self.load(i.parent)? else {
+            return Ok(());
+        };
+        if d.unlinked || d.kind != Kind::Dir {
+            return Ok(());
+        }
+        d.listed_ns = 0;
+        let mut b = Batch::default();
+        Self::put(&mut b, &d);
+        self.commit_batch(b)
+    }
+
     /// Does `dir` need (re)listing: never listed, or listed longer than `stale_after_ns` ago?
     pub fn needs_listing(&self, dir: FileId, stale_after_ns: Option<u64>) -> Result<bool> {
         let d = self.get(dir)?;
@@ -93,7 +156,14 @@ impl Cache {
                     continue;
                 }
                 seen.insert(e.name.clone());
-                if let Some(de) = self.lookup_entry(dir, &e.name)? {
+                let de = self.lookup_entry(dir, &e.name)?;
+                if de.is_none()
+                    && self.leaving(&key_of(&e.name, matches!(e.kind, RemoteKind::Dir)), &e.kind)?
+                {
+                    // The gateway is deleting or moving that object: not a new name.
+                    continue;
+                }
+                if let Some(de) = de {
                     let Some(child) = self.load(de.child)? else {
                         continue;
                     };
@@ -206,7 +276,7 @@ impl Cache {
         Ok(changes)
     }
 
-    fn cached_bytes_of(&self, i: &Inode) -> u64 {
+    pub(crate) fn cached_bytes_of(&self, i: &Inode) -> u64 {
         if i.partial {
             let map = self
                 .db
@@ -286,28 +356,125 @@ impl Cache {
         Ok(())
     }
 
-    /// Attributes read from the object's metadata (or `None`: it carries none, keep
-    /// the share's defaults). Ignored for an inode with local changes.
-    pub fn apply_head(&self, id: FileId, attrs: Option<RemoteAttrs>) -> Result<Inode> {
-        let _st = self.state.lock();
+    /// True when a listed object at `key` is one the gateway is removing from the
+    /// store (a removed file's, or a renamed file's old key), not something new. A
+    /// listing showing another version there (another ETag) is someone else's.
+    fn leaving(&self, key: &str, kind: &RemoteKind) -> Result<bool> {
+        if let Some(known) = self.left_version(key)? {
+            return Ok(match kind {
+                RemoteKind::File { etag, .. } => {
+                    etag.is_empty() || known.is_empty() || same_etag(etag, &known)
+                }
+                RemoteKind::Dir => true,
+            });
+        }
+        Ok(self.moved_away_from(key, 0)?.is_some())
+    }
+
+    /// Applies what a HEAD found to an inode a listing created, whose attributes
+    /// were placeholders until now. `None`: the object is gone; a file that only the
+    /// listing knew goes too (`Stale`), a directory that is only a key prefix keeps
+    /// the share's defaults. Setuid and setgid bits of files are dropped unless the
+    /// share imports them (any S3 writer could set them); a directory keeps setgid,
+    /// which only passes its group on. An object whose metadata says symlink
+    /// becomes one when its body can be a target.
+    pub fn apply_head(&self, id: FileId, head: Option<ObjectHead>) -> Result<Inode> {
+        let _guard = self.data_lock(id).write();
+        let mut st = self.state.lock();
         let mut i = self.get(id)?;
         if !i.meta_pending {
             return Ok(i);
         }
-        i.meta_pending = false;
-        if let Some(a) = attrs
-            && !i.is_dirty()
-            && (a.mode & 0o170000) == i.kind.type_bits()
-        {
-            i.uid = a.uid;
-            i.gid = a.gid;
-            i.mode = a.mode & 0o7777;
-            i.mtime_ns = a.mtime_ns;
-            i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
-        }
         let mut b = Batch::default();
+        i.meta_pending = false;
+        match head {
+            None if i.kind != Kind::Dir && !i.is_dirty() => {
+                if let Some(e) = self.lookup_entry(i.parent, &i.name)?
+                    && e.child == id
+                {
+                    b.remove(keys::name(i.parent, &i.name));
+                    b.remove(&keys::seq(i.parent, e.seq));
+                }
+                b.remove_inode(id);
+                b.remove(&keys::blocks(id));
+                st.resized(self.cached_bytes_of(&i), 0);
+                self.drop_data(id);
+                self.commit_batch(b)?;
+                drop(st);
+                self.lru.invalidate(&id);
+                tracing::debug!(
+                    file_id = id,
+                    "object gone from the store before its attributes were read"
+                );
+                return Err(CacheError::Stale);
+            }
+            None => {}
+            Some(h) => {
+                if i.kind == Kind::File && i.dirty_data_bytes() == 0 {
+                    let listed = i.remote.etag.is_empty() && h.size == i.size;
+                    if !listed && !same_etag(&i.remote.etag, &h.etag) {
+                        // Another version than the listing showed: its bytes, not the cached ones.
+                        self.drop_cached_in(&mut st, &mut i, &mut b)?;
+                        i.size = h.size;
+                        i.remote.listed_size = h.size;
+                    }
+                    i.remote.etag = h.etag.clone();
+                } else if i.kind == Kind::Dir {
+                    i.remote.etag = h.etag.clone();
+                }
+                if let Some(a) = h.attrs {
+                    let kind = a.mode & 0o170000;
+                    if kind == Kind::Symlink.type_bits()
+                        && i.kind == Kind::File
+                        && let Some(target) = h.symlink_target
+                    {
+                        self.drop_cached_in(&mut st, &mut i, &mut b)?;
+                        i.kind = Kind::Symlink;
+                        i.size = target.len() as u64;
+                        i.symlink_target = target;
+                        i.partial = false;
+                        self.drop_data(id);
+                    } else if kind != i.kind.type_bits() {
+                        tracing::warn!(
+                            file_id = id,
+                            mode = format!("{:o}", a.mode),
+                            "object metadata names another file type than the object is; its permissions are used"
+                        );
+                    }
+                    let mut perms = a.mode & 0o7777;
+                    if !self.opts.import_setid {
+                        perms &= if i.kind == Kind::Dir { !0o4000 } else { !0o6000 };
+                    }
+                    i.uid = a.uid;
+                    i.gid = a.gid;
+                    i.mode = perms;
+                    i.mtime_ns = a.mtime_ns;
+                    // What the store holds, as the gateway shows it: no upload follows
+                    // from reading it.
+                    i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
+                }
+            }
+        }
         Self::put(&mut b, &i);
         self.commit_batch(b)?;
+        st.account(&i);
+        drop(st);
+        self.lru.invalidate(&id);
         Ok(i)
+    }
+
+    /// In `b`: `i` holds none of its bytes any more (they are the store's to give).
+    fn drop_cached_in(&self, st: &mut State, i: &mut Inode, b: &mut Batch) -> Result<()> {
+        if i.kind != Kind::File {
+            return Ok(());
+        }
+        let cached = self.cached_bytes_of(i);
+        if cached > 0 {
+            st.resized(cached, 0);
+            self.file(i.id)?.set_len(0).map_err(CacheError::from_io)?;
+        }
+        i.partial = true;
+        b.remove(&keys::blocks(i.id));
+        Ok(())
     }
 }

@@ -213,7 +213,7 @@ fn removing_an_uploaded_file_leaves_its_key_to_delete() {
     assert!(rec.unlinked);
     assert_eq!(rec.remote.stale_keys, vec!["gone".to_string()]);
     assert!(!c.key_is_live("gone").unwrap());
-    c.record_deleted(f.id, "gone").unwrap();
+    c.record_deleted(f.id, "gone", true).unwrap();
     assert!(
         c.load_any(f.id).unwrap().is_none(),
         "record dropped once the object is gone"
@@ -283,16 +283,42 @@ fn listings_add_change_and_remove_entries_but_local_changes_win() {
         .unwrap();
     assert_eq!(ch.added, 3, "the name with a slash is skipped");
     assert!(!c.needs_listing(ROOT_ID, None).unwrap());
-    let a = c.lookup(&user(), ROOT_ID, b"a.txt").unwrap();
+    // A listing carries no attributes: nothing is decided or answered on the
+    // placeholders until the object's metadata is read.
+    let a = c.peek(ROOT_ID, b"a.txt").unwrap().unwrap();
     assert!(a.partial && a.meta_pending);
-    assert_eq!((a.size, a.mode, a.uid), (3 << 20, 0o666, 65534));
-    assert!(
-        c.needs_listing(c.lookup(&user(), ROOT_ID, b"sub").unwrap().id, None)
-            .unwrap()
+    assert!(matches!(c.lookup(&user(), ROOT_ID, b"a.txt"), Err(CacheError::AttrsUnknown(id)) if id == a.id));
+    assert!(matches!(
+        c.read(&user(), a.id, 0, 1),
+        Err(CacheError::AttrsUnknown(_))
+    ));
+    assert!(matches!(c.getattr(a.id), Err(CacheError::AttrsUnknown(_))));
+    let head = |etag: &str, size| ObjectHead {
+        etag: etag.into(),
+        size,
+        attrs: None,
+        symlink_target: None,
+    };
+    for name in [&b"a.txt"[..], b"b.txt"] {
+        let id = c.peek(ROOT_ID, name).unwrap().unwrap().id;
+        c.apply_head(id, Some(head("e1", if name == b"a.txt" { 3 << 20 } else { 10 })))
+            .unwrap();
+    }
+    let a = c.lookup(&user(), ROOT_ID, b"a.txt").unwrap();
+    assert_eq!(
+        (a.size, a.mode, a.uid),
+        (3 << 20, 0o666, 65534),
+        "no metadata: the share's defaults"
     );
+    let sub = c.peek(ROOT_ID, b"sub").unwrap().unwrap();
+    assert!(c.needs_listing(sub.id, None).unwrap());
+    c.apply_head(sub.id, None).unwrap();
     // Reading needs the store: the engine names the block-aligned ranges to fetch.
     match c.read(&user(), a.id, (1 << 20) + 5, 10) {
-        Err(CacheError::NotCached(r)) => assert_eq!(r, vec![(1 << 20, 1 << 20)]),
+        Err(CacheError::NotCached(id, r)) => {
+            assert_eq!(id, a.id);
+            assert_eq!(r, vec![(1 << 20, 1 << 20)]);
+        }
         other => panic!("{other:?}"),
     }
     c.fill(a.id, "e1", 1 << 20, &vec![9u8; 1 << 20]).unwrap();
@@ -300,7 +326,7 @@ fn listings_add_change_and_remove_entries_but_local_changes_win() {
     // A write needs the whole file first, then the file is whole and dirty.
     assert!(matches!(
         c.write(&user(), a.id, 0, b"x", false),
-        Err(CacheError::NotCached(_))
+        Err(CacheError::NotCached(..))
     ));
     c.fill(a.id, "e1", 0, &vec![1u8; 1 << 20]).unwrap();
     c.fill(a.id, "e1", 2 << 20, &vec![2u8; 1 << 20]).unwrap();
@@ -325,7 +351,9 @@ fn listings_add_change_and_remove_entries_but_local_changes_win() {
         3 << 20,
         "a.txt has local changes: they win"
     );
-    assert_eq!(c.lookup(&user(), ROOT_ID, b"b.txt").unwrap().size, 20);
+    let b = c.peek(ROOT_ID, b"b.txt").unwrap().unwrap();
+    assert_eq!(b.size, 20);
+    assert!(b.meta_pending, "a new version's attributes are read again");
     assert!(matches!(
         c.lookup(&user(), ROOT_ID, b"sub"),
         Err(CacheError::NotFound)
@@ -375,7 +403,7 @@ fn clean_data_is_evicted_beyond_capacity_and_dirty_data_never() {
     let gone = *evicted[0];
     assert!(matches!(
         c.read(&user(), gone, 0, 4),
-        Err(CacheError::NotCached(_))
+        Err(CacheError::NotCached(..))
     ));
     assert!(c.evicted().0 >= 1);
 }
@@ -497,7 +525,12 @@ fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
     assert_eq!(c.load_any(a.id).unwrap().unwrap().remote.stale_keys, ["k"]);
     // The uploader finds "k" live (it is b's path): b takes the duty over.
     assert!(c.hand_over_stale_key(a.id, "k").unwrap());
-    c.record_deleted(a.id, "k").unwrap();
+    c.record_deleted(a.id, "k", false).unwrap();
+    assert_eq!(
+        c.left_version("k").unwrap().as_deref(),
+        Some("e1"),
+        "a's object is still there"
+    );
     assert!(c.load_any(a.id).unwrap().is_none());
     assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
     // b moves on before its upload and is uploaded under its new name...
@@ -508,7 +541,7 @@ fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
     // ...and still owes "k", which nothing names now: it gets deleted.
     assert_eq!(c.get(b.id).unwrap().remote.stale_keys, ["k"]);
     assert!(!c.hand_over_stale_key(b.id, "k").unwrap());
-    c.record_deleted(b.id, "k").unwrap();
+    c.record_deleted(b.id, "k", true).unwrap();
     assert!(c.pending().unwrap().is_empty(), "clean at the end");
 }
 

@@ -37,7 +37,7 @@ fn harness() -> &'static Harness {
         // An empty local-directory bucket: listings and fetches hit a real store.
         let store: Arc<dyn bucketgate::remote::ObjectStore> =
             Arc::new(bucketgate::remote::local::LocalStore::new(dir.path().join("bucket")).unwrap());
-        let rt = bucketgate::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None);
+        let rt = bucketgate::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None, None);
         let share = Arc::new(Share {
             name: "data".into(),
             export_path: "/data".into(),

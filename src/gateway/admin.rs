@@ -59,17 +59,30 @@ pub fn install_scrape_hook(g: &Arc<Gateway>) {
 }
 
 impl Api {
-    /// The share a "/share/path" names, and the path inside it.
-    fn split<'a>(&self, path: &'a str) -> Result<(usize, &'a str), ApiError> {
-        let p = path.trim_start_matches('/');
+    /// The shares and share-relative paths a request's path names: every share for
+    /// none or "/", else the share "/share/path" names (an unknown one answers with
+    /// the share names that exist).
+    fn scope(&self, path: Option<&str>) -> Result<Vec<(usize, String)>, ApiError> {
+        let p = path.unwrap_or("").trim_matches('/');
+        if p.is_empty() {
+            return Ok((0..self.0.shares.len()).map(|i| (i, String::new())).collect());
+        }
         let (name, rest) = p.split_once('/').unwrap_or((p, ""));
-        let idx = self
-            .0
-            .shares
-            .iter()
-            .position(|s| s.config.name == name)
-            .ok_or_else(|| ApiError::NotFound(format!("no share named `{name}`")))?;
-        Ok((idx, rest))
+        match self.0.shares.iter().position(|s| s.config.name == name) {
+            Some(i) => Ok(vec![(i, rest.to_string())]),
+            None => {
+                let names: Vec<String> = self
+                    .0
+                    .shares
+                    .iter()
+                    .map(|s| format!("/{}", s.config.name))
+                    .collect();
+                Err(ApiError::NotFound(format!(
+                    "no share named `{name}`; the shares are {} (or `/` for all)",
+                    names.join(", ")
+                )))
+            }
+        }
     }
 }
 
@@ -108,13 +121,7 @@ impl AdminApi for Api {
     }
 
     async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {
-        let scope: Vec<(usize, String)> = match &req.path {
-            None => (0..self.0.shares.len()).map(|i| (i, String::new())).collect(),
-            Some(p) => {
-                let (i, rest) = self.split(p)?;
-                vec![(i, rest.to_string())]
-            }
-        };
+        let scope = self.scope(req.path.as_deref())?;
         let mut targets = Vec::new();
         let mut bytes = 0;
         for (i, sub) in &scope {
@@ -142,13 +149,7 @@ impl AdminApi for Api {
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshReport, ApiError> {
-        let scope: Vec<(usize, String)> = match &req.path {
-            None => (0..self.0.shares.len()).map(|i| (i, String::new())).collect(),
-            Some(p) => {
-                let (i, rest) = self.split(p)?;
-                vec![(i, rest.to_string())]
-            }
-        };
+        let scope = self.scope(req.path.as_deref())?;
         let mut report = RefreshReport::default();
         for (i, sub) in scope {
             let s = &self.0.shares[i];

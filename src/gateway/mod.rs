@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bucketgate_cache::{Cache, CacheOptions};
+use bucketgate_cache::{Cache, CacheOptions, KeyCheck};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +102,11 @@ impl Gateway {
                 capacity_bytes: config.cache.capacity.0,
                 default_file_mode: sc.default_file_mode.0,
                 attr_cache_bytes: config.cache.attr_cache.0,
+                import_setid: sc.import_setid,
+                key_check: {
+                    let (store, prefix) = (store.clone(), prefix.clone());
+                    KeyCheck::new(move |path| store.refuses_key(&format!("{prefix}{path}")))
+                },
                 ..CacheOptions::default()
             };
             let cache = Arc::new(
@@ -136,6 +141,7 @@ impl Gateway {
                 store.clone(),
                 prefix.clone(),
                 sc.cache_stale_after.map(|d| d.0),
+                Some(metrics.store_keys_hidden_total.with_label_values(&[&sc.name])),
             );
             let share = Arc::new(Share {
                 name: sc.name.clone(),

@@ -129,7 +129,17 @@ fn pre(w: WccAttr) -> pre_op_attr {
 fn dir_wcc(share_id: u32, c: &DirChange) -> wcc_data {
     wcc_data {
         before: pre(c.before),
-        after: Nfs3Option::Some(fattr(share_id, &c.after)),
+        after: post_op(share_id, &c.after),
+    }
+}
+
+/// Attributes for a reply, when they are the object's: an inode known only from a
+/// listing has placeholders, and those are never sent (the client asks again).
+fn post_op(share_id: u32, i: &Inode) -> post_op_attr {
+    if i.meta_pending {
+        Nfs3Option::None
+    } else {
+        Nfs3Option::Some(fattr(share_id, i))
     }
 }
 
@@ -199,27 +209,58 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
 }
 
-/// Runs an engine call; when it needs data only the store has, fetches that and runs
-/// it again. Returns whether anything had to be fetched (a cache miss).
-async fn with_fetch<T: Send + 'static>(
+/// What an engine call needs from the store before it can answer, fetched: the
+/// attributes of an inode a listing created, or data the cache does not hold.
+/// `Ok(true)` when data had to be fetched (a cache miss); an error that is not
+/// such a need is handed back.
+async fn fetch_need(share: &Share, e: CacheError) -> Result<bool, CacheError> {
+    match e {
+        CacheError::NotCached(id, ranges) => share.rt.fetch(id, &ranges).await.map(|()| true),
+        CacheError::AttrsUnknown(id) => share.rt.read_attrs(&[id]).await.map(|()| false),
+        other => Err(other),
+    }
+}
+
+/// Rounds of "fetch what the engine needs, ask again" before giving up with
+/// JUKEBOX: a rename may need four inodes' attributes, and eviction may race a fetch.
+const NEED_ROUNDS: usize = 12;
+
+/// Runs a blocking engine call; when it needs something only the store has, fetches
+/// that and runs it again. Returns whether data had to be fetched (a cache miss).
+async fn with_store<T: Send + 'static>(
     share: &Share,
-    id: FileId,
     op: impl Fn() -> Result<T, CacheError> + Clone + Send + 'static,
 ) -> (Result<T, CacheError>, bool) {
     let mut missed = false;
-    // Eviction may race a fetch; a few rounds settle it.
-    for _ in 0..8 {
+    for _ in 0..NEED_ROUNDS {
         match blocking(op.clone()).await {
-            Err(CacheError::NotCached(ranges)) => {
-                missed = true;
-                if let Err(e) = share.rt.fetch(id, &ranges).await {
-                    return (Err(e), missed);
+            Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
+                match fetch_need(share, e).await {
+                    Ok(m) => missed |= m,
+                    Err(e) => return (Err(e), missed),
                 }
             }
             other => return (other, missed),
         }
     }
     (Err(CacheError::TryLater), missed)
+}
+
+/// The same for an engine call cheap enough to run on the async worker (no file
+/// I/O: a lookup, a permission check).
+async fn inline_with_store<T>(
+    share: &Share,
+    op: impl Fn() -> Result<T, CacheError>,
+) -> Result<T, CacheError> {
+    for _ in 0..NEED_ROUNDS {
+        match op() {
+            Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
+                fetch_need(share, e).await?;
+            }
+            other => return other,
+        }
+    }
+    Err(CacheError::TryLater)
 }
 
 macro_rules! args {
@@ -281,7 +322,7 @@ impl NfsService {
     }
 
     fn attr_of(share: &Share, ino: &Inode) -> post_op_attr {
-        Nfs3Option::Some(fattr(share.cache.share_id(), ino))
+        post_op(share.cache.share_id(), ino)
     }
 
     fn current_attr(share: &Share, id: FileId) -> post_op_attr {
@@ -300,7 +341,17 @@ impl NfsService {
 
     async fn getattr(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
         let fh = args!(c.nfs_fh3());
-        match self.resolve(ctx, &fh) {
+        let known = async {
+            let (s, i) = self.resolve(ctx, &fh)?;
+            if !i.meta_pending {
+                return Ok((s, i));
+            }
+            let i = inline_with_store(&s, || s.cache.getattr(i.id))
+                .await
+                .map_err(|e| nfs_status(&e))?;
+            Ok((s, i))
+        };
+        match known.await {
             Ok((s, i)) => ok::<_, nfs3_types::xdr_codec::Void>(Nfs3Result::Ok(GETATTR3resok {
                 obj_attributes: fattr(s.cache.share_id(), &i),
             })),
@@ -335,7 +386,7 @@ impl NfsService {
         };
         let cache = s.cache.clone();
         let id = i.id;
-        match with_fetch(&s, id, move || cache.setattr(&caller, id, set, guard))
+        match with_store(&s, move || cache.setattr(&caller, id, set, guard))
             .await
             .0
         {
@@ -358,11 +409,14 @@ impl NfsService {
         let caller = s.caller(ctx);
         // A name the cache knows is answered even when the store cannot be listed.
         let listed = s.rt.ensure_listed(d.id).await;
-        let found = match (s.cache.lookup(&caller, d.id, &name), listed) {
-            (Ok(i), _) => s.rt.ensure_attrs(i).await,
+        let found = match (
+            inline_with_store(&s, || s.cache.lookup(&caller, d.id, &name)).await,
+            listed,
+        ) {
             (Err(CacheError::NotFound), Err(e)) => Err(e),
-            (Err(e), _) => Err(e),
+            (found, _) => found,
         };
+        let d = s.cache.get(d.id).unwrap_or(d);
         match found {
             Ok(i) => ok::<_, LOOKUP3resfail>(Nfs3Result::Ok(LOOKUP3resok {
                 object: s.handle(&i),
@@ -387,7 +441,7 @@ impl NfsService {
         };
         let caller = s.caller(ctx);
         let h = Handle::decode(&fh.data).expect("resolved above");
-        match s.cache.access(&caller, h.file_id) {
+        match inline_with_store(&s, || s.cache.access(&caller, h.file_id)).await {
             Ok((i, rwx)) => {
                 let mut granted = 0;
                 if rwx & bucketgate_cache::READ != 0 {
@@ -421,7 +475,8 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<READLINK3resok, _>(Nfs3Result::Err((st, READLINK3resfail::default()))),
         };
-        match s.cache.readlink(&s.caller(ctx), i.id) {
+        let caller = s.caller(ctx);
+        match inline_with_store(&s, || s.cache.readlink(&caller, i.id)).await {
             Ok(target) => ok::<_, READLINK3resfail>(Nfs3Result::Ok(READLINK3resok {
                 symlink_attributes: Self::attr_of(&s, &i),
                 data: nfspath3(Opaque::owned(target)),
@@ -447,7 +502,7 @@ impl NfsService {
         let cache = s.cache.clone();
         let id = i.id;
         s.rt.read_ahead(&i, offset, count as u64);
-        let (result, missed) = with_fetch(&s, id, move || cache.read(&caller, id, offset, count)).await;
+        let (result, missed) = with_store(&s, move || cache.read(&caller, id, offset, count)).await;
         match result {
             Ok((data, eof, after)) => {
                 self.count_bytes(&s, missed, data.len());
@@ -502,10 +557,11 @@ impl NfsService {
             let (cache, caller, data) = (s.cache.clone(), caller.clone(), data.clone());
             let id = i.id;
             match blocking(move || cache.write(&caller, id, a.offset, &data, sync)).await {
-                // The first write to a file only partly cached fetches the rest: a
-                // dirty file is always whole on the cache disk.
-                Err(CacheError::NotCached(ranges)) => {
-                    if let Err(e) = s.rt.fetch(id, &ranges).await {
+                // The first write to a file only partly cached fetches the rest (a
+                // dirty file is always whole on the cache disk); a file known only
+                // from a listing has its attributes read first.
+                Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
+                    if let Err(e) = fetch_need(&s, e).await {
                         break Err(e);
                     }
                 }
@@ -544,7 +600,7 @@ impl NfsService {
         ctx: &CallContext,
         dir: nfs_fh3,
         name: &[u8],
-        make: impl FnOnce(&Cache, &Caller, FileId) -> Result<(Inode, DirChange), CacheError> + Send + 'static,
+        make: impl Fn(&Cache, &Caller, FileId) -> Result<(Inode, DirChange), CacheError> + Clone + Send + 'static,
     ) -> Res<(post_op_fh3, post_op_attr, wcc_data)> {
         let (s, d) = self.resolve(ctx, &dir)?;
         Self::writable(&s)?;
@@ -556,8 +612,9 @@ impl NfsService {
         let caller = s.caller(ctx);
         let cache = s.cache.clone();
         let did = d.id;
-        let (i, change) = blocking(move || make(&cache, &caller, did))
+        let (i, change) = with_store(&s, move || make(&cache, &caller, did))
             .await
+            .0
             .map_err(|e| nfs_status(&e))?;
         Ok((
             Nfs3Option::Some(s.handle(&i)),
@@ -672,9 +729,13 @@ impl NfsService {
             let (s, d) = self.resolve(ctx, &dir)?;
             Self::writable(&s)?;
             s.rt.list_before_change(d.id).await;
+            if rmdir {
+                // Empty only if the store holds nothing below it either.
+                Self::list_whole_dir(&s, d.id, &name).await?;
+            }
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
-            let r = blocking(move || {
+            let r = with_store(&s, move || {
                 if rmdir {
                     cache.rmdir(&caller, d.id, &name)
                 } else {
@@ -682,6 +743,7 @@ impl NfsService {
                 }
             })
             .await
+            .0
             .map_err(|e| nfs_status(&e))?;
             Ok(dir_wcc(s.cache.share_id(), &r))
         }
@@ -720,11 +782,18 @@ impl NfsService {
             for d in [fd.id, td.id] {
                 s.rt.list_before_change(d).await;
             }
+            // A directory moves with everything the store holds below it; one it
+            // replaces must be empty in the store too.
+            Self::list_whole_dir(&s, fd.id, &from_name).await?;
+            Self::list_whole_dir(&s, td.id, &to_name).await?;
             let caller = s.caller(ctx);
             let cache = s.cache.clone();
-            let (a, b) = blocking(move || cache.rename(&caller, fd.id, &from_name, td.id, &to_name))
-                .await
-                .map_err(|e| nfs_status(&e))?;
+            let (a, b) = with_store(&s, move || {
+                cache.rename(&caller, fd.id, &from_name, td.id, &to_name)
+            })
+            .await
+            .0
+            .map_err(|e| nfs_status(&e))?;
             let sid = s.cache.share_id();
             Ok((dir_wcc(sid, &a), dir_wcc(sid, &b)))
         }
@@ -769,6 +838,19 @@ impl NfsService {
         )))
     }
 
+    /// When `name` in `dir` is a directory, lists everything the store holds below
+    /// it into the namespace first; a store that cannot be listed fails the call
+    /// (JUKEBOX: the client retries) rather than letting it act on part of the tree.
+    async fn list_whole_dir(s: &Share, dir: FileId, name: &[u8]) -> Res<()> {
+        match s.cache.peek(dir, name) {
+            Ok(Some(i)) if i.kind == Kind::Dir => s.rt.list_subtree(i.id).await.map(|_| ()).map_err(|e| {
+                tracing::info!(error = %e, "could not list a directory's contents in the store before changing it");
+                nfs_status(&e)
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn cookie_verifier(share: &Share) -> cookieverf3 {
         // Cookies are per-directory sequence numbers that never move, so one verifier
         // per share is enough: it only changes if the share's cache is recreated.
@@ -805,6 +887,21 @@ impl NfsService {
             return Self::readdir_fail(plus, st, Self::attr_of(&s, &d));
         }
         let caller = s.caller(ctx);
+        // Reply overhead: status, dir attributes, verifier, list end and eof.
+        let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
+        let per_entry = if plus { 220 } else { 40 };
+        let want = (budget / per_entry).clamp(2, 4096);
+        let cache = s.cache.clone();
+        let did = d.id;
+        let who = caller.clone();
+        let mut listing = match with_store(&s, move || cache.readdir(&who, did, cookie, want))
+            .await
+            .0
+        {
+            Ok(l) => l,
+            Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d)),
+        };
+        let d = s.cache.get(d.id).unwrap_or(d);
         // Handles and attributes of entries only for a caller who may search the
         // directory: a handle would reach entries that LOOKUP refuses (knfsd omits them
         // too; the client falls back to LOOKUP and gets ACCES).
@@ -812,16 +909,9 @@ impl NfsService {
             && s.cache
                 .access(&caller, d.id)
                 .is_ok_and(|(_, rwx)| rwx & bucketgate_cache::EXEC != 0);
-        // Reply overhead: status, dir attributes, verifier, list end and eof.
-        let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
-        let per_entry = if plus { 220 } else { 40 };
-        let want = (budget / per_entry).clamp(2, 4096);
-        let cache = s.cache.clone();
-        let did = d.id;
-        let listing = match blocking(move || cache.readdir(&caller, did, cookie, want)).await {
-            Ok(l) => l,
-            Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d)),
-        };
+        if searchable {
+            Self::read_entry_attrs(&s, &mut listing.entries).await;
+        }
         let sid = s.cache.share_id();
         let total = listing.entries.len();
         let dir_attributes = Self::attr_of(&s, &d);
@@ -836,16 +926,17 @@ impl NfsService {
                 if dircount > 0 && dir_bytes > dircount as usize && pushed > 0 {
                     break;
                 }
+                let described = searchable && !e.attr.meta_pending;
                 let entry = entryplus3 {
                     fileid: e.attr.id,
                     name: filename3(Opaque::owned(e.name)),
                     cookie: e.cookie,
-                    name_attributes: if searchable {
+                    name_attributes: if described {
                         Nfs3Option::Some(fattr(sid, &e.attr))
                     } else {
                         Nfs3Option::None
                     },
-                    name_handle: if searchable {
+                    name_handle: if described {
                         Nfs3Option::Some(s.handle(&e.attr))
                     } else {
                         Nfs3Option::None
@@ -895,6 +986,36 @@ impl NfsService {
                 },
             }))
         }
+    }
+
+    /// Entries a listing created carry placeholders: their attributes are read (a
+    /// HEAD each, several at once) before they go into a READDIRPLUS reply. One whose
+    /// HEAD failed goes out without attributes or handle (the client LOOKUPs it);
+    /// one found gone from the store is left out.
+    async fn read_entry_attrs(s: &Share, entries: &mut Vec<bucketgate_cache::DirEntryInfo>) {
+        let pending: Vec<FileId> = entries
+            .iter()
+            .filter(|e| e.attr.meta_pending)
+            .map(|e| e.attr.id)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = s.rt.read_attrs(&pending).await {
+            tracing::debug!(error = %e, "reading listed entries' attributes failed; sending them without");
+        }
+        entries.retain_mut(|e| {
+            if !e.attr.meta_pending {
+                return true;
+            }
+            match s.cache.load_any(e.attr.id) {
+                Ok(Some(i)) if !i.unlinked => {
+                    e.attr = i;
+                    true
+                }
+                _ => false,
+            }
+        });
     }
 
     fn readdir_fail(plus: bool, st: nfsstat3, dir_attributes: post_op_attr) -> ProcReply {

@@ -19,7 +19,9 @@ pub fn nfs_status(e: &CacheError) -> nfsstat3 {
         CacheError::ReadOnly => nfsstat3::NFS3ERR_ROFS,
         CacheError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
         CacheError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
-        CacheError::TryLater | CacheError::NotCached(_) => nfsstat3::NFS3ERR_JUKEBOX,
+        CacheError::TryLater | CacheError::NotCached(..) | CacheError::AttrsUnknown(_) => {
+            nfsstat3::NFS3ERR_JUKEBOX
+        }
         CacheError::NotSync => nfsstat3::NFS3ERR_NOT_SYNC,
         CacheError::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
         CacheError::Io(_) | CacheError::Meta(_) => nfsstat3::NFS3ERR_IO,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
 use crate::metrics::Metrics;
 
 pub struct Instrumented {
@@ -193,13 +193,13 @@ impl ObjectStore for Instrumented {
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
         let n = body.len();
         let r = timed!(
             self,
             "PutObject",
-            self.inner.put_object_if(key, body, meta, if_match)
+            self.inner.put_object_if(key, body, meta, expect)
         );
         if r.is_ok() {
             self.uploaded(n);
@@ -211,12 +211,12 @@ impl ObjectStore for Instrumented {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
         timed!(
             self,
             "CompleteMultipartUpload",
-            self.inner.complete_multipart_if(key, upload_id, parts, if_match)
+            self.inner.complete_multipart_if(key, upload_id, parts, expect)
         )
     }
     async fn copy_object_if(
@@ -224,12 +224,20 @@ impl ObjectStore for Instrumented {
         src_key: &str,
         dst_key: &str,
         meta: Option<&ObjectMeta>,
-        src_if_match: &str,
+        src_version: Option<&str>,
+        dst: Expect<'_>,
     ) -> StoreResult<String> {
         timed!(
             self,
             "CopyObject",
-            self.inner.copy_object_if(src_key, dst_key, meta, src_if_match)
+            self.inner
+                .copy_object_if(src_key, dst_key, meta, src_version, dst)
         )
+    }
+    async fn delete_object_if(&self, key: &str, etag: &str) -> StoreResult<()> {
+        timed!(self, "DeleteObject", self.inner.delete_object_if(key, etag))
+    }
+    fn refuses_key(&self, key: &str) -> Option<String> {
+        self.inner.refuses_key(key)
     }
 }

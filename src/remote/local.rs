@@ -1140,6 +1140,10 @@ impl ObjectStore for LocalStore {
         self.run(move |s| s.copy(&src, &dst, meta)).await
     }
 
+    fn refuses_key(&self, key: &str) -> Option<String> {
+        check_key(key).err().map(|e| e.to_string())
+    }
+
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
         self.run(move |s| s.delete(&key)).await

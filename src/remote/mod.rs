@@ -160,20 +160,21 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     // ----- writes that must not replace a version the gateway has not seen -----
     //
-    // Each fails with `PreconditionFailed` when the object under `key` (for a copy:
-    // the source) no longer has ETag `if_match`, and with `NotFound` (or, from some
-    // stores, `PreconditionFailed`) when it is gone. The defaults compare with a HEAD
-    // first, which leaves a short window; stores that support conditional requests
-    // (S3 If-Match, x-amz-copy-source-if-match) override them to check atomically.
+    // Each fails with `PreconditionFailed` when what is under `key` is not what
+    // `expect` says (another version, or an object where none was expected), and
+    // with `NotFound` (or, from some stores, `PreconditionFailed`) when a version was
+    // expected and the object is gone. The defaults check with a HEAD first, which
+    // leaves a short window; stores that support conditional requests (S3 If-Match,
+    // If-None-Match, x-amz-copy-source-if-match) override them to check atomically.
 
     async fn put_object_if(
         &self,
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
-        expect_etag(self, key, if_match).await?;
+        check_expect(self, key, expect).await?;
         self.put_object(key, body, meta).await
     }
 
@@ -182,21 +183,72 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
-        expect_etag(self, key, if_match).await?;
+        check_expect(self, key, expect).await?;
         self.complete_multipart(key, upload_id, parts).await
     }
 
+    /// A copy of version `src_version` of `src_key` (any version when `None`) onto a
+    /// destination that holds what `dst` says.
     async fn copy_object_if(
         &self,
         src_key: &str,
         dst_key: &str,
         meta: Option<&ObjectMeta>,
-        src_if_match: &str,
+        src_version: Option<&str>,
+        dst: Expect<'_>,
     ) -> StoreResult<String> {
-        expect_etag(self, src_key, src_if_match).await?;
+        if let Some(etag) = src_version {
+            expect_etag(self, src_key, etag).await?;
+        }
+        check_expect(self, dst_key, dst).await?;
         self.copy_object(src_key, dst_key, meta).await
+    }
+
+    /// Deletes `key` only while it holds the version with ETag `etag`:
+    /// `PreconditionFailed` when it holds another (someone else's); nothing to do
+    /// when it is gone.
+    async fn delete_object_if(&self, key: &str, etag: &str) -> StoreResult<()> {
+        match expect_etag(self, key, etag).await {
+            Ok(()) => self.delete_object(key).await,
+            Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why this store could never hold an object under `key` (share prefix
+    /// included), or `None`: such a name is refused when a file is made, rather than
+    /// accepted and then failing to upload for ever.
+    fn refuses_key(&self, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What a write expects to find under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// Anything: the last writer wins.
+    Any,
+    /// The version with this ETag.
+    Version(&'a str),
+    /// No object at all: a key the gateway has never seen a version of.
+    Absent,
+}
+
+/// The HEAD check behind the default conditional writes.
+pub async fn check_expect<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    expect: Expect<'_>,
+) -> StoreResult<()> {
+    match expect {
+        Expect::Any => Ok(()),
+        Expect::Version(etag) => expect_etag(store, key, etag).await,
+        Expect::Absent => match store.head(key).await? {
+            None => Ok(()),
+            Some(_) => Err(StoreError::PreconditionFailed),
+        },
     }
 }
 
@@ -205,7 +257,7 @@ pub fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
-/// The HEAD check behind the default conditional writes.
+/// That `key` holds the version with ETag `etag`, by a HEAD.
 pub async fn expect_etag<S: ObjectStore + ?Sized>(store: &S, key: &str, etag: &str) -> StoreResult<()> {
     match store.head(key).await? {
         None => Err(StoreError::NotFound),

@@ -33,13 +33,14 @@ use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart, MetadataDirective,
-    ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart, EncodingType,
+    MetadataDirective, ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult, expect_etag,
+    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult,
+    check_expect, expect_etag,
 };
 use crate::config::{ConflictCheck, ShareConfig};
 
@@ -273,30 +274,35 @@ impl S3Store {
         })
     }
 
-    /// The condition to send with a write that must find `key` at ETag `etag`: the
-    /// ETag itself, or (conditional writes off) nothing once a HEAD has checked it.
-    async fn condition<'a>(&self, key: &str, etag: &'a str) -> StoreResult<Option<&'a str>> {
-        if self.conditional_writes {
-            return Ok(Some(etag));
+    /// The (If-Match, If-None-Match) headers for a write that expects `expect` under
+    /// `key`; with conditional writes off, a HEAD checks it first and none are sent.
+    async fn condition(&self, key: &str, expect: Expect<'_>) -> StoreResult<Condition> {
+        if !self.conditional_writes {
+            check_expect(self, key, expect).await?;
+            return Ok(Condition::default());
         }
-        expect_etag(self, key, etag).await?;
-        Ok(None)
+        Ok(match expect {
+            Expect::Any => Condition::default(),
+            Expect::Version(etag) => Condition {
+                if_match: Some(quote(etag)),
+                if_none_match: None,
+            },
+            Expect::Absent => Condition {
+                if_match: None,
+                if_none_match: Some("*".into()),
+            },
+        })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        meta: &ObjectMeta,
-        if_match: Option<&str>,
-    ) -> StoreResult<String> {
+    async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta, cond: Condition) -> StoreResult<String> {
         let len = body.len();
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_if_match(if_match.map(quote))
+            .set_if_match(cond.if_match)
+            .set_if_none_match(cond.if_none_match)
             .content_length(body.len() as i64)
             .body(ByteStream::from(body))
             .set_metadata(Some(Self::metadata_map(meta)))
@@ -320,7 +326,7 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        if_match: Option<&str>,
+        cond: Condition,
     ) -> StoreResult<String> {
         let mut checksums: HashMap<i32, (String, String)> = {
             let mut known = self.part_crcs.lock();
@@ -358,7 +364,8 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .set_if_match(if_match.map(quote))
+            .set_if_match(cond.if_match)
+            .set_if_none_match(cond.if_none_match)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .set_request_payer(self.opts.request_payer.clone())
             .send()
@@ -372,7 +379,8 @@ impl S3Store {
         src_key: &str,
         dst_key: &str,
         meta: Option<&ObjectMeta>,
-        src_if_match: Option<&str>,
+        src_version: Option<String>,
+        dst: Condition,
     ) -> StoreResult<String> {
         let mut req = self
             .client
@@ -380,7 +388,9 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(dst_key)
             .copy_source(self.copy_source(src_key))
-            .set_copy_source_if_match(src_if_match.map(quote))
+            .set_copy_source_if_match(src_version)
+            .set_if_match(dst.if_match)
+            .set_if_none_match(dst.if_none_match)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_storage_class(self.opts.storage_class.clone())
             .set_server_side_encryption(self.opts.sse.clone())
@@ -509,6 +519,23 @@ fn encode_key(key: &str) -> String {
     out
 }
 
+/// A key from a listing asked with `encoding-type=url`: `+` is a space and `%XX` a
+/// byte, as S3 encodes them. `None` for bytes that are not UTF-8 (S3 keys always are).
+fn url_decode(s: &str) -> Option<String> {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .ok()
+        .map(|k| k.into_owned())
+}
+
+/// Conditional-request headers of one write.
+#[derive(Clone, Debug, Default)]
+struct Condition {
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+}
+
 fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_owned()
 }
@@ -616,7 +643,7 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> StoreError
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
-        self.put(key, body, meta, None).await
+        self.put(key, body, meta, Condition::default()).await
     }
 
     async fn put_object_if(
@@ -624,9 +651,9 @@ impl ObjectStore for S3Store {
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
-        let cond = self.condition(key, if_match).await?;
+        let cond = self.condition(key, expect).await?;
         self.put(key, body, meta, cond).await
     }
 
@@ -636,7 +663,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> StoreResult<String> {
-        self.complete(key, upload_id, parts, None).await
+        self.complete(key, upload_id, parts, Condition::default()).await
     }
 
     async fn complete_multipart_if(
@@ -644,9 +671,9 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
-        let cond = self.condition(key, if_match).await?;
+        let cond = self.condition(key, expect).await?;
         self.complete(key, upload_id, parts, cond).await
     }
 
@@ -656,7 +683,8 @@ impl ObjectStore for S3Store {
         dst_key: &str,
         meta: Option<&ObjectMeta>,
     ) -> StoreResult<String> {
-        self.copy(src_key, dst_key, meta, None).await
+        self.copy(src_key, dst_key, meta, None, Condition::default())
+            .await
     }
 
     async fn copy_object_if(
@@ -664,10 +692,15 @@ impl ObjectStore for S3Store {
         src_key: &str,
         dst_key: &str,
         meta: Option<&ObjectMeta>,
-        src_if_match: &str,
+        src_version: Option<&str>,
+        dst: Expect<'_>,
     ) -> StoreResult<String> {
-        let cond = self.condition(src_key, src_if_match).await?;
-        self.copy(src_key, dst_key, meta, cond).await
+        let src = match src_version {
+            Some(etag) => self.condition(src_key, Expect::Version(etag)).await?.if_match,
+            None => None,
+        };
+        let dst = self.condition(dst_key, dst).await?;
+        self.copy(src_key, dst_key, meta, src, dst).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
@@ -898,16 +931,27 @@ impl ObjectStore for S3Store {
             .set_delimiter(delimiter.map(str::to_owned))
             .set_continuation_token(continuation.map(str::to_owned))
             .max_keys(max_keys)
+            // Without it S3 puts keys verbatim into the XML answer, and one key with a
+            // control character makes the whole page unparsable.
+            .encoding_type(EncodingType::Url)
             .set_request_payer(self.opts.request_payer.clone())
             .send()
             .await
             .map_err(|e| map_sdk_err("ListObjectsV2", e))?;
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let decode = |k: &str| {
+            if encoded {
+                url_decode(k)
+            } else {
+                Some(k.to_owned())
+            }
+        };
         let objects = out
             .contents()
             .iter()
             .filter_map(|o| {
                 Some(ObjectInfo {
-                    key: o.key()?.to_owned(),
+                    key: decode(o.key()?)?,
                     size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
                     etag: o.e_tag().map(unquote).unwrap_or_default(),
                     last_modified_ns: o.last_modified().and_then(to_ns),
@@ -918,7 +962,7 @@ impl ObjectStore for S3Store {
         let common_prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_owned))
+            .filter_map(|p| decode(p.prefix()?))
             .collect();
         let next_token = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_owned)
@@ -933,11 +977,29 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        self.delete(key, None).await
+    }
+
+    async fn delete_object_if(&self, key: &str, etag: &str) -> StoreResult<()> {
+        if !self.conditional_writes {
+            return match expect_etag(self, key, etag).await {
+                Ok(()) => self.delete(key, None).await,
+                Err(StoreError::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        self.delete(key, Some(quote(etag))).await
+    }
+}
+
+impl S3Store {
+    async fn delete(&self, key: &str, if_match: Option<String>) -> StoreResult<()> {
         let res = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_if_match(if_match)
             .set_request_payer(self.opts.request_payer.clone())
             .send()
             .await;
@@ -1035,6 +1097,16 @@ mod tests {
     #[test]
     fn copy_source_keeps_slashes_and_encodes_the_rest() {
         assert_eq!(encode_key("a/b c/ü+%.txt"), "a/b%20c/%C3%BC%2B%25.txt");
+    }
+
+    #[test]
+    fn listed_keys_are_decoded_as_s3_encodes_them() {
+        assert_eq!(
+            url_decode("a+b%2Bc%01%0D%0A%26%3C").as_deref(),
+            Some("a b+c\u{1}\r\n&<")
+        );
+        assert_eq!(url_decode("caf%C3%A9/").as_deref(), Some("café/"));
+        assert_eq!(url_decode("%FF"), None, "not UTF-8");
     }
 
     #[test]

@@ -1,49 +1,74 @@
 //! Uploads that must not replace a version of an object someone else wrote since the
-//! gateway last saw it: the store's version keeps the name, the local one is kept as
-//! `<name>.conflict-<UTC time>`.
+//! gateway last saw it, nor an object it never saw: the store's version keeps the
+//! name, the local one is kept as `<name>.conflict-<UTC time>`.
 
 use std::sync::atomic::Ordering;
 
 use bucketgate_cache::Inode;
 
 use super::{UploadError, Uploader};
-use crate::remote::{ObjectInfo, ObjectMeta, StoreError, same_etag};
+use crate::remote::{Expect, ObjectInfo, ObjectMeta, StoreError, same_etag};
 
 impl Uploader {
-    /// Uploads the file's bytes to `key`, unless the object there is no longer the
-    /// version the local change started from: then the local version is set aside as
-    /// a conflict copy (uploaded by the next pass) and `None` is returned.
+    /// Uploads the file's bytes to `key`, which holds `known` (see
+    /// [`bucketgate_cache::Cache::known_version`]), unless the object there is not
+    /// that version (another client replaced it, or wrote one where the gateway knew
+    /// of none): then the local version is set aside as a conflict copy (uploaded by
+    /// the next pass) and `None` is returned.
     pub(super) async fn upload_unless_conflict(
         &self,
         ino: &Inode,
         rel: &str,
         key: &str,
         meta: &ObjectMeta,
+        known: Option<&str>,
     ) -> Result<Option<String>, UploadError> {
-        let r = &ino.remote;
-        let base = (self.settings.check_conflicts && r.key.as_deref() == Some(rel) && !r.etag.is_empty())
-            .then_some(r.etag.as_str());
-        let Some(base) = base else {
-            return self.upload_data(ino, key, meta, None).await.map(Some);
-        };
+        let expect = self.expect(known);
+        if expect == Expect::Any {
+            return self.upload_data(ino, key, meta, expect).await.map(Some);
+        }
+        // A crash after the write but before its record must not make the version
+        // written look like someone else's.
         self.cache
             .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
-        match self.upload_data(ino, key, meta, Some(base)).await {
+        match self.upload_data(ino, key, meta, expect).await {
             Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {}
             done => return done.map(Some),
         }
         // Some stores answer a failed If-Match on a missing object with 412, some with
         // 404: look before deciding.
         let theirs = match self.store.head(key).await? {
-            // Deleted behind our back: the local change brings it back.
-            None => return self.upload_data(ino, key, meta, None).await.map(Some),
+            // Deleted behind our back: the local change brings it back, unless another
+            // object appears there meanwhile.
+            None => return self.upload_data(ino, key, meta, Expect::Absent).await.map(Some),
             // Not changed after all, or changed by an upload of ours whose record a
             // crash lost.
-            Some(now) if same_etag(&now.etag, base) || Self::written_by_us(ino, &now) => {
-                return self.upload_data(ino, key, meta, None).await.map(Some);
+            Some(now)
+                if matches!(expect, Expect::Version(base) if same_etag(&now.etag, base))
+                    || Self::written_by_us(ino, &now) =>
+            {
+                return self
+                    .upload_data(ino, key, meta, Expect::Version(&now.etag))
+                    .await
+                    .map(Some);
             }
             Some(now) => now,
         };
+        self.set_aside(ino, rel, key, &theirs.etag, known).await?;
+        Ok(None)
+    }
+
+    /// `key` holds another client's version (ETag `theirs`) where the local file
+    /// was to go: that version keeps the name, and the local file moves aside to
+    /// `<name>.conflict-<UTC time>`, to be uploaded there by its next pass.
+    pub(super) async fn set_aside(
+        &self,
+        ino: &Inode,
+        rel: &str,
+        key: &str,
+        theirs: &str,
+        known: Option<&str>,
+    ) -> Result<(), UploadError> {
         let stamp: String = crate::audit::rfc3339_now()
             .chars()
             .take(19)
@@ -53,10 +78,10 @@ impl Uploader {
         if let Some(name) = self.cache.set_aside_conflict(ino.id, rel, &stamp)? {
             tracing::warn!(
                 key,
-                their_etag = theirs.etag,
-                our_base = base,
+                their_etag = theirs,
+                our_base = known.unwrap_or("(none: the gateway knew of no object there)"),
                 kept_as = name,
-                "conflict: the object changed in the store since the gateway last saw it; \
+                "conflict: the store holds a version of this object the gateway has not seen; \
                  the store's version keeps the name, the local one is kept beside it"
             );
             self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -64,7 +89,7 @@ impl Uploader {
                 m.conflicts_total.with_label_values(&[share]).inc();
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     pub(super) fn written_by_us(ino: &Inode, info: &ObjectInfo) -> bool {

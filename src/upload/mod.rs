@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::remote::{CompletedPart, ObjectMeta, ObjectStore, StoreError, expect_etag};
+use crate::remote::{CompletedPart, Expect, ObjectMeta, ObjectStore, StoreError, expect_etag, same_etag};
 
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
 /// nothing otherwise. Configured to `return`, the step ends right there with
@@ -439,6 +439,18 @@ impl Uploader {
     }
 
     async fn sync_content(&self, ino: &Inode) -> Result<(), UploadError> {
+        let ino = &if ino.meta_pending {
+            // Known only from a listing (a file moved with its directory): its object's
+            // metadata is read first, so the copy carries it and not placeholders.
+            crate::readthrough::read_object_attrs(&self.cache, self.store.as_ref(), &self.prefix, ino.id)
+                .await?;
+            match self.cache.load_any(ino.id)? {
+                Some(i) if !i.unlinked => i,
+                _ => return Ok(()),
+            }
+        } else {
+            ino.clone()
+        };
         let path = self.cache.path_of(ino)?;
         let rel = if ino.kind == Kind::Dir {
             format!("{path}/")
@@ -452,6 +464,8 @@ impl Uploader {
         if ino.kind != Kind::Dir && ino.remote.key.as_deref() != Some(rel.as_str()) {
             self.take_over_key(&rel, &key, ino.id).await?;
         }
+        // What the write may replace at `rel`: read before the intent below names it.
+        let known = self.cache.known_version(ino, &rel)?;
         // Durably note the key before writing it, so a crash between the write and
         // record_upload cannot orphan the object (see Cache::record_intent).
         self.cache.record_intent(ino.id, &rel)?;
@@ -462,57 +476,22 @@ impl Uploader {
                 self.cache.record_clean(ino.id, ino.change_seq)?;
                 return Ok(());
             }
-            self.store.put_object(&key, Bytes::new(), &meta).await?
+            self.put_marker(ino, &key, &meta, known.as_deref()).await?
         } else if !data_current {
-            match self.upload_unless_conflict(ino, &rel, &key, &meta).await? {
+            match self
+                .upload_unless_conflict(ino, &rel, &key, &meta, known.as_deref())
+                .await?
+            {
                 Some(etag) => etag,
                 None => return Ok(()),
             }
         } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta_tuple {
-            let src = self.full_key(r.key.as_deref().unwrap_or_default());
-            let renamed = src != key;
-            let base = self.settings.check_conflicts && !r.etag.is_empty();
-            if base && !renamed {
-                self.cache.record_overwrite_intent(ino.id, meta_tuple)?;
-            }
             match self
-                .copy(&src, &key, &meta, ino.size, base.then_some(r.etag.as_str()))
-                .await
+                .copy_unless_conflict(ino, &rel, &key, &meta, known.as_deref())
+                .await?
             {
-                Ok(etag) => {
-                    failpoint!("upload::after_copy_before_record");
-                    self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
-                    if renamed {
-                        self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
-                        if let Some((m, share)) = &self.metrics {
-                            m.files_renamed_total.with_label_values(&[share]).inc();
-                        }
-                    }
-                    etag
-                }
-                Err(UploadError::Store(StoreError::NotFound)) => {
-                    self.upload_without_source(ino, &src, &key, &meta).await?
-                }
-                Err(UploadError::Store(StoreError::PreconditionFailed)) => {
-                    // Another client replaced the object since we saw it; only our name
-                    // or attributes changed, so its bytes win and the next pass applies
-                    // our change to them.
-                    match self.store.head(&src).await? {
-                        Some(now) if Self::written_by_us(ino, &now) => {
-                            self.store.copy_object(&src, &key, Some(&meta)).await?
-                        }
-                        Some(now) => {
-                            tracing::info!(
-                                key = src,
-                                "object changed in the store; renaming or re-attributing its new version"
-                            );
-                            self.cache.rebase_on_remote(ino.id, &now.etag, now.size)?;
-                            return Ok(());
-                        }
-                        None => self.upload_without_source(ino, &src, &key, &meta).await?,
-                    }
-                }
-                Err(e) => return Err(e),
+                Some(etag) => etag,
+                None => return Ok(()),
             }
         } else {
             self.cache.record_clean(ino.id, ino.change_seq)?;
@@ -539,6 +518,130 @@ impl Uploader {
         Ok(())
     }
 
+    /// What a write of a key may find there: the version the gateway knows (`known`,
+    /// from [`Cache::known_version`]), or nothing at all when it knows of none. With
+    /// conflict checks off, or a version whose ETag was never learnt, anything.
+    fn expect<'a>(&self, known: Option<&'a str>) -> Expect<'a> {
+        match known {
+            _ if !self.settings.check_conflicts => Expect::Any,
+            None => Expect::Absent,
+            Some("") => Expect::Any,
+            Some(etag) => Expect::Version(etag),
+        }
+    }
+
+    /// A directory's marker. Another client's marker there (the same directory made
+    /// twice, or changed behind the gateway) holds no bytes: the local attributes
+    /// are written over it, but only over the version just looked at.
+    async fn put_marker(
+        &self,
+        ino: &Inode,
+        key: &str,
+        meta: &ObjectMeta,
+        known: Option<&str>,
+    ) -> Result<String, UploadError> {
+        let mut theirs: Option<String> = None;
+        for _ in 0..3 {
+            let expect = match &theirs {
+                Some(etag) => Expect::Version(etag),
+                None => self.expect(known),
+            };
+            match self.store.put_object_if(key, Bytes::new(), meta, expect).await {
+                Err(StoreError::PreconditionFailed | StoreError::NotFound)
+                    if self.settings.check_conflicts =>
+                {
+                    theirs = self.store.head(key).await?.map(|now| now.etag);
+                    tracing::info!(
+                        file_id = ino.id,
+                        key,
+                        "directory marker changed in the store; writing the directory's attributes over the version there"
+                    );
+                }
+                done => return Ok(done?),
+            }
+        }
+        Err(StoreError::PreconditionFailed.into())
+    }
+
+    /// A server-side copy for a rename or an attribute change, of exactly the version
+    /// of the object the file's bytes are (when the gateway knows its ETag), onto a
+    /// new key holding what `known` says. `None` when the copy must not happen: the
+    /// source changed (its bytes win; the local change is applied to them by the next
+    /// pass), or the destination holds another client's object (the renamed file
+    /// goes aside as a conflict copy).
+    async fn copy_unless_conflict(
+        &self,
+        ino: &Inode,
+        rel: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        known: Option<&str>,
+    ) -> Result<Option<String>, UploadError> {
+        let r = &ino.remote;
+        let src = self.full_key(r.key.as_deref().unwrap_or_default());
+        let renamed = src != key;
+        let src_version = (self.settings.check_conflicts && !r.etag.is_empty()).then_some(r.etag.as_str());
+        let dst = if renamed { self.expect(known) } else { Expect::Any };
+        if src_version.is_some() || dst != Expect::Any {
+            self.cache
+                .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
+        }
+        let err = match self.copy(&src, key, meta, ino.size, src_version, dst).await {
+            Ok(etag) => {
+                failpoint!("upload::after_copy_before_record");
+                self.counters.objects_copied.fetch_add(1, Ordering::Relaxed);
+                if renamed {
+                    self.counters.files_renamed.fetch_add(1, Ordering::Relaxed);
+                    if let Some((m, share)) = &self.metrics {
+                        m.files_renamed_total.with_label_values(&[share]).inc();
+                    }
+                }
+                return Ok(Some(etag));
+            }
+            Err(UploadError::Store(e @ (StoreError::NotFound | StoreError::PreconditionFailed))) => e,
+            Err(e) => return Err(e),
+        };
+        // Which side failed? Look at the source first.
+        let source = self.store.head(&src).await?;
+        match source {
+            None => {
+                return self
+                    .upload_without_source(ino, &src, key, meta, dst)
+                    .await
+                    .map(Some);
+            }
+            Some(now) if src_version.is_some_and(|v| !same_etag(v, &now.etag)) => {
+                if Self::written_by_us(ino, &now) {
+                    return Ok(Some(
+                        self.copy(&src, key, meta, ino.size, Some(&now.etag), dst).await?,
+                    ));
+                }
+                // Another client replaced the object since we saw it; only our name or
+                // attributes changed, so its bytes win and the next pass applies our
+                // change to them.
+                tracing::info!(
+                    key = src,
+                    "object changed in the store; renaming or re-attributing its new version"
+                );
+                self.cache.rebase_on_remote(ino.id, &now.etag, now.size)?;
+                return Ok(None);
+            }
+            Some(_) => {}
+        }
+        // The source is as expected: the destination holds something else.
+        match self.store.head(key).await? {
+            None => Err(UploadError::Store(err)), // gone meanwhile: the next pass copies
+            Some(now) if Self::written_by_us(ino, &now) => Ok(Some(
+                self.copy(&src, key, meta, ino.size, src_version, Expect::Version(&now.etag))
+                    .await?,
+            )),
+            Some(now) => {
+                self.set_aside(ino, rel, key, &now.etag, known).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// The object a copy would start from is gone (deleted behind our back): upload
     /// the cached bytes instead, when they are all here. A file only partly cached
     /// cannot be rebuilt; it is reported as failing rather than uploaded with holes.
@@ -548,6 +651,7 @@ impl Uploader {
         src: &str,
         key: &str,
         meta: &ObjectMeta,
+        expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         if ino.partial {
             return Err(StoreError::Permanent {
@@ -560,7 +664,7 @@ impl Uploader {
             .into());
         }
         tracing::warn!(key = src, "copy source missing; uploading the data again");
-        self.upload_data(ino, key, meta, None).await
+        self.upload_data(ino, key, meta, expect).await
     }
 
     async fn upload_data(
@@ -568,20 +672,15 @@ impl Uploader {
         ino: &Inode,
         key: &str,
         meta: &ObjectMeta,
-        if_match: Option<&str>,
+        expect: Expect<'_>,
     ) -> Result<String, UploadError> {
-        let put = |body: Bytes| async move {
-            match if_match {
-                Some(etag) => self.store.put_object_if(key, body, meta, etag).await,
-                None => self.store.put_object(key, body, meta).await,
-            }
-        };
+        let put = |body: Bytes| async move { self.store.put_object_if(key, body, meta, expect).await };
         let etag = if ino.kind == Kind::Symlink {
             put(Bytes::from(ino.symlink_target.clone())).await?
         } else if ino.size < self.settings.multipart_threshold {
             put(transfer::read_range(&self.cache, ino.id, 0, ino.size).await?).await?
         } else {
-            self.multipart_upload(ino, key, meta, if_match).await?
+            self.multipart_upload(ino, key, meta, expect).await?
         };
         self.counters.objects_put.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -601,7 +700,7 @@ impl Uploader {
         ino: &Inode,
         key: &str,
         meta: &ObjectMeta,
-        if_match: Option<&str>,
+        expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         let size = ino.size;
         let part_size = self.part_size_for(size);
@@ -627,14 +726,10 @@ impl Uploader {
             }
         };
         failpoint!("upload::multipart::before_complete");
-        let completed = match if_match {
-            Some(etag) => {
-                self.store
-                    .complete_multipart_if(key, &upload_id, &parts, etag)
-                    .await
-            }
-            None => self.store.complete_multipart(key, &upload_id, &parts).await,
-        };
+        let completed = self
+            .store
+            .complete_multipart_if(key, &upload_id, &parts, expect)
+            .await;
         match completed {
             Ok(etag) => Ok(etag),
             Err(e) => {
@@ -644,22 +739,24 @@ impl Uploader {
         }
     }
 
-    /// Server-side copy; with `src_if_match`, only of that version of `src`.
+    /// Server-side copy; with `src_version`, only of that version of `src`, onto a
+    /// destination holding what `dst_expect` says.
     async fn copy(
         &self,
         src: &str,
         dst: &str,
         meta: &ObjectMeta,
         size: u64,
-        src_if_match: Option<&str>,
+        src_version: Option<&str>,
+        dst_expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         if size <= self.settings.max_single_copy {
-            return Ok(match src_if_match {
-                Some(etag) => self.store.copy_object_if(src, dst, Some(meta), etag).await?,
-                None => self.store.copy_object(src, dst, Some(meta)).await?,
-            });
+            return Ok(self
+                .store
+                .copy_object_if(src, dst, Some(meta), src_version, dst_expect)
+                .await?);
         }
-        if let Some(etag) = src_if_match {
+        if let Some(etag) = src_version {
             expect_etag(self.store.as_ref(), src, etag).await?;
         }
         let part_size = self
@@ -685,7 +782,10 @@ impl Uploader {
             start = end + 1;
             n += 1;
         }
-        Ok(self.store.complete_multipart(dst, &upload_id, &parts).await?)
+        Ok(self
+            .store
+            .complete_multipart_if(dst, &upload_id, &parts, dst_expect)
+            .await?)
     }
 
     async fn delete_stale(&self, id: FileId, rel: &str) -> Result<(), UploadError> {
@@ -694,14 +794,37 @@ impl Uploader {
         // A key that a live file or directory claims again (a file recreated under
         // an old name) belongs to that inode now: it overwrites the object, or
         // deletes it if it moves on first (Cache::hand_over_stale_key).
-        if !self.cache.hand_over_stale_key(id, rel)? {
-            self.store.delete_object(&key).await?;
-            tracing::debug!(file_id = id, key, "stale object deleted");
-            self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
+        let deleted = !self.cache.hand_over_stale_key(id, rel)?;
+        if deleted {
+            // Only the version the gateway left there: one another client wrote
+            // since is theirs, and stays.
+            let left = self
+                .cache
+                .left_version(rel)?
+                .filter(|e| !e.is_empty() && self.settings.check_conflicts);
+            let done = match &left {
+                Some(etag) => self.store.delete_object_if(&key, etag).await,
+                None => self.store.delete_object(&key).await,
+            };
+            match done {
+                Err(StoreError::PreconditionFailed) => {
+                    tracing::warn!(
+                        file_id = id,
+                        key,
+                        "the object at a removed name was replaced in the store by another client; it is kept"
+                    );
+                    self.cache.relist_parent(id)?;
+                }
+                done => {
+                    done?;
+                    tracing::debug!(file_id = id, key, "stale object deleted");
+                    self.counters.objects_deleted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         } else {
             tracing::debug!(file_id = id, key, "stale key claimed by a live file");
         }
-        self.cache.record_deleted(id, rel)?;
+        self.cache.record_deleted(id, rel, deleted)?;
         Ok(())
     }
 }

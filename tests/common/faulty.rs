@@ -154,23 +154,23 @@ impl ObjectStore for Faulty {
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
         self.check()?;
         self.maybe_hold().await;
         self.check()?;
-        self.inner.put_object_if(key, body, meta, if_match).await
+        self.inner.put_object_if(key, body, meta, expect).await
     }
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        if_match: &str,
+        expect: Expect<'_>,
     ) -> StoreResult<String> {
         self.check()?;
         self.inner
-            .complete_multipart_if(key, upload_id, parts, if_match)
+            .complete_multipart_if(key, upload_id, parts, expect)
             .await
     }
     async fn copy_object_if(
@@ -178,11 +178,19 @@ impl ObjectStore for Faulty {
         src_key: &str,
         dst_key: &str,
         meta: Option<&ObjectMeta>,
-        src_if_match: &str,
+        src_version: Option<&str>,
+        dst: Expect<'_>,
     ) -> StoreResult<String> {
         self.check()?;
         self.inner
-            .copy_object_if(src_key, dst_key, meta, src_if_match)
+            .copy_object_if(src_key, dst_key, meta, src_version, dst)
             .await
+    }
+    async fn delete_object_if(&self, key: &str, etag: &str) -> StoreResult<()> {
+        self.check()?;
+        self.inner.delete_object_if(key, etag).await
+    }
+    fn refuses_key(&self, key: &str) -> Option<String> {
+        self.inner.refuses_key(key)
     }
 }

@@ -355,7 +355,15 @@ impl S3TestServer {
 ///   and answers HEAD/GET as S3 does for an empty object.
 ///
 /// - ListObjectsV2 lists markers as keys (and an empty marker as a common
-///   prefix); s3s-fs lists only files. Listings still carry no ETag.
+///   prefix); s3s-fs lists only files. Listings still carry no ETag. With
+///   `encoding-type=url` keys, prefixes and the delimiter are URL-encoded as S3
+///   does (`+` for a space); without it they go into the XML verbatim, so a key
+///   with a control character makes the answer unparsable, as on S3.
+///   Continuation tokens are opaque (base64 of the last key).
+/// - CopyObject honours `If-Match` / `If-None-Match` on the destination, and
+///   DeleteObject `If-Match` (s3s-fs ignores them); a PutObject of a marker with
+///   `If-None-Match: *` is refused only when the marker exists (s3s-fs: when any
+///   object below it does).
 ///
 /// Still missing (not filled): a key cannot be both an object and a directory ("a" and "a/b"), UploadPart does not verify checksums, and a PutObject
 /// refused with BadDigest still replaces the object.
@@ -367,6 +375,57 @@ pub struct Compat {
 }
 
 impl Compat {
+    /// The ETag S3 would give `key` now; `None` when no object is there.
+    fn current_etag(&self, bucket: &str, key: &str) -> Option<String> {
+        if key.ends_with('/') {
+            return self.marker(bucket, key).map(|_| MD5_EMPTY.to_owned());
+        }
+        let path = self.root.join(bucket).join(key);
+        if !path.is_file() {
+            return None;
+        }
+        let info = self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64url_encode(bucket),
+            b64url_encode(key)
+        ));
+        let stored = std::fs::read(info)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("e_tag")?.as_str().map(str::to_owned));
+        stored.or_else(|| {
+            use s3s::crypto::Checksum;
+            let data = std::fs::read(&path).ok()?;
+            Some(
+                s3s::crypto::Md5::checksum(&data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            )
+        })
+    }
+
+    /// `If-Match` / `If-None-Match` of a write onto `key`, checked as S3 does.
+    fn check_conditions(&self, headers: &hyper::HeaderMap, bucket: &str, key: &str) -> S3Result<()> {
+        let current = self.current_etag(bucket, key);
+        if let Some(v) = headers.get("if-none-match").and_then(|v| v.to_str().ok())
+            && v.trim() == "*"
+            && current.is_some()
+        {
+            return Err(s3_error!(PreconditionFailed, "an object exists at the key"));
+        }
+        if let Some(v) = headers.get("if-match").and_then(|v| v.to_str().ok()) {
+            match &current {
+                None => return Err(s3_error!(NoSuchKey)),
+                Some(c) if v.trim() != "*" && c != v.trim().trim_matches('"') => {
+                    return Err(s3_error!(PreconditionFailed, "ETag does not match"));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     fn upload_exists(&self, upload_id: &str) -> bool {
         uuid_like(upload_id) && self.root.join(format!(".upload-{upload_id}.json")).exists()
     }
@@ -494,6 +553,14 @@ impl Compat {
     }
 }
 
+/// A key as S3 encodes it for `encoding-type=url`: `+` for a space, `%XX` for every
+/// other byte that is not alphanumeric.
+fn url_encode(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+        .replace("%20", "+")
+}
+
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
@@ -600,6 +667,7 @@ impl S3 for Compat {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.check_conditions(&req.headers, &req.input.bucket, &req.input.key)?;
         self.fs.copy_object(req).await
     }
 
@@ -623,10 +691,18 @@ impl S3 for Compat {
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let max = usize::try_from(input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap();
-        let after = match (input.continuation_token.as_deref(), input.start_after.as_deref()) {
+        let token = match input.continuation_token.as_deref() {
+            Some(t) => {
+                Some(b64url_decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?)
+            }
+            None => None,
+        };
+        let after = match (token.as_deref(), input.start_after.as_deref()) {
             (Some(a), Some(b)) => Some(a.max(b).to_owned()),
             (a, b) => a.or(b).map(str::to_owned),
         };
+        let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
+        let enc = |k: String| if url { url_encode(&k) } else { k };
         let mut all = Vec::new();
         self.collect_keys(&input.bucket, &bucket_root, "", &mut all);
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -640,7 +716,7 @@ impl S3 for Compat {
             });
             let item = cp.clone().unwrap_or_else(|| key.clone());
             if after.as_deref().is_some_and(|a| item.as_str() <= a)
-                || (cp.is_some() && prefixes.last().and_then(|p| p.prefix.as_deref()) == cp.as_deref())
+                || (cp.is_some() && prefixes.last().and_then(|p| p.prefix.clone()) == cp.clone().map(enc))
             {
                 continue;
             }
@@ -648,16 +724,16 @@ impl S3 for Compat {
                 truncated = true;
                 break;
             }
+            last = Some(item);
             match cp {
-                Some(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+                Some(p) => prefixes.push(CommonPrefix { prefix: Some(enc(p)) }),
                 None => contents.push(Object {
-                    key: Some(key),
+                    key: Some(enc(key)),
                     size: Some(size as i64),
                     last_modified: Some(modified.into()),
                     ..Default::default()
                 }),
             }
-            last = Some(item);
         }
         Ok(S3Response::new(ListObjectsV2Output {
             key_count: Some((contents.len() + prefixes.len()) as i32),
@@ -666,12 +742,16 @@ impl S3 for Compat {
             contents: (!contents.is_empty()).then_some(contents),
             common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
             continuation_token: input.continuation_token,
-            next_continuation_token: if truncated { last } else { None },
-            delimiter: input.delimiter,
+            next_continuation_token: if truncated {
+                last.map(|k| b64url_encode(&k))
+            } else {
+                None
+            },
+            delimiter: input.delimiter.map(enc),
             encoding_type: input.encoding_type,
             name: Some(input.bucket),
-            prefix: input.prefix,
-            start_after: input.start_after,
+            prefix: input.prefix.map(enc),
+            start_after: input.start_after.map(enc),
             ..Default::default()
         }))
     }
@@ -694,6 +774,11 @@ impl S3 for Compat {
         if !req.input.key.ends_with('/') {
             return self.fs.put_object(req).await;
         }
+        // s3s-fs takes the directory its objects below make for an existing marker.
+        self.check_conditions(&req.headers, &req.input.bucket, &req.input.key)?;
+        let mut req = req;
+        req.input.if_match = None;
+        req.input.if_none_match = None;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let md = req.input.metadata.clone().unwrap_or_default();
         let out = self.fs.put_object(req).await?;
@@ -744,6 +829,11 @@ impl S3 for Compat {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        if req.headers.contains_key("if-match")
+            && self.current_etag(&req.input.bucket, &req.input.key).is_some()
+        {
+            self.check_conditions(&req.headers, &req.input.bucket, &req.input.key)?;
+        }
         if req.input.key.ends_with('/') {
             let _ = std::fs::remove_file(self.marker_path(&req.input.bucket, &req.input.key));
         }

@@ -253,6 +253,37 @@ url = "file://$work/bucket"
 squash = "none"
 TOML
 "$bin" check-config --config "$work/gw.toml" >/dev/null
+# Objects another S3 writer left in the bucket before the gateway ever listed it: a
+# private file and a private directory (marker) of uid 1000, in the local store's own
+# format (the object a plain file, its metadata in a JSON sidecar named by the FNV-1a
+# hash of the key, as src/remote/local.rs writes them).
+seed_object() {
+  python3 - "$work/bucket" "$@" <<'PY'
+import json, os, sys
+root, key, body, uid, gid, mode = sys.argv[1], sys.argv[2], sys.argv[3].encode(), *map(lambda v: int(v, 8) if v.startswith("0") else int(v), sys.argv[4:7])
+path = os.path.join(root, key.rstrip("/"))
+if key.endswith("/"):
+    os.makedirs(path, exist_ok=True)
+    size, mtime = 0, 0
+else:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").write(body)
+    st = os.stat(path)
+    size, mtime = st.st_size, st.st_mtime_ns
+h = 0x6c62272e07bb014262b821756295c58d
+for b in key.encode():
+    h = ((h ^ b) * 0x0000000001000000000000000000013B) % (1 << 128)
+h = f"{h:032x}"
+sc = os.path.join(root, ".bucketgate", "meta", h[:2], h + ".json")
+os.makedirs(os.path.dirname(sc), exist_ok=True)
+etag = "d41d8cd98f00b204e9800998ecf8427e" if key.endswith("/") else f"seed{h[:28]}"
+json.dump({"key": key, "etag": etag, "size": size, "data_mtime_ns": mtime,
+           "meta": {"uid": uid, "gid": gid, "mode": mode, "mtime_ns": 981173106 * 10**9}}, open(sc, "w"))
+PY
+}
+seed_object home/secret $'top secret\n' 1000 1000 0100600
+seed_object home2/ "" 1000 1000 040700
+seed_object home2/inside $'inside\n' 1000 1000 0100644
 start_gateway() {
   RUST_LOG=${BUCKETGATE_VM_LOG:-info,bucketgate::nfs=debug} "$bin" serve --config "$work/gw.toml" >> "$work/gateway.log" 2>&1 &
   gw_pid=$!
@@ -408,6 +439,9 @@ check("bucket:exclusive-create-metadata", bool(ex) and ex["mode"] == 0o100600 an
       f"meta {ex}, body {body('t/excl.txt')!r}")
 uf = meta.get("t/perm/userfile")
 check("bucket:chown-metadata", bool(uf) and (uf["uid"], uf["gid"], uf["mode"]) == (0, 0, 0o100700), f"meta {uf}")
+sec = meta.get("home/secret") or {}
+check("bucket:listed-private-file-untouched", body("home/secret") == b"top secret\n"
+      and (sec.get("uid"), sec.get("mode")) == (1000, 0o100600), f"body {body('home/secret')!r}, meta {sec}")
 PY
 }
 # (only when the guest ran every step: after a hang its files are not all there)
