@@ -17,13 +17,22 @@
 //! 6. CPU seconds per GiB for 1 and 5 (client and gateway share the process).
 //! 7. upload_delay vs a client that flushes a growing file every `period`: uploads and
 //!    bytes sent per byte written, for a delay below, near and above the period.
+//! 8. `ls -l` of a directory of 10,000 objects another client wrote, never listed:
+//!    READDIRPLUS (which reads each entry's metadata, 64 HEADs in flight) then a
+//!    GETATTR of every entry, vs the same again once the attributes are known; and the
+//!    alternative of leaving attributes out of READDIRPLUS: names by READDIR, then a
+//!    LOOKUP (one HEAD) of each, one at a time as `ls -l` asks.
 
+#[path = "../tests/common/faulty.rs"]
+mod faulty;
 #[path = "../tests/common/s3server.rs"]
 #[allow(dead_code)]
 mod s3server;
 mod support;
 
 use std::io::Write;
+
+use futures::StreamExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +73,24 @@ async fn gateway_with(
     upload_delay: Duration,
     max_dirty_age: Duration,
 ) -> Running {
+    Gateway::open(
+        config(srv, dir, upload_delay, max_dirty_age),
+        Some((srv.access_key.clone(), srv.secret_key.clone())),
+        None,
+    )
+    .await
+    .expect("open")
+    .start()
+    .await
+    .expect("start")
+}
+
+fn config(
+    srv: &S3TestServer,
+    dir: &std::path::Path,
+    upload_delay: Duration,
+    max_dirty_age: Duration,
+) -> Config {
     let mut cfg = Config::from_toml(&format!(
         r#"
         [nfs]
@@ -89,12 +116,7 @@ async fn gateway_with(
     cfg.cache.max_dirty_age = HumanDuration(max_dirty_age);
     cfg.upload.part_size = ByteSize(16 << 20);
     cfg.upload.multipart_threshold = ByteSize(16 << 20);
-    Gateway::open(cfg, Some((srv.access_key.clone(), srv.secret_key.clone())), None)
-        .await
-        .expect("open")
-        .start()
-        .await
-        .expect("start")
+    cfg
 }
 
 async fn flush(r: &Running) {
@@ -328,6 +350,132 @@ fn engine_inode_reads(dir: &Path, attr_cache_bytes: u64) -> f64 {
     reads as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Figure 8: `ls -l` of a directory of 10,000 objects the gateway never listed.
+async fn ls_of_unlisted(srv: &S3TestServer, tmp: &Path) {
+    let objects = 10_000usize;
+    for i in 0..objects {
+        let key = format!("bench/unlisted/o{i:05}");
+        let path = srv.object_path(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![b'u'; 100]).unwrap();
+        srv.set_etag(&key, &format!("{i:032x}"));
+    }
+    let ls = |c: Arc<Client>, root: Vec<u8>| async move {
+        let t = Instant::now();
+        let d = c.lookup(&root, "unlisted").await;
+        let looked_up = t.elapsed();
+        let handles = c.readdirplus_handles(&d).await;
+        assert_eq!(handles.len(), objects, "every entry with its handle");
+        let listed = t.elapsed();
+        for h in &handles {
+            c.getattr(h).await;
+        }
+        let all = t.elapsed();
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            println!(
+                "  LOOKUP {looked_up:?}, READDIRPLUS {:?}, GETATTRs {:?}",
+                listed - looked_up,
+                all - listed
+            );
+        }
+        all
+    };
+    let dir = tmp.join("ls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = gateway(srv, &dir, Duration::from_secs(3600)).await;
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let cold = ls(c.clone(), root.clone()).await;
+    let warm = ls(c.clone(), root.clone()).await;
+    // The floor of reading 10,000 objects' metadata: as many HEADs, 64 in flight, from
+    // a plain aws-sdk-s3 client.
+    let t = Instant::now();
+    let heads = futures::stream::iter(0..objects)
+        .map(|i| {
+            let client = srv.client.clone();
+            let bucket = srv.bucket.clone();
+            async move {
+                client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(format!("bench/unlisted/o{i:05}"))
+                    .send()
+                    .await
+                    .expect("HEAD")
+            }
+        })
+        .buffer_unordered(64);
+    futures::pin_mut!(heads);
+    while heads.next().await.is_some() {}
+    let direct_heads = t.elapsed();
+    row(
+        "8 ls -l, 10,000 objects never listed",
+        cold.as_secs_f64() * 1000.0,
+        "ms",
+        Some((warm.as_secs_f64() * 1000.0, "the same, attributes known")),
+    );
+    row(
+        "8 ls -l, 10,000 objects never listed",
+        cold.as_secs_f64() * 1000.0,
+        "ms",
+        Some((
+            direct_heads.as_secs_f64() * 1000.0,
+            "10,000 HEADs, 64 in flight, aws-sdk-s3",
+        )),
+    );
+    gw.shutdown().await;
+    // The same against a store 5 ms away (every HEAD, GET and LIST waits that long
+    // first), as a gateway in another region than its bucket would see.
+    let dir = tmp.join("ls-far");
+    std::fs::create_dir_all(&dir).unwrap();
+    let far = faulty::Faulty::new(Arc::new(srv.store().await));
+    far.read_latency_us
+        .store(5_000, std::sync::atomic::Ordering::Relaxed);
+    let cfg = config(srv, &dir, Duration::from_secs(3600), Duration::from_secs(3600));
+    let gw = Gateway::open(cfg, None, Some(far))
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let far_ls = ls(c.clone(), root.clone()).await;
+    row(
+        "8 ls -l, the store 5 ms away",
+        far_ls.as_secs_f64() * 1000.0,
+        "ms",
+        Some((cold.as_secs_f64() * 1000.0, "store in-process")),
+    );
+    gw.shutdown().await;
+    // The alternative: attributes left out of READDIRPLUS, so the client LOOKUPs each.
+    let dir = tmp.join("ls-lookup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = gateway(srv, &dir, Duration::from_secs(3600)).await;
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let t = Instant::now();
+    let d = c.lookup(&root, "unlisted").await;
+    let names = c.readdir_names(&d).await;
+    assert_eq!(names.len(), objects);
+    row(
+        "8 READDIR alone, cold (the listing)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+        None,
+    );
+    for n in &names {
+        c.lookup(&d, n).await;
+    }
+    row(
+        "8 READDIR + a LOOKUP of each, cold",
+        t.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+        Some((cold.as_secs_f64() * 1000.0, "READDIRPLUS reading attributes")),
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mib: usize = std::env::var("BENCH_MIB")
@@ -343,6 +491,11 @@ async fn main() {
         "bucketgate bench: {mib} MiB, cache and S3 data under {}",
         tmp.path().display()
     );
+    // BENCH_FIGURES=8 runs only figure 8 (the others share one gateway and its data).
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("8") {
+        ls_of_unlisted(&srv, tmp.path()).await;
+        return;
+    }
 
     // 1. ingest
     let raw = raw_write(&tmp.path().join("raw.bin"), total, &block);
@@ -571,6 +724,8 @@ async fn main() {
         Some((sled_only, "sled, no hot set")),
     );
     gw.shutdown().await;
+
+    ls_of_unlisted(&srv, tmp.path()).await;
 
     // 7. upload_delay against a client that flushes its dirty pages periodically (the
     //    Linux kernel's flusher wakes every 5 s, dirty_writeback_centisecs): a growing

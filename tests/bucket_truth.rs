@@ -594,6 +594,69 @@ async fn an_object_the_gateway_never_saw_is_never_overwritten() {
     .expect("bounded");
 }
 
+/// Found by the reference model (seed 54): a file never read (so not cached) renamed
+/// onto a name another client took is set aside as a conflict copy, copied in the
+/// store from its own object; it was uploaded from the cache, its missing bytes as
+/// zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_file_never_read_that_meets_a_conflict_keeps_its_bytes() {
+    tokio::time::timeout(LIMIT, async {
+        let srv = S3TestServer::start().await;
+        their_put(&srv, "pre/x", b"x's own bytes", None).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        assert_eq!(list_names(&mut c, &root).await, ["x"]);
+        rename(&mut c, &root, "x", &root, "y").await.unwrap();
+        their_put(&srv, "pre/y", b"their y", None).await;
+        flush(&gw).await;
+        let k = keys(&srv).await;
+        assert_eq!(object(&srv, "pre/y").await.unwrap(), b"their y");
+        let copies = conflict_copies(&k, "pre/y");
+        assert_eq!(copies.len(), 1, "{k:?}");
+        assert_eq!(object(&srv, &copies[0]).await.unwrap(), b"x's own bytes");
+        assert!(!k.contains(&"pre/x".to_string()), "{k:?}");
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Found by the reference model (seed 74): a file renamed onto a name whose
+/// object the gateway still had to delete, after another client deleted that
+/// object, failed its copy (If-Match on a missing key) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_onto_a_removed_name_whose_object_vanished_goes_up() {
+    tokio::time::timeout(LIMIT, async {
+        let srv = S3TestServer::start().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        put_file(&mut c, &root, "k", b"old k").await;
+        put_file(&mut c, &root, "b", b"b moves to k").await;
+        flush(&gw).await;
+        remove(&mut c, &root, "k").await.unwrap();
+        rename(&mut c, &root, "b", &root, "k").await.unwrap();
+        srv.client
+            .delete_object()
+            .bucket(&srv.bucket)
+            .key("pre/k")
+            .send()
+            .await
+            .unwrap();
+        flush_within(&gw, Duration::from_secs(30))
+            .await
+            .expect("uploaded");
+        assert_eq!(object(&srv, "pre/k").await.unwrap(), b"b moves to k");
+        assert_eq!(keys(&srv).await, ["pre/k"]);
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_reused_here_replaces_only_the_version_the_gateway_saw() {
     tokio::time::timeout(LIMIT, async {

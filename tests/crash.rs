@@ -246,6 +246,72 @@ async fn kill9_during_directory_rename_loses_nothing() {
     blocking(|| gw.stop());
 }
 
+/// A directory whose objects another client wrote and the gateway never listed (only
+/// its parent was): the rename moves every one of them, at every depth, and a kill -9
+/// in the middle of the copies loses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_a_rename_of_objects_never_listed_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3TestServer::start().await;
+    let count = 120;
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for i in 0..count {
+        let rel = match i % 3 {
+            0 => format!("f{i:03}"),
+            1 => format!("a/f{i:03}"),
+            _ => format!("a/b/c/f{i:03}"),
+        };
+        let data = body(50 + i * 7, 5000 + i as u64);
+        s3.client
+            .put_object()
+            .bucket(&s3.bucket)
+            .key(format!("theirs/{rel}"))
+            .body(aws_sdk_s3::primitives::ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
+        model.insert(format!("moved/{rel}"), data);
+    }
+    let mut gw = ChildGateway::new(
+        tmp.path(),
+        &s3,
+        "upload_delay = \"50ms\"\nmax_dirty_age = \"1s\"",
+        "concurrency = 1",
+    );
+    blocking(|| gw.start());
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    assert_eq!(list_names(&mut c, &root).await, ["theirs"]);
+    rename(&mut c, &root, "theirs", &root, "moved").await.unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if bucket_keys(&s3).await.iter().any(|k| k.starts_with("moved/")) {
+            blocking(|| gw.kill9());
+            break;
+        }
+        assert!(Instant::now() < deadline, "rename never started: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let copied = bucket_keys(&s3)
+        .await
+        .iter()
+        .filter(|k| k.starts_with("moved/f") || k.starts_with("moved/a/"))
+        .count();
+    eprintln!("killed with {copied} of {count} objects copied");
+    blocking(|| gw.start());
+    blocking(|| gw.flush_wait(120));
+    let bucket = bucket_contents(&s3).await;
+    let objects: BTreeMap<String, Vec<u8>> = bucket.into_iter().filter(|(k, _)| !k.ends_with('/')).collect();
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        model.keys().collect::<Vec<_>>(),
+        "every object under its new key, none under the old"
+    );
+    assert!(objects == model, "bytes");
+    blocking(|| gw.stop());
+}
+
 /// NFSv3 namespace operations (CREATE, MKDIR, SYMLINK, RENAME, REMOVE, SETATTR) are
 /// stable when answered, as RFC 1813 asks: a kill -9 right after the replies keeps
 /// every one of them.

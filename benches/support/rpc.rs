@@ -180,6 +180,79 @@ impl Client {
         r[8..8 + len].to_vec()
     }
 
+    /// READDIRPLUS through the whole directory as `ls -l` has the Linux client do it;
+    /// returns the handles of the entries that came with one.
+    pub async fn readdirplus_handles(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let (mut cookie, mut verf, mut out) = (0u64, [0u8; 8], Vec::new());
+        loop {
+            let mut a = Vec::new();
+            opaque(&mut a, dir);
+            a.extend_from_slice(&cookie.to_be_bytes());
+            a.extend_from_slice(&verf);
+            a.extend_from_slice(&32768u32.to_be_bytes());
+            a.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            let r = self.call(100003, 3, 17, &a).await;
+            assert_eq!(Self::status(&r), 0, "READDIRPLUS");
+            let word = |p: usize| u32::from_be_bytes(r[p..p + 4].try_into().unwrap());
+            let mut p = if word(4) == 1 { 8 + 84 } else { 8 };
+            verf.copy_from_slice(&r[p..p + 8]);
+            p += 8;
+            while word(p) == 1 {
+                p += 4 + 8;
+                let nl = word(p) as usize;
+                let dot = matches!(&r[p + 4..p + 4 + nl], b"." | b"..");
+                p += 4 + nl.div_ceil(4) * 4;
+                cookie = u64::from_be_bytes(r[p..p + 8].try_into().unwrap());
+                p += 8;
+                p += if word(p) == 1 { 4 + 84 } else { 4 };
+                if word(p) == 1 {
+                    let hl = word(p + 4) as usize;
+                    if !dot {
+                        out.push(r[p + 8..p + 8 + hl].to_vec());
+                    }
+                    p += 8 + hl.div_ceil(4) * 4;
+                } else {
+                    p += 4;
+                }
+            }
+            if word(p + 4) == 1 {
+                return out;
+            }
+        }
+    }
+
+    /// READDIR (names only, no attributes) through the whole directory.
+    pub async fn readdir_names(&self, dir: &[u8]) -> Vec<String> {
+        let (mut cookie, mut verf, mut out) = (0u64, [0u8; 8], Vec::new());
+        loop {
+            let mut a = Vec::new();
+            opaque(&mut a, dir);
+            a.extend_from_slice(&cookie.to_be_bytes());
+            a.extend_from_slice(&verf);
+            a.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            let r = self.call(100003, 3, 16, &a).await;
+            assert_eq!(Self::status(&r), 0, "READDIR");
+            let word = |p: usize| u32::from_be_bytes(r[p..p + 4].try_into().unwrap());
+            let mut p = if word(4) == 1 { 8 + 84 } else { 8 };
+            verf.copy_from_slice(&r[p..p + 8]);
+            p += 8;
+            while word(p) == 1 {
+                p += 4 + 8;
+                let nl = word(p) as usize;
+                let name = String::from_utf8_lossy(&r[p + 4..p + 4 + nl]).into_owned();
+                p += 4 + nl.div_ceil(4) * 4;
+                cookie = u64::from_be_bytes(r[p..p + 8].try_into().unwrap());
+                p += 8;
+                if name != "." && name != ".." {
+                    out.push(name);
+                }
+            }
+            if word(p + 4) == 1 {
+                return out;
+            }
+        }
+    }
+
     /// READDIRPLUS through the whole directory; returns the entries seen.
     pub async fn readdirplus_all(&self, dir: &[u8]) -> usize {
         let (mut cookie, mut verf, mut n) = (0u64, [0u8; 8], 0);

@@ -36,17 +36,21 @@ impl Cache {
         b.insert(&keys::seq(d.id, seq), name.clone());
         i.name = name.clone();
         i.ctime_ns = now;
-        // The object under the old name is the other writer's now: never delete it,
-        // nor expect any version of ours there.
+        // The object under the old name is the other writer's: never delete it (nor
+        // may a removed file that still owes that key's deletion).
         let r = &mut i.remote;
         r.stale_keys.retain(|k| k != key);
-        Self::forget_left(&mut b, key);
-        if r.key.as_deref() == Some(key) {
+        self.left_theirs(&mut b, key)?;
+        // Its bytes go up again only when the object it came from is the one that
+        // is theirs now; a file renamed onto their name is still copied from its
+        // own object (it may not hold all of its bytes: never upload holes).
+        let lost_its_object = r.key.as_deref() == Some(key);
+        if lost_its_object {
             r.key = None;
             r.etag.clear();
             r.data_seq = 0;
         }
-        Self::touch_for_upload(&mut i, &mut b, now, true);
+        Self::touch_for_upload(&mut i, &mut b, now, lost_its_object);
         d.mtime_ns = now;
         d.ctime_ns = now;
         d.listed_ns = 0;

@@ -1623,36 +1623,32 @@ impl Cache {
         Ok(true)
     }
 
-    /// Before the uploader writes the object at `key` for `id`: `key` joins the
-    /// inode's keys to clean up, durably, unless the inode already claims it. A crash
-    /// after the object is written but before [`Cache::record_upload`] is durable
-    /// (or a file removed or renamed after such a crash) would otherwise leave an
-    /// object nothing in the cache knows of, for ever. `record_upload` takes the key
-    /// back off the list; if it never runs, the key is deleted unless a live file has
-    /// that path again (then its own upload overwrites it).
-    pub fn record_intent(&self, id: FileId, key: &str) -> Result<()> {
+    /// Before the uploader writes the object at `key` for `id`, durably and in one
+    /// flush: `key` joins the inode's keys to clean up unless the inode already
+    /// claims it, and `meta`, what the object will carry, is noted as the metadata of
+    /// a write of ours. A crash after the object is written but before
+    /// [`Cache::record_upload`] is durable (or a file removed or renamed after such a
+    /// crash) would otherwise leave an object nothing in the cache knows of, for ever,
+    /// or make the version written look like another client's on the retry.
+    /// `record_upload` takes the key back off the list; if it never runs, the key is
+    /// deleted unless a live file has that path again (then its own upload
+    /// overwrites it).
+    pub fn record_intent(&self, id: FileId, key: &str, meta: Option<(u32, u32, u32, u64)>) -> Result<()> {
         let mut st = self.state.lock();
         let Some(mut i) = self.load(id)? else {
             return Ok(());
         };
-        if i.remote.key.as_deref() == Some(key) || i.remote.stale_keys.iter().any(|k| k == key) {
+        let claimed = i.remote.key.as_deref() == Some(key) || i.remote.stale_keys.iter().any(|k| k == key);
+        let noted = meta.is_none() || i.remote.overwrite_meta == meta;
+        if claimed && noted {
             return Ok(());
         }
-        i.remote.stale_keys.push(key.to_string());
-        self.save_upload_state(&mut st, i)?;
-        drop(st);
-        self.flush_metadata()
-    }
-
-    /// Before the uploader overwrites `id`'s own object with one carrying `meta`:
-    /// noted durably, so that after a crash that lost the record of that write, the
-    /// new version is recognised as ours rather than taken for a conflict.
-    pub fn record_overwrite_intent(&self, id: FileId, meta: (u32, u32, u32, u64)) -> Result<()> {
-        let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else {
-            return Ok(());
-        };
-        i.remote.overwrite_meta = Some(meta);
+        if !claimed {
+            i.remote.stale_keys.push(key.to_string());
+        }
+        if meta.is_some() {
+            i.remote.overwrite_meta = meta;
+        }
         self.save_upload_state(&mut st, i)?;
         drop(st);
         self.flush_metadata()

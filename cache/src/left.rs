@@ -10,11 +10,18 @@ use crate::engine::Cache;
 use crate::error::Result;
 use crate::inode::{Inode, keys};
 
+/// A left key's value: the version is the gateway's own (`OURS` + ETag), or another
+/// client's that replaced it (`THEIRS`): never to be deleted, and shown by listings.
+const OURS: u8 = b'o';
+const THEIRS: u8 = b't';
+
 impl Cache {
     /// In `b`: the object at `key` (ETag `etag`, "" when unknown) no longer belongs
     /// to any inode but is still in the store.
     pub(crate) fn note_left(b: &mut Batch, key: &str, etag: &str) {
-        b.insert(keys::left(key), etag.as_bytes());
+        let mut v = vec![OURS];
+        v.extend_from_slice(etag.as_bytes());
+        b.insert(keys::left(key), v);
     }
 
     /// In `b`: the gateway no longer knows of a version of its own at `key` (deleted,
@@ -23,19 +30,45 @@ impl Cache {
         b.remove(keys::left(key));
     }
 
-    /// The ETag of the version left at `key`, if the gateway left one there.
+    /// In `b`: another client replaced the version the gateway left at `key`; a
+    /// removed file still owing that key's deletion must leave it alone.
+    pub(crate) fn left_theirs(&self, b: &mut Batch, key: &str) -> Result<()> {
+        if self.db.get(keys::left(key))?.is_some() {
+            b.insert(keys::left(key), vec![THEIRS]);
+        }
+        Ok(())
+    }
+
+    /// The ETag of the version left at `key`, if the gateway left one there that is
+    /// still its own.
     pub fn left_version(&self, key: &str) -> Result<Option<String>> {
+        Ok(match self.db.get(keys::left(key))? {
+            Some(v) if v.first() == Some(&OURS) => Some(String::from_utf8_lossy(&v[1..]).into_owned()),
+            _ => None,
+        })
+    }
+
+    /// Whether the object at `key` is another client's version that replaced one the
+    /// gateway left there.
+    pub fn left_to_them(&self, key: &str) -> Result<bool> {
         Ok(self
             .db
             .get(keys::left(key))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .is_some_and(|v| v.first() == Some(&THEIRS)))
+    }
+
+    /// Whether any key is left behind or moved away from at all: a listing need not
+    /// ask about each of its keys when none is.
+    pub fn anything_leaving(&self) -> Result<bool> {
+        Ok(self.db.scan_prefix([keys::LEFT]).next().transpose()?.is_some()
+            || self.db.scan_prefix([keys::MOVED]).next().transpose()?.is_some())
     }
 
     /// The version of the object at share-relative `key` that an upload of `ino`
     /// may replace: its own object's ETag when `key` is its object, else the
-    /// version the gateway left there; `None` when the gateway knows of no object
-    /// there (the write must then find none). "" means a version exists whose ETag
-    /// the gateway never learnt.
+    /// version the gateway left there; `None` when the gateway knows of no object of
+    /// its own there (the write must then find none). "" means a version exists
+    /// whose ETag the gateway never learnt.
     pub fn known_version(&self, ino: &Inode, key: &str) -> Result<Option<String>> {
         if ino.remote.key.as_deref() == Some(key) {
             return Ok(Some(ino.remote.etag.clone()));

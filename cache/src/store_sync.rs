@@ -157,10 +157,13 @@ impl Cache {
                 }
                 seen.insert(e.name.clone());
                 let de = self.lookup_entry(dir, &e.name)?;
+                // The gateway is deleting or moving that object: not a new name. (A
+                // directory shows while anything else is below it: the share layer
+                // leaves out one that holds only what is leaving.)
                 if de.is_none()
-                    && self.leaving(&key_of(&e.name, matches!(e.kind, RemoteKind::Dir)), &e.kind)?
+                    && let RemoteKind::File { etag, .. } = &e.kind
+                    && self.leaving(&key_of(&e.name, false), etag)?
                 {
-                    // The gateway is deleting or moving that object: not a new name.
                     continue;
                 }
                 if let Some(de) = de {
@@ -356,19 +359,19 @@ impl Cache {
         Ok(())
     }
 
-    /// True when a listed object at `key` is one the gateway is removing from the
-    /// store (a removed file's, or a renamed file's old key), not something new. A
-    /// listing showing another version there (another ETag) is someone else's.
-    fn leaving(&self, key: &str, kind: &RemoteKind) -> Result<bool> {
-        if let Some(known) = self.left_version(key)? {
-            return Ok(match kind {
-                RemoteKind::File { etag, .. } => {
-                    etag.is_empty() || known.is_empty() || same_etag(etag, &known)
-                }
-                RemoteKind::Dir => true,
-            });
+    /// True when the object a listing shows at share-relative `key` (ETag `etag`,
+    /// "" when the listing carries none) is one the gateway is removing from the
+    /// store (a removed file's or directory's, a renamed file's old key), not
+    /// something new: it must not bring the name back. Another version there
+    /// (another ETag) is someone else's.
+    pub fn leaving(&self, key: &str, etag: &str) -> Result<bool> {
+        if self.left_to_them(key)? {
+            return Ok(false);
         }
-        Ok(self.moved_away_from(key, 0)?.is_some())
+        if let Some(known) = self.left_version(key)? {
+            return Ok(etag.is_empty() || known.is_empty() || same_etag(etag, &known));
+        }
+        Ok(!key.ends_with('/') && self.moved_away_from(key, 0)?.is_some())
     }
 
     /// Applies what a HEAD found to an inode a listing created, whose attributes
@@ -381,11 +384,66 @@ impl Cache {
     pub fn apply_head(&self, id: FileId, head: Option<ObjectHead>) -> Result<Inode> {
         let _guard = self.data_lock(id).write();
         let mut st = self.state.lock();
-        let mut i = self.get(id)?;
+        let i = self.get(id)?;
         if !i.meta_pending {
             return Ok(i);
         }
         let mut b = Batch::default();
+        let merged = self.merge_head(&mut st, i, head, &mut b)?;
+        self.commit_batch(b)?;
+        if let Some(i) = &merged {
+            st.account(i);
+        }
+        drop(st);
+        self.lru.invalidate(&id);
+        merged.ok_or(CacheError::Stale)
+    }
+
+    /// [`Cache::apply_head`] for many inodes (a READDIRPLUS page), in one batch: an
+    /// inode that holds cached bytes goes through `apply_head` on its own, under its
+    /// data lock; for the others there is nothing a reader could be using.
+    pub fn apply_heads(&self, items: Vec<(FileId, Option<ObjectHead>)>) -> Result<()> {
+        let mut alone = Vec::new();
+        let mut done = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let mut b = Batch::default();
+            for (id, head) in items {
+                let Some(i) = self.load(id)? else { continue };
+                if i.unlinked || !i.meta_pending {
+                    continue;
+                }
+                if i.kind == Kind::File && self.cached_bytes_of(&i) > 0 {
+                    alone.push((id, head));
+                    continue;
+                }
+                if let Some(i) = self.merge_head(&mut st, i, head, &mut b)? {
+                    done.push(i);
+                }
+            }
+            self.commit_batch(b)?;
+            for i in &done {
+                st.account(i);
+            }
+        }
+        for (id, head) in alone {
+            match self.apply_head(id, head) {
+                Ok(_) | Err(CacheError::Stale) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// In `b`: `i` with what the HEAD found; `None` when it goes (its object is gone).
+    fn merge_head(
+        &self,
+        st: &mut State,
+        mut i: Inode,
+        head: Option<ObjectHead>,
+        b: &mut Batch,
+    ) -> Result<Option<Inode>> {
+        let id = i.id;
         i.meta_pending = false;
         match head {
             None if i.kind != Kind::Dir && !i.is_dirty() => {
@@ -399,14 +457,11 @@ impl Cache {
                 b.remove(&keys::blocks(id));
                 st.resized(self.cached_bytes_of(&i), 0);
                 self.drop_data(id);
-                self.commit_batch(b)?;
-                drop(st);
-                self.lru.invalidate(&id);
                 tracing::debug!(
                     file_id = id,
                     "object gone from the store before its attributes were read"
                 );
-                return Err(CacheError::Stale);
+                return Ok(None);
             }
             None => {}
             Some(h) => {
@@ -414,7 +469,7 @@ impl Cache {
                     let listed = i.remote.etag.is_empty() && h.size == i.size;
                     if !listed && !same_etag(&i.remote.etag, &h.etag) {
                         // Another version than the listing showed: its bytes, not the cached ones.
-                        self.drop_cached_in(&mut st, &mut i, &mut b)?;
+                        self.drop_cached_in(st, &mut i, b)?;
                         i.size = h.size;
                         i.remote.listed_size = h.size;
                     }
@@ -428,7 +483,7 @@ impl Cache {
                         && i.kind == Kind::File
                         && let Some(target) = h.symlink_target
                     {
-                        self.drop_cached_in(&mut st, &mut i, &mut b)?;
+                        self.drop_cached_in(st, &mut i, b)?;
                         i.kind = Kind::Symlink;
                         i.size = target.len() as u64;
                         i.symlink_target = target;
@@ -455,12 +510,8 @@ impl Cache {
                 }
             }
         }
-        Self::put(&mut b, &i);
-        self.commit_batch(b)?;
-        st.account(&i);
-        drop(st);
-        self.lru.invalidate(&id);
-        Ok(i)
+        Self::put(b, &i);
+        Ok(Some(i))
     }
 
     /// In `b`: `i` holds none of its bytes any more (they are the store's to give).

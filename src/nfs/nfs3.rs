@@ -910,7 +910,7 @@ impl NfsService {
                 .access(&caller, d.id)
                 .is_ok_and(|(_, rwx)| rwx & bucketgate_cache::EXEC != 0);
         if searchable {
-            Self::read_entry_attrs(&s, &mut listing.entries).await;
+            Self::read_entry_attrs(&s, &mut listing).await;
         }
         let sid = s.cache.share_id();
         let total = listing.entries.len();
@@ -992,8 +992,9 @@ impl NfsService {
     /// HEAD each, several at once) before they go into a READDIRPLUS reply. One whose
     /// HEAD failed goes out without attributes or handle (the client LOOKUPs it);
     /// one found gone from the store is left out.
-    async fn read_entry_attrs(s: &Share, entries: &mut Vec<bucketgate_cache::DirEntryInfo>) {
-        let pending: Vec<FileId> = entries
+    async fn read_entry_attrs(s: &Share, listing: &mut bucketgate_cache::Listing) {
+        let pending: Vec<FileId> = listing
+            .entries
             .iter()
             .filter(|e| e.attr.meta_pending)
             .map(|e| e.attr.id)
@@ -1004,7 +1005,7 @@ impl NfsService {
         if let Err(e) = s.rt.read_attrs(&pending).await {
             tracing::debug!(error = %e, "reading listed entries' attributes failed; sending them without");
         }
-        entries.retain_mut(|e| {
+        listing.entries.retain_mut(|e| {
             if !e.attr.meta_pending {
                 return true;
             }

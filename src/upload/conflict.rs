@@ -27,10 +27,6 @@ impl Uploader {
         if expect == Expect::Any {
             return self.upload_data(ino, key, meta, expect).await.map(Some);
         }
-        // A crash after the write but before its record must not make the version
-        // written look like someone else's.
-        self.cache
-            .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
         match self.upload_data(ino, key, meta, expect).await {
             Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {}
             done => return done.map(Some),

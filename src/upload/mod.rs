@@ -466,9 +466,11 @@ impl Uploader {
         }
         // What the write may replace at `rel`: read before the intent below names it.
         let known = self.cache.known_version(ino, &rel)?;
-        // Durably note the key before writing it, so a crash between the write and
-        // record_upload cannot orphan the object (see Cache::record_intent).
-        self.cache.record_intent(ino.id, &rel)?;
+        // Durably note the key before writing it, and the metadata the object will
+        // carry, so a crash between the write and record_upload can neither orphan
+        // the object nor make it look like another client's (Cache::record_intent).
+        let ours = self.settings.check_conflicts.then_some(meta_tuple);
+        self.cache.record_intent(ino.id, &rel, ours)?;
         let r = &ino.remote;
         let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
         let etag = if ino.kind == Kind::Dir {
@@ -540,17 +542,19 @@ impl Uploader {
         meta: &ObjectMeta,
         known: Option<&str>,
     ) -> Result<String, UploadError> {
-        let mut theirs: Option<String> = None;
+        // `None` until looked at; then what a HEAD found there.
+        let mut theirs: Option<Option<String>> = None;
         for _ in 0..3 {
             let expect = match &theirs {
-                Some(etag) => Expect::Version(etag),
+                Some(Some(etag)) => Expect::Version(etag),
+                Some(None) => Expect::Absent,
                 None => self.expect(known),
             };
             match self.store.put_object_if(key, Bytes::new(), meta, expect).await {
                 Err(StoreError::PreconditionFailed | StoreError::NotFound)
                     if self.settings.check_conflicts =>
                 {
-                    theirs = self.store.head(key).await?.map(|now| now.etag);
+                    theirs = Some(self.store.head(key).await?.map(|now| now.etag));
                     tracing::info!(
                         file_id = ino.id,
                         key,
@@ -582,10 +586,6 @@ impl Uploader {
         let renamed = src != key;
         let src_version = (self.settings.check_conflicts && !r.etag.is_empty()).then_some(r.etag.as_str());
         let dst = if renamed { self.expect(known) } else { Expect::Any };
-        if src_version.is_some() || dst != Expect::Any {
-            self.cache
-                .record_overwrite_intent(ino.id, (meta.uid, meta.gid, meta.mode, meta.mtime_ns))?;
-        }
         let err = match self.copy(&src, key, meta, ino.size, src_version, dst).await {
             Ok(etag) => {
                 failpoint!("upload::after_copy_before_record");
@@ -630,6 +630,12 @@ impl Uploader {
         }
         // The source is as expected: the destination holds something else.
         match self.store.head(key).await? {
+            // The version the gateway left there is gone (another client deleted it):
+            // nothing to replace any more.
+            None if dst != Expect::Absent => Ok(Some(
+                self.copy(&src, key, meta, ino.size, src_version, Expect::Absent)
+                    .await?,
+            )),
             None => Err(UploadError::Store(err)), // gone meanwhile: the next pass copies
             Some(now) if Self::written_by_us(ino, &now) => Ok(Some(
                 self.copy(&src, key, meta, ino.size, src_version, Expect::Version(&now.etag))
@@ -674,6 +680,15 @@ impl Uploader {
         meta: &ObjectMeta,
         expect: Expect<'_>,
     ) -> Result<String, UploadError> {
+        if ino.kind == Kind::File && ino.partial {
+            // Its missing blocks would go up as zeros. A file only partly cached is
+            // copied in the store, never uploaded from the cache.
+            return Err(StoreError::Permanent {
+                code: "PartlyCached".into(),
+                message: format!("{key}: the cache holds only part of this file; refusing to upload holes"),
+            }
+            .into());
+        }
         let put = |body: Bytes| async move { self.store.put_object_if(key, body, meta, expect).await };
         let etag = if ino.kind == Kind::Symlink {
             put(Bytes::from(ino.symlink_target.clone())).await?
@@ -795,7 +810,15 @@ impl Uploader {
         // an old name) belongs to that inode now: it overwrites the object, or
         // deletes it if it moves on first (Cache::hand_over_stale_key).
         let deleted = !self.cache.hand_over_stale_key(id, rel)?;
-        if deleted {
+        if deleted && self.cache.left_to_them(rel)? {
+            // A conflict found another client's version there: it stays.
+            tracing::debug!(
+                file_id = id,
+                key,
+                "stale key holds another client's version; kept"
+            );
+            self.cache.relist_parent(id)?;
+        } else if deleted {
             // Only the version the gateway left there: one another client wrote
             // since is theirs, and stays.
             let left = self

@@ -23,6 +23,8 @@ pub struct Faulty {
     /// When set, every call fails with this S3 error code: (transient?, code), e.g.
     /// (false, "AccessDenied") or (true, "RequestTimeTooSkewed").
     pub fail_with: std::sync::Mutex<Option<(bool, String)>>,
+    /// Added to every read (HEAD, GET, LIST), as for a store in another region.
+    pub read_latency_us: std::sync::atomic::AtomicU64,
 }
 
 impl Faulty {
@@ -34,6 +36,7 @@ impl Faulty {
             gate: Semaphore::new(0),
             puts_started: AtomicUsize::new(0),
             fail_with: std::sync::Mutex::new(None),
+            read_latency_us: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -53,6 +56,13 @@ impl Faulty {
             });
         }
         Ok(())
+    }
+
+    async fn read_delay(&self) {
+        let us = self.read_latency_us.load(Ordering::Relaxed);
+        if us > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+        }
     }
 
     async fn maybe_hold(&self) {
@@ -120,10 +130,12 @@ impl ObjectStore for Faulty {
     }
     async fn get_range(&self, key: &str, start: u64, len: u64) -> StoreResult<Bytes> {
         self.check()?;
+        self.read_delay().await;
         self.inner.get_range(key, start, len).await
     }
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
         self.check()?;
+        self.read_delay().await;
         self.inner.head(key).await
     }
     async fn list(
@@ -134,6 +146,7 @@ impl ObjectStore for Faulty {
         max_keys: i32,
     ) -> StoreResult<ListPage> {
         self.check()?;
+        self.read_delay().await;
         self.inner.list(prefix, delimiter, continuation, max_keys).await
     }
     async fn copy_object(

@@ -446,34 +446,28 @@ impl Compat {
         ))
     }
 
-    /// Every key under `dir` (files, and directories that are markers) with its
-    /// size and modification time.
-    fn collect_keys(
-        &self,
-        bucket: &str,
-        dir: &Path,
-        rel: &str,
-        out: &mut Vec<(String, u64, std::time::SystemTime)>,
-    ) {
+    /// Every key under `dir` (files, and directories that are markers): a file with
+    /// its path (stat'ed only if it goes into the page, as S3 reads an index rather
+    /// than every object per page), a marker with its time.
+    fn collect_keys(&self, bucket: &str, dir: &Path, rel: &str, out: &mut Vec<ListedKey>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in rd.flatten() {
-            let (Ok(ft), Ok(md)) = (entry.file_type(), entry.metadata()) else {
+            let Ok(ft) = entry.file_type() else {
                 continue;
             };
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let modified = md.modified().unwrap_or(std::time::UNIX_EPOCH);
             if ft.is_dir() {
                 let key = format!("{rel}{name}/");
                 if let Some((_, t)) = self.marker(bucket, &key) {
-                    out.push((key.clone(), 0, t));
+                    out.push((key.clone(), Err(t)));
                 }
                 self.collect_keys(bucket, &entry.path(), &key, out);
             } else if ft.is_file() {
-                out.push((format!("{rel}{name}"), md.len(), modified));
+                out.push((format!("{rel}{name}"), Ok(entry.path())));
             }
         }
     }
@@ -560,6 +554,9 @@ fn url_encode(key: &str) -> String {
         .to_string()
         .replace("%20", "+")
 }
+
+/// A key found by walking s3s-fs's directory: a file's path, or a marker's time.
+type ListedKey = (String, Result<PathBuf, std::time::SystemTime>);
 
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
@@ -704,11 +701,30 @@ impl S3 for Compat {
         let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
         let enc = |k: String| if url { url_encode(&k) } else { k };
         let mut all = Vec::new();
-        self.collect_keys(&input.bucket, &bucket_root, "", &mut all);
+        // Only the directory the prefix names can hold its keys (a marker of that
+        // directory itself is one of them).
+        let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", ""));
+        let start = if dir_rel.is_empty() {
+            bucket_root.clone()
+        } else {
+            bucket_root.join(dir_rel)
+        };
+        if !dir_rel.is_empty() {
+            let marker = format!("{dir_rel}/");
+            if let Some((_, t)) = self.marker(&input.bucket, &marker) {
+                all.push((marker, Err(t)));
+            }
+        }
+        let base = if dir_rel.is_empty() {
+            String::new()
+        } else {
+            format!("{dir_rel}/")
+        };
+        self.collect_keys(&input.bucket, &start, &base, &mut all);
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut contents, mut prefixes, mut last, mut truncated) =
             (Vec::new(), Vec::<CommonPrefix>::new(), None, false);
-        for (key, size, modified) in all.into_iter().filter(|(k, ..)| k.starts_with(&prefix)) {
+        for (key, file) in all.into_iter().filter(|(k, _)| k.starts_with(&prefix)) {
             let cp = delimiter.as_deref().and_then(|d| {
                 key[prefix.len()..]
                     .find(d)
@@ -727,12 +743,21 @@ impl S3 for Compat {
             last = Some(item);
             match cp {
                 Some(p) => prefixes.push(CommonPrefix { prefix: Some(enc(p)) }),
-                None => contents.push(Object {
-                    key: Some(enc(key)),
-                    size: Some(size as i64),
-                    last_modified: Some(modified.into()),
-                    ..Default::default()
-                }),
+                None => {
+                    let (size, modified) = match file {
+                        Ok(path) => match std::fs::metadata(&path) {
+                            Ok(md) => (md.len(), md.modified().unwrap_or(std::time::UNIX_EPOCH)),
+                            Err(_) => continue, // deleted meanwhile
+                        },
+                        Err(marker_time) => (0, marker_time),
+                    };
+                    contents.push(Object {
+                        key: Some(enc(key)),
+                        size: Some(size as i64),
+                        last_modified: Some(modified.into()),
+                        ..Default::default()
+                    })
+                }
             }
         }
         Ok(S3Response::new(ListObjectsV2Output {
