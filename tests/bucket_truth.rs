@@ -510,6 +510,52 @@ async fn rmdir_and_rename_over_a_directory_see_what_the_store_holds_below_it() {
     .expect("bounded");
 }
 
+/// Found by the Linux kernel client (`rm -rf` of a directory just renamed, its files
+/// still uploading): a file removed while its upload was in flight left its new object
+/// in the store, unknown to the listing that RMDIR makes, so RMDIR answered NOTEMPTY
+/// for a directory the client had emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmdir_after_removing_a_file_whose_upload_was_in_flight() {
+    tokio::time::timeout(LIMIT, async {
+        let srv = S3TestServer::start().await;
+        let faulty = Faulty::new(Arc::new(srv.store().await));
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = start_with_store(s3_config(&srv, tmp.path()), faulty.clone()).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        let d = mkdir(&mut c, &root, "d", 0o755).await;
+        flush(&gw).await;
+        put_file(&mut c, &d, "f", b"on its way").await;
+        // Its upload reaches the store's door and waits there; deletes wait too, so
+        // the object it leaves stays while RMDIR lists.
+        faulty.hold.store(true, Ordering::SeqCst);
+        faulty.hold_deletes.store(true, Ordering::SeqCst);
+        let before = faulty.puts_started.load(Ordering::SeqCst);
+        gw.gateway.shares[0].uploader.flush_now(None);
+        while faulty.puts_started.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        remove(&mut c, &d, "f").await.unwrap();
+        faulty.hold.store(false, Ordering::SeqCst);
+        faulty.gate.add_permits(1000);
+        while object(&srv, "pre/d/f").await.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            rmdir(&mut c, &root, "d").await,
+            Ok(()),
+            "nothing of anyone else's is below d"
+        );
+        faulty.hold_deletes.store(false, Ordering::SeqCst);
+        faulty.delete_gate.add_permits(1000);
+        flush(&gw).await;
+        assert!(keys(&srv).await.is_empty(), "{:?}", keys(&srv).await);
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_change_waits_for_a_store_that_cannot_be_listed() {
     tokio::time::timeout(LIMIT, async {

@@ -1209,6 +1209,13 @@ impl Cache {
     pub(crate) fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
         victim.unlinked = true;
         victim.ctime_ns = now;
+        // Keys it was writing (an upload in flight, or one a crash cut off) may hold
+        // an object of its by now: left behind too, version unknown.
+        for k in &victim.remote.stale_keys {
+            if !matches!(self.db.get(keys::left(k)), Ok(Some(_))) {
+                Self::note_left(b, k, "");
+            }
+        }
         if let Some(k) = &victim.remote.key {
             // Best effort: a stale entry is recognised as such when read.
             let _ = self.forget_moved(b, k, victim.id);
@@ -1582,7 +1589,12 @@ impl Cache {
             // Its object there stays until the stale key is deleted.
             Self::note_left(&mut b, old, &r.etag);
         }
-        Self::forget_left(&mut b, key);
+        if i.unlinked {
+            // Removed while uploading: the object just written is left behind.
+            Self::note_left(&mut b, key, etag);
+        } else {
+            Self::forget_left(&mut b, key);
+        }
         if let Some(old) = r.key.take()
             && old != key
             && !r.stale_keys.contains(&old)

@@ -821,13 +821,12 @@ impl Uploader {
         } else if deleted {
             // Only the version the gateway left there: one another client wrote
             // since is theirs, and stays.
-            let left = self
-                .cache
-                .left_version(rel)?
-                .filter(|e| !e.is_empty() && self.settings.check_conflicts);
-            let done = match &left {
-                Some(etag) => self.store.delete_object_if(&key, etag).await,
-                None => self.store.delete_object(&key).await,
+            let done = match self.cache.left_version(rel)? {
+                _ if !self.settings.check_conflicts => self.store.delete_object(&key).await,
+                Some(etag) if !etag.is_empty() => self.store.delete_object_if(&key, &etag).await,
+                // A key it was writing, version unknown: ours only if it carries the
+                // metadata that write was to carry.
+                _ => self.delete_if_ours(id, &key).await,
             };
             match done {
                 Err(StoreError::PreconditionFailed) => {
@@ -849,6 +848,30 @@ impl Uploader {
         }
         self.cache.record_deleted(id, rel, deleted)?;
         Ok(())
+    }
+}
+
+impl Uploader {
+    /// Deletes `key` if the object there is one `id` wrote (its metadata is the one
+    /// noted before that write); `PreconditionFailed` when it is another client's.
+    /// Without such a note (a cache from before it was kept), the key is deleted.
+    async fn delete_if_ours(&self, id: FileId, key: &str) -> Result<(), StoreError> {
+        let ours = self
+            .cache
+            .load_any(id)
+            .ok()
+            .flatten()
+            .and_then(|i| i.remote.overwrite_meta);
+        let Some(ours) = ours else {
+            return self.store.delete_object(key).await;
+        };
+        match self.store.head(key).await? {
+            None => Ok(()),
+            Some(info) if info.meta.map(|m| (m.uid, m.gid, m.mode, m.mtime_ns)) == Some(ours) => {
+                self.store.delete_object_if(key, &info.etag).await
+            }
+            Some(_) => Err(StoreError::PreconditionFailed),
+        }
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Faulty {
     pub fail_with: std::sync::Mutex<Option<(bool, String)>>,
     /// Added to every read (HEAD, GET, LIST), as for a store in another region.
     pub read_latency_us: std::sync::atomic::AtomicU64,
+    /// Deletes wait for a permit here when `hold_deletes` is set.
+    pub hold_deletes: AtomicBool,
+    pub delete_gate: Semaphore,
 }
 
 impl Faulty {
@@ -37,6 +40,8 @@ impl Faulty {
             puts_started: AtomicUsize::new(0),
             fail_with: std::sync::Mutex::new(None),
             read_latency_us: std::sync::atomic::AtomicU64::new(0),
+            hold_deletes: AtomicBool::new(false),
+            delete_gate: Semaphore::new(0),
         })
     }
 
@@ -56,6 +61,12 @@ impl Faulty {
             });
         }
         Ok(())
+    }
+
+    async fn maybe_hold_delete(&self) {
+        if self.hold_deletes.load(Ordering::SeqCst) {
+            self.delete_gate.acquire().await.expect("gate open").forget();
+        }
     }
 
     async fn read_delay(&self) {
@@ -160,6 +171,7 @@ impl ObjectStore for Faulty {
     }
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         self.check()?;
+        self.maybe_hold_delete().await;
         self.inner.delete_object(key).await
     }
     async fn put_object_if(
@@ -201,6 +213,7 @@ impl ObjectStore for Faulty {
     }
     async fn delete_object_if(&self, key: &str, etag: &str) -> StoreResult<()> {
         self.check()?;
+        self.maybe_hold_delete().await;
         self.inner.delete_object_if(key, etag).await
     }
     fn refuses_key(&self, key: &str) -> Option<String> {

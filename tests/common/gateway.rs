@@ -63,6 +63,7 @@ pub async fn start(cfg: Config, creds: Option<(String, String)>) -> Running {
 }
 
 pub async fn start_with_store(cfg: Config, store: Arc<dyn ObjectStore>) -> Running {
+    init_logs();
     Gateway::open(cfg, None, Some(store))
         .await
         .expect("open gateway")
