@@ -128,6 +128,10 @@ pub struct Metrics {
     /// `bucketgate_nfs_connections_rejected_total{reason}`: connections refused
     /// (`limit`: max_connections reached).
     pub nfs_connections_rejected_total: IntCounterVec,
+    /// `bucketgate_nfs_bad_handles_total{reason}`: file handles refused before any
+    /// use: `forged` (the MAC does not verify), `old` (a handle of the format before
+    /// MACs), `malformed`.
+    pub nfs_bad_handles_total: IntCounterVec,
     /// `bucketgate_nfs_read_bytes_total{share}`: bytes returned by READ (ReadBytes).
     pub nfs_read_bytes_total: IntCounterVec,
     /// `bucketgate_nfs_write_bytes_total{share}`: bytes accepted by WRITE (WriteBytes).
@@ -325,6 +329,13 @@ impl Metrics {
                 ),
                 &["reason"]
             )),
+            nfs_bad_handles_total: reg!(IntCounterVec::new(
+                o(
+                    "nfs_bad_handles_total",
+                    "File handles refused before any use (forged, old, malformed)."
+                ),
+                &["reason"]
+            )),
             nfs_read_bytes_total: reg!(IntCounterVec::new(
                 o("nfs_read_bytes_total", "Bytes returned to NFS clients by READ."),
                 &["share"]
@@ -376,6 +387,9 @@ impl Metrics {
             .set(1);
         // Exported at 0 from the start, so alerts on increase() see the first refusal.
         m.nfs_connections_rejected_total.with_label_values(&["limit"]);
+        for r in ["forged", "old", "malformed"] {
+            m.nfs_bad_handles_total.with_label_values(&[r]);
+        }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         m.start_time_seconds.set(now.as_secs_f64());
         m
@@ -493,6 +507,17 @@ impl Metrics {
         }
     }
 
+    /// One file handle refused (see `nfs_bad_handles_total`).
+    pub fn bad_handle(&self, why: crate::nfs::handle::BadHandle) {
+        use crate::nfs::handle::BadHandle;
+        let reason = match why {
+            BadHandle::Forged => "forged",
+            BadHandle::Old => "old",
+            BadHandle::Malformed => "malformed",
+        };
+        self.nfs_bad_handles_total.with_label_values(&[reason]).inc();
+    }
+
     /// One NFS READ that could not be served from the cache alone (it needed data
     /// fetched from the store): CacheHitPercent's miss.
     pub fn cache_miss(&self, share: &str) {
@@ -582,6 +607,7 @@ impl Metrics {
             &self.store_reachable,
             &self.nfs_connections,
             &self.nfs_connections_rejected_total,
+            &self.nfs_bad_handles_total,
             &self.nfs_read_bytes_total,
             &self.nfs_write_bytes_total,
             &self.nfs_calls_total,

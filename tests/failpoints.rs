@@ -209,3 +209,41 @@ async fn write_stopped_between_data_and_metadata() {
     gw.shutdown().await;
     scenario.teardown();
 }
+
+/// An overwrite that reached the store but whose record a crash lost, then the file
+/// removed before the upload is retried: the object there is the gateway's own
+/// (its metadata says so), not another client's, and is deleted. (Found by the soak
+/// test once deletes became conditional.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_not_recorded_then_removed_leaves_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let rig = Rig::new().await;
+    let gw = rig.start().await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    put_file(&mut c, &root, "a", &body(5_000, 5)).await;
+    flush(&gw).await;
+    let point = "upload::after_store_before_record";
+    fail::cfg(point, "return").unwrap();
+    let fh = lookup(&mut c, &root, "a").await.unwrap();
+    write_all(&mut c, &fh, &body(6_000, 6)).await;
+    stopped_at(&gw, point).await;
+    gw.shutdown().await;
+    fail::cfg(point, "off").unwrap();
+    // Back with the store out of reach, so the retry cannot run before the remove.
+    let faulty = common::faulty::Faulty::new(Arc::new(rig.s3.store().await));
+    faulty.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let gw = start_with_store(rig.cfg.clone(), faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    remove(&mut c, &root, "a").await.unwrap();
+    faulty.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    flush(&gw).await;
+    assert!(
+        bucket_keys(&rig.s3).await.is_empty(),
+        "{:?}",
+        bucket_keys(&rig.s3).await
+    );
+    gw.shutdown().await;
+    scenario.teardown();
+}

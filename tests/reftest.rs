@@ -80,7 +80,16 @@ enum Op {
 struct Obj {
     ver: u64,
     bytes: Vec<u8>,
+    /// (file-owner, file-permissions) it carries; another client's carry none.
+    meta: Option<Attrs>,
 }
+
+/// Owner and st_mode, as a file shows them and as object metadata carries them.
+type Attrs = (u32, u32);
+/// A file made here by uid 1000 with mode 0644.
+const OURS: Attrs = (1000, 0o100644);
+/// An object without metadata: the share's defaults.
+const DEFAULTS: Attrs = (65534, 0o100666);
 
 #[derive(Clone, Debug)]
 enum Entry {
@@ -107,6 +116,8 @@ struct File {
     /// The bytes of the known version, when the cache holds all of them (written
     /// or uploaded here; a listed file is fetched only as it is read).
     cached: Option<Vec<u8>>,
+    /// Owner and mode as the gateway shows them (what its uploads carry).
+    attrs: Attrs,
 }
 
 impl File {
@@ -117,16 +128,18 @@ impl File {
             pending: true,
             moved_from: None,
             cached: None,
+            attrs: DEFAULTS, // read at first use
         }
     }
 
-    fn uploaded(ver: u64, bytes: Vec<u8>) -> File {
+    fn uploaded(ver: u64, bytes: Vec<u8>, attrs: Attrs) -> File {
         File {
             known: Some(ver),
             dirty: None,
             pending: false,
             moved_from: None,
             cached: Some(bytes),
+            attrs,
         }
     }
 }
@@ -159,6 +172,7 @@ impl Model {
         Obj {
             ver: self.next_ver,
             bytes: body(len, seed ^ self.next_ver),
+            meta: None,
         }
     }
 
@@ -305,20 +319,22 @@ impl Model {
     /// An operation's use of entry `p`: attributes read if a listing made it, which
     /// also finds a deletion or another version.
     fn use_entry(&mut self, p: &str) {
-        let bucket_ver = self.bucket.get(&key(p)).map(|o| o.ver);
+        let now = self.bucket.get(&key(p)).map(|o| (o.ver, o.meta));
         if let Some(Entry::File(f)) = self.local.get_mut(p)
             && f.pending
         {
             f.pending = false;
-            match bucket_ver {
+            match now {
                 None => {
                     self.local.remove(p);
                 }
-                Some(v) if f.known != Some(v) => {
-                    f.known = Some(v);
-                    f.cached = None;
+                Some((v, meta)) => {
+                    if f.known != Some(v) {
+                        f.known = Some(v);
+                        f.cached = None;
+                    }
+                    f.attrs = meta.unwrap_or(DEFAULTS);
                 }
-                Some(_) => {}
             }
         }
     }
@@ -387,6 +403,7 @@ impl Model {
                         Obj {
                             ver,
                             bytes: Vec::new(),
+                            meta: Some((1000, 0o040755)),
                         },
                     );
                     self.left.remove(&k);
@@ -437,19 +454,22 @@ impl Model {
                             Obj {
                                 ver,
                                 bytes: bytes.clone(),
+                                meta: Some(f.attrs),
                             },
                         );
                         self.left.remove(&key(p));
                         self.local
-                            .insert(p.clone(), Entry::File(File::uploaded(ver, bytes)));
+                            .insert(p.clone(), Entry::File(File::uploaded(ver, bytes, f.attrs)));
                     } else {
                         // Another client's version keeps the name; the local one is
                         // kept beside it, and the directory is listed again.
                         self.conflicts.entry(key(p)).or_default().push(bytes.clone());
                         self.local.remove(p);
                         let n = self.conflicts.values().map(Vec::len).sum::<usize>();
-                        self.local
-                            .insert(format!("{p}.conflict-{n}"), Entry::File(File::uploaded(0, bytes)));
+                        self.local.insert(
+                            format!("{p}.conflict-{n}"),
+                            Entry::File(File::uploaded(0, bytes, f.attrs)),
+                        );
                         self.listed.remove(parent(p));
                     }
                 }
@@ -704,9 +724,11 @@ impl World {
             Some(Entry::File(f)) => f.known,
             _ => self.m.left_at(p),
         };
-        let moved_from = match self.m.local.get(p) {
-            Some(Entry::File(f)) => f.moved_from.clone(),
-            _ => None,
+        // A file that exists keeps its owner and mode (CREATE UNCHECKED of an
+        // existing file only truncates it); a new one is ours.
+        let (moved_from, attrs) = match self.m.local.get(p) {
+            Some(Entry::File(f)) => (f.moved_from.clone(), f.attrs),
+            _ => (None, OURS),
         };
         self.m.local.insert(
             p.to_string(),
@@ -716,6 +738,7 @@ impl World {
                 pending: false,
                 moved_from,
                 cached: Some(o.bytes),
+                attrs,
             }),
         );
     }
@@ -891,6 +914,29 @@ impl World {
             self.log
         );
         assert!(plain == want, "bucket bytes: seed {}", self.seed);
+        // Every object carries the metadata the model says: the file's owner and
+        // mode for what the gateway wrote or copied, none for the other client's.
+        for (k, o) in &self.m.bucket {
+            let h = self
+                .srv
+                .client
+                .head_object()
+                .bucket(&self.srv.bucket)
+                .key(k)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("head {k}: {e:?}"));
+            let md = h.metadata().cloned().unwrap_or_default();
+            let got = match (md.get("file-owner"), md.get("file-permissions")) {
+                (Some(u), Some(m)) => Some((u.parse().unwrap(), u32::from_str_radix(m, 8).unwrap())),
+                _ => None,
+            };
+            assert_eq!(
+                got, o.meta,
+                "metadata of {k}: seed {} after {:#?}",
+                self.seed, self.log
+            );
+        }
         let mut want_copies = self.m.conflicts.clone();
         for v in want_copies.values_mut() {
             v.sort();
@@ -986,6 +1032,14 @@ async fn run_seed(seed: u64, rounds: usize) {
         seed,
         log: Vec::new(),
     };
+    // Outside the share: nothing the gateway does may touch it.
+    let outside = Obj {
+        ver: 0,
+        bytes: b"not the share's".to_vec(),
+        meta: None,
+    };
+    their_put(&w.srv, "elsewhere/untouched", &outside.bytes).await;
+    w.m.bucket.insert("elsewhere/untouched".into(), outside);
     w.start().await;
     for _ in 0..rounds {
         for _ in 0..6 {

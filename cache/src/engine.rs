@@ -180,7 +180,6 @@ pub(crate) struct State {
     stored_total: u64,
     pub(crate) evicted_files: u64,
     pub(crate) evicted_bytes: u64,
-    rng: u64,
 }
 
 impl State {
@@ -204,12 +203,11 @@ impl State {
         }
     }
 
+    /// From the OS CSPRNG: a generation no client can predict from others it saw.
     pub(crate) fn random_u32(&mut self) -> u32 {
-        // xorshift64*: handles need unpredictable-enough generations, not crypto.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+        let mut b = [0u8; 4];
+        getrandom::getrandom(&mut b).expect("the OS random source works");
+        u32::from_be_bytes(b)
     }
 }
 
@@ -221,6 +219,7 @@ pub struct Cache {
     notify: Mutex<Option<UnboundedSender<FileId>>>,
     pub(crate) opts: CacheOptions,
     share_id: u32,
+    handle_key: [u8; 32],
     /// Clean cached files, weighted by their cached KiB; what it evicts is queued in
     /// `evictions` and dropped by `run_evictions` outside every lock.
     pub(crate) lru: moka::sync::Cache<FileId, u32>,
@@ -259,7 +258,6 @@ impl Cache {
             .path(dir.join("meta"))
             .flush_every_ms(Some(500))
             .open()?;
-        let seed = now_ns() ^ (std::process::id() as u64).rotate_left(32) | 1;
         let mut state = State {
             next_id: ROOT_ID + 1,
             dirty: HashMap::new(),
@@ -267,7 +265,6 @@ impl Cache {
             stored_total: 0,
             evicted_files: 0,
             evicted_bytes: 0,
-            rng: seed,
         };
 
         let share_id = match db.get(keys::meta("share_id"))? {
@@ -280,6 +277,21 @@ impl Cache {
                 let id = state.random_u32();
                 db.insert(keys::meta("share_id"), &id.to_be_bytes())?;
                 id
+            }
+        };
+        // The secret behind file handles' MACs: made once, with the cache, and kept
+        // with it (handles of a recreated cache do not verify).
+        let handle_key: [u8; 32] = match db.get(keys::meta("handle_key"))? {
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map_err(|_| CacheError::Meta("handle_key".into()))?,
+            None => {
+                let mut k = [0u8; 32];
+                getrandom::getrandom(&mut k)
+                    .map_err(|e| CacheError::Meta(format!("OS random source: {e}")))?;
+                db.insert(keys::meta("handle_key"), &k)?;
+                k
             }
         };
         if let Some(v) = db.get(keys::meta("next_id"))? {
@@ -340,6 +352,7 @@ impl Cache {
             notify: Mutex::new(None),
             opts,
             share_id,
+            handle_key,
             lru,
             evictions,
             data_locks: (0..64).map(|_| parking_lot::RwLock::new(())).collect(),
@@ -399,6 +412,11 @@ impl Cache {
     /// of a wiped and recreated cache are stale instead of aliasing new files.
     pub fn share_id(&self) -> u32 {
         self.share_id
+    }
+
+    /// The key of this share's file handle MACs (kept in the metadata store).
+    pub fn handle_key(&self) -> &[u8; 32] {
+        &self.handle_key
     }
 
     pub fn root(&self) -> FileId {
@@ -965,21 +983,37 @@ impl Cache {
                 drop_privileges(&mut i, caller);
             }
         }
-        if let Some(m) = set.mode {
-            i.mode = m & 0o7777;
-            remote_visible = true;
-        }
+        let owner_change = set.uid.is_some_and(|u| u != i.uid) || set.gid.is_some_and(|g| g != i.gid);
         if let Some(u) = set.uid {
-            if u != i.uid {
-                // Changing the owner drops setuid/setgid, as POSIX chown does.
-                i.mode &= !0o6000;
-            }
             i.uid = u;
             remote_visible = true;
         }
         if let Some(g) = set.gid {
             i.gid = g;
             remote_visible = true;
+        }
+        if let Some(m) = set.mode {
+            i.mode = m & 0o7777;
+            // Setgid on a file of a group the caller is not in would hand that group's
+            // rights to whoever runs it (Linux clears it: CVE-2018-13405, -2021-4037).
+            if caller.uid != 0 && !caller.in_group(i.gid) {
+                i.mode &= !0o2000;
+            }
+            remote_visible = true;
+        } else if (owner_change || (set.uid.is_some() || set.gid.is_some()) && caller.uid != 0)
+            && i.kind != Kind::Dir
+        {
+            // A chown or chgrp drops setuid and setgid as Linux does: always when a
+            // caller who is not root makes it, else when the owner or group changes
+            // (setgid without group execute means mandatory locking, and stays).
+            if caller.uid != 0 {
+                i.mode &= !0o6000;
+            } else {
+                i.mode &= !0o4000;
+                if i.mode & 0o010 != 0 {
+                    i.mode &= !0o2000;
+                }
+            }
         }
         match set.atime {
             SetTime::DontChange => {}
@@ -1781,6 +1815,11 @@ fn apply_initial_attrs(i: &mut Inode, caller: &Caller, s: &SetAttr, now: u64) ->
         SetTime::Client(t) => i.mtime_ns = t,
         SetTime::ServerTime => i.mtime_ns = now,
         SetTime::DontChange => {}
+    }
+    // A new file setgid to a group its maker is not in (inherited from a setgid
+    // directory, or asked for) loses the bit, as on Linux (CVE-2018-13405).
+    if i.kind != Kind::Dir && caller.uid != 0 && !caller.in_group(i.gid) {
+        i.mode &= !0o2000;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack};
 
-use super::handle::Handle;
+use super::handle::{BadHandle, Handle};
 use super::status::nfs_status;
 use super::xdr::{NAME_MAX, XdrCursor, encode};
 use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
@@ -69,7 +69,7 @@ impl Share {
             generation: ino.generation,
         };
         nfs_fh3 {
-            data: Opaque::owned(h.encode()),
+            data: Opaque::owned(h.encode(self.cache.handle_key())),
         }
     }
 }
@@ -299,10 +299,24 @@ impl NfsService {
         self.write_verifier.0
     }
 
-    /// The share and inode a handle names, for this client.
+    /// The share and inode a handle names, for this client. The handle's MAC is
+    /// checked before anything else of it is used.
     fn resolve(&self, ctx: &CallContext, fh: &nfs_fh3) -> Res<(Arc<Share>, Inode)> {
-        let h = Handle::decode(&fh.data).ok_or(nfsstat3::NFS3ERR_BADHANDLE)?;
-        let share = self.by_id.get(&h.share_id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let bad = |why: BadHandle| {
+            if let Some(m) = &self.metrics {
+                m.bad_handle(why);
+            }
+            match why {
+                BadHandle::Old => nfsstat3::NFS3ERR_STALE,
+                BadHandle::Malformed | BadHandle::Forged => nfsstat3::NFS3ERR_BADHANDLE,
+            }
+        };
+        let share_id = Handle::share_of(&fh.data).map_err(bad)?;
+        let share = self.by_id.get(&share_id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let h = Handle::verify(&fh.data, share.cache.handle_key()).map_err(|why| {
+            tracing::warn!(client = %ctx.client, ?why, "refused a file handle this gateway did not make");
+            bad(why)
+        })?;
         if !(share.allows)(ctx.client.ip()) {
             return Err(nfsstat3::NFS3ERR_ACCES);
         }
@@ -440,7 +454,7 @@ impl NfsService {
             Err(st) => return ok::<ACCESS3resok, _>(Nfs3Result::Err((st, ACCESS3resfail::default()))),
         };
         let caller = s.caller(ctx);
-        let h = Handle::decode(&fh.data).expect("resolved above");
+        let h = Handle::verify(&fh.data, s.cache.handle_key()).expect("resolved above");
         match inline_with_store(&s, || s.cache.access(&caller, h.file_id)).await {
             Ok((i, rwx)) => {
                 let mut granted = 0;
@@ -1307,7 +1321,7 @@ impl Exports for NfsService {
             file_id: dir.id,
             generation: dir.generation,
         }
-        .encode())
+        .encode(share.cache.handle_key()))
     }
 }
 

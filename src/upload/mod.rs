@@ -823,10 +823,15 @@ impl Uploader {
             // since is theirs, and stays.
             let done = match self.cache.left_version(rel)? {
                 _ if !self.settings.check_conflicts => self.store.delete_object(&key).await,
-                Some(etag) if !etag.is_empty() => self.store.delete_object_if(&key, &etag).await,
+                Some(etag) if !etag.is_empty() => match self.store.delete_object_if(&key, &etag).await {
+                    // Another version: ours too if an upload a crash kept from being
+                    // recorded wrote it.
+                    Err(StoreError::PreconditionFailed) => self.delete_if_ours(id, &key, false).await,
+                    done => done,
+                },
                 // A key it was writing, version unknown: ours only if it carries the
                 // metadata that write was to carry.
-                _ => self.delete_if_ours(id, &key).await,
+                _ => self.delete_if_ours(id, &key, true).await,
             };
             match done {
                 Err(StoreError::PreconditionFailed) => {
@@ -854,8 +859,9 @@ impl Uploader {
 impl Uploader {
     /// Deletes `key` if the object there is one `id` wrote (its metadata is the one
     /// noted before that write); `PreconditionFailed` when it is another client's.
-    /// Without such a note (a cache from before it was kept), the key is deleted.
-    async fn delete_if_ours(&self, id: FileId, key: &str) -> Result<(), StoreError> {
+    /// Without such a note, `unnoted_is_ours` decides (true: a key from a cache made
+    /// before the note was kept, deleted as it always was).
+    async fn delete_if_ours(&self, id: FileId, key: &str, unnoted_is_ours: bool) -> Result<(), StoreError> {
         let ours = self
             .cache
             .load_any(id)
@@ -863,7 +869,11 @@ impl Uploader {
             .flatten()
             .and_then(|i| i.remote.overwrite_meta);
         let Some(ours) = ours else {
-            return self.store.delete_object(key).await;
+            return if unnoted_is_ours {
+                self.store.delete_object(key).await
+            } else {
+                Err(StoreError::PreconditionFailed)
+            };
         };
         match self.store.head(key).await? {
             None => Ok(()),

@@ -1,0 +1,182 @@
+//! One client cannot hurt the others: file handles it did not get from the gateway
+//! reach nothing, setuid/setgid bits follow Linux's rules for callers that are not
+//! root, and hosts no share allows learn nothing. Real gateway on loopback, real
+//! NFS client (nfs3_client).
+
+mod common;
+
+use std::time::Duration;
+
+use bucketgate::config::{Config, Squash};
+use bucketgate::nfs::handle::Handle;
+use common::gateway::{config, metric_sum, share_with, start};
+use common::nfs::*;
+use nfs3_types::nfs3::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn local_config(dir: &std::path::Path) -> Config {
+    let url = format!("file://{}", dir.join("bucket").display());
+    share_with(&config(dir, &url), |s| s.squash = Squash::None)
+}
+
+async fn read_status(c: &mut Client, fh: &nfs_fh3) -> Result<Vec<u8>, nfsstat3> {
+    match c
+        .read(&READ3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 4096,
+        })
+        .await
+        .expect("rpc")
+    {
+        Nfs3Result::Ok(ok) => Ok(ok.data.to_vec()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+/// The attack of issue 14: a client that knows its own handles and guesses (here:
+/// knows exactly) the file id and generation of a file in another user's 0700
+/// directory builds its handle. The MAC, which it cannot make, refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_handle_reaches_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = start(local_config(tmp.path()), None).await;
+        let mut alice = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+        let root = alice.root_nfs_fh3();
+        let private = mkdir(&mut alice, &root, "private", 0o700).await;
+        let secret = put_file(&mut alice, &private, "secret", b"alice's").await;
+        let mut bob = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
+        let own = put_file(&mut bob, &root, "mine", b"bob's").await;
+        assert_eq!(
+            lookup(&mut bob, &private, "secret").await,
+            Err(nfsstat3::NFS3ERR_ACCES)
+        );
+
+        let target = Handle::unverified(&secret.data).unwrap();
+        let mut forged = own.data.to_vec();
+        forged[5..13].copy_from_slice(&target.file_id.to_be_bytes());
+        forged[13..17].copy_from_slice(&target.generation.to_be_bytes());
+        let mut raw = raw_client(gw.nfs_addr, unix_cred(2000, 2000, &[])).await;
+        assert_eq!(
+            read_status(&mut raw, &fh(&forged)).await,
+            Err(nfsstat3::NFS3ERR_BADHANDLE)
+        );
+        // Nor does a handle in the format from before handles had a MAC.
+        assert_eq!(
+            read_status(&mut raw, &fh(&forged[..17])).await.err(),
+            Some(nfsstat3::NFS3ERR_BADHANDLE)
+        );
+        let mut old = vec![1u8];
+        old.extend_from_slice(&forged[1..17]);
+        assert_eq!(
+            read_status(&mut raw, &fh(&old)).await,
+            Err(nfsstat3::NFS3ERR_STALE)
+        );
+        // The real handles work.
+        assert_eq!(read_status(&mut raw, &own).await.unwrap(), b"bob's");
+        assert_eq!(read_all(&mut alice, &secret).await, b"alice's");
+        let m = gw.gateway.metrics.render();
+        assert_eq!(metric_sum(&m, "bucketgate_nfs_bad_handles_total", "forged"), 1.0);
+        assert_eq!(metric_sum(&m, "bucketgate_nfs_bad_handles_total", "old"), 1.0);
+        assert_eq!(
+            metric_sum(&m, "bucketgate_nfs_bad_handles_total", "malformed"),
+            1.0
+        );
+        gw.shutdown().await;
+
+        // Handles stay valid across a restart (the key is kept with the cache).
+        let gw = start(local_config(tmp.path()), None).await;
+        let mut alice = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+        assert_eq!(read_all(&mut alice, &secret).await, b"alice's");
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+async fn mode_of(c: &mut Conn, fh: &nfs_fh3) -> u32 {
+    getattr(c, fh).await.unwrap().mode
+}
+
+async fn setattr(c: &mut Conn, fh: &nfs_fh3, s: sattr3) -> Result<(), nfsstat3> {
+    match c
+        .setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: s,
+            guard: Nfs3Option::None,
+        })
+        .await
+        .expect("rpc")
+    {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+/// setgid and setuid as Linux has them (CVE-2018-13405, CVE-2021-4037): a file made
+/// in a setgid directory by someone not in its group loses setgid; so does a chmod by
+/// an owner not in the file's group; a chown or chgrp by someone not root clears both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setgid_and_setuid_follow_linux() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = start(local_config(tmp.path()), None).await;
+        let mut root_user = mount_as(gw.nfs_addr, "/data", 0, 0).await;
+        let root = root_user.root_nfs_fh3();
+        let team = mkdir(&mut root_user, &root, "team", 0o777).await;
+        setattr(
+            &mut root_user,
+            &team,
+            sattr3 {
+                mode: Nfs3Option::Some(0o2777),
+                gid: Nfs3Option::Some(50),
+                ..sattr3::default()
+            },
+        )
+        .await
+        .unwrap();
+        // uid 1000 is in groups 1000 and 100, not 50.
+        let mut outsider = mount_cred(gw.nfs_addr, "/data", unix_cred(1000, 1000, &[100])).await;
+        let f = create(&mut outsider, &team, "made-by-outsider", 0o2755).await;
+        let a = getattr(&mut outsider, &f).await.unwrap();
+        assert_eq!(
+            (a.gid, a.mode),
+            (50, 0o755),
+            "the group is inherited, setgid is not kept"
+        );
+        // chmod by the owner, who is not in the file's group.
+        assert_eq!(setattr(&mut outsider, &f, mode_attr(0o2755)).await, Ok(()));
+        assert_eq!(mode_of(&mut outsider, &f).await, 0o755);
+        // A member of group 50 keeps it.
+        let mut member = mount_cred(gw.nfs_addr, "/data", unix_cred(1001, 1001, &[50])).await;
+        let g = create(&mut member, &team, "made-by-member", 0o2755).await;
+        assert_eq!(mode_of(&mut member, &g).await, 0o2755);
+        // chgrp by the owner (to a group it is in) clears setuid and setgid.
+        let own = create(&mut outsider, &root, "suid", 0o755).await;
+        setattr(&mut outsider, &own, mode_attr(0o6755)).await.unwrap();
+        assert_eq!(
+            mode_of(&mut outsider, &own).await,
+            0o6755,
+            "its own group 1000: setgid kept by chmod"
+        );
+        setattr(
+            &mut outsider,
+            &own,
+            sattr3 {
+                gid: Nfs3Option::Some(100),
+                ..sattr3::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(mode_of(&mut outsider, &own).await, 0o755);
+        // Directories keep setgid through a chmod by their owner in the group.
+        let d = mkdir(&mut member, &team, "sub", 0o755).await;
+        assert_eq!(mode_of(&mut member, &d).await, 0o2755);
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
