@@ -30,6 +30,9 @@ pub struct NfsConfig {
     /// NFS, MOUNT and portmap all answer on this one address.
     pub listen: SocketAddr,
     pub max_connections: usize,
+    /// Connections one client address may hold at once (Linux mounts use one each,
+    /// up to 16 with `nconnect`).
+    pub max_connections_per_client: usize,
     /// Calls served at once on one connection; more wait in the socket.
     pub max_calls_per_connection: usize,
     /// A portmapper (UDP and TCP) on another address, normally "0.0.0.0:111", for
@@ -42,6 +45,7 @@ impl Default for NfsConfig {
         NfsConfig {
             listen: "127.0.0.1:2049".parse().expect("valid literal"),
             max_connections: 1024,
+            max_connections_per_client: 64,
             max_calls_per_connection: 64,
             portmap_listen: None,
         }
@@ -654,6 +658,9 @@ impl Config {
         // [nfs] / [admin]
         if self.nfs.max_connections == 0 {
             p.add("nfs.max_connections", "must be at least 1");
+        }
+        if self.nfs.max_connections_per_client == 0 {
+            p.add("nfs.max_connections_per_client", "must be at least 1");
         }
         if self.nfs.max_calls_per_connection == 0 {
             p.add("nfs.max_calls_per_connection", "must be at least 1");

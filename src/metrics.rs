@@ -126,7 +126,8 @@ pub struct Metrics {
     /// `bucketgate_nfs_connections`: open NFS client TCP connections (NfsSessions).
     pub nfs_connections: IntGauge,
     /// `bucketgate_nfs_connections_rejected_total{reason}`: connections refused
-    /// (`limit`: max_connections reached).
+    /// (`not_allowed`: no share allows the host; `limit`: max_connections reached
+    /// and none idle; `client_limit`: max_connections_per_client, likewise).
     pub nfs_connections_rejected_total: IntCounterVec,
     /// `bucketgate_nfs_bad_handles_total{reason}`: file handles refused before any
     /// use: `forged` (the MAC does not verify), `old` (a handle of the format before
@@ -386,7 +387,9 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Exported at 0 from the start, so alerts on increase() see the first refusal.
-        m.nfs_connections_rejected_total.with_label_values(&["limit"]);
+        for r in ["limit", "client_limit", "not_allowed"] {
+            m.nfs_connections_rejected_total.with_label_values(&[r]);
+        }
         for r in ["forged", "old", "malformed"] {
             m.nfs_bad_handles_total.with_label_values(&[r]);
         }

@@ -180,3 +180,58 @@ async fn setgid_and_setuid_follow_linux() {
     .await
     .expect("bounded");
 }
+
+/// A connection in the middle of sending a call (so not idle).
+async fn busy_connection(addr: std::net::SocketAddr, from: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x80, 0, 0, 40, 0, 0])
+        .await
+        .unwrap();
+    s
+}
+
+async fn closed_at_once(s: &mut tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(s, &mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// One client address cannot take every connection slot: past
+/// `max_connections_per_client` its new connections are refused (none of its own
+/// being idle), while another address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_slot() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = local_config(tmp.path());
+        cfg.nfs.max_connections_per_client = 3;
+        cfg.nfs.max_connections = 8;
+        let gw = start(cfg, None).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(busy_connection(gw.nfs_addr, "127.0.0.1").await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut fourth = busy_connection(gw.nfs_addr, "127.0.0.1").await;
+        assert!(
+            closed_at_once(&mut fourth).await,
+            "a fourth from the same address"
+        );
+        let mut c = mount_from(gw.nfs_addr, "127.0.0.2").await;
+        let root = c.root_nfs_fh3();
+        assert!(getattr(&mut c, &root).await.is_ok(), "another address is served");
+        let m = gw.gateway.metrics.render();
+        assert_eq!(
+            metric_sum(&m, "bucketgate_nfs_connections_rejected_total", "client_limit"),
+            1.0
+        );
+        drop(held);
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bucketgate::config::{Config, HumanDuration, ShareConfig, Squash};
 use bucketgate::gateway::Running;
-use common::gateway::{config, start};
+use common::gateway::{config, metric_sum, start};
 use common::nfs::*;
 use nfs3_client::tokio::TokioIo;
 use nfs3_client::{ConnectError, MountClient, MountError};
@@ -16,7 +16,7 @@ use nfs3_types::mount::{dirpath, mountstat3};
 use nfs3_types::nfs3::*;
 use nfs3_types::rpc::opaque_auth;
 use nfs3_types::xdr_codec::Opaque;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn quiet_config(dir: &std::path::Path) -> Config {
@@ -141,7 +141,7 @@ async fn mount_client(addr: std::net::SocketAddr) -> MountClient<TokioIo<TcpStre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allowed_clients_checked_on_mnt_and_every_call_and_handles_survive_restart() {
+async fn allowed_clients_checked_at_accept_on_mnt_and_every_call_and_handles_survive_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let base = quiet_config(tmp.path());
     // Everyone allowed (empty list): make a file and keep its handle.
@@ -154,12 +154,41 @@ async fn allowed_clients_checked_on_mnt_and_every_call_and_handles_survive_resta
         (root, f)
     };
 
-    // A list that excludes 127.0.0.1: MNT is refused, and a handle obtained earlier
-    // gets ACCES on every procedure.
-    let deny = with_share(base.clone(), |s| {
-        s.allowed_clients = vec!["10.0.0.0/8".into(), "192.0.2.7".into(), "2001:db8::/32".into()]
-    });
+    // A list that excludes 127.0.0.1, and no other share: the connection is closed at
+    // accept, before MNT or any call (and before it holds a connection slot).
+    let deny_list = vec![
+        "10.0.0.0/8".to_string(),
+        "192.0.2.7".into(),
+        "2001:db8::/32".into(),
+    ];
+    let deny = with_share(base.clone(), |s| s.allowed_clients = deny_list.clone());
     let gw = start(deny, None).await;
+    let mut sock = tokio::net::TcpStream::connect(gw.nfs_addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the gateway closes the connection"
+    );
+    let m = gw.gateway.metrics.render();
+    assert_eq!(
+        metric_sum(&m, "bucketgate_nfs_connections_rejected_total", "not_allowed"),
+        1.0
+    );
+    gw.shutdown().await;
+
+    // A second share that allows this host: the connection is served, MNT of /data is
+    // refused, EXPORT shows only what this host may mount, and a handle of /data
+    // obtained earlier gets ACCES on every procedure.
+    let mut two = with_share(base.clone(), |s| s.allowed_clients = deny_list.clone());
+    let mut open = two.shares[0].clone();
+    open.name = "open".into();
+    open.url = format!("file://{}", tmp.path().join("bucket-open").display());
+    open.allowed_clients = Vec::new();
+    two.shares.push(open);
+    let gw = start(two, None).await;
     match try_mount_as(gw.nfs_addr, "/data", 1000, 1000).await {
         Err(ConnectError::Mount(MountError::Denied(st))) => {
             assert!(matches!(st, mountstat3::MNT3ERR_ACCES), "{st:?}")
@@ -167,19 +196,12 @@ async fn allowed_clients_checked_on_mnt_and_every_call_and_handles_survive_resta
         Err(e) => panic!("expected MNT3ERR_ACCES, got {e}"),
         Ok(_) => panic!("mount allowed from a client not on the list"),
     }
-    // EXPORT shows the list.
     let ex = mount_client(gw.nfs_addr).await.export().await.unwrap();
-    let groups: Vec<Vec<String>> =
+    let paths: Vec<String> =
         ex.0.iter()
-            .map(|e| {
-                e.ex_groups
-                    .0
-                    .iter()
-                    .map(|g| String::from_utf8(g.0.to_vec()).unwrap())
-                    .collect()
-            })
+            .map(|e| String::from_utf8(e.ex_dir.0.to_vec()).unwrap())
             .collect();
-    assert_eq!(groups, vec![vec!["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]]);
+    assert_eq!(paths, ["/open"]);
     let mut raw = raw_client(gw.nfs_addr, unix_cred(1000, 1000, &[])).await;
     raw.null().await.expect("NULL needs no handle");
     let r = raw
@@ -668,31 +690,61 @@ async fn connection_gauge_and_limit_rejections_are_exported() {
         Some(1.0)
     );
 
-    // A third is closed at once and counted.
-    // (A raw socket: nfs3_client spins on a peer that closed before answering.)
+    // At the limit, the connection idle the longest (the mount's MOUNT connection,
+    // or the NFS one between calls) is closed for a newcomer, which is served.
+    // (Raw sockets: nfs3_client spins on a peer that closed before answering.)
+    let mut third = TcpStream::connect(gw.nfs_addr).await.unwrap();
+    third.write_all(&null_call(1)).await.unwrap();
+    let mut reply = [0u8; 28];
+    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut reply))
+        .await
+        .expect("answered")
+        .expect("a NULL reply");
+    let text = m.render();
+    assert_eq!(metric(&text, "bucketgate_nfs_connections"), Some(2.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "bucketgate_nfs_connections_rejected_total{reason=\"limit\"}"
+        ),
+        Some(0.0)
+    );
+    drop(c);
+    drop(third);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&m.render(), "bucketgate_nfs_connections") != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gauge did not return to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two connections in the middle of sending a call are not idle: a third is closed
+    // at once and counted.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.nfs_addr).await.unwrap();
+        s.write_all(&null_call(2)[..10]).await.unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut extra = TcpStream::connect(gw.nfs_addr).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
         .await
         .expect("closed at once")
         .unwrap_or(0);
-    assert_eq!(n, 0, "over the limit: closed without an answer");
+    assert_eq!(n, 0, "over the limit with none idle: closed without an answer");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = m.render();
-        if metric(
-            &text,
-            "bucketgate_nfs_connections_rejected_total{reason=\"limit\"}",
-        ) == Some(1.0)
-        {
-            assert_eq!(metric(&text, "bucketgate_nfs_connections"), Some(2.0));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
+    while metric(
+        &m.render(),
+        "bucketgate_nfs_connections_rejected_total{reason=\"limit\"}",
+    ) != Some(1.0)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{}", m.render());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Closing the client frees its connections; the gauge comes back to 0.
-    drop(c);
+    drop(busy);
     drop(extra);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while metric(&m.render(), "bucketgate_nfs_connections") != Some(0.0) {
@@ -711,6 +763,17 @@ async fn connection_gauge_and_limit_rejections_are_exported() {
         Some(0.0),
         "shutdown closes them all"
     );
+}
+
+/// An RPC record holding a NULL call to NFSv3 with AUTH_NONE.
+fn null_call(xid: u32) -> Vec<u8> {
+    let mut rec = Vec::new();
+    for w in [xid, 0, 2, 100003, 3, 0, 0, 0, 0, 0] {
+        rec.extend_from_slice(&w.to_be_bytes());
+    }
+    let mut out = (0x8000_0000u32 | rec.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&rec);
+    out
 }
 
 /// What a client holds across a gateway restart keeps working: an EXCLUSIVE create

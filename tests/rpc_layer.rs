@@ -94,7 +94,11 @@ impl Nfs3Program for TestNfs {
 struct TestExports;
 
 impl Exports for TestExports {
-    fn exports(&self) -> Vec<ExportEntry> {
+    fn allows(&self, _client: IpAddr) -> bool {
+        true // /data allows everyone
+    }
+
+    fn exports(&self, _client: IpAddr) -> Vec<ExportEntry> {
         vec![
             ExportEntry {
                 path: "/data".into(),
@@ -534,20 +538,31 @@ async fn client_disconnecting_mid_record_frees_its_slot() {
 }
 
 #[tokio::test]
-async fn connection_limit_closes_extra_connections() {
+async fn connection_limit_closes_an_idle_connection_or_the_new_one() {
     let limits = Limits {
         max_connections: 1,
         ..Limits::default()
     };
     let s = Server::start(limits, TestNfs::new(false)).await;
+    // The first, idle after its answer, is closed for the second, which is served.
     let mut first = s.connect().await;
     send(&mut first, &call(1, NFS, 3, P_NULL, &[])).await;
     assert_eq!(accepted(&recv(&mut first).await).0, 1);
     let mut second = s.connect().await;
-    assert!(closed_by_server(&mut second).await);
-    // The first is unaffected.
-    send(&mut first, &call(2, NFS, 3, P_NULL, &[])).await;
-    assert_eq!(accepted(&recv(&mut first).await).0, 2);
+    send(&mut second, &call(2, NFS, 3, P_NULL, &[])).await;
+    assert_eq!(accepted(&recv(&mut second).await).0, 2);
+    assert!(closed_by_server(&mut first).await);
+    // One in the middle of sending a call is not idle: a third is closed instead.
+    let msg = call(3, NFS, 3, P_NULL, &[]);
+    let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+    rec.extend_from_slice(&msg);
+    second.write_all(&rec[..rec.len() / 2]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut third = s.connect().await;
+    assert!(closed_by_server(&mut third).await);
+    // The second is unaffected.
+    second.write_all(&rec[rec.len() / 2..]).await.unwrap();
+    assert_eq!(accepted(&recv(&mut second).await).0, 3);
     s.shutdown().await;
 }
 

@@ -194,7 +194,11 @@ impl Nfs3Program for MiniFs {
 struct OneExport;
 
 impl Exports for OneExport {
-    fn exports(&self) -> Vec<ExportEntry> {
+    fn allows(&self, _client: IpAddr) -> bool {
+        true
+    }
+
+    fn exports(&self, _client: IpAddr) -> Vec<ExportEntry> {
         vec![ExportEntry {
             path: "/data".into(),
             allowed_clients: vec![],

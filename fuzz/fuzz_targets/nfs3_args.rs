@@ -2,9 +2,10 @@
 //! a real cache in a temporary directory (kept across runs, so the fuzzer builds up
 //! files and directories). Input: byte 0 picks the procedure, byte 1 the caller,
 //! the rest are the arguments. Any `00 00 00 11 01` (an XDR opaque of 17 bytes
-//! starting with handle version 1) gets this share's id patched in, so handles in
-//! the corpus (written with share id 0) name real files: the root is file id 1,
-//! generation 0.
+//! starting with 1: the corpus's handles, in the format before handles carried a
+//! MAC) becomes a real handle of this share (share id and MAC made here) for the
+//! file id and generation it names, so handles in the corpus name real files: the
+//! root is file id 1, generation 0.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     svc: NfsService,
     share_id: u32,
+    key: [u8; 32],
     _dir: tempfile::TempDir,
 }
 
@@ -34,6 +36,7 @@ fn harness() -> &'static Harness {
         };
         let cache = Arc::new(Cache::open(dir.path(), opts).unwrap());
         let share_id = cache.share_id();
+        let key = *cache.handle_key();
         // An empty local-directory bucket: listings and fetches hit a real store.
         let store: Arc<dyn bucketgate::remote::ObjectStore> =
             Arc::new(bucketgate::remote::local::LocalStore::new(dir.path().join("bucket")).unwrap());
@@ -53,6 +56,7 @@ fn harness() -> &'static Harness {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
             svc: NfsService::new(vec![share], None),
             share_id,
+            key,
             _dir: dir,
         }
     })
@@ -70,14 +74,25 @@ fuzz_target!(|data: &[u8]| {
         2 => Some((1000, 1000)),
         _ => Some((65534, 65534)),
     };
-    let mut args = data[2..].to_vec();
-    let id = h.share_id.to_be_bytes();
+    let src = &data[2..];
+    let mut args = Vec::with_capacity(src.len() + 64);
     let mut i = 0;
-    while i + 9 <= args.len() {
-        if args[i..i + 5] == [0, 0, 0, 17, 1] {
-            args[i + 5..i + 9].copy_from_slice(&id);
-            i += 9;
+    while i < src.len() {
+        // length word, 17 handle bytes, 3 bytes of XDR padding
+        if i + 24 <= src.len() && src[i..i + 5] == [0, 0, 0, 17, 1] {
+            let b = &src[i + 4..i + 21];
+            let handle = bucketgate::nfs::handle::Handle {
+                share_id: h.share_id,
+                file_id: u64::from_be_bytes(b[5..13].try_into().unwrap()),
+                generation: u32::from_be_bytes(b[13..17].try_into().unwrap()),
+            }
+            .encode(&h.key);
+            args.extend_from_slice(&(handle.len() as u32).to_be_bytes());
+            args.extend_from_slice(&handle);
+            args.resize(args.len() + (4 - handle.len() % 4) % 4, 0);
+            i += 24;
         } else {
+            args.push(src[i]);
             i += 1;
         }
     }

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
+mod conns;
 pub mod handle;
 pub mod mount;
 pub mod nfs3;
@@ -68,7 +69,11 @@ pub struct ExportEntry {
 
 /// What MOUNT v3 needs from the gateway.
 pub trait Exports: Send + Sync + 'static {
-    fn exports(&self) -> Vec<ExportEntry>;
+    /// The exports a client at `client` may mount (each share allowing it).
+    fn exports(&self, client: IpAddr) -> Vec<ExportEntry>;
+    /// Whether any share allows `client`: a host none allows is refused at accept
+    /// and told nothing (no exports, no mount list).
+    fn allows(&self, client: IpAddr) -> bool;
     /// The root file handle of the export at `path` for a client at `client`, or the
     /// MOUNT status to answer (NOENT for an unknown path, ACCES for a client not allowed).
     fn mount(&self, path: &[u8], client: IpAddr) -> Result<Vec<u8>, nfs3_types::mount::mountstat3>;

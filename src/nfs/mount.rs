@@ -109,6 +109,12 @@ pub fn call<E: Exports + ?Sized>(
             };
             ProcReply::Success(encode(&res))
         }
+        // A host that no share allows learns neither who mounts what nor what is
+        // exported (it cannot connect at all unless it reaches another listener).
+        MOUNTPROC3_DUMP | MOUNTPROC3_EXPORT if !exports_.allows(client) => {
+            debug!(%client, proc, "mount list or exports asked by a host no share allows");
+            ProcReply::Success(encode(&List::<export_node>(Vec::new())))
+        }
         MOUNTPROC3_DUMP => {
             let hosts: Vec<(String, Vec<u8>)> = table
                 .list()
@@ -140,7 +146,7 @@ pub fn call<E: Exports + ?Sized>(
             ProcReply::Success(Vec::new())
         }
         MOUNTPROC3_EXPORT => {
-            let shares = exports_.exports();
+            let shares = exports_.exports(client);
             let list: exports = List(
                 shares
                     .iter()
@@ -158,5 +164,63 @@ pub fn call<E: Exports + ?Sized>(
             ProcReply::Success(encode(&list))
         }
         _ => ProcReply::ProcUnavail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nfs::ExportEntry;
+
+    struct OnlyTen;
+
+    impl Exports for OnlyTen {
+        fn exports(&self, client: IpAddr) -> Vec<ExportEntry> {
+            if self.allows(client) {
+                vec![ExportEntry {
+                    path: "/data".into(),
+                    allowed_clients: vec!["10.0.0.0/8".into()],
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+        fn allows(&self, client: IpAddr) -> bool {
+            matches!(client, IpAddr::V4(v4) if v4.octets()[0] == 10)
+        }
+        fn mount(&self, _: &[u8], _: IpAddr) -> Result<Vec<u8>, mountstat3> {
+            Ok(vec![1])
+        }
+    }
+
+    fn body(r: ProcReply) -> Vec<u8> {
+        match r {
+            ProcReply::Success(b) => b,
+            _ => panic!("not a success"),
+        }
+    }
+
+    /// DUMP and EXPORT tell a host that no share allows nothing: not who mounts what,
+    /// nor what is exported to whom.
+    #[test]
+    fn dump_and_export_answer_only_allowed_hosts() {
+        let table = MountTable::new();
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let mnt_args = Bytes::from(encode(&dirpath(Opaque::borrowed(b"/data"))));
+        body(call(&OnlyTen, &table, inside, MOUNTPROC3_MNT, mnt_args));
+        let empty = vec![0, 0, 0, 0];
+        for proc in [MOUNTPROC3_DUMP, MOUNTPROC3_EXPORT] {
+            assert_eq!(
+                body(call(&OnlyTen, &table, outside, proc, Bytes::new())),
+                empty,
+                "proc {proc}"
+            );
+            assert_ne!(
+                body(call(&OnlyTen, &table, inside, proc, Bytes::new())),
+                empty,
+                "proc {proc}"
+            );
+        }
     }
 }

@@ -1283,14 +1283,19 @@ impl NfsService {
 }
 
 impl Exports for NfsService {
-    fn exports(&self) -> Vec<ExportEntry> {
+    fn exports(&self, client: IpAddr) -> Vec<ExportEntry> {
         self.shares
             .iter()
+            .filter(|s| (s.allows)(client))
             .map(|s| ExportEntry {
                 path: s.export_path.clone(),
                 allowed_clients: s.allowed_clients.clone(),
             })
             .collect()
+    }
+
+    fn allows(&self, client: IpAddr) -> bool {
+        self.shares.iter().any(|s| (s.allows)(client))
     }
 
     /// Mounts a share or any directory inside it (`/data` or `/data/projects/x`), as

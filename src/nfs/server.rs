@@ -32,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::conns::Registry;
 use super::mount::{self, MountTable};
 use super::rpc::{self, CallError, CallHeader};
 use super::{CallContext, Exports, Nfs3Program, ProcReply, portmap};
@@ -45,8 +46,11 @@ pub const NON_IDEMPOTENT_PROCS: [u32; 9] = [2, 8, 9, 10, 11, 12, 13, 14, 15];
 /// How much the server accepts and keeps. See `Default` for the chosen values.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Connections served at once; more are accepted, logged and closed.
+    /// Connections served at once. At the limit the connection idle the longest is
+    /// closed for a new one; when none is idle the new one is closed.
     pub max_connections: usize,
+    /// Connections one client address holds at once, with the same rule.
+    pub max_connections_per_client: usize,
     /// Calls running at once on one connection; the reader stops reading beyond this,
     /// so TCP flow control pushes back on the client.
     pub max_calls_per_connection: usize,
@@ -77,6 +81,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_client: 64,
             max_calls_per_connection: 64,
             max_calls_total: 512,
             // 1 MiB WRITE data + 64 KiB for RPC/NFS headers and fragment marks.
@@ -97,6 +102,7 @@ impl Limits {
     pub fn from_config(cfg: &NfsConfig) -> Self {
         Limits {
             max_connections: cfg.max_connections.max(1),
+            max_connections_per_client: cfg.max_connections_per_client.max(1),
             max_calls_per_connection: cfg.max_calls_per_connection.max(1),
             ..Limits::default()
         }
@@ -119,6 +125,7 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
         nfs,
         exports,
         mounts: MountTable::new(),
+        conns: Arc::new(Registry::default()),
         port: local.port(),
         calls: Semaphore::new(limits.max_calls_total.max(1)),
         drc: ReplyCache::new(limits.reply_cache_entries, limits.reply_cache_ttl),
@@ -166,7 +173,11 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
     Ok(())
 }
 
-/// Starts serving an accepted connection, or closes it when all slots are taken.
+/// How long a newcomer waits for the slot of the idle connection closed for it.
+const SHED_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts serving an accepted connection, or closes it: at once for a host that no
+/// share allows; at a limit, unless a connection idle the longest can be closed for it.
 fn admit<P: Nfs3Program, E: Exports>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -178,33 +189,66 @@ fn admit<P: Nfs3Program, E: Exports>(
     // An IPv4 client of a dual-stack `[::]` listener shows up as ::ffff:a.b.c.d;
     // allowed-client lists and the reply cache want a.b.c.d.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    match slots.clone().try_acquire_owned() {
-        Ok(slot) => {
-            let open = OpenConnection::new(shared.limits.metrics.clone());
-            let conn = connection(stream, peer, shared.clone(), stop.clone(), slot);
-            conns.spawn(
-                async move {
-                    // Dropped with the task, also when shutdown aborts it.
-                    let _open = open;
-                    conn.await
-                }
-                .instrument(info_span!("nfs_conn", %peer)),
-            );
+    let refuse = |reason: &str| {
+        if let Some(m) = &shared.limits.metrics {
+            m.nfs_connections_rejected_total
+                .with_label_values(&[reason])
+                .inc();
         }
+    };
+    if !shared.exports.allows(peer.ip()) {
+        // Not even a slot: a host no share allows could otherwise hold them all.
+        debug!(%peer, "connection from a host no share allows, closed");
+        refuse("not_allowed");
+        return;
+    }
+    let limit = shared.limits.max_connections_per_client;
+    if shared.conns.count(peer.ip()) >= limit && !shared.conns.shed_oldest_idle(Some(peer.ip())) {
+        warn!(%peer, limit, "client connection limit reached, closing new connection");
+        refuse("client_limit");
+        return;
+    }
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) if shared.conns.shed_oldest_idle(None) => None,
         Err(_) => {
-            if let Some(m) = &shared.limits.metrics {
-                m.nfs_connections_rejected_total
-                    .with_label_values(&["limit"])
-                    .inc();
-            }
+            refuse("limit");
             warn!(
                 %peer,
                 max = shared.limits.max_connections,
-                "connection limit reached, closing new connection"
+                "connection limit reached and no connection idle, closing new connection"
             );
-            drop(stream);
+            return;
         }
-    }
+    };
+    let open = OpenConnection::new(shared.limits.metrics.clone());
+    let (shared, slots, stop) = (shared.clone(), slots.clone(), stop.clone());
+    conns.spawn(
+        async move {
+            // Dropped with the task, also when shutdown aborts it.
+            let _open = open;
+            let slot = match slot {
+                Some(s) => s,
+                // The idle connection closed for this one gives its slot up shortly.
+                None => match tokio::time::timeout(SHED_WAIT, slots.acquire_owned()).await {
+                    Ok(Ok(s)) => {
+                        debug!("took the slot of an idle connection");
+                        s
+                    }
+                    _ => {
+                        if let Some(m) = &shared.limits.metrics {
+                            m.nfs_connections_rejected_total
+                                .with_label_values(&["limit"])
+                                .inc();
+                        }
+                        return;
+                    }
+                },
+            };
+            connection(stream, peer, shared, stop, slot).await
+        }
+        .instrument(info_span!("nfs_conn", %peer)),
+    );
 }
 
 /// Counts one open connection in `bucketgate_nfs_connections` while it lives.
@@ -231,6 +275,7 @@ struct Shared<P, E> {
     nfs: Arc<P>,
     exports: Arc<E>,
     mounts: MountTable,
+    conns: Arc<Registry>,
     port: u16,
     calls: Semaphore,
     drc: ReplyCache,
@@ -295,6 +340,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
     _slot: OwnedSemaphorePermit,
 ) {
     debug!("connection accepted");
+    let reg = shared.conns.register(peer.ip());
     // Replies are single small writes answered by the client at once: Nagle only adds latency.
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
@@ -319,10 +365,19 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 );
                 break;
             }
-            Ok(Decoded::Record(r)) => r,
+            Ok(Decoded::Record(r)) => {
+                reg.set_idle(false);
+                r
+            }
             Ok(Decoded::NeedMore(need)) => {
+                // Only the writer left: no call running, waiting for the client.
+                reg.set_idle(tasks.len() <= 1 && inbuf.is_empty());
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
+                    _ = reg.close.cancelled() => {
+                        debug!("idle connection closed for a new one");
+                        break;
+                    }
                     _ = tx.closed() => break,
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                     // Only the writer left: no call running.

@@ -387,3 +387,37 @@ pub fn dirop(dir: &nfs_fh3, n: &[u8]) -> diropargs3<'static> {
         name: bname(n),
     }
 }
+
+/// Connects from a chosen loopback source address (127.0.0.2, ...): another client
+/// host, as far as the gateway can tell.
+pub struct FromAddr(pub std::net::IpAddr);
+
+impl nfs3_client::net::Connector for FromAddr {
+    type Connection = TokioIo<TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
+        self.connect_with_port(addr, 0).await
+    }
+
+    async fn connect_with_port(
+        &self,
+        addr: SocketAddr,
+        local_port: u16,
+    ) -> std::io::Result<Self::Connection> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(self.0, local_port))?;
+        Ok(TokioIo::new(socket.connect(addr).await?))
+    }
+}
+
+/// Mounts `/data` as uid 1000 from source address `from`.
+pub async fn mount_from(addr: SocketAddr, from: &str) -> Nfs3Connection<TokioIo<TcpStream>> {
+    Nfs3ConnectionBuilder::new(FromAddr(from.parse().unwrap()), addr.ip().to_string(), "/data")
+        .connect_from_privileged_port(false)
+        .mount_port(addr.port())
+        .nfs3_port(addr.port())
+        .credential(unix_cred(1000, 1000, &[]))
+        .mount()
+        .await
+        .expect("mount")
+}
