@@ -352,11 +352,11 @@ impl ReadThrough {
         let leaving = self.cache.anything_leaving()?;
         for o in objects {
             let key = o.key.clone();
-            self.place(&mut tree, &prefix, &key, Some(o), leaving)?;
+            self.place(&mut tree, &prefix, &key, Some(o), leaving, started)?;
         }
         for p in prefixes {
-            if !self.only_leaving_below(&p).await? {
-                self.place(&mut tree, &prefix, &p, None, false)?;
+            if !self.only_leaving_below(&p, started).await? {
+                self.place(&mut tree, &prefix, &p, None, false, started)?;
             }
         }
         let entries = tree.take("");
@@ -383,7 +383,7 @@ impl ReadThrough {
         let leaving = self.cache.anything_leaving()?;
         for o in objects {
             let key = o.key.clone();
-            self.place(&mut tree, &prefix, &key, Some(o), leaving)?;
+            self.place(&mut tree, &prefix, &key, Some(o), leaving, started)?;
         }
         let mut total = ListingChanges::default();
         // Top down, so each directory exists before its own entries are applied;
@@ -416,6 +416,7 @@ impl ReadThrough {
         key: &str,
         obj: Option<ObjectInfo>,
         leaving: bool,
+        listed_ns: u64,
     ) -> Result<(), CacheError> {
         let Some(rel) = key.strip_prefix(prefix) else {
             return Ok(());
@@ -428,7 +429,7 @@ impl ReadThrough {
         if let Some(o) = &obj
             && leaving
             && let Some(share_rel) = key.strip_prefix(&self.prefix)
-            && self.cache.leaving(share_rel, &o.etag)?
+            && self.cache.leaving(share_rel, &o.etag, listed_ns)?
         {
             return Ok(());
         }
@@ -463,11 +464,11 @@ impl ReadThrough {
     /// Whether a common prefix (a subdirectory) holds nothing but what the gateway
     /// is removing: its own marker, left behind by an rmdir here, and objects being
     /// deleted. One short listing, and only for a directory whose marker is leaving.
-    async fn only_leaving_below(&self, prefix: &str) -> Result<bool, CacheError> {
+    async fn only_leaving_below(&self, prefix: &str, listed_ns: u64) -> Result<bool, CacheError> {
         let Some(rel) = prefix.strip_prefix(&self.prefix) else {
             return Ok(false);
         };
-        if self.cache.left_version(rel)?.is_none() {
+        if self.cache.left_version(rel)?.is_none() && !self.cache.leaving(rel, "", listed_ns)? {
             return Ok(false);
         }
         let page = self
@@ -482,7 +483,7 @@ impl ReadThrough {
             let Some(k) = o.key.strip_prefix(&self.prefix) else {
                 return Ok(false);
             };
-            if !self.cache.leaving(k, &o.etag)? {
+            if !self.cache.leaving(k, &o.etag, listed_ns)? {
                 return Ok(false);
             }
         }
@@ -717,7 +718,8 @@ mod tests {
             "pre/",
             "other/x",
         ] {
-            rt.place(&mut tree, "pre/", key, Some(info(key)), true).unwrap();
+            rt.place(&mut tree, "pre/", key, Some(info(key)), true, 0)
+                .unwrap();
         }
         assert_eq!(counter.get(), 4, "each hidden key once");
         let mut top: Vec<String> = tree

@@ -235,3 +235,43 @@ async fn one_client_address_cannot_take_every_slot() {
     .await
     .expect("bounded");
 }
+
+/// At startup the gateway aborts the multipart uploads it started itself and no
+/// others: another S3 client's upload in progress in the share's bucket (here the
+/// whole bucket: the share has no prefix) survives a gateway restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writers_multipart_upload_survives_a_restart() {
+    tokio::time::timeout(LIMIT, async {
+        let srv = common::s3server::S3TestServer::start().await;
+        let theirs = srv
+            .client
+            .create_multipart_upload()
+            .bucket(&srv.bucket)
+            .key("their/upload.bin")
+            .send()
+            .await
+            .unwrap()
+            .upload_id()
+            .unwrap()
+            .to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = share_with(&config(tmp.path(), &format!("s3://{}/", srv.bucket)), |s| {
+            s.endpoint = Some(srv.endpoint.clone());
+            s.path_style = true;
+            s.region = Some("us-east-1".into());
+        });
+        let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
+        for _ in 0..2 {
+            let gw = start(cfg.clone(), creds.clone()).await;
+            let mut c = mount(gw.nfs_addr).await;
+            let root = c.root_nfs_fh3();
+            put_file(&mut c, &root, "ours", b"x").await;
+            common::gateway::flush(&gw).await;
+            gw.shutdown().await;
+        }
+        let uploads = common::child::multipart_uploads(&srv).await;
+        assert_eq!(uploads, [("their/upload.bin".to_string(), theirs)]);
+    })
+    .await
+    .expect("bounded");
+}

@@ -734,6 +734,69 @@ async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
     assert_eq!(err.code(), "KeyConflict");
 }
 
+/// Whoever may write the bucket directory could plant a symlink in it; the store
+/// never follows one, so the share cannot reach outside its root through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_never_follows_a_symlink_below_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bucket");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let s = LocalStore::new(&root).unwrap();
+    let m = meta(S_IFREG | 0o644, 1);
+    s.put_object("ok", Bytes::from_static(b"ok"), &m).await.unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("dir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("file")).unwrap();
+    let refused = |res: Result<(), StoreError>, what: &str| {
+        assert!(
+            matches!(res, Err(StoreError::Permanent { ref code, .. }) if code == "InvalidKey"),
+            "{what}: {res:?}"
+        );
+    };
+    for key in ["dir/secret", "file"] {
+        refused(s.head(key).await.map(|_| ()), key);
+        refused(s.get_range(key, 0, 6).await.map(|_| ()), key);
+        refused(s.copy_object(key, "copied", None).await.map(|_| ()), key);
+        refused(
+            s.put_object(key, Bytes::from_static(b"x"), &m).await.map(|_| ()),
+            key,
+        );
+        refused(s.copy_object("ok", key, None).await.map(|_| ()), key);
+        refused(s.delete_object(key).await, key);
+    }
+    refused(
+        s.put_object("dir/new", Bytes::from_static(b"x"), &m)
+            .await
+            .map(|_| ()),
+        "dir/new",
+    );
+    refused(
+        s.list("dir/", Some("/"), None, 1000).await.map(|_| ()),
+        "list dir/",
+    );
+    // A whole listing shows neither link nor anything behind it.
+    let all = s.list("", None, None, 1000).await.unwrap();
+    let keys: Vec<_> = all.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["ok"]);
+    let mut names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["secret"]);
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert!(
+        root.join("file")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!root.join("copied").exists());
+}
+
 // ---- S3Store only ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,6 +231,8 @@ pub struct Cache {
     pub(crate) evict_pending: std::sync::atomic::AtomicBool,
     /// Decoded inodes in front of sled; every inode change passes through it.
     pub(crate) attrs: AttrCache,
+    /// Keys whose objects the uploader deleted lately (see [`Cache::leaving`]).
+    pub(crate) gone: crate::left::Gone,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -358,6 +360,7 @@ impl Cache {
             data_locks: (0..64).map(|_| parking_lot::RwLock::new(())).collect(),
             evict_pending: std::sync::atomic::AtomicBool::new(false),
             attrs,
+            gone: Default::default(),
         };
         cache.load_lru()?;
         Ok(cache)
@@ -1678,16 +1681,17 @@ impl Cache {
     /// or make the version written look like another client's on the retry.
     /// `record_upload` takes the key back off the list; if it never runs, the key is
     /// deleted unless a live file has that path again (then its own upload
-    /// overwrites it).
-    pub fn record_intent(&self, id: FileId, key: &str, meta: Option<(u32, u32, u32, u64)>) -> Result<()> {
+    /// overwrites it). False: the inode is gone (removed with nothing in the store),
+    /// and nothing may be written for it.
+    pub fn record_intent(&self, id: FileId, key: &str, meta: Option<(u32, u32, u32, u64)>) -> Result<bool> {
         let mut st = self.state.lock();
         let Some(mut i) = self.load(id)? else {
-            return Ok(());
+            return Ok(false);
         };
         let claimed = i.remote.key.as_deref() == Some(key) || i.remote.stale_keys.iter().any(|k| k == key);
         let noted = meta.is_none() || i.remote.overwrite_meta == meta;
         if claimed && noted {
-            return Ok(());
+            return Ok(true);
         }
         if !claimed {
             i.remote.stale_keys.push(key.to_string());
@@ -1697,7 +1701,8 @@ impl Cache {
         }
         self.save_upload_state(&mut st, i)?;
         drop(st);
-        self.flush_metadata()
+        self.flush_metadata()?;
+        Ok(true)
     }
 
     /// `key` is no longer `id`'s to clean up: the object under it is gone from the
@@ -1708,14 +1713,17 @@ impl Cache {
         let Some(mut i) = self.load(id)? else {
             return Ok(());
         };
+        let mut version = self.left_version(key)?.unwrap_or_default();
         i.remote.stale_keys.retain(|k| k != key);
         if i.remote.key.as_deref() == Some(key) {
+            version = i.remote.etag.clone();
             i.remote.key = None;
             i.remote.data_seq = 0;
         }
         let mut b = Batch::default();
         if deleted {
             Self::forget_left(&mut b, key);
+            self.gone.deleted(key, version);
         }
         self.save_upload_state_with(&mut st, i, b)
     }

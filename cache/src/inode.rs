@@ -175,6 +175,8 @@ pub(crate) mod keys {
     /// the version a new write of that key may replace, and a name a listing must
     /// not bring back.
     pub const LEFT: u8 = b'L';
+    /// Upload id → object key of a multipart upload this gateway started.
+    pub const MULTIPART: u8 = b'U';
 
     pub fn inode(id: FileId) -> [u8; 9] {
         let mut k = [INODE; 9];
@@ -224,6 +226,12 @@ pub(crate) mod keys {
     pub fn moved(key: &str) -> Vec<u8> {
         let mut k = vec![MOVED];
         k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    pub fn multipart(upload_id: &str) -> Vec<u8> {
+        let mut k = vec![MULTIPART];
+        k.extend_from_slice(upload_id.as_bytes());
         k
     }
 

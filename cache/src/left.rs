@@ -5,8 +5,12 @@
 //! new file at that name replace exactly that version (and nothing another client
 //! wrote since), and keeps a listing from bringing the removed name back.
 
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
 use crate::attrs::Batch;
-use crate::engine::Cache;
+use crate::engine::{Cache, now_ns};
 use crate::error::Result;
 use crate::inode::{Inode, keys};
 
@@ -60,7 +64,8 @@ impl Cache {
     /// Whether any key is left behind or moved away from at all: a listing need not
     /// ask about each of its keys when none is.
     pub fn anything_leaving(&self) -> Result<bool> {
-        Ok(self.db.scan_prefix([keys::LEFT]).next().transpose()?.is_some()
+        Ok(!self.gone.0.lock().is_empty()
+            || self.db.scan_prefix([keys::LEFT]).next().transpose()?.is_some()
             || self.db.scan_prefix([keys::MOVED]).next().transpose()?.is_some())
     }
 
@@ -74,5 +79,38 @@ impl Cache {
             return Ok(Some(ino.remote.etag.clone()));
         }
         self.left_version(key)
+    }
+}
+
+/// Keys whose object the gateway deleted, with the version deleted and when. Once
+/// deleted, a key is no longer left behind; but a listing that started before the
+/// delete may still show that object, and must not bring the removed name back.
+/// Kept in memory only: no listing outlives the process. Entries go after
+/// [`Gone::KEEP_NS`], longer than any listing runs.
+#[derive(Default)]
+pub(crate) struct Gone(Mutex<HashMap<String, (String, u64)>>);
+
+impl Gone {
+    const KEEP_NS: u64 = 3_600 * 1_000_000_000;
+    /// Past this many entries, the old ones are dropped.
+    const PRUNE_AT: usize = 4_096;
+
+    /// The object at `key` (ETag `etag`, "" when unknown) was deleted just now.
+    pub(crate) fn deleted(&self, key: &str, etag: String) {
+        let now = now_ns();
+        let mut g = self.0.lock();
+        if g.len() >= Self::PRUNE_AT {
+            g.retain(|_, (_, at)| now.saturating_sub(*at) < Self::KEEP_NS);
+        }
+        g.insert(key.to_owned(), (etag, now));
+    }
+
+    /// Whether a listing that started at `listed_ns` and shows version `etag` at
+    /// `key` saw an object the gateway has deleted since.
+    pub(crate) fn since(&self, key: &str, etag: &str, listed_ns: u64) -> bool {
+        self.0.lock().get(key).is_some_and(|(gone, at)| {
+            *at >= listed_ns
+                && (gone.is_empty() || etag.is_empty() || crate::store_sync::same_etag(etag, gone))
+        })
     }
 }

@@ -20,6 +20,7 @@ mod error;
 mod inode;
 mod left;
 mod moves;
+mod multipart;
 mod perm;
 mod store_sync;
 

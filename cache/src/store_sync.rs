@@ -72,7 +72,7 @@ pub struct ObjectHead {
 /// Longest symlink target, as Linux's PATH_MAX.
 pub const MAX_SYMLINK_TARGET: usize = 4096;
 
-fn same_etag(a: &str, b: &str) -> bool {
+pub(crate) fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
@@ -162,7 +162,7 @@ impl Cache {
                 // leaves out one that holds only what is leaving.)
                 if de.is_none()
                     && let RemoteKind::File { etag, .. } = &e.kind
-                    && self.leaving(&key_of(&e.name, false), etag)?
+                    && self.leaving(&key_of(&e.name, false), etag, started_ns)?
                 {
                     continue;
                 }
@@ -363,10 +363,14 @@ impl Cache {
     /// "" when the listing carries none) is one the gateway is removing from the
     /// store (a removed file's or directory's, a renamed file's old key), not
     /// something new: it must not bring the name back. Another version there
-    /// (another ETag) is someone else's.
-    pub fn leaving(&self, key: &str, etag: &str) -> Result<bool> {
+    /// (another ETag) is someone else's. `listed_ns`: when the listing started, so
+    /// that an object deleted since counts as leaving too.
+    pub fn leaving(&self, key: &str, etag: &str, listed_ns: u64) -> Result<bool> {
         if self.left_to_them(key)? {
             return Ok(false);
+        }
+        if self.gone.since(key, etag, listed_ns) {
+            return Ok(true);
         }
         if let Some(known) = self.left_version(key)? {
             return Ok(etag.is_empty() || known.is_empty() || same_etag(etag, &known));

@@ -644,3 +644,49 @@ fn a_directory_made_in_a_setgid_directory_inherits_its_group_and_setgid() {
         "files get the group, not setgid"
     );
 }
+
+/// A listing that started before the uploader deleted a removed file's object may
+/// still show that object; applied afterwards, it must not bring the file back
+/// (RMDIR after `rm -rf` answered NOTEMPTY when the delete won that race; found by
+/// the Linux kernel client in the VM check). Another client's version written
+/// there later still shows.
+#[test]
+fn a_listing_from_before_a_delete_does_not_bring_the_removed_file_back() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    let u = user();
+    let meta = (1000, 1000, 0o100644, 0);
+    let (f, _) = c.create(&u, ROOT_ID, b"f", unchecked(0o644)).unwrap();
+    let seq = c.get(f.id).unwrap().change_seq;
+    assert!(c.record_upload(f.id, seq, "f", "e1", seq, meta).unwrap());
+    let started = c.get(f.id).unwrap().remote.synced_ns + 1;
+    c.remove(&u, ROOT_ID, b"f").unwrap();
+    assert!(c.leaving("f", "e1", started).unwrap());
+    c.record_deleted(f.id, "f", true).unwrap();
+    assert!(c.left_version("f").unwrap().is_none());
+    let ch = c
+        .apply_listing(ROOT_ID, vec![listed_file("f", 10, "e1")], started)
+        .unwrap();
+    assert_eq!(ch.added, 0, "the deleted version is not a new file");
+    assert!(c.peek(ROOT_ID, b"f").unwrap().is_none());
+    // A listing started after the delete saw the store as it is now.
+    let later = started + 1_000_000_000_000;
+    assert!(!c.leaving("f", "e1", later).unwrap());
+    let ch = c
+        .apply_listing(ROOT_ID, vec![listed_file("f", 10, "e2")], started)
+        .unwrap();
+    assert_eq!(ch.added, 1, "another client's version is theirs");
+}
+
+/// The uploader picked a file that is removed before it notes its intent: nothing
+/// may be written for it (the object would be nobody's, and a crash before its
+/// deletion kept it for ever).
+#[test]
+fn no_intent_for_a_file_removed_before_its_upload() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    let (f, _) = c.create(&user(), ROOT_ID, b"f", unchecked(0o644)).unwrap();
+    c.remove(&user(), ROOT_ID, b"f").unwrap();
+    assert!(!c.record_intent(f.id, "f", None).unwrap());
+    assert!(c.left_version("f").unwrap().is_none());
+}

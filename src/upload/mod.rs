@@ -336,20 +336,30 @@ impl Uploader {
         }
     }
 
+    /// Aborts the multipart uploads an earlier run started and did not finish (a
+    /// crash mid-upload; the file is uploaded again from the start). Only those: an
+    /// upload in progress under the same prefix may be another gateway's or another
+    /// S3 client's.
     async fn abort_leftover_multiparts(&self) {
-        // Nothing survives a restart mid-upload (the file is uploaded again from the
-        // start), so any multipart upload under our prefix is a leftover.
-        match self.store.list_multipart_uploads(&self.prefix).await {
-            Ok(list) => {
-                for (key, id) in list {
-                    if let Err(e) = self.store.abort_multipart(&key, &id).await {
-                        tracing::warn!(key, error = %e, "could not abort a leftover multipart upload");
-                    } else {
-                        tracing::info!(key, "aborted a multipart upload left by an earlier run");
+        let ours = match self.cache.multiparts() {
+            Ok(ours) => ours,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the multipart uploads this gateway started");
+                return;
+            }
+        };
+        for (upload_id, key) in ours {
+            match self.store.abort_multipart(&key, &upload_id).await {
+                Ok(()) => {
+                    tracing::info!(key, "aborted a multipart upload left by an earlier run");
+                    if let Err(e) = self.cache.forget_multipart(&upload_id) {
+                        tracing::warn!(key, error = %e, "could not forget an aborted multipart upload");
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not abort a leftover multipart upload; trying again at the next start")
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "could not list leftover multipart uploads"),
         }
     }
 
@@ -470,7 +480,9 @@ impl Uploader {
         // carry, so a crash between the write and record_upload can neither orphan
         // the object nor make it look like another client's (Cache::record_intent).
         let ours = self.settings.check_conflicts.then_some(meta_tuple);
-        self.cache.record_intent(ino.id, &rel, ours)?;
+        if !self.cache.record_intent(ino.id, &rel, ours)? {
+            return Ok(()); // removed meanwhile, and nothing of it is in the store
+        }
         let r = &ino.remote;
         let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
         let etag = if ino.kind == Kind::Dir {
@@ -719,7 +731,7 @@ impl Uploader {
     ) -> Result<String, UploadError> {
         let size = ino.size;
         let part_size = self.part_size_for(size);
-        let upload_id = self.store.create_multipart(key, meta).await?;
+        let upload_id = self.start_multipart(key, meta).await?;
         let result = transfer::upload_parts(
             &self.cache,
             &self.store,
@@ -736,7 +748,7 @@ impl Uploader {
             // A simulated crash leaves the upload behind, as a real one would.
             Err(e @ UploadError::Injected(_)) => return Err(e),
             Err(e) => {
-                let _ = self.store.abort_multipart(key, &upload_id).await;
+                self.end_multipart(key, &upload_id, true).await;
                 return Err(e);
             }
         };
@@ -745,12 +757,30 @@ impl Uploader {
             .store
             .complete_multipart_if(key, &upload_id, &parts, expect)
             .await;
-        match completed {
-            Ok(etag) => Ok(etag),
-            Err(e) => {
-                let _ = self.store.abort_multipart(key, &upload_id).await;
-                Err(e.into())
-            }
+        self.end_multipart(key, &upload_id, completed.is_err()).await;
+        Ok(completed?)
+    }
+
+    /// CreateMultipartUpload, its id recorded durably before any part is sent: after
+    /// a crash, the gateway aborts exactly the uploads it started.
+    async fn start_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+        let upload_id = self.store.create_multipart(key, meta).await?;
+        if let Err(e) = self.cache.record_multipart(&upload_id, key) {
+            let _ = self.store.abort_multipart(key, &upload_id).await;
+            return Err(e.into());
+        }
+        Ok(upload_id)
+    }
+
+    /// A multipart upload of ours ended (completed, or `abort` it now).
+    async fn end_multipart(&self, key: &str, upload_id: &str, abort: bool) {
+        if abort && let Err(e) = self.store.abort_multipart(key, upload_id).await {
+            // Kept on record: aborted at the next start.
+            tracing::warn!(key, error = %e, "could not abort a multipart upload");
+            return;
+        }
+        if let Err(e) = self.cache.forget_multipart(upload_id) {
+            tracing::warn!(key, error = %e, "could not forget a finished multipart upload");
         }
     }
 
@@ -777,7 +807,7 @@ impl Uploader {
         let part_size = self
             .part_size_for(size)
             .max(COPY_PART.min(self.settings.max_single_copy));
-        let upload_id = self.store.create_multipart(dst, meta).await?;
+        let upload_id = self.start_multipart(dst, meta).await?;
         let mut parts = Vec::new();
         let mut start = 0u64;
         let mut n = 1;
@@ -790,17 +820,19 @@ impl Uploader {
             {
                 Ok(etag) => parts.push(CompletedPart { part_number: n, etag }),
                 Err(e) => {
-                    let _ = self.store.abort_multipart(dst, &upload_id).await;
+                    self.end_multipart(dst, &upload_id, true).await;
                     return Err(e.into());
                 }
             }
             start = end + 1;
             n += 1;
         }
-        Ok(self
+        let completed = self
             .store
             .complete_multipart_if(dst, &upload_id, &parts, dst_expect)
-            .await?)
+            .await;
+        self.end_multipart(dst, &upload_id, completed.is_err()).await;
+        Ok(completed?)
     }
 
     async fn delete_stale(&self, id: FileId, rel: &str) -> Result<(), UploadError> {

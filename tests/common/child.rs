@@ -249,3 +249,16 @@ pub async fn multipart_uploads(s3: &S3TestServer) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// How many parts upload `id` of `key` holds on the server.
+pub async fn part_count(s3: &S3TestServer, key: &str, id: &str) -> usize {
+    s3.client
+        .list_parts()
+        .bucket(&s3.bucket)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+        .map(|r| r.parts().len())
+        .unwrap_or(0)
+}
