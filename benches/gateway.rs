@@ -24,6 +24,15 @@
 //!    client; the same against a store 5 ms away; and the alternative of leaving
 //!    attributes out of READDIRPLUS: names by READDIR, then a LOOKUP (one HEAD) of
 //!    each, one at a time as `ls -l` asks. `BENCH_FIGURES=8` runs only this figure.
+//! 9. one client's 5 TiB sparse file uploading (a 1-byte WRITE at 5 TiB, parts of
+//!    525 MiB streamed from the cache disk to an S3 server that keeps no bytes) while
+//!    another client writes 4 KiB FILE_SYNC: its latency beside the same writes with
+//!    nothing uploading, and the process's peak RSS (gateway, client and server
+//!    share it). `BENCH_FIGURES=9` runs only this figure.
+//! 10. 16 connections from one address that each send 64 READs of 1 MiB and never
+//!     read a reply, while a client at another address READs 1 MiB at a time: its
+//!     latency beside the same READs with no such connections, the process's peak
+//!     RSS and the reply memory held. `BENCH_FIGURES=10` runs only this figure.
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
@@ -33,6 +42,7 @@ mod s3server;
 mod support;
 
 use std::io::Write;
+use tokio::io::AsyncWriteExt;
 
 use futures::StreamExt;
 use std::path::Path;
@@ -505,6 +515,15 @@ async fn main() {
     // BENCH_FIGURES=8 runs only figure 8 (the others share one gateway and its data).
     if std::env::var("BENCH_FIGURES").as_deref() == Ok("8") {
         ls_of_unlisted(&srv, tmp.path()).await;
+        sparse_upload(tmp.path()).await;
+        return;
+    }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("9") {
+        sparse_upload(tmp.path()).await;
+        return;
+    }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("10") {
+        non_readers(&srv, tmp.path()).await;
         return;
     }
 
@@ -768,4 +787,161 @@ async fn main() {
         );
         gw.shutdown().await;
     }
+}
+
+/// Resident and peak resident memory of this process, in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `n` sequential 4 KiB FILE_SYNC WRITEs into a new file; each one's latency, sorted.
+async fn filesync_latencies(c: &Arc<Client>, dir: &[u8], name: &str, n: usize) -> Vec<Duration> {
+    let fh = c.create(dir, name).await;
+    let block = vec![5u8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        c.write(&fh, (i * block.len()) as u64, &block, 2).await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn sparse_upload(tmp: &Path) {
+    let (srv, received) = S3TestServer::start_null().await;
+    let dir = tmp.join("sparse");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = gateway_with(&srv, &dir, Duration::from_millis(100), Duration::from_secs(60)).await;
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let n = 2000;
+    let quiet = filesync_latencies(&c, &root, "quiet", n).await;
+    let huge = c.create(&root, "huge.img").await;
+    c.write(&huge, (5u64 << 40) - 1, b"x", 2).await;
+    // Measure once the upload is under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < 1 << 30 {
+        assert!(
+            Instant::now() < deadline,
+            "the sparse file's upload did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let peak = Arc::new(std::sync::Mutex::new(0f64));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let (rss, _) = rss_mib();
+                {
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let sent0 = received.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
+    let other = Client::connect(gw.nfs_addr, 2000, 2000).await;
+    let other_root = other.mount("/data").await;
+    let busy = filesync_latencies(&other, &other_root, "busy", n).await;
+    let window = t.elapsed();
+    let sent = received.load(std::sync::atomic::Ordering::Relaxed) - sent0;
+    sampler.abort();
+    let peak = *peak.lock().unwrap();
+    let (_, hwm) = rss_mib();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    row(
+        "9 FILE_SYNC 4 KiB p50, 5 TiB uploading",
+        pct(&busy, 0.5),
+        "ms",
+        Some((pct(&quiet, 0.5), "the same, nothing uploading")),
+    );
+    row(
+        "9 FILE_SYNC 4 KiB p99, 5 TiB uploading",
+        pct(&busy, 0.99),
+        "ms",
+        Some((pct(&quiet, 0.99), "the same, nothing uploading")),
+    );
+    println!(
+        "9 while uploading: peak RSS {peak:.0} MiB (process high-water mark {hwm:.0} MiB); {:.1} GiB of the sparse file sent in {:.1} s ({:.0} MiB/s)",
+        gib(sent),
+        window.as_secs_f64(),
+        sent as f64 / MIB as f64 / window.as_secs_f64()
+    );
+    gw.shutdown().await;
+}
+
+/// `n` sequential READs of 1 MiB (cycling over the file); each one's latency, sorted.
+async fn read_latencies(c: &Arc<Client>, fh: &[u8], file_mib: u64, n: u64) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        c.read(fh, (i % file_mib) * MIB as u64, MIB as u32).await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+async fn non_readers(srv: &S3TestServer, tmp: &Path) {
+    let dir = tmp.join("non-readers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = gateway(srv, &dir, Duration::from_secs(3600)).await;
+    let good = Client::connect_from(gw.nfs_addr, [127, 0, 0, 2].into(), 1000, 1000).await;
+    let root = good.mount("/data").await;
+    let fh = good.create(&root, "shared.bin").await;
+    let file_mib = 16u64;
+    let block = vec![9u8; MIB];
+    for i in 0..file_mib {
+        good.write(&fh, i * MIB as u64, &block, 0).await;
+    }
+    good.commit(&fh).await;
+    let n = 400;
+    let quiet = read_latencies(&good, &fh, file_mib, n).await;
+    let (rss_before, _) = rss_mib();
+    let records = support::rpc::read_records(&fh, MIB as u32, 64);
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(gw.nfs_addr).await.unwrap();
+        s.write_all(&records).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = read_latencies(&good, &fh, file_mib, n).await;
+    let (rss, hwm) = rss_mib();
+    let held = gw.gateway.metrics.nfs_reply_bytes.get();
+    row(
+        "10 READ 1 MiB p50, 16 non-readers",
+        pct(&busy, 0.5),
+        "ms",
+        Some((pct(&quiet, 0.5), "the same, no non-readers")),
+    );
+    row(
+        "10 READ 1 MiB p99, 16 non-readers",
+        pct(&busy, 0.99),
+        "ms",
+        Some((pct(&quiet, 0.99), "the same, no non-readers")),
+    );
+    println!(
+        "10 with 16 non-readers: RSS {rss:.0} MiB (before them {rss_before:.0} MiB, process high-water mark {hwm:.0} MiB); reply memory held {:.1} MiB",
+        held as f64 / MIB as f64
+    );
+    drop(stalled);
+    gw.shutdown().await;
 }

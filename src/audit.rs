@@ -1,5 +1,6 @@
 //! Per-share audit log: one JSON object per line for every change an NFS client asks
-//! for (create, first write, rename, remove, mkdir, symlink, setattr), with who asked,
+//! for (create, first write, rename, remove, mkdir, symlink, setattr) and, with
+//! `audit_reads`, the first read of a file by a client after a pause, with who asked,
 //! from where, and what the gateway answered.
 //!
 //! NFS calls never wait for the disk: a call hands its record to a bounded channel
@@ -11,7 +12,7 @@
 //! The writer reopens the file when it has been moved or removed (logrotate's default
 //! `create` mode), checked at most once a second.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
@@ -30,6 +31,12 @@ pub const CHANNEL_CAPACITY: usize = 8192;
 /// Files remembered as "written since open/commit" before the set is cleared (then a
 /// few extra `write` lines appear; memory stays bounded).
 const WRITE_SET_MAX: usize = 65_536;
+/// A client's READs of a file are one read session until it pauses this long. NFSv3
+/// has no OPEN: a reader's pause is the nearest thing to a close.
+pub const READ_PAUSE: Duration = Duration::from_secs(60);
+
+/// When each (client, uid, file) last read successfully.
+type ReadSessions = HashMap<(IpAddr, u32, u64), Instant>;
 
 /// What was done. Serialized in lower case (`"create"`, `"write"`, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -37,6 +44,7 @@ const WRITE_SET_MAX: usize = 65_536;
 pub enum Op {
     Create,
     Write,
+    Read,
     Rename,
     Remove,
     Rmdir,
@@ -99,6 +107,8 @@ pub struct AuditLog {
     dropped_metric: Option<IntCounter>,
     /// Files whose first write since CREATE/COMMIT was already logged.
     written: Mutex<HashSet<u64>>,
+    /// With `audit_reads`: when each (client, uid, file) last read successfully.
+    reads: Option<Mutex<ReadSessions>>,
 }
 
 impl AuditLog {
@@ -117,7 +127,52 @@ impl AuditLog {
             dropped: AtomicU64::new(0),
             dropped_metric,
             written: Mutex::new(HashSet::new()),
+            reads: None,
         })
+    }
+
+    /// Logs reads too (the first of each read session).
+    pub fn with_reads(mut self) -> AuditLog {
+        self.reads = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    /// Whether a READ of `file_id` by user `uid` on `client` starts a read session
+    /// and is logged: reads are logged, and that user there has not read the file
+    /// successfully within [`READ_PAUSE`]. A read inside a session extends it.
+    pub fn first_read(&self, client: IpAddr, uid: u32, file_id: u64) -> bool {
+        self.first_read_at((client, uid, file_id), Instant::now())
+    }
+
+    fn first_read_at(&self, who: (IpAddr, u32, u64), now: Instant) -> bool {
+        let Some(reads) = &self.reads else {
+            return false;
+        };
+        let mut r = reads.lock();
+        match r.get_mut(&who) {
+            Some(last) if now.saturating_duration_since(*last) <= READ_PAUSE => {
+                *last = now;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// A logged READ of `file_id` by `uid` on `client` succeeded: its session starts.
+    pub fn read(&self, client: IpAddr, uid: u32, file_id: u64) {
+        self.read_at((client, uid, file_id), Instant::now());
+    }
+
+    fn read_at(&self, who: (IpAddr, u32, u64), now: Instant) {
+        let Some(reads) = &self.reads else { return };
+        let mut r = reads.lock();
+        if r.len() >= WRITE_SET_MAX {
+            r.retain(|_, t| now.saturating_duration_since(*t) <= READ_PAUSE);
+            if r.len() >= WRITE_SET_MAX {
+                r.clear(); // a few extra `read` lines; memory stays bounded
+            }
+        }
+        r.insert(who, now);
     }
 
     pub fn share(&self) -> &str {
@@ -355,6 +410,35 @@ mod tests {
         assert!(log.first_write(7));
     }
 
+    /// One `read` per read session of a client: again after a pause, again for
+    /// another client, and never when reads are not audited.
+    #[test]
+    fn first_read_per_client_until_a_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = AuditLog::open("data", &dir.path().join("off.jsonl"), None).unwrap();
+        assert!(!off.first_read("10.0.0.1".parse().unwrap(), 1000, 7));
+        let log = AuditLog::open("data", &dir.path().join("a.jsonl"), None)
+            .unwrap()
+            .with_reads();
+        let a = ("10.0.0.1".parse().unwrap(), 1000, 7);
+        let t0 = Instant::now();
+        assert!(log.first_read_at(a, t0));
+        log.read_at(a, t0);
+        // Reads 50 s apart keep one session going past READ_PAUSE from its start.
+        assert!(!log.first_read_at(a, t0 + Duration::from_secs(50)));
+        assert!(!log.first_read_at(a, t0 + Duration::from_secs(100)));
+        assert!(
+            log.first_read_at(("10.0.0.2".parse().unwrap(), 1000, 7), t0),
+            "another client"
+        );
+        assert!(log.first_read_at((a.0, 2000, 7), t0), "another user");
+        assert!(log.first_read_at((a.0, 1000, 8), t0), "another file");
+        assert!(
+            log.first_read_at(a, t0 + Duration::from_secs(161)),
+            "after a pause"
+        );
+    }
+
     #[test]
     fn a_full_channel_drops_and_counts() {
         let counter = IntCounter::new("d", "d").unwrap();
@@ -366,6 +450,7 @@ mod tests {
             dropped: AtomicU64::new(0),
             dropped_metric: Some(counter.clone()),
             written: Mutex::new(HashSet::new()),
+            reads: None,
         };
         for _ in 0..3 {
             log.log(log.record("10.0.0.1".parse().unwrap(), 1, 1, Op::Create, None, "OK"));

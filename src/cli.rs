@@ -82,26 +82,37 @@ pub struct AdminTarget {
     /// Admin API address (host:port); default 127.0.0.1:9108.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub admin: Option<String>,
-    /// Take the admin address from this configuration file.
+    /// Take the admin address (and admin.token_file) from this configuration file.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The admin API's bearer token is in this file (default: the config's
+    /// admin.token_file).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl AdminTarget {
-    pub fn resolve(&self) -> anyhow::Result<SocketAddr> {
-        if let Some(a) = &self.admin {
-            let a = a.trim_start_matches("http://").trim_end_matches('/');
-            return a
-                .to_socket_addrs()
-                .with_context(|| format!("--admin {a}: expected host:port"))?
-                .next()
-                .with_context(|| format!("--admin {a}: no address"));
-        }
-        let listen = match &self.config {
-            Some(path) => Config::load(path).map_err(anyhow::Error::msg)?.admin.listen,
-            None => AdminConfig::default().listen,
+    /// A client for the gateway this names, with its token when one is configured.
+    pub fn client(&self) -> anyhow::Result<AdminClient> {
+        let mut admin = match &self.config {
+            Some(path) => Config::load(path).map_err(anyhow::Error::msg)?.admin,
+            None => AdminConfig::default(),
         };
-        Ok(connectable(listen))
+        if let Some(f) = &self.token_file {
+            admin.token_file = Some(f.clone());
+        }
+        let token = admin.token().map_err(anyhow::Error::msg)?;
+        let addr = match &self.admin {
+            Some(a) => {
+                let a = a.trim_start_matches("http://").trim_end_matches('/');
+                a.to_socket_addrs()
+                    .with_context(|| format!("--admin {a}: expected host:port"))?
+                    .next()
+                    .with_context(|| format!("--admin {a}: no address"))?
+            }
+            None => connectable(admin.listen),
+        };
+        Ok(AdminClient::new(addr).with_token(token))
     }
 }
 
@@ -147,7 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Status { target, json } => {
-            let client = AdminClient::new(target.resolve()?);
+            let client = target.client()?;
             let (status, ready) = block_on(async { (client.status().await, client.readiness().await) });
             let status = status?;
             if json {
@@ -167,7 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             path,
         } => {
-            let client = AdminClient::new(target.resolve()?);
+            let client = target.client()?;
             let req = FlushRequest {
                 path,
                 wait,
@@ -194,7 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recursive,
             path,
         } => {
-            let client = AdminClient::new(target.resolve()?);
+            let client = target.client()?;
             let rep = block_on(client.refresh(&RefreshRequest { path, recursive }))?;
             println!(
                 "refresh: {} directories, {} objects listed, {} entries changed",
@@ -397,13 +408,21 @@ mod tests {
         let t = AdminTarget {
             admin: Some("127.0.0.1:9999".into()),
             config: None,
+            token_file: None,
         };
-        assert_eq!(t.resolve().unwrap(), "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(t.client().unwrap().addr, "127.0.0.1:9999".parse().unwrap());
         let t = AdminTarget {
             admin: None,
             config: None,
+            token_file: None,
         };
-        assert_eq!(t.resolve().unwrap(), "127.0.0.1:9108".parse().unwrap());
+        assert_eq!(t.client().unwrap().addr, "127.0.0.1:9108".parse().unwrap());
+        let t = AdminTarget {
+            admin: None,
+            config: None,
+            token_file: Some("/nonexistent/token".into()),
+        };
+        assert!(t.client().unwrap_err().to_string().contains("/nonexistent/token"));
         assert_eq!(
             connectable("0.0.0.0:9108".parse().unwrap()),
             "127.0.0.1:9108".parse().unwrap()

@@ -35,6 +35,11 @@ pub struct NfsConfig {
     pub max_connections_per_client: usize,
     /// Calls served at once on one connection; more wait in the socket.
     pub max_calls_per_connection: usize,
+    /// Memory for replies not yet written (READ data, directory pages), across all
+    /// clients, and the most one client address may hold of it. A client that does
+    /// not read its replies is stopped at its share.
+    pub reply_memory: ByteSize,
+    pub reply_memory_per_client: ByteSize,
     /// A portmapper (UDP and TCP) on another address, normally "0.0.0.0:111", for
     /// clients that always ask port 111 (Windows). Off when unset.
     pub portmap_listen: Option<SocketAddr>,
@@ -47,6 +52,8 @@ impl Default for NfsConfig {
             max_connections: 1024,
             max_connections_per_client: 64,
             max_calls_per_connection: 64,
+            reply_memory: ByteSize(256 << 20),
+            reply_memory_per_client: ByteSize(32 << 20),
             portmap_listen: None,
         }
     }
@@ -56,13 +63,48 @@ impl Default for NfsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A file holding the bearer token `/api/v1/*` requires (one line). Unset, the
+    /// API answers only on a loopback listener; `/metrics`, `/healthz` and
+    /// `/readyz` need no token.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9108".parse().expect("valid literal"),
+            token_file: None,
         }
+    }
+}
+
+impl AdminConfig {
+    /// The token in `token_file`, if one is configured; an error names the file.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "admin.token_file {}: the token must be one line of at least 16 characters without spaces",
+                path.display()
+            ));
+        }
+        Ok(Some(token.to_owned()))
+    }
+
+    /// Who may call the admin API: the token holder, anyone on loopback, or nobody
+    /// (a network listener without a token serves only metrics and health).
+    pub fn api_access(&self) -> Result<crate::admin::ApiAccess, String> {
+        use crate::admin::ApiAccess;
+        Ok(match self.token()? {
+            Some(t) => ApiAccess::Token(t),
+            None if self.listen.ip().is_loopback() => ApiAccess::Open,
+            None => ApiAccess::Closed,
+        })
     }
 }
 
@@ -103,6 +145,10 @@ pub struct UploadConfig {
     pub concurrency: usize,
     /// Parts of one multipart upload in flight at once.
     pub part_concurrency: usize,
+    /// Memory for upload bodies across all shares: a file below the multipart
+    /// threshold is read into memory whole, a part in flight takes 2 MiB (parts are
+    /// read from the cache disk while they are sent). Uploads wait for it.
+    pub memory: ByteSize,
     /// Renames and attribute changes of larger objects are copied part by part
     /// (UploadPartCopy) instead of with one CopyObject: S3's limit is 5 GiB, some
     /// S3-compatible stores have a lower one.
@@ -116,6 +162,7 @@ impl Default for UploadConfig {
             part_size: ByteSize(16 << 20),
             concurrency: 8,
             part_concurrency: 8,
+            memory: ByteSize(256 << 20),
             max_single_copy: ByteSize(MAX_SINGLE_PUT),
         }
     }
@@ -189,6 +236,10 @@ pub struct ShareConfig {
     /// JSON-lines audit log of changes made through this share; off when unset.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// The audit log also records reads: the first READ of a file by a client after
+    /// a pause of 60 s (one record per read session, not per READ).
+    #[serde(default)]
+    pub audit_reads: bool,
     /// How an upload makes sure it does not replace a version of the object that
     /// someone else wrote since the gateway last saw it.
     #[serde(default)]
@@ -197,6 +248,10 @@ pub struct ShareConfig {
     /// who may write the bucket could plant a setuid-root program.
     #[serde(default)]
     pub import_setid: bool,
+    /// Largest file the share accepts (writes and truncations past it answer
+    /// `NFS3ERR_FBIG`). Default and most: S3's object size limit, 5 TiB.
+    #[serde(default)]
+    pub max_file_size: Option<ByteSize>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -665,6 +720,17 @@ impl Config {
         if self.nfs.max_calls_per_connection == 0 {
             p.add("nfs.max_calls_per_connection", "must be at least 1");
         }
+        for (k, v) in [
+            ("nfs.reply_memory", self.nfs.reply_memory.0),
+            ("nfs.reply_memory_per_client", self.nfs.reply_memory_per_client.0),
+        ] {
+            if !((2 << 20)..=(4 << 30)).contains(&v) {
+                p.add(k, "must be 2MiB..4GiB (a READ reply takes up to 1 MiB)");
+            }
+        }
+        if self.nfs.reply_memory_per_client.0 > self.nfs.reply_memory.0 {
+            p.add("nfs.reply_memory_per_client", "must not exceed nfs.reply_memory");
+        }
         let collide = |x: SocketAddr, y: SocketAddr| {
             x.port() != 0
                 && x.port() == y.port()
@@ -756,6 +822,17 @@ impl Config {
         if u.concurrency == 0 {
             p.add("upload.concurrency", "must be at least 1");
         }
+        if !((4 << 20)..=(4 << 30)).contains(&u.memory.0) {
+            p.add("upload.memory", "must be 4MiB..4GiB");
+        } else if u.memory.0 < u.multipart_threshold.0 {
+            p.add(
+                "upload.memory",
+                format!(
+                    "must hold a whole single-request upload: at least upload.multipart_threshold ({} MiB)",
+                    u.multipart_threshold.0 >> 20
+                ),
+            );
+        }
         if u.part_concurrency == 0 {
             p.add("upload.part_concurrency", "must be at least 1");
         }
@@ -791,6 +868,14 @@ impl Config {
                 p.add(
                     k("name"),
                     format!("`{}` must be 1-255 characters of a-z A-Z 0-9 . _ -", s.name),
+                );
+            }
+            if let Some(m) = s.max_file_size
+                && (m.0 == 0 || m.0 > bucketgate_cache::MAX_FILE_SIZE)
+            {
+                p.add(
+                    k("max_file_size"),
+                    "must be 1 byte..5TiB (S3's object size limit)",
                 );
             }
             if let Some(j) = self.shares[..i].iter().position(|o| o.name == s.name) {
@@ -868,6 +953,9 @@ impl Config {
                     }
                 }
             }
+            if s.audit_reads && s.audit_log.is_none() {
+                p.add(k("audit_reads"), "needs audit_log");
+            }
             if let Some(a) = &s.audit_log {
                 if !a.is_absolute() {
                     p.add(
@@ -914,9 +1002,13 @@ impl Config {
                 self.nfs.listen
             ));
         }
-        if !self.admin.listen.ip().is_loopback() {
+        // Read at start (it may be made at first boot, after the config is checked).
+        if let Err(e) = self.admin.token() {
+            w.push(format!("{e}: `serve` will refuse to start"));
+        }
+        if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() {
             w.push(format!(
-                "admin.listen: {} is reachable from the network and the admin API has no authentication; firewall it",
+                "admin.listen: {} is reachable from the network and admin.token_file is unset: /api/v1 (status, flush, refresh) answers 403 there; /metrics, /healthz and /readyz answer anyone who reaches it, so firewall it",
                 self.admin.listen
             ));
         }
@@ -934,15 +1026,6 @@ impl Config {
                     s.export_path()
                 ));
             }
-        }
-        // S3 allows 10,000 parts: the part size caps the largest file that can upload.
-        let max_file = self.upload.part_size.0.saturating_mul(10_000);
-        if max_file < (1 << 40) {
-            w.push(format!(
-                "upload.part_size: files above {} GiB (10,000 parts of {} MiB) cannot be uploaded",
-                max_file >> 30,
-                self.upload.part_size.0 >> 20
-            ));
         }
         w
     }
@@ -1341,22 +1424,45 @@ mod tests {
         ))
         .unwrap();
         let w = c.warnings().join("\n");
-        for key in [
-            "admin.listen",
-            "share[0].allowed_clients",
-            "share[0].squash",
-            "upload.part_size",
-        ] {
+        for key in ["admin.listen", "share[0].allowed_clients", "share[0].squash"] {
             assert!(w.contains(key), "{key} missing from\n{w}");
         }
         assert!(!w.contains("nfs.listen"), "{w}");
-        let local = Config::from_toml(&format!(
-            "[upload]\npart_size = \"128MiB\"\nmultipart_threshold = \"128MiB\"\n{SHARE}"
-        ))
-        .unwrap();
+        // The part size grows with the file: the default is no reason to warn.
+        let local = Config::from_toml(SHARE).unwrap();
         let w = local.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("nfs.listen"), "{w:?}");
+    }
+
+    /// The admin API: open on loopback without a token, closed on a network listener
+    /// without one, and behind the token when a token file is set; a token file
+    /// that cannot be read or holds no usable token is an error at start (a warning
+    /// for check-config, which may run before first boot makes it).
+    #[test]
+    fn admin_api_access_follows_listener_and_token() {
+        use crate::admin::ApiAccess;
+        let mut a = AdminConfig::default();
+        assert_eq!(a.api_access().unwrap(), ApiAccess::Open);
+        a.listen = "0.0.0.0:9108".parse().unwrap();
+        assert_eq!(a.api_access().unwrap(), ApiAccess::Closed);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        a.token_file = Some(f.clone());
+        assert!(a.api_access().unwrap_err().contains("token"));
+        std::fs::write(&f, "short\n").unwrap();
+        assert!(a.api_access().is_err());
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            a.api_access().unwrap(),
+            ApiAccess::Token("0123456789abcdef0123".into())
+        );
+        let c = Config::from_toml(&format!(
+            "[admin]\nlisten = \"0.0.0.0:9108\"\ntoken_file = \"{}\"\n{SHARE}",
+            dir.path().join("missing").display()
+        ))
+        .unwrap();
+        assert!(c.warnings().iter().any(|w| w.starts_with("admin.token_file")));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+mod conns;
 pub mod gateway;
 pub mod logging;
 pub mod metrics;

@@ -125,6 +125,9 @@ pub struct Metrics {
     // --- NFS ---
     /// `bucketgate_nfs_connections`: open NFS client TCP connections (NfsSessions).
     pub nfs_connections: IntGauge,
+    /// `bucketgate_nfs_reply_bytes`: reply memory held for calls whose replies are
+    /// not written yet (of `nfs.reply_memory`).
+    pub nfs_reply_bytes: IntGauge,
     /// `bucketgate_nfs_connections_rejected_total{reason}`: connections refused
     /// (`not_allowed`: no share allows the host; `limit`: max_connections reached
     /// and none idle; `client_limit`: max_connections_per_client, likewise).
@@ -322,6 +325,10 @@ impl Metrics {
             nfs_connections: reg!(IntGauge::with_opts(o(
                 "nfs_connections",
                 "Open NFS client connections."
+            ))),
+            nfs_reply_bytes: reg!(IntGauge::with_opts(o(
+                "nfs_reply_bytes",
+                "Reply memory held for NFS replies not written yet."
             ))),
             nfs_connections_rejected_total: reg!(IntCounterVec::new(
                 o(
@@ -609,6 +616,7 @@ impl Metrics {
             &self.store_errors_total,
             &self.store_reachable,
             &self.nfs_connections,
+            &self.nfs_reply_bytes,
             &self.nfs_connections_rejected_total,
             &self.nfs_bad_handles_total,
             &self.nfs_read_bytes_total,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucketgate::admin::client::ClientError;
 use bucketgate::admin::{
-    AdminApi, AdminClient, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus,
-    Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, AdminClient, ApiAccess, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest,
+    QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 use tokio::sync::{oneshot, watch};
@@ -141,6 +141,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(ApiAccess::Open).await
+}
+
+async fn start_with(access: ApiAccess) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (uploaded, rx) = watch::channel(false);
@@ -161,9 +165,15 @@ async fn start() -> Harness {
         m.set_upload_queue(3, 250, Duration::from_millis(12_500), 1);
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve_admin(listener, api.clone(), metrics.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve_admin(
+        listener,
+        api.clone(),
+        metrics.clone(),
+        access,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     Harness {
         client: AdminClient::new(addr),
         api,
@@ -527,4 +537,89 @@ async fn shutdown_ends_serve_admin_even_with_a_waiting_flush() {
 async fn shutdown(mut h: Harness) {
     h.stop.take().unwrap().send(()).unwrap();
     with_timeout(h.server).await.unwrap().unwrap();
+}
+
+/// One peer holding 300 idle connections (issue 14: it used to hold all 64 slots
+/// until their 10 s header timeout, and /healthz waited that long): the listener
+/// keeps accepting, sheds that peer's idle connections past its cap, and answers a
+/// health check from the same address and from another one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_a_peer_holds_hundreds_of_idle_connections() {
+    let h = start().await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(h.client.addr).await.unwrap());
+    }
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        let t = std::time::Instant::now();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(h.client.addr))
+            .await
+            .expect("connects")
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+            .await
+            .expect("/healthz answered while 300 idle connections are open")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        println!(
+            "/healthz from {from} with 300 idle connections open: {:?}",
+            t.elapsed()
+        );
+    }
+    drop(idle);
+    shutdown(h).await;
+}
+
+/// A connection that sends nothing is closed after the first-byte timeout, not
+/// held for the 10 s header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_soon() {
+    let h = start().await;
+    let mut s = tokio::net::TcpStream::connect(h.client.addr).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf))
+        .await
+        .expect("closed before the header timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    println!("silent connection closed after {:?}", t.elapsed());
+    shutdown(h).await;
+}
+
+/// With a token, /api/v1 needs it (401 otherwise, the token never echoed); with the
+/// API closed (a network listener without a token), it answers 403. Metrics and
+/// health answer either way.
+#[tokio::test]
+async fn the_api_takes_a_bearer_token_and_health_stays_open() {
+    let token = "s3cr3t-token-0123456789";
+    let h = start_with(ApiAccess::Token(token.into())).await;
+    expect_error(&h, "GET", "/api/v1/status", None, 401, "unauthorized").await;
+    let wrong = AdminClient::new(h.client.addr).with_token(Some("s3cr3t-token-0123456780".into()));
+    let r = with_timeout(wrong.request("POST", "/api/v1/flush", Some(b"{}".to_vec()), None))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(!r.text().contains(token));
+    let right = AdminClient::new(h.client.addr).with_token(Some(token.into()));
+    assert_eq!(with_timeout(right.status()).await.unwrap(), report());
+    assert_eq!(with_timeout(h.client.healthz()).await.unwrap(), "ok");
+    assert!(with_timeout(h.client.metrics_text()).await.is_ok());
+    assert!(with_timeout(h.client.readiness()).await.is_ok());
+    shutdown(h).await;
+
+    let h = start_with(ApiAccess::Closed).await;
+    expect_error(&h, "GET", "/api/v1/status", None, 403, "forbidden").await;
+    let right = AdminClient::new(h.client.addr).with_token(Some(token.into()));
+    assert!(with_timeout(right.status()).await.is_err());
+    assert_eq!(with_timeout(h.client.healthz()).await.unwrap(), "ok");
+    shutdown(h).await;
 }

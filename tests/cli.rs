@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bucketgate::admin::{
-    AdminApi, ApiError, CacheStatus, FlushReport, FlushRequest, Readiness, RefreshReport, RefreshRequest,
-    ShareStatus, StatusReport, serve_admin,
+    AdminApi, ApiAccess, ApiError, CacheStatus, FlushReport, FlushRequest, Readiness, RefreshReport,
+    RefreshRequest, ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 
@@ -149,9 +149,15 @@ async fn client_commands_against_a_live_listener() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_admin(listener, Arc::new(Fixed), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve_admin(
+        listener,
+        Arc::new(Fixed),
+        Metrics::new(),
+        ApiAccess::Open,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -230,4 +236,57 @@ async fn client_commands_against_a_live_listener() {
     let o = run(a(&["status", "--admin", &addr])).await.unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).1.contains("cannot reach the admin API"), "{:?}", out(&o));
+}
+
+/// The client commands send the admin API's bearer token from `--token-file` or
+/// the config's admin.token_file; without it, the gateway's 401 is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_send_the_admin_token() {
+    let token = "cli-token-0123456789abcdef";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_admin(
+        listener,
+        Arc::new(Fixed),
+        Metrics::new(),
+        ApiAccess::Token(token.into()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let config = tmp.path().join("bucketgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"{addr}\"\ntoken_file = \"{}\"\n[[share]]\nname = \"data\"\nurl = \"s3://my-bucket/\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bucketgate(&args)
+        })
+    };
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let addr = addr.to_string();
+    let o = run(a(&["status", "--admin", &addr])).await.unwrap();
+    assert!(!o.status.success());
+    assert!(out(&o).1.contains("401"), "{:?}", out(&o));
+    let tf = token_file.display().to_string();
+    let o = run(a(&["status", "--admin", &addr, "--token-file", &tf]))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{:?}", out(&o));
+    let cf = config.display().to_string();
+    let o = run(a(&["flush", "--config", &cf, "/media"])).await.unwrap();
+    assert!(o.status.success(), "{:?}", out(&o));
+    assert!(!out(&o).0.contains(token) && !out(&o).1.contains(token));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

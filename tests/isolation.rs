@@ -275,3 +275,165 @@ async fn another_writers_multipart_upload_survives_a_restart() {
     .await
     .expect("bounded");
 }
+
+async fn set_size(c: &mut Client, fh: &nfs_fh3, size: u64) -> Result<(), nfsstat3> {
+    let r = c
+        .setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: sattr3 {
+                size: Nfs3Option::Some(size),
+                ..sattr3::default()
+            },
+            guard: Nfs3Option::None,
+        })
+        .await
+        .expect("rpc");
+    match r {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((st, _)) => Err(st),
+    }
+}
+
+/// A sparse file counts what it holds against the dirty limit, not its size: one
+/// client's 5 TiB truncate (or 1-byte write at 5 TiB) used to count 5 TiB dirty and
+/// make every other writer's WRITE answer JUKEBOX until it was uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_file_does_not_lock_other_writers_out() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = local_config(tmp.path());
+        cfg.cache.dirty_limit = Some(bucketgate::config::ByteSize(8 << 20));
+        // Nothing uploads during the test: the sparse files stay dirty.
+        cfg.cache.upload_delay = bucketgate::config::HumanDuration(Duration::from_secs(600));
+        cfg.cache.max_dirty_age = bucketgate::config::HumanDuration(Duration::from_secs(600));
+        let gw = start(cfg, None).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        let huge = create(&mut c, &root, "huge", 0o644).await;
+        set_size(&mut c, &huge, 5 << 40).await.unwrap();
+        let far = create(&mut c, &root, "far", 0o644).await;
+        write_at(&mut c, &far, (5 << 40) - 1, b"x", stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+        let mut other = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+        let f = create(&mut other, &root, "small", 0o644).await;
+        for i in 0..16u64 {
+            write_at(&mut other, &f, i * 4096, &[7u8; 4096], stable_how::FILE_SYNC)
+                .await
+                .unwrap_or_else(|e| panic!("write {i} of another client: {e:?}"));
+        }
+        // The limit still holds for what is really written.
+        let big = create(&mut other, &root, "big", 0o644).await;
+        let chunk = vec![1u8; 1 << 20];
+        let mut refused = None;
+        for i in 0..16u64 {
+            if let Err(e) = write_at(&mut other, &big, i << 20, &chunk, stable_how::UNSTABLE).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        assert!(
+            matches!(refused, Some((i, nfsstat3::NFS3ERR_JUKEBOX)) if i >= 7),
+            "written bytes still count: {refused:?}"
+        );
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// `max_file_size` caps a share's files: WRITE, SETATTR and CREATE with a size past
+/// it answer FBIG; up to it, they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_caps_its_file_size() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = share_with(&local_config(tmp.path()), |s| {
+            s.max_file_size = Some(bucketgate::config::ByteSize(1 << 20))
+        });
+        let gw = start(cfg, None).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        let f = create(&mut c, &root, "f", 0o644).await;
+        write_at(&mut c, &f, (1 << 20) - 1, b"x", stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        assert_eq!(
+            write_at(&mut c, &f, 1 << 20, b"x", stable_how::UNSTABLE)
+                .await
+                .err(),
+            Some(nfsstat3::NFS3ERR_FBIG)
+        );
+        set_size(&mut c, &f, 1 << 20).await.unwrap();
+        assert_eq!(
+            set_size(&mut c, &f, (1 << 20) + 1).await,
+            Err(nfsstat3::NFS3ERR_FBIG)
+        );
+        let r = c
+            .create(&CREATE3args {
+                where_: dirop(&root, b"g"),
+                how: createhow3::UNCHECKED(sattr3 {
+                    size: Nfs3Option::Some(2 << 20),
+                    ..sattr3::default()
+                }),
+            })
+            .await
+            .expect("rpc");
+        assert!(matches!(r, Nfs3Result::Err((nfsstat3::NFS3ERR_FBIG, _))), "{r:?}");
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The part size grows with the file, so a file past 10,000 parts of the default
+/// 16 MiB (156 GiB) uploads (the startup warning that said it could not was false).
+/// 160 GiB, sparse: the `file://` store keeps holes as holes, so the test costs a
+/// few MiB of disk; its bytes at both ends arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_file_past_ten_thousand_default_parts_reaches_the_store() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = local_config(tmp.path());
+        let defaults = bucketgate::config::UploadConfig::default();
+        cfg.upload.part_size = defaults.part_size;
+        cfg.upload.multipart_threshold = defaults.multipart_threshold;
+        assert!(cfg.warnings().iter().all(|w| !w.contains("part_size")));
+        let size: u64 = 160 << 30;
+        assert!(size > 10_000 * defaults.part_size.0);
+        let gw = start(cfg, None).await;
+        let mut c = mount(gw.nfs_addr).await;
+        let root = c.root_nfs_fh3();
+        let f = create(&mut c, &root, "big.img", 0o644).await;
+        write_at(&mut c, &f, 0, b"head", stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        write_at(&mut c, &f, size - 4, b"tail", stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        commit(&mut c, &f).await;
+        common::gateway::flush_within(&gw, Duration::from_secs(240))
+            .await
+            .unwrap();
+        let obj = tmp.path().join("bucket/big.img");
+        let md = std::fs::metadata(&obj).unwrap();
+        assert_eq!(md.len(), size);
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        assert!(
+            md.blocks() * 512 < 64 << 20,
+            "holes stay holes: {} bytes",
+            md.blocks() * 512
+        );
+        let o = std::fs::File::open(&obj).unwrap();
+        let mut b = [0u8; 4];
+        o.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"head");
+        o.read_exact_at(&mut b, size - 4).unwrap();
+        assert_eq!(&b, b"tail");
+        o.read_exact_at(&mut b, size / 2).unwrap();
+        assert_eq!(b, [0; 4]);
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}

@@ -192,6 +192,80 @@ async fn audit_log_body() {
     gw.shutdown().await;
 }
 
+/// `audit_reads`: one `read` record per read session of a user on a client (three
+/// READs of a file make one), another for another user, and one for each refused
+/// READ, with the fields of a write record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_records_each_read_session_once() {
+    tokio::time::timeout(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().join("bucket").display());
+        let log = tmp.path().join("audit-data.jsonl");
+        let cfg = share_with(&config(tmp.path(), &url), |s| {
+            s.audit_log = Some(log.clone());
+            s.audit_reads = true;
+        });
+        let gw = start(cfg, None).await;
+        let mut alice = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+        let root = alice.root_nfs_fh3();
+        let shared = put_file(&mut alice, &root, "shared", b"for everyone").await;
+        let private = put_file(&mut alice, &root, "private", b"alice only").await;
+        set_mode(&mut alice, &private, 0o600).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(read_all(&mut alice, &shared).await, b"for everyone");
+        }
+        let mut bob = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
+        assert_eq!(read_all(&mut bob, &shared).await, b"for everyone");
+        for _ in 0..2 {
+            let r = bob
+                .read(&nfs3_types::nfs3::READ3args {
+                    file: private.clone(),
+                    offset: 0,
+                    count: 100,
+                })
+                .await
+                .unwrap();
+            assert!(matches!(
+                r,
+                nfs3_types::nfs3::Nfs3Result::Err((nfs3_types::nfs3::nfsstat3::NFS3ERR_ACCES, _))
+            ));
+        }
+        let want = 4;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reads = loop {
+            let r: Vec<_> = audit_lines(&log)
+                .into_iter()
+                .filter(|l| l["op"] == "read")
+                .collect();
+            if r.len() >= want || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let summary: Vec<String> = reads
+            .iter()
+            .map(|l| format!("{} {} {} {}", l["uid"], l["op"], l["path"], l["status"]))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "1000 \"read\" \"/shared\" \"OK\"",
+                "2000 \"read\" \"/shared\" \"OK\"",
+                "2000 \"read\" \"/private\" \"NFS3ERR_ACCES\"",
+                "2000 \"read\" \"/private\" \"NFS3ERR_ACCES\"",
+            ]
+        );
+        assert!(
+            reads
+                .iter()
+                .all(|l| l["client"] == "127.0.0.1" && l["share"] == "data")
+        );
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_is_off_by_default() {
     let tmp = tempfile::tempdir().unwrap();

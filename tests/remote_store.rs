@@ -403,7 +403,7 @@ async fn multipart_upload_with_metadata(env: &Env) {
     let mut parts = Vec::new();
     for (i, (a, b)) in bounds.into_iter().enumerate() {
         let n = i as i32 + 1;
-        let etag = s.upload_part(key, &id, n, data.slice(a..b)).await.unwrap();
+        let etag = s.upload_part(key, &id, n, data.slice(a..b).into()).await.unwrap();
         parts.push(CompletedPart { part_number: n, etag });
     }
     // Nothing is visible before completion.
@@ -461,7 +461,7 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
         .await
         .unwrap();
     let e2 = s
-        .upload_part("dst.bin", &id, 2, Bytes::from_static(b"tail"))
+        .upload_part("dst.bin", &id, 2, Bytes::from_static(b"tail").into())
         .await
         .unwrap();
     // A range past the end of the source is refused, not truncated.
@@ -575,7 +575,9 @@ async fn abort_is_idempotent_and_listing_tracks_uploads(env: &Env) {
     let id1 = s.create_multipart("up/a", &m).await.unwrap();
     let id2 = s.create_multipart("up/b", &m).await.unwrap();
     let id3 = s.create_multipart("elsewhere/c", &m).await.unwrap();
-    s.upload_part("up/a", &id1, 1, pattern(1000, 3)).await.unwrap();
+    s.upload_part("up/a", &id1, 1, pattern(1000, 3).into())
+        .await
+        .unwrap();
     let mut listed = s.list_multipart_uploads("up/").await.unwrap();
     listed.sort();
     assert_eq!(
@@ -589,7 +591,7 @@ async fn abort_is_idempotent_and_listing_tracks_uploads(env: &Env) {
     s.abort_multipart("up/a", &id1).await.unwrap();
     s.abort_multipart("up/a", &id1).await.unwrap();
     assert!(matches!(
-        s.upload_part("up/a", &id1, 2, pattern(10, 1)).await,
+        s.upload_part("up/a", &id1, 2, pattern(10, 1).into()).await,
         Err(StoreError::NotFound)
     ));
     let parts = [CompletedPart {
@@ -633,7 +635,8 @@ async fn missing_things_map_to_not_found(env: &Env) {
         "0123456789abcdef0123456789abcdef"
     };
     assert!(matches!(
-        s.upload_part("k", bogus, 1, Bytes::from_static(b"x")).await,
+        s.upload_part("k", bogus, 1, Bytes::from_static(b"x").into())
+            .await,
         Err(StoreError::NotFound)
     ));
     let parts = [CompletedPart {
@@ -650,7 +653,7 @@ async fn missing_things_map_to_not_found(env: &Env) {
     if env.local_root().is_some() {
         // S3 answers NoSuchUpload when the key does not match the upload id
         // (s3s-fs does not check).
-        let res = s.upload_part("k2", &id, 1, Bytes::from_static(b"x")).await;
+        let res = s.upload_part("k2", &id, 1, Bytes::from_static(b"x").into()).await;
         assert!(matches!(res, Err(StoreError::NotFound)), "{res:?}");
     }
     s.abort_multipart("k1", &id).await.unwrap();
@@ -708,7 +711,7 @@ async fn local_store_hides_its_own_files_and_refuses_key_conflicts() {
     // A directory made by hand holding nothing is not a key.
     std::fs::create_dir_all(dir.path().join("implicit/only")).unwrap();
     let id = s.create_multipart("m/big", &m).await.unwrap();
-    s.upload_part("m/big", &id, 1, Bytes::from_static(b"p"))
+    s.upload_part("m/big", &id, 1, Bytes::from_static(b"p").into())
         .await
         .unwrap();
     let all = s.list("", None, None, 1000).await.unwrap();

@@ -68,7 +68,12 @@ impl Nfs3Program for TestNfs {
             }
             P_BIG => {
                 self.bigs.fetch_add(1, Ordering::SeqCst);
-                ProcReply::Success(vec![7u8; 1 << 20])
+                // READ-shaped arguments (fh, offset, count): `count` bytes, else 1 MiB.
+                let len = match args.len() {
+                    n if n >= 16 => u32::from_be_bytes(args[n - 4..].try_into().unwrap()) as usize,
+                    _ => 1 << 20,
+                };
+                ProcReply::Success(vec![7u8; len])
             }
             P_CREATE => {
                 if self.gate_create {
@@ -836,5 +841,60 @@ async fn endless_junk_records_close_the_connection() {
         assert_eq!(to_words(&recv(&mut c).await), vec![xid, 1, 1, 1, 1]);
     }
     null_works(&s).await;
+    s.shutdown().await;
+}
+
+/// READ arguments: an 8-byte handle, offset 0, `count`.
+fn read_args(count: u32) -> Vec<u8> {
+    let mut a = words(&[8]);
+    a.extend_from_slice(b"FILEFH01");
+    a.extend(words(&[0, 0, count]));
+    a
+}
+
+/// Issue 14: 16 connections that pipeline 64 READs of 1 MiB and never read the
+/// replies used to pin 64 replies each in memory (1 GiB). Replies now take reply
+/// memory before their call runs: the non-readers together hold at most their
+/// client address's share, and a client at another address is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_hold_at_most_their_share_of_reply_memory() {
+    let metrics = bucketgate::metrics::Metrics::new();
+    let limits = Limits {
+        reply_memory: 16 << 20,
+        reply_memory_per_client: 4 << 20,
+        metrics: Some(metrics.clone()),
+        ..Limits::default()
+    };
+    let s = Server::start(limits, TestNfs::new(false)).await;
+    let mut batch = Vec::new();
+    for xid in 0..64u32 {
+        let msg = call(xid, NFS, 3, P_BIG, &read_args(1 << 20));
+        batch.extend(((msg.len() as u32) | 0x8000_0000).to_be_bytes());
+        batch.extend(msg);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut c = s.connect().await;
+        c.write_all(&batch).await.unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = metrics.nfs_reply_bytes.get();
+    assert!(
+        held <= 4 << 20,
+        "{held} bytes of replies held for one client address"
+    );
+    let ran = s.nfs.bigs.load(Ordering::SeqCst);
+    assert!(ran < 16 * 64, "{ran} of the non-readers' calls ran");
+    // Another address is answered at once.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut good = timeout(T, sock.connect(s.addr)).await.unwrap().unwrap();
+    for xid in 0..8 {
+        send(&mut good, &call(xid, NFS, 3, P_BIG, &read_args(1 << 20))).await;
+        assert_eq!(accepted(&recv(&mut good).await).2.len(), 1 << 20);
+    }
+    println!("non-readers: {ran} calls ran, {held} reply bytes held");
+    drop(stalled);
     s.shutdown().await;
 }

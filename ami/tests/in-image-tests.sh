@@ -163,8 +163,12 @@ check "bucketgate user data: config written" test -f "$cfg"
 is "config mode/owner" "$(mode_owner "$cfg")" "640 root:bucketgate"
 is "config is the user data minus its header line, CRs removed" "$(sha256sum <"$cfg")" "$(tail -n +2 /usr/share/doc/bucketgate/bucketgate.toml.example | sha256sum)"
 check "configured: no not-configured marker" test ! -e /tmp/fb/run/not-configured
+is "admin token mode/owner" "$(mode_owner /tmp/fb/etc/admin-token)" "640 root:bucketgate"
+is "admin token: 64 hex digits" "$(grep -cxE '[0-9a-f]{64}' /tmp/fb/etc/admin-token)" "1"
+token_before=$(cat /tmp/fb/etc/admin-token)
 out=$(fb 2>&1)
 check "second boot with the same user data: unchanged" grep -q 'up to date' <<<"$out"
+is "second boot keeps the admin token" "$(cat /tmp/fb/etc/admin-token)" "$token_before"
 
 printf '#bucketgate-config\n[nfs]\nlisten = "0.0.0.0:2049"\n[cache]\ndir = "/var/cache/bucketgate"\n[[share]]\nname = "data2"\nurl = "s3://bucket-two/"\n' >"$IMDS_DIR/user-data"
 fb >/dev/null 2>&1

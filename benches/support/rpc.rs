@@ -25,9 +25,64 @@ fn opaque(out: &mut Vec<u8>, b: &[u8]) {
     out.resize(out.len() + (4 - b.len() % 4) % 4, 0);
 }
 
+/// AUTH_SYS credentials of `uid`/`gid` (no supplementary groups).
+fn auth_sys(uid: u32, gid: u32) -> Vec<u8> {
+    let mut cred = Vec::new();
+    cred.extend_from_slice(&0u32.to_be_bytes()); // stamp
+    opaque(&mut cred, b"bench");
+    cred.extend_from_slice(&uid.to_be_bytes());
+    cred.extend_from_slice(&gid.to_be_bytes());
+    cred.extend_from_slice(&0u32.to_be_bytes());
+    cred
+}
+
+/// One RPC call record (record mark included) with AUTH_SYS `cred`.
+fn call_record(xid: u32, prog: u32, vers: u32, proc: u32, cred: &[u8], args: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(64 + args.len());
+    msg.extend_from_slice(&[0; 4]);
+    for v in [xid, 0, 2, prog, vers, proc, 1] {
+        msg.extend_from_slice(&v.to_be_bytes());
+    }
+    opaque(&mut msg, cred);
+    msg.extend_from_slice(&[0; 8]); // AUTH_NONE verifier
+    msg.extend_from_slice(args);
+    let len = (msg.len() - 4) as u32 | 0x8000_0000;
+    msg[0..4].copy_from_slice(&len.to_be_bytes());
+    msg
+}
+
+/// READ3args: `fh`, `offset`, `count`.
+pub fn read_args(fh: &[u8], offset: u64, count: u32) -> Vec<u8> {
+    let mut a = Vec::new();
+    opaque(&mut a, fh);
+    a.extend_from_slice(&offset.to_be_bytes());
+    a.extend_from_slice(&count.to_be_bytes());
+    a
+}
+
+/// `n` pipelined NFSv3 READ call records of `count` bytes of `fh`, as uid 1000: for a
+/// client that sends them and never reads a reply.
+pub fn read_records(fh: &[u8], count: u32, n: u32) -> Vec<u8> {
+    let cred = auth_sys(1000, 1000);
+    (0..n)
+        .flat_map(|xid| call_record(xid, 100003, 3, 6, &cred, &read_args(fh, 0, count)))
+        .collect()
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr, uid: u32, gid: u32) -> Arc<Client> {
         let s = TcpStream::connect(addr).await.expect("connect");
+        Self::over(s, uid, gid)
+    }
+
+    /// Connected from local address `from` (another loopback address is another client).
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr, uid: u32, gid: u32) -> Arc<Client> {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(from, 0)).expect("bind");
+        Self::over(sock.connect(addr).await.expect("connect"), uid, gid)
+    }
+
+    fn over(s: TcpStream, uid: u32, gid: u32) -> Arc<Client> {
         s.set_nodelay(true).ok();
         let (mut r, w) = s.into_split();
         let pending: Pending = Default::default();
@@ -49,33 +104,18 @@ impl Client {
                 }
             }
         });
-        let mut cred = Vec::new();
-        cred.extend_from_slice(&0u32.to_be_bytes()); // stamp
-        opaque(&mut cred, b"bench");
-        cred.extend_from_slice(&uid.to_be_bytes());
-        cred.extend_from_slice(&gid.to_be_bytes());
-        cred.extend_from_slice(&0u32.to_be_bytes());
         Arc::new(Client {
             write: Mutex::new(w),
             pending,
             xid: AtomicU32::new(1),
-            cred,
+            cred: auth_sys(uid, gid),
         })
     }
 
     /// One call; returns the results after the accept status (which must be SUCCESS).
     pub async fn call(&self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Vec<u8> {
         let xid = self.xid.fetch_add(1, Ordering::Relaxed);
-        let mut msg = Vec::with_capacity(64 + args.len());
-        msg.extend_from_slice(&[0; 4]);
-        for v in [xid, 0, 2, prog, vers, proc, 1] {
-            msg.extend_from_slice(&v.to_be_bytes());
-        }
-        opaque(&mut msg, &self.cred);
-        msg.extend_from_slice(&[0; 8]); // AUTH_NONE verifier
-        msg.extend_from_slice(args);
-        let len = (msg.len() - 4) as u32 | 0x8000_0000;
-        msg[0..4].copy_from_slice(&len.to_be_bytes());
+        let msg = call_record(xid, prog, vers, proc, &self.cred, args);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(xid, tx);
         self.write.lock().await.write_all(&msg).await.expect("send");
@@ -147,11 +187,7 @@ impl Client {
 
     /// READ; returns the data length.
     pub async fn read(&self, fh: &[u8], offset: u64, count: u32) -> usize {
-        let mut a = Vec::new();
-        opaque(&mut a, fh);
-        a.extend_from_slice(&offset.to_be_bytes());
-        a.extend_from_slice(&count.to_be_bytes());
-        let r = self.call(100003, 3, 6, &a).await;
+        let r = self.call(100003, 3, 6, &read_args(fh, offset, count)).await;
         assert_eq!(Self::status(&r), 0, "READ");
         // status, post_op_attr (bool + 84-byte fattr3), count, eof, data length
         let at = if u32::from_be_bytes(r[4..8].try_into().unwrap()) == 1 {

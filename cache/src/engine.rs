@@ -52,6 +52,9 @@ pub struct CacheOptions {
     pub import_setid: bool,
     /// Names the store would refuse, refused when a file is made or renamed.
     pub key_check: KeyCheck,
+    /// Largest file size (WRITE, SETATTR and CREATE past it get `TooBig`); at most
+    /// [`MAX_FILE_SIZE`], S3's object size limit.
+    pub max_file_size: u64,
 }
 
 type RefusesKey = dyn Fn(&str) -> Option<String> + Send + Sync;
@@ -94,6 +97,7 @@ impl Default for CacheOptions {
             attr_cache_bytes: 64 << 20,
             import_setid: false,
             key_check: KeyCheck::default(),
+            max_file_size: MAX_FILE_SIZE,
         }
     }
 }
@@ -176,6 +180,11 @@ pub(crate) struct State {
     /// Dirty data bytes per inode, and their sum.
     dirty: HashMap<FileId, u64>,
     dirty_total: u64,
+    /// Disk space a file's data takes, where measured (after its writes and
+    /// truncations). A dirty file counts at most this against the dirty limit: a
+    /// hole costs no cache disk, so a sparse 5 TiB file must not lock every other
+    /// writer out.
+    allocated: HashMap<FileId, u64>,
     /// Bytes of file data the cache holds (sum of live files' sizes).
     stored_total: u64,
     pub(crate) evicted_files: u64,
@@ -184,7 +193,10 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn account(&mut self, ino: &Inode) {
-        let now = ino.dirty_data_bytes();
+        let mut now = ino.dirty_data_bytes();
+        if let Some(a) = self.allocated.get(&ino.id) {
+            now = now.min(*a);
+        }
         let before = if now == 0 {
             self.dirty.remove(&ino.id)
         } else {
@@ -197,7 +209,16 @@ impl State {
         self.stored_total = (self.stored_total + new).saturating_sub(old);
     }
 
+    /// `file`'s data takes `bytes` of disk now.
+    pub(crate) fn measured(&mut self, id: FileId, bytes: Option<u64>) {
+        match bytes {
+            Some(b) => self.allocated.insert(id, b),
+            None => self.allocated.remove(&id),
+        };
+    }
+
     pub(crate) fn forget(&mut self, id: FileId) {
+        self.allocated.remove(&id);
         if let Some(b) = self.dirty.remove(&id) {
             self.dirty_total = self.dirty_total.saturating_sub(b);
         }
@@ -235,6 +256,12 @@ pub struct Cache {
     pub(crate) gone: crate::left::Gone,
 }
 
+/// Disk space `f` takes (its allocated blocks), `None` when it cannot be read.
+pub(crate) fn allocated(f: &File) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| m.blocks() * 512)
+}
+
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -264,6 +291,7 @@ impl Cache {
             next_id: ROOT_ID + 1,
             dirty: HashMap::new(),
             dirty_total: 0,
+            allocated: HashMap::new(),
             stored_total: 0,
             evicted_files: 0,
             evicted_bytes: 0,
@@ -326,6 +354,10 @@ impl Cache {
                 state.stored_total += ino.size;
             }
             if ino.is_dirty() {
+                if ino.kind == Kind::File {
+                    let data = File::open(data_dir.join(format!("{:016x}", ino.id))).ok();
+                    state.measured(ino.id, data.as_ref().and_then(allocated));
+                }
                 state.account(&ino);
             }
         }
@@ -849,16 +881,24 @@ impl Cache {
             perm::require(caller, &i, perm::WRITE)?;
         }
         let end = offset.checked_add(data.len() as u64).ok_or(CacheError::TooBig)?;
-        if end > MAX_FILE_SIZE {
+        if end > self.opts.max_file_size {
             return Err(CacheError::TooBig);
         }
         {
             let st = self.state.lock();
-            let growth = end.saturating_sub(i.size);
-            let newly_dirty = if i.dirty_data_bytes() == 0 {
-                i.size.max(end)
+            // At most what the write adds to the disk, and all of a file that turns
+            // dirty now (holes aside: they take no disk).
+            let len = data.len() as u64;
+            let newly_dirty = if i.dirty_data_bytes() > 0 {
+                len
             } else {
-                growth
+                let held = st
+                    .allocated
+                    .get(&id)
+                    .copied()
+                    .filter(|_| !i.partial)
+                    .unwrap_or(i.size);
+                i.size.max(end).min(held.saturating_add(len))
             };
             // Other files' dirty bytes hold a writer back; a file alone may always
             // proceed, or one larger than the limit could never be written again
@@ -881,6 +921,7 @@ impl Cache {
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
         }
+        let taken = allocated(&f);
         failpoint!(
             "cache::write::after_data",
             Err(CacheError::Io(std::io::Error::other(
@@ -902,6 +943,7 @@ impl Cache {
             Self::touch_for_upload(&mut i, &mut b, now, true);
             Self::put(&mut b, &i);
             self.commit_batch(b)?;
+            st.measured(id, taken);
             st.account(&i);
             (before, i)
         };
@@ -961,7 +1003,7 @@ impl Cache {
                     CacheError::Invalid
                 });
             }
-            if size > MAX_FILE_SIZE {
+            if size > self.opts.max_file_size {
                 return Err(CacheError::TooBig);
             }
             if size != i.size {
@@ -979,6 +1021,7 @@ impl Cache {
                 self.lru.invalidate(&id);
                 let f = self.file(id)?;
                 f.set_len(size).map_err(CacheError::from_io)?;
+                st.measured(id, allocated(&f));
                 st.resized(stored, size);
                 i.size = size;
                 data_changed = true;
@@ -1160,10 +1203,13 @@ impl Cache {
         if let Some(s) = set {
             apply_initial_attrs(&mut child, caller, &s, now)?;
         }
+        if child.size > self.opts.max_file_size {
+            return Err(CacheError::TooBig);
+        }
         if child.size > 0 {
-            self.file(child.id)?
-                .set_len(child.size)
-                .map_err(CacheError::from_io)?;
+            let f = self.file(child.id)?;
+            f.set_len(child.size).map_err(CacheError::from_io)?;
+            st.measured(child.id, allocated(&f));
             st.resized(0, child.size);
         }
         let change = self.link_new(&mut st, d, child.clone(), now)?;

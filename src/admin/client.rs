@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,14 +48,30 @@ impl Reply {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdminClient {
     pub addr: SocketAddr,
+    /// Sent as `Authorization: Bearer` (never logged or shown).
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl AdminClient {
     pub fn new(addr: SocketAddr) -> Self {
-        AdminClient { addr }
+        AdminClient { addr, token: None }
+    }
+
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Sends one request and reads the whole answer. `timeout: None` waits for ever.
@@ -94,6 +110,9 @@ impl AdminClient {
                 .header(HOST, addr.to_string());
             if body.is_some() {
                 req = req.header(CONTENT_TYPE, "application/json");
+            }
+            if let Some(t) = &self.token {
+                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
             }
             let req = req
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))

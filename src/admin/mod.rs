@@ -11,8 +11,10 @@
 //! | POST | /api/v1/flush | JSON [`FlushRequest`] → [`FlushReport`] |
 //! | POST | /api/v1/refresh | JSON [`RefreshRequest`] → [`RefreshReport`] |
 //!
-//! Errors are JSON [`ErrorBody`] with 400 (bad request), 404 (unknown path or file),
-//! 405, 413 (body over 64 KiB), 503, 504 (flush wait timed out) or 500.
+//! Errors are JSON [`ErrorBody`] with 400 (bad request), 401 (`/api/v1` without the
+//! bearer token), 403 (`/api/v1` on a network listener with no token configured),
+//! 404 (unknown path or file), 405, 413 (body over 64 KiB), 503, 504 (flush wait
+//! timed out) or 500.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -21,7 +23,7 @@ pub mod client;
 mod server;
 
 pub use client::AdminClient;
-pub use server::{MAX_BODY_BYTES, serve_admin};
+pub use server::{ApiAccess, MAX_BODY_BYTES, serve_admin};
 
 /// What the gateway implements for the admin listener.
 #[async_trait]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,17 +16,23 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{AdminApi, ApiError, ErrorBody, FlushRequest, ReadinessBody, RefreshRequest};
+use crate::conns::Registry;
 use crate::metrics::Metrics;
 
 /// Largest request body accepted; admin requests are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Connections served at once; more wait in the listen backlog. Scrapers and
-/// operators need a handful; the bound keeps a misbehaving client from exhausting fds.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections open at once, and from one peer address. Scrapers and operators need
+/// a handful; past a limit, the connection idle the longest is closed for the
+/// newcomer (which is refused only when none is idle), so a peer that hoards idle
+/// sockets cannot keep `/healthz` from answering.
+const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS_PER_PEER: usize = 16;
+/// A connection that sends nothing within this is closed.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client must send its request headers within this, and its body within this.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, connections get this long to finish (a flush wait is cut short).
@@ -35,6 +41,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_FLUSH_TIMEOUT_S: f64 = 365.0 * 86400.0;
 
 type Body = Full<Bytes>;
+
+/// Who may call `/api/v1/*` (`/metrics`, `/healthz` and `/readyz` are open).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// Anyone who reaches the listener: a loopback listener without a token.
+    Open,
+    /// Requests with `Authorization: Bearer <token>`.
+    Token(String),
+    /// Nobody: a listener reachable from the network with no token configured.
+    Closed,
+}
 
 /// Serves the admin API on `listener` until `shutdown` completes, then lets open
 /// connections finish for a few seconds and returns.
@@ -46,20 +63,18 @@ pub async fn serve_admin(
     listener: TcpListener,
     api: Arc<dyn AdminApi>,
     metrics: Metrics,
+    access: ApiAccess,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let registry = Arc::new(Registry::default());
+    let access = Arc::new(access);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -74,16 +89,46 @@ pub async fn serve_admin(
         };
         // Reap finished connection tasks so the set does not grow for ever.
         while conns.try_join_next().is_some() {}
+        let ip = peer.ip();
+        let full = |n: usize, limit: usize, of: Option<std::net::IpAddr>| {
+            n >= limit && !registry.shed_oldest_idle(of)
+        };
+        if full(registry.count(ip), MAX_CONNECTIONS_PER_PEER, Some(ip))
+            || full(registry.total(), MAX_CONNECTIONS, None)
+        {
+            tracing::debug!(%peer, "admin connection refused: at the connection limit with none idle");
+            continue;
+        }
+        let registered = Arc::new(registry.register(ip));
         let api = api.clone();
         let metrics = metrics.clone();
+        let access = access.clone();
         let mut stop = stop_rx.clone();
         conns.spawn(async move {
-            let _permit = permit;
-            let svc = service_fn(move |req| {
-                let api = api.clone();
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(req, api.as_ref(), &metrics).await) }
-            });
+            // Nothing sent: not a client, or one holding a slot.
+            let mut first = [0u8; 1];
+            let close = registered.close.clone();
+            tokio::select! {
+                r = tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(1..))) {
+                        return;
+                    }
+                }
+                _ = close.cancelled() => return,
+            }
+            let svc = {
+                let registered = registered.clone();
+                service_fn(move |req| {
+                    let (api, metrics, access, registered) =
+                        (api.clone(), metrics.clone(), access.clone(), registered.clone());
+                    async move {
+                        registered.set_idle(false);
+                        let resp = route(req, api.as_ref(), &metrics, &access).await;
+                        registered.set_idle(true);
+                        Ok::<_, Infallible>(resp)
+                    }
+                })
+            };
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
@@ -91,6 +136,7 @@ pub async fn serve_admin(
             tokio::pin!(conn);
             let res = tokio::select! {
                 r = conn.as_mut() => r,
+                _ = close.cancelled() => return,
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -113,9 +159,19 @@ pub async fn serve_admin(
     Ok(())
 }
 
-async fn route(req: Request<Incoming>, api: &dyn AdminApi, metrics: &Metrics) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    api: &dyn AdminApi,
+    metrics: &Metrics,
+    access: &ApiAccess,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if path.starts_with("/api/")
+        && let Some(refused) = refuse(&req, access)
+    {
+        return refused;
+    }
     let allowed: &str = match path.as_str() {
         "/metrics" | "/healthz" | "/readyz" | "/api/v1/status" => "GET, HEAD",
         "/api/v1/flush" | "/api/v1/refresh" => "POST",
@@ -212,6 +268,41 @@ async fn route(req: Request<Incoming>, api: &dyn AdminApi, metrics: &Metrics) ->
         *resp.body_mut() = Full::new(Bytes::new());
     }
     resp
+}
+
+/// The answer to an `/api/` request that `access` does not let through.
+fn refuse(req: &Request<Incoming>, access: &ApiAccess) -> Option<Response<Body>> {
+    match access {
+        ApiAccess::Open => None,
+        ApiAccess::Closed => Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the admin API answers only on a loopback listener unless admin.token_file is set".into(),
+        )),
+        ApiAccess::Token(token) => {
+            let sent = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if sent.is_some_and(|s| same_secret(s.trim().as_bytes(), token.as_bytes())) {
+                return None;
+            }
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this endpoint needs `Authorization: Bearer <token>` (the token in admin.token_file)".into(),
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+    }
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn check_path(path: Option<&str>) -> Result<(), ApiError> {

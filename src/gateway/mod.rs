@@ -26,6 +26,7 @@ use crate::remote::{ObjectStore, open_share_store};
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
+mod background;
 mod probe;
 
 /// The admin API of a gateway, for tests that call it without HTTP.
@@ -68,6 +69,8 @@ pub struct Running {
     pub portmap_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Dropped last: the uploaders' runtime (see `background`).
+    _background: background::Background,
 }
 
 impl Gateway {
@@ -80,6 +83,7 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let metrics = Metrics::from_config(&config);
         let mut shares = Vec::new();
+        let upload_memory = Arc::new(tokio::sync::Semaphore::new(config.upload.memory.0 as usize));
         for sc in &config.shares {
             let (raw, prefix) = match &store_override {
                 Some(s) => (s.clone(), prefix_of(&sc.url)),
@@ -103,6 +107,7 @@ impl Gateway {
                 default_file_mode: sc.default_file_mode.0,
                 attr_cache_bytes: config.cache.attr_cache.0,
                 import_setid: sc.import_setid,
+                max_file_size: sc.max_file_size.map_or(bucketgate_cache::MAX_FILE_SIZE, |m| m.0),
                 key_check: {
                     let (store, prefix) = (store.clone(), prefix.clone());
                     KeyCheck::new(move |path| store.refuses_key(&format!("{prefix}{path}")))
@@ -120,7 +125,7 @@ impl Gateway {
                 prefix.clone(),
                 UploadSettings {
                     check_conflicts: sc.conflict_check != ConflictCheck::Off,
-                    ..upload_settings(&config)
+                    ..upload_settings(&config, upload_memory.clone())
                 },
                 Some((metrics.clone(), sc.name.clone())),
             );
@@ -131,6 +136,7 @@ impl Gateway {
                         path,
                         Some(metrics.audit_dropped_total.with_label_values(&[&sc.name])),
                     )
+                    .map(|log| if sc.audit_reads { log.with_reads() } else { log })
                     .with_context(|| format!("share {}: opening audit_log {}", sc.name, path.display()))?,
                 )),
                 None => None,
@@ -197,12 +203,14 @@ impl Gateway {
     pub async fn start(self) -> anyhow::Result<Running> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let background = background::Background::start().context("starting the upload threads")?;
         for s in &self.shares {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             s.share.cache.set_notifier(tx);
             s.uploader.queue_pending();
-            tasks.spawn(s.uploader.clone().run(rx, stop.clone()));
+            tasks.spawn_on(s.uploader.clone().run(rx, stop.clone()), background.handle());
         }
+        let access = self.config.admin.api_access().map_err(anyhow::Error::msg)?;
         let nfs_listener = TcpListener::bind(self.config.nfs.listen)
             .await
             .with_context(|| format!("binding the NFS listener on {}", self.config.nfs.listen))?;
@@ -246,7 +254,7 @@ impl Gateway {
         let token = stop.clone();
         tasks.spawn(async move {
             if let Err(e) =
-                crate::admin::serve_admin(admin_listener, api, metrics, token.cancelled_owned()).await
+                crate::admin::serve_admin(admin_listener, api, metrics, access, token.cancelled_owned()).await
             {
                 tracing::error!(error = %e, "admin listener stopped");
             }
@@ -258,6 +266,7 @@ impl Gateway {
             portmap_addr,
             stop,
             tasks,
+            _background: background,
         })
     }
 }
@@ -269,8 +278,9 @@ fn prefix_of(url: &str) -> String {
     }
 }
 
-pub fn upload_settings(config: &Config) -> UploadSettings {
+pub fn upload_settings(config: &Config, memory: Arc<tokio::sync::Semaphore>) -> UploadSettings {
     UploadSettings {
+        memory,
         upload_delay: config.cache.upload_delay.0,
         max_dirty_age: config.cache.max_dirty_age.0,
         multipart_threshold: config.upload.multipart_threshold.0,

@@ -9,12 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-mod conns;
 pub mod handle;
 pub mod mount;
 pub mod nfs3;
 pub mod portmap;
 pub mod portmap_server;
+mod replies;
 pub mod rpc;
 pub mod server;
 pub mod status;

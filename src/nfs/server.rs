@@ -8,6 +8,8 @@
 //! interleaved on the wire. A client that stops reading stalls only its own writer
 //! (and after `reply_write_timeout` loses its connection); the server-wide call
 //! permit is released as soon as the handler returns, before the reply is queued.
+//! Before a call runs it takes the memory its reply may need from the reply budget
+//! (`replies`), gateway-wide and per client address, until the reply is written.
 //!
 //! Memory: a record's claimed length is checked against `max_record_bytes` before
 //! anything is reserved, and the receive buffer grows only with bytes actually
@@ -32,11 +34,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::conns::Registry;
 use super::mount::{self, MountTable};
+use super::replies::{self, Held, ReplyBudget};
 use super::rpc::{self, CallError, CallHeader};
 use super::{CallContext, Exports, Nfs3Program, ProcReply, portmap};
 use crate::config::NfsConfig;
+use crate::conns::Registry;
 
 /// NFS procedures that must not run twice when a client retransmits (RFC 1813 §4.6
 /// lists these as non-idempotent): SETATTR, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE,
@@ -66,6 +69,10 @@ pub struct Limits {
     pub reply_cache_entries: u64,
     /// A reply that cannot be written within this time closes the connection.
     pub reply_write_timeout: Duration,
+    /// Memory for replies not yet written, across all connections, and what one
+    /// client address may hold of it (see `replies`).
+    pub reply_memory: u64,
+    pub reply_memory_per_client: u64,
     /// After shutdown is signalled, how long calls in flight get to finish.
     pub shutdown_grace: Duration,
     /// A connection with no call running and nothing received for this long is
@@ -90,6 +97,8 @@ impl Default for Limits {
             reply_cache_ttl: Duration::from_secs(120),
             reply_cache_entries: 16 * 1024,
             reply_write_timeout: Duration::from_secs(120),
+            reply_memory: 256 << 20,
+            reply_memory_per_client: 32 << 20,
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(360),
             metrics: None,
@@ -104,6 +113,8 @@ impl Limits {
             max_connections: cfg.max_connections.max(1),
             max_connections_per_client: cfg.max_connections_per_client.max(1),
             max_calls_per_connection: cfg.max_calls_per_connection.max(1),
+            reply_memory: cfg.reply_memory.0,
+            reply_memory_per_client: cfg.reply_memory_per_client.0,
             ..Limits::default()
         }
     }
@@ -129,6 +140,11 @@ pub async fn serve<P: Nfs3Program, E: Exports>(
         port: local.port(),
         calls: Semaphore::new(limits.max_calls_total.max(1)),
         drc: ReplyCache::new(limits.reply_cache_entries, limits.reply_cache_ttl),
+        replies: ReplyBudget::new(
+            limits.reply_memory,
+            limits.reply_memory_per_client,
+            limits.metrics.as_ref().map(|m| m.nfs_reply_bytes.clone()),
+        ),
         limits,
     });
     let conn_slots = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -279,6 +295,7 @@ struct Shared<P, E> {
     port: u16,
     calls: Semaphore,
     drc: ReplyCache,
+    replies: ReplyBudget,
     limits: Limits,
 }
 
@@ -425,7 +442,21 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
-        tasks.spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), permit).in_current_span());
+        let need = match &parsed {
+            Ok((h, args)) if h.prog == nfs3_types::nfs3::PROGRAM => {
+                replies::reply_estimate(h.proc, args, shared.limits.max_record_bytes as u32)
+            }
+            _ => replies::reply_estimate(0, &Bytes::new(), 0),
+        };
+        let held = loop {
+            tokio::select! {
+                h = shared.replies.acquire(peer.ip(), need) => break h,
+                _ = stop.wait_for(|s| *s) => break 'conn,
+                _ = tx.closed() => break 'conn,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        tasks.spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), (permit, held)).in_current_span());
     }
 
     // Stop reading; calls in flight finish and their replies are written, then the
@@ -433,6 +464,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
     drop(tx);
     drop(rd);
     while tasks.join_next().await.is_some() {}
+    shared.replies.release_client(peer.ip());
     debug!("connection closed");
 }
 
@@ -463,14 +495,15 @@ fn grow_by(len: usize, spare: usize, need: usize) -> Option<usize> {
     Some(target)
 }
 
-/// A reply and the connection's call permit it still holds: a call counts against
-/// `max_calls_per_connection` until its reply is written, so a client that does not
-/// read its replies stops being read from after that many, and at most that many
-/// replies wait in memory for it.
-type Queued = (Outgoing, OwnedSemaphorePermit);
+/// A call's hold on the connection's call permits and on the reply budget, kept
+/// until its reply is written: a call counts against `max_calls_per_connection` and
+/// its reply's bytes against the budget until then, so a client that does not read
+/// its replies stops being read from, and what waits in memory for it is bounded.
+type Hold = (OwnedSemaphorePermit, Held);
+type Queued = (Outgoing, Hold);
 
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
-    while let Some((out, _permit)) = rx.recv().await {
+    while let Some((out, _hold)) = rx.recv().await {
         let mut buf = out.head.chain(out.body).chain(out.data);
         match tokio::time::timeout(timeout, wr.write_all_buf(&mut buf)).await {
             Ok(Ok(())) => {}
@@ -564,7 +597,7 @@ async fn handle_call<P: Nfs3Program, E: Exports>(
     parsed: Result<(CallHeader, Bytes), CallError>,
     peer: SocketAddr,
     tx: mpsc::Sender<Queued>,
-    permit: OwnedSemaphorePermit,
+    permit: Hold,
 ) {
     let (hdr, args) = match parsed {
         Ok(parsed) => parsed,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{
+    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
+};
 use crate::metrics::Metrics;
 
 pub struct Instrumented {
@@ -94,9 +96,9 @@ impl ObjectStore for Instrumented {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
     ) -> StoreResult<String> {
-        let n = body.len();
+        let n = body.len() as usize;
         let r = timed!(
             self,
             "UploadPart",

@@ -55,7 +55,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{
+    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
+};
 
 const SYS_DIR: &str = ".bucketgate";
 const MARKER_ETAG: &str = "d41d8cd98f00b204e9800998ecf8427e";
@@ -211,6 +213,54 @@ fn check_key(key: &str) -> StoreResult<&str> {
         return Err(bad("`.bucketgate` is reserved"));
     }
     Ok(body)
+}
+
+/// Copies `len` bytes of `src` at `from` into `dst` at `to`, holes and all: only the
+/// ranges `src` holds data for are read and written (SEEK_DATA / SEEK_HOLE), and
+/// bytes past `src`'s end are a hole in `dst` too. A sparse 5 TiB file costs what
+/// it holds, not 5 TiB of zeros.
+fn copy_sparse(src: &File, from: u64, len: u64, dst: &File, to: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let end = from + len;
+    let seek = |pos: u64, whence| {
+        // SAFETY: lseek on a valid descriptor; the position it moves is used by no
+        // reader or writer here (all use pread/pwrite).
+        let r = unsafe { libc::lseek(src.as_raw_fd(), pos as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let mut buf = vec![0u8; super::body::CHUNK];
+    let mut pos = from;
+    while pos < end {
+        let data = match seek(pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.min(end);
+        let mut at = data;
+        while at < hole {
+            let want = buf.len().min((hole - at) as usize);
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all_at(&buf[..n], to + (at - from))?;
+            at += n as u64;
+        }
+        pos = hole;
+    }
+    if dst.metadata()?.len() < to + len {
+        dst.set_len(to + len)?;
+    }
+    Ok(())
 }
 
 /// Opens an object for reading, never through a symlink at its last component.
@@ -628,10 +678,9 @@ impl Inner {
 
     /// Copies `len` bytes from `src` at `start` into a new fsynced temp file.
     fn copy_to_temp(&self, src: Option<File>, start: u64, len: u64) -> StoreResult<TempGuard> {
-        let (mut dst, guard) = self.new_temp()?;
-        if let Some(mut src) = src {
-            src.seek(SeekFrom::Start(start))
-                .and_then(|_| io::copy(&mut src.take(len), &mut dst))
+        let (dst, guard) = self.new_temp()?;
+        if let Some(src) = src {
+            copy_sparse(&src, start, len, &dst, 0)
                 .and_then(|_| dst.sync_all())
                 .map_err(|e| io_err("copy", guard.path(), e))?;
         }
@@ -750,13 +799,16 @@ impl Inner {
         Ok(etag)
     }
 
-    fn upload_part(&self, key: &str, id: &str, part_number: i32, body: &[u8]) -> StoreResult<String> {
+    fn upload_part(&self, key: &str, id: &str, part_number: i32, body: PartBody) -> StoreResult<String> {
         Self::check_part_number(part_number)?;
         self.load_upload(key, id)?;
         let (mut f, guard) = self.new_temp()?;
-        f.write_all(body)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io_err("write", guard.path(), e))?;
+        match body {
+            PartBody::Memory(b) => f.write_all(&b),
+            PartBody::File { file, offset, len } => copy_sparse(&file, offset, len, &f, 0),
+        }
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("write", guard.path(), e))?;
         drop(f);
         self.commit_part(id, part_number, guard)
     }
@@ -799,7 +851,8 @@ impl Inner {
             ));
         }
         let dir = self.upload_dir(id);
-        let (mut out, guard) = self.new_temp()?;
+        let (out, guard) = self.new_temp()?;
+        let mut written = 0;
         for (i, p) in parts.iter().enumerate() {
             let etag = p.etag.trim_matches('"');
             let path = dir.join(format!("part-{:05}.{etag}", p.part_number));
@@ -812,12 +865,14 @@ impl Inner {
             if !check_upload_id(etag) {
                 return Err(bad());
             }
-            let mut f = match open_nofollow(&path) {
+            let f = match open_nofollow(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(bad()),
                 Err(e) => return Err(io_err("open", &path, e)),
             };
-            let n = io::copy(&mut f, &mut out).map_err(|e| io_err("copy", &path, e))?;
+            let n = f.metadata().map_err(|e| io_err("stat", &path, e))?.len();
+            copy_sparse(&f, 0, n, &out, written).map_err(|e| io_err("copy", &path, e))?;
+            written += n;
             if i + 1 < parts.len() && n < MIN_PART_BYTES {
                 return Err(permanent(
                     "EntityTooSmall",
@@ -1099,10 +1154,10 @@ impl ObjectStore for LocalStore {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
     ) -> StoreResult<String> {
         let (key, id) = (key.to_owned(), upload_id.to_owned());
-        self.run(move |s| s.upload_part(&key, &id, part_number, &body))
+        self.run(move |s| s.upload_part(&key, &id, part_number, body))
             .await
     }
 

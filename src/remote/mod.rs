@@ -4,11 +4,13 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod body;
 pub mod instrumented;
 pub mod local;
 pub mod meta;
 pub mod s3;
 
+pub use body::PartBody;
 pub use local::LocalStore;
 pub use meta::ObjectMeta;
 pub use s3::{S3Settings, S3Store};
@@ -107,13 +109,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Single-request upload; returns the new ETag.
     async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String>;
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String>;
-    /// Returns the part's ETag.
+    /// Returns the part's ETag. A file range is read while it is sent.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
     ) -> StoreResult<String>;
     /// Server-side copy of bytes `[start, end]` (inclusive) of `src_key` into a part.
     async fn upload_part_copy(

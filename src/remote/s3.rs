@@ -31,15 +31,16 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, SdkBody};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as SdkCompletedPart, EncodingType,
     MetadataDirective, ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
 
+use super::body::FileRangeBody;
 use super::{
-    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, StoreResult,
+    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
     check_expect, expect_etag,
 };
 use crate::config::{ConflictCheck, ShareConfig};
@@ -733,9 +734,15 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
     ) -> StoreResult<String> {
-        let len = body.len();
+        let len = body.len() as usize;
+        let body = match body {
+            PartBody::Memory(b) => ByteStream::from(b),
+            PartBody::File { file, offset, len } => ByteStream::new(SdkBody::retryable(move || {
+                SdkBody::from_body_1_x(FileRangeBody::new(file.clone(), offset, len))
+            })),
+        };
         let out = self
             .client
             .upload_part()
@@ -743,8 +750,8 @@ impl ObjectStore for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
+            .content_length(len as i64)
+            .body(body)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .set_request_payer(self.opts.request_payer.clone())
             .customize()

@@ -62,6 +62,10 @@ pub struct UploadSettings {
     /// Never write over a version of an object that someone else wrote since the
     /// gateway last saw it (the share's `conflict_check` is not "off").
     pub check_conflicts: bool,
+    /// Memory for upload bodies, shared by every share's uploader (`upload.memory`):
+    /// a single PutObject holds its size, a part in flight
+    /// [`transfer::PART_MEMORY`], until sent.
+    pub memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a file has not reached the store yet.
@@ -96,6 +100,10 @@ struct Schedule {
     in_flight: HashSet<FileId>,
     /// Changed while in flight: go again when the current pass ends.
     again: HashSet<FileId>,
+    /// Made due by a flush: no later change postpones it by `upload_delay` until it
+    /// is clean (a change the uploader hears of after the flush must not make a
+    /// `flush --wait` wait an hour).
+    flushing: HashSet<FileId>,
     failing: HashMap<FileId, FailingFile>,
 }
 
@@ -171,6 +179,7 @@ impl Uploader {
                 first_dirty: HashMap::new(),
                 in_flight: HashSet::new(),
                 again: HashSet::new(),
+                flushing: HashSet::new(),
                 failing: HashMap::new(),
             }),
             wake: tokio::sync::Notify::new(),
@@ -217,7 +226,11 @@ impl Uploader {
             return;
         }
         let first = *s.first_dirty.entry(id).or_insert(now);
-        let at = (now + self.settings.upload_delay).min(first + self.settings.max_dirty_age);
+        let at = if s.flushing.contains(&id) {
+            now
+        } else {
+            (now + self.settings.upload_delay).min(first + self.settings.max_dirty_age)
+        };
         // A failing file keeps its backoff; a new change does not make it hammer the store.
         let at = match s.due.get(&id) {
             Some(&cur) if s.failing.contains_key(&id) => cur.max(at),
@@ -250,6 +263,7 @@ impl Uploader {
                 }
             }
             targets.push((id, ino.change_seq));
+            s.flushing.insert(id);
             if s.in_flight.contains(&id) {
                 s.again.insert(id);
             } else {
@@ -377,11 +391,16 @@ impl Uploader {
                 s.failing.remove(&id);
                 if clean && !again {
                     s.first_dirty.remove(&id);
+                    s.flushing.remove(&id);
                 } else {
-                    let first = *s.first_dirty.entry(id).or_insert_with(Instant::now);
-                    let at = (Instant::now() + self.settings.upload_delay)
-                        .min(first + self.settings.max_dirty_age);
-                    s.set_due(id, at.max(Instant::now()));
+                    let now = Instant::now();
+                    let first = *s.first_dirty.entry(id).or_insert(now);
+                    let at = if s.flushing.contains(&id) {
+                        now
+                    } else {
+                        (now + self.settings.upload_delay).min(first + self.settings.max_dirty_age)
+                    };
+                    s.set_due(id, at.max(now));
                 }
             }
             Err(e) => {
@@ -705,6 +724,15 @@ impl Uploader {
         let etag = if ino.kind == Kind::Symlink {
             put(Bytes::from(ino.symlink_target.clone())).await?
         } else if ino.size < self.settings.multipart_threshold {
+            // The body is in memory until it is sent: its bytes come from the budget
+            // (validation keeps multipart_threshold within it).
+            let want = ino.size.clamp(1, u64::from(u32::MAX)) as u32;
+            let _memory = self
+                .settings
+                .memory
+                .acquire_many(want)
+                .await
+                .expect("never closed");
             put(transfer::read_range(&self.cache, ino.id, 0, ino.size).await?).await?
         } else {
             self.multipart_upload(ino, key, meta, expect).await?
@@ -735,6 +763,7 @@ impl Uploader {
         let result = transfer::upload_parts(
             &self.cache,
             &self.store,
+            &self.settings.memory,
             ino.id,
             key,
             &upload_id,

@@ -7,37 +7,32 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::UploadError;
-use crate::remote::{CompletedPart, ObjectStore};
+use crate::remote::{CompletedPart, ObjectStore, PartBody};
 
-/// Reads `[offset, offset+len)` of a cached file. Bytes past the data file's end
-/// (a sparse tail from a truncate that extended the file) read as zeros.
+/// Reads `[offset, offset+len)` of a cached file into memory (a single PUT, below
+/// the multipart threshold). Bytes past the data file's end (a sparse tail from a
+/// truncate that extended the file) read as zeros.
 pub async fn read_range(cache: &Arc<Cache>, id: FileId, offset: u64, len: u64) -> Result<Bytes, UploadError> {
-    let cache = cache.clone();
-    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, UploadError> {
-        use std::os::unix::fs::FileExt;
-        let f = cache.open_data(id)?;
-        let mut buf = vec![0u8; len as usize];
-        let mut done = 0usize;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(bucketgate_cache::CacheError::Io(e).into()),
-            }
-        }
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| bucketgate_cache::CacheError::Meta(format!("read task failed: {e}")))??;
-    Ok(Bytes::from(bytes))
+    let f = cache.open_data(id)?;
+    let body = PartBody::File { file: f, offset, len };
+    let bytes = tokio::task::spawn_blocking(move || body.into_bytes())
+        .await
+        .map_err(|e| bucketgate_cache::CacheError::Meta(format!("read task failed: {e}")))?
+        .map_err(bucketgate_cache::CacheError::Io)?;
+    Ok(bytes)
 }
 
-/// Uploads the parts of one multipart upload, `concurrency` at a time.
+/// Memory a part in flight takes while it streams: the chunk being read and what
+/// the HTTP stack buffers of the one before.
+pub const PART_MEMORY: u32 = 2 * crate::remote::body::CHUNK as u32;
+
+/// Uploads the parts of one multipart upload, `concurrency` at a time, each holding
+/// [`PART_MEMORY`] of the gateway's upload `memory` while it is sent.
 #[allow(clippy::too_many_arguments)]
 pub async fn upload_parts(
     cache: &Arc<Cache>,
     store: &Arc<dyn ObjectStore>,
+    memory: &Arc<tokio::sync::Semaphore>,
     id: FileId,
     key: &str,
     upload_id: &str,
@@ -54,18 +49,22 @@ pub async fn upload_parts(
             let offset = next * part_size;
             let len = part_size.min(size - offset);
             let number = (next + 1) as i32;
-            let (cache, store, key, upload_id) = (
+            let (cache, store, key, upload_id, memory) = (
                 cache.clone(),
                 store.clone(),
                 key.to_string(),
                 upload_id.to_string(),
+                memory.clone(),
             );
             tasks.spawn(async move {
+                let _memory = memory.acquire_many(PART_MEMORY).await.expect("never closed");
                 if number > 1 {
                     // Some parts are in the store, the upload is not complete.
                     super::failpoint!("upload::multipart::between_parts");
                 }
-                let body = read_range(&cache, id, offset, len).await?;
+                // Read while sent: never a whole part in memory, nor a hole.
+                let file = cache.open_data(id)?;
+                let body = PartBody::File { file, offset, len };
                 let etag = store.upload_part(&key, &upload_id, number, body).await?;
                 Ok(CompletedPart {
                     part_number: number,

@@ -101,7 +101,7 @@ impl ObjectStore for Faulty {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
     ) -> StoreResult<String> {
         self.check()?;
         self.maybe_hold().await;

@@ -460,7 +460,7 @@ if [ "$restarts" = 1 ]; then
 elif [ "$guest_complete" = 1 ]; then
   host_result FAIL "host:gateway-restarted-once ($restarts restarts)"
 fi
-gw_trouble=$(grep -E ' (ERROR|WARN) ' "$work/gateway.log" | grep -vE 'bucketgate::cli: (nfs\.listen|share\[0\]\.squash|upload\.part_size)' || true)
+gw_trouble=$(grep -E ' (ERROR|WARN) ' "$work/gateway.log" | grep -vE 'bucketgate::cli: (nfs\.listen|share\[0\]\.squash)' || true)
 if [ -z "$gw_trouble" ]; then host_result PASS "host:gateway-log-clean"; else host_result FAIL "host:gateway-log-clean ($(echo "$gw_trouble" | wc -l) WARN/ERROR lines)"; fi
 guest_trouble=$(grep -iE 'nfs|rpc|lockd|xdr' "$work/guest-dmesg.txt" | grep -vE 'RPC: Registered|FS-Cache: Loaded|drop_caches' || true)
 if [ -z "$guest_trouble" ]; then host_result PASS "host:guest-dmesg-clean"; else host_result FAIL "host:guest-dmesg-clean ($(echo "$guest_trouble" | wc -l) kernel messages)"; fi

@@ -27,6 +27,8 @@ pub(super) struct Pending {
     attrs: Option<AttrChange>,
     /// WRITE: the file, marked as written once the write succeeds.
     write_of: Option<u64>,
+    /// READ: the file, whose read session starts once the read succeeds.
+    read_of: Option<u64>,
 }
 
 impl Pending {
@@ -35,6 +37,11 @@ impl Pending {
             && status == "OK"
         {
             self.log.wrote(id);
+        }
+        if let Some(id) = self.read_of
+            && status == "OK"
+        {
+            self.log.read(self.client, self.uid, id);
         }
         let mut r = self
             .log
@@ -109,6 +116,7 @@ impl NfsService {
                 target: None,
                 attrs: None,
                 write_of: None,
+                read_of: None,
             }
         };
         match proc {
@@ -145,6 +153,17 @@ impl NfsService {
                 }
                 let mut p = pending(&s, log, Op::Write, Self::audit_path(&s, &h));
                 p.write_of = Some(h.file_id);
+                Some(p)
+            }
+            // READ, with `audit_reads`: the first of a client's read session.
+            6 => {
+                let fh = c.nfs_fh3().ok()?;
+                let (s, log, h) = self.audited(&fh)?;
+                if !log.first_read(ctx.client.ip(), s.caller(ctx).uid, h.file_id) {
+                    return None;
+                }
+                let mut p = pending(&s, log, Op::Read, Self::audit_path(&s, &h));
+                p.read_of = Some(h.file_id);
                 Some(p)
             }
             // CREATE, MKDIR, REMOVE, RMDIR

@@ -1,5 +1,5 @@
-//! The open connections, for the limits taken at accept: how many each client
-//! address holds, and which has been idle longest, to be closed for a newcomer when
+//! The open connections of a listener (NFS, admin), for the limits taken at
+//! accept: how many each client address holds, and which has been idle longest, to be closed for a newcomer when
 //! the gateway (or that client) is at its limit. A client whose connection is closed
 //! while idle reconnects when it next needs one; a refused newcomer would get no
 //! service at all, so an idle slot is worth less than a new connection.
@@ -57,6 +57,11 @@ impl Registry {
     /// Connections `ip` holds.
     pub fn count(&self, ip: IpAddr) -> usize {
         self.conns.lock().values().filter(|e| e.ip == ip).count()
+    }
+
+    /// Connections open.
+    pub fn total(&self) -> usize {
+        self.conns.lock().len()
     }
 
     /// Closes the connection idle the longest (of `ip`'s, when given). False when
