@@ -816,6 +816,18 @@ async fn filesync_latencies(c: &Arc<Client>, dir: &[u8], name: &str, n: usize) -
     lat
 }
 
+/// p50 and p99 rows of sorted latencies `busy` (while `during`) beside `quiet`.
+fn latency_rows(what: &str, during: &str, busy: &[Duration], quiet: &[Duration], baseline: &str) {
+    for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+        row(
+            &format!("{what} {name}, {during}"),
+            pct(busy, p),
+            "ms",
+            Some((pct(quiet, p), baseline)),
+        );
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1e3
@@ -866,17 +878,12 @@ async fn sparse_upload(tmp: &Path) {
     let peak = *peak.lock().unwrap();
     let (_, hwm) = rss_mib();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    row(
-        "9 FILE_SYNC 4 KiB p50, 5 TiB uploading",
-        pct(&busy, 0.5),
-        "ms",
-        Some((pct(&quiet, 0.5), "the same, nothing uploading")),
-    );
-    row(
-        "9 FILE_SYNC 4 KiB p99, 5 TiB uploading",
-        pct(&busy, 0.99),
-        "ms",
-        Some((pct(&quiet, 0.99), "the same, nothing uploading")),
+    latency_rows(
+        "9 FILE_SYNC 4 KiB",
+        "5 TiB uploading",
+        &busy,
+        &quiet,
+        "the same, nothing uploading",
     );
     println!(
         "9 while uploading: peak RSS {peak:.0} MiB (process high-water mark {hwm:.0} MiB); {:.1} GiB of the sparse file sent in {:.1} s ({:.0} MiB/s)",
@@ -926,17 +933,12 @@ async fn non_readers(srv: &S3TestServer, tmp: &Path) {
     let busy = read_latencies(&good, &fh, file_mib, n).await;
     let (rss, hwm) = rss_mib();
     let held = gw.gateway.metrics.nfs_reply_bytes.get();
-    row(
-        "10 READ 1 MiB p50, 16 non-readers",
-        pct(&busy, 0.5),
-        "ms",
-        Some((pct(&quiet, 0.5), "the same, no non-readers")),
-    );
-    row(
-        "10 READ 1 MiB p99, 16 non-readers",
-        pct(&busy, 0.99),
-        "ms",
-        Some((pct(&quiet, 0.99), "the same, no non-readers")),
+    latency_rows(
+        "10 READ 1 MiB",
+        "16 non-readers",
+        &busy,
+        &quiet,
+        "the same, no non-readers",
     );
     println!(
         "10 with 16 non-readers: RSS {rss:.0} MiB (before them {rss_before:.0} MiB, process high-water mark {hwm:.0} MiB); reply memory held {:.1} MiB",

@@ -100,21 +100,6 @@ async fn mode_of(c: &mut Conn, fh: &nfs_fh3) -> u32 {
     getattr(c, fh).await.unwrap().mode
 }
 
-async fn setattr(c: &mut Conn, fh: &nfs_fh3, s: sattr3) -> Result<(), nfsstat3> {
-    match c
-        .setattr(&SETATTR3args {
-            object: fh.clone(),
-            new_attributes: s,
-            guard: Nfs3Option::None,
-        })
-        .await
-        .expect("rpc")
-    {
-        Nfs3Result::Ok(_) => Ok(()),
-        Nfs3Result::Err((st, _)) => Err(st),
-    }
-}
-
 /// setgid and setuid as Linux has them (CVE-2018-13405, CVE-2021-4037): a file made
 /// in a setgid directory by someone not in its group loses setgid; so does a chmod by
 /// an owner not in the file's group; a chown or chgrp by someone not root clears both.
@@ -274,24 +259,6 @@ async fn another_writers_multipart_upload_survives_a_restart() {
     })
     .await
     .expect("bounded");
-}
-
-async fn set_size(c: &mut Client, fh: &nfs_fh3, size: u64) -> Result<(), nfsstat3> {
-    let r = c
-        .setattr(&SETATTR3args {
-            object: fh.clone(),
-            new_attributes: sattr3 {
-                size: Nfs3Option::Some(size),
-                ..sattr3::default()
-            },
-            guard: Nfs3Option::None,
-        })
-        .await
-        .expect("rpc");
-    match r {
-        Nfs3Result::Ok(_) => Ok(()),
-        Nfs3Result::Err((st, _)) => Err(st),
-    }
 }
 
 /// A sparse file counts what it holds against the dirty limit, not its size: one

@@ -194,7 +194,10 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn account(&mut self, ino: &Inode) {
         let mut now = ino.dirty_data_bytes();
-        if let Some(a) = self.allocated.get(&ino.id) {
+        if now == 0 {
+            // Clean: measured again at its next write.
+            self.allocated.remove(&ino.id);
+        } else if let Some(a) = self.allocated.get(&ino.id) {
             now = now.min(*a);
         }
         let before = if now == 0 {
@@ -884,21 +887,25 @@ impl Cache {
         if end > self.opts.max_file_size {
             return Err(CacheError::TooBig);
         }
+        // What a clean, whole file holds on disk: all of it turns dirty now, but
+        // its holes are not data to keep.
+        let held = match i.partial || i.dirty_data_bytes() > 0 {
+            true => None,
+            false => fs::metadata(self.data_path(id)).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            }),
+        };
         {
             let st = self.state.lock();
-            // At most what the write adds to the disk, and all of a file that turns
-            // dirty now (holes aside: they take no disk).
+            // What the write adds past the end (a hole beyond its own bytes takes no
+            // disk), and all of a file that turns dirty now. The disk it really
+            // takes is measured after the write.
             let len = data.len() as u64;
             let newly_dirty = if i.dirty_data_bytes() > 0 {
-                len
+                end.saturating_sub(i.size).min(len)
             } else {
-                let held = st
-                    .allocated
-                    .get(&id)
-                    .copied()
-                    .filter(|_| !i.partial)
-                    .unwrap_or(i.size);
-                i.size.max(end).min(held.saturating_add(len))
+                i.size.max(end).min(held.unwrap_or(i.size).saturating_add(len))
             };
             // Other files' dirty bytes hold a writer back; a file alone may always
             // proceed, or one larger than the limit could never be written again

@@ -690,3 +690,46 @@ fn no_intent_for_a_file_removed_before_its_upload() {
     assert!(!c.record_intent(f.id, "f", None).unwrap());
     assert!(c.left_version("f").unwrap().is_none());
 }
+
+/// A sparse file counts the disk it holds, not its size: a 5 TiB truncate, or a
+/// write far past the end, leaves room under the dirty limit for other files, and so
+/// does writing to such a file again once it is clean.
+#[test]
+fn sparse_files_count_what_they_hold_against_the_dirty_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Cache::open(
+        t.path(),
+        CacheOptions {
+            dirty_limit_bytes: 1 << 20,
+            ..CacheOptions::default()
+        },
+    )
+    .unwrap();
+    let u = user();
+    let (huge, _) = c.create(&u, ROOT_ID, b"huge", unchecked(0o644)).unwrap();
+    let size = SetAttr {
+        size: Some(5 << 40),
+        ..SetAttr::default()
+    };
+    c.setattr(&u, huge.id, size, None).unwrap();
+    c.write(&u, huge.id, (5 << 40) - 4096, &[1; 4096], false).unwrap();
+    assert!(c.dirty_bytes() < 1 << 20, "{} dirty", c.dirty_bytes());
+    let (other, _) = c.create(&u, ROOT_ID, b"other", unchecked(0o644)).unwrap();
+    c.write(&u, other.id, 0, &[2; 4096], false).unwrap();
+    // Clean again, then written: its holes do not turn dirty.
+    let i = c.get(huge.id).unwrap();
+    assert!(
+        c.record_upload(
+            huge.id,
+            i.change_seq,
+            "huge",
+            "e1",
+            i.data_seq,
+            (1000, 1000, 0o100644, 0)
+        )
+        .unwrap()
+    );
+    c.write(&u, huge.id, 0, &[3; 4096], false).unwrap();
+    c.write(&u, other.id, 4096, &[2; 4096], false).unwrap();
+    assert!(c.dirty_bytes() < 1 << 20, "{} dirty", c.dirty_bytes());
+}

@@ -200,11 +200,11 @@ pub async fn read_all(c: &mut Conn, fh: &nfs_fh3) -> Vec<u8> {
     }
 }
 
-pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsstat3> {
+pub async fn setattr(c: &mut Conn, fh: &nfs_fh3, attrs: sattr3) -> Result<(), nfsstat3> {
     let r = c
         .setattr(&SETATTR3args {
             object: fh.clone(),
-            new_attributes: mode_attr(mode),
+            new_attributes: attrs,
             guard: Nfs3Option::None,
         })
         .await
@@ -213,6 +213,19 @@ pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsst
         Nfs3Result::Ok(_) => Ok(()),
         Nfs3Result::Err((st, _)) => Err(st),
     }
+}
+
+pub async fn set_mode(c: &mut Conn, fh: &nfs_fh3, mode: u32) -> Result<(), nfsstat3> {
+    setattr(c, fh, mode_attr(mode)).await
+}
+
+/// A truncate (or extend) to `size`.
+pub async fn set_size(c: &mut Conn, fh: &nfs_fh3, size: u64) -> Result<(), nfsstat3> {
+    let attrs = sattr3 {
+        size: Nfs3Option::Some(size),
+        ..sattr3::default()
+    };
+    setattr(c, fh, attrs).await
 }
 
 pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
