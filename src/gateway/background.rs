@@ -15,7 +15,7 @@ impl Background {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name("upload")
-            .on_thread_start(lower_priority)
+            .on_thread_start(lower_thread_priority)
             .enable_all()
             .build()?;
         Ok(Background(Some(rt)))
@@ -38,7 +38,7 @@ impl Drop for Background {
 
 /// Lowers the calling thread's CPU priority to [`NICE`] (on Linux, nice values are
 /// per thread). Best effort: a failure leaves the thread at the normal priority.
-fn lower_priority() {
+pub fn lower_thread_priority() {
     // SAFETY: gettid and setpriority take no pointers; they act on this thread only.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICE) };

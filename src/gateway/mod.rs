@@ -27,6 +27,7 @@ use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
 mod background;
+pub use background::lower_thread_priority;
 mod probe;
 
 /// The admin API of a gateway, for tests that call it without HTTP.
