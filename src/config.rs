@@ -64,7 +64,7 @@ impl Default for NfsConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// A file holding the bearer token `/api/v1/*` requires (one line). Unset, the
-    /// API answers only on a loopback listener; `/metrics`, `/healthz` and
+    /// API answers only clients on this host (loopback); `/metrics`, `/healthz` and
     /// `/readyz` need no token.
     pub token_file: Option<PathBuf>,
 }
@@ -96,14 +96,14 @@ impl AdminConfig {
         Ok(Some(token.to_owned()))
     }
 
-    /// Who may call the admin API: the token holder, anyone on loopback, or nobody
-    /// (a network listener without a token serves only metrics and health).
+    /// Who may call the admin API: the token holder, or without a token anyone on
+    /// this host (a network listener then serves others only metrics and health).
     pub fn api_access(&self) -> Result<crate::admin::ApiAccess, String> {
         use crate::admin::ApiAccess;
         Ok(match self.token()? {
             Some(t) => ApiAccess::Token(t),
             None if self.listen.ip().is_loopback() => ApiAccess::Open,
-            None => ApiAccess::Closed,
+            None => ApiAccess::LocalOnly,
         })
     }
 }
@@ -1008,7 +1008,7 @@ impl Config {
         }
         if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() {
             w.push(format!(
-                "admin.listen: {} is reachable from the network and admin.token_file is unset: /api/v1 (status, flush, refresh) answers 403 there; /metrics, /healthz and /readyz answer anyone who reaches it, so firewall it",
+                "admin.listen: {} is reachable from the network and admin.token_file is unset: /api/v1 (status, flush, refresh) answers 403 to other hosts; /metrics, /healthz and /readyz answer anyone who reaches it, so firewall it",
                 self.admin.listen
             ));
         }
@@ -1445,7 +1445,7 @@ mod tests {
         let mut a = AdminConfig::default();
         assert_eq!(a.api_access().unwrap(), ApiAccess::Open);
         a.listen = "0.0.0.0:9108".parse().unwrap();
-        assert_eq!(a.api_access().unwrap(), ApiAccess::Closed);
+        assert_eq!(a.api_access().unwrap(), ApiAccess::LocalOnly);
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("token");
         a.token_file = Some(f.clone());

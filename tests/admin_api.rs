@@ -595,9 +595,8 @@ async fn a_connection_that_sends_nothing_is_closed_soon() {
     shutdown(h).await;
 }
 
-/// With a token, /api/v1 needs it (401 otherwise, the token never echoed); with the
-/// API closed (a network listener without a token), it answers 403. Metrics and
-/// health answer either way.
+/// With a token, /api/v1 needs it (401 otherwise, the token never echoed). Metrics
+/// and health answer either way.
 #[tokio::test]
 async fn the_api_takes_a_bearer_token_and_health_stays_open() {
     let token = "s3cr3t-token-0123456789";
@@ -616,10 +615,11 @@ async fn the_api_takes_a_bearer_token_and_health_stays_open() {
     assert!(with_timeout(h.client.readiness()).await.is_ok());
     shutdown(h).await;
 
-    let h = start_with(ApiAccess::Closed).await;
-    expect_error(&h, "GET", "/api/v1/status", None, 403, "forbidden").await;
-    let right = AdminClient::new(h.client.addr).with_token(Some(token.into()));
-    assert!(with_timeout(right.status()).await.is_err());
+    // Without a token on a network listener, this host's own clients (the CLI on
+    // the appliance) still reach the API; another host gets 403 (see the unit test
+    // in admin::server: these tests run on loopback only).
+    let h = start_with(ApiAccess::LocalOnly).await;
+    assert_eq!(with_timeout(h.client.status()).await.unwrap(), report());
     assert_eq!(with_timeout(h.client.healthz()).await.unwrap(), "ok");
     shutdown(h).await;
 }

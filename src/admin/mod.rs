@@ -12,7 +12,7 @@
 //! | POST | /api/v1/refresh | JSON [`RefreshRequest`] → [`RefreshReport`] |
 //!
 //! Errors are JSON [`ErrorBody`] with 400 (bad request), 401 (`/api/v1` without the
-//! bearer token), 403 (`/api/v1` on a network listener with no token configured),
+//! bearer token), 403 (`/api/v1` from another host with no token configured),
 //! 404 (unknown path or file), 405, 413 (body over 64 KiB), 503, 504 (flush wait
 //! timed out) or 500.
 

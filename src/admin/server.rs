@@ -49,8 +49,9 @@ pub enum ApiAccess {
     Open,
     /// Requests with `Authorization: Bearer <token>`.
     Token(String),
-    /// Nobody: a listener reachable from the network with no token configured.
-    Closed,
+    /// Only peers on this host (loopback): a listener reachable from the network
+    /// with no token configured.
+    LocalOnly,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then lets open
@@ -123,7 +124,7 @@ pub async fn serve_admin(
                         (api.clone(), metrics.clone(), access.clone(), registered.clone());
                     async move {
                         registered.set_idle(false);
-                        let resp = route(req, api.as_ref(), &metrics, &access).await;
+                        let resp = route(req, api.as_ref(), &metrics, &access, ip).await;
                         registered.set_idle(true);
                         Ok::<_, Infallible>(resp)
                     }
@@ -164,11 +165,12 @@ async fn route(
     api: &dyn AdminApi,
     metrics: &Metrics,
     access: &ApiAccess,
+    peer: std::net::IpAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path.starts_with("/api/")
-        && let Some(refused) = refuse(&req, access)
+        && let Some(refused) = refuse(&req, access, peer)
     {
         return refused;
     }
@@ -270,24 +272,42 @@ async fn route(
     resp
 }
 
-/// The answer to an `/api/` request that `access` does not let through.
-fn refuse(req: &Request<Incoming>, access: &ApiAccess) -> Option<Response<Body>> {
+/// Why an `/api/` request is not let through.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No token, or the wrong one.
+    Unauthorized,
+    /// Another host, and no token is configured.
+    Forbidden,
+}
+
+/// Whether `access` lets an `/api/` request from `peer` through, with the request's
+/// `Authorization` header `auth`.
+fn admit(auth: Option<&str>, access: &ApiAccess, peer: std::net::IpAddr) -> Result<(), Refusal> {
     match access {
-        ApiAccess::Open => None,
-        ApiAccess::Closed => Some(error(
+        ApiAccess::Open => Ok(()),
+        ApiAccess::LocalOnly if crate::config::canonical_ip(peer).is_loopback() => Ok(()),
+        ApiAccess::LocalOnly => Err(Refusal::Forbidden),
+        ApiAccess::Token(token) => {
+            let sent = auth.and_then(|v| v.strip_prefix("Bearer "));
+            match sent.is_some_and(|s| same_secret(s.trim().as_bytes(), token.as_bytes())) {
+                true => Ok(()),
+                false => Err(Refusal::Unauthorized),
+            }
+        }
+    }
+}
+
+/// The answer to an `/api/` request from `peer` that `access` does not let through.
+fn refuse(req: &Request<Incoming>, access: &ApiAccess, peer: std::net::IpAddr) -> Option<Response<Body>> {
+    let auth = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match admit(auth, access, peer).err()? {
+        Refusal::Forbidden => Some(error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "the admin API answers only on a loopback listener unless admin.token_file is set".into(),
+            "the admin API answers only this host's own clients unless admin.token_file is set".into(),
         )),
-        ApiAccess::Token(token) => {
-            let sent = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if sent.is_some_and(|s| same_secret(s.trim().as_bytes(), token.as_bytes())) {
-                return None;
-            }
+        Refusal::Unauthorized => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -418,4 +438,39 @@ fn error(code: StatusCode, kind: &str, message: String) -> Response<Body> {
 fn api_error(e: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(code, &e.body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a token, a network listener answers the API to this host's own
+    /// clients only (an IPv4-mapped loopback address is one); with a token, to
+    /// whoever sends it, from anywhere.
+    #[test]
+    fn who_may_call_the_api() {
+        let (local, mapped, remote) = (
+            "127.0.0.1".parse().unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+            "10.1.2.3".parse().unwrap(),
+        );
+        assert_eq!(admit(None, &ApiAccess::Open, remote), Ok(()));
+        assert_eq!(admit(None, &ApiAccess::LocalOnly, local), Ok(()));
+        assert_eq!(admit(None, &ApiAccess::LocalOnly, mapped), Ok(()));
+        assert_eq!(
+            admit(None, &ApiAccess::LocalOnly, remote),
+            Err(Refusal::Forbidden)
+        );
+        let t = ApiAccess::Token("0123456789abcdef".into());
+        assert_eq!(admit(Some("Bearer 0123456789abcdef"), &t, remote), Ok(()));
+        assert_eq!(
+            admit(Some("Bearer 0123456789abcdeF"), &t, local),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            admit(Some("0123456789abcdef"), &t, local),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(admit(None, &t, local), Err(Refusal::Unauthorized));
+    }
 }
