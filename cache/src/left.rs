@@ -86,12 +86,13 @@ impl Cache {
 /// deleted, a key is no longer left behind; but a listing that started before the
 /// delete may still show that object, and must not bring the removed name back.
 /// Kept in memory only: no listing outlives the process. Entries go after
-/// [`Gone::KEEP_NS`], longer than any listing runs.
+/// [`Gone::KEEP_NS`], longer than a listing runs (a million keys list in about a
+/// minute), so memory follows the deletes of the last few minutes.
 #[derive(Default)]
 pub(crate) struct Gone(Mutex<HashMap<String, (String, u64)>>);
 
 impl Gone {
-    const KEEP_NS: u64 = 3_600 * 1_000_000_000;
+    const KEEP_NS: u64 = 600 * 1_000_000_000;
     /// Past this many entries, the old ones are dropped.
     const PRUNE_AT: usize = 4_096;
 
