@@ -14,6 +14,8 @@ use crate::error::{CacheError, Result};
 use crate::inode::{FileId, Inode, Kind, keys};
 
 pub const BLOCK: u64 = 1 << 20;
+/// Whole files up to this size are taken to hold all their bytes (no stat).
+const SPARSE_CHECK_ABOVE: u64 = 16 << 20;
 /// Missing ranges are cut at multiples of this (so a huge read does not become one
 /// huge GET), and fetches are locked per piece: concurrent readers of a piece share
 /// one GET instead of each fetching their blocks again.
@@ -153,12 +155,7 @@ impl Cache {
             return;
         }
         if self.lru.get(&ino.id).is_none() {
-            let bytes = if ino.partial {
-                self.cached_bytes(ino)
-            } else {
-                ino.size
-            };
-            self.lru_insert(ino.id, bytes);
+            self.lru_insert(ino.id, self.cached_bytes(ino));
         }
         // Only an insert can take the LRU past capacity: a READ of a file already in
         // it (the common case) costs one atomic load here, not a pass over moka.
@@ -179,9 +176,17 @@ impl Cache {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes of `ino`'s data the cache disk holds: a whole file's size, but at most
+    /// its allocated blocks when it is large enough to be sparse (a 5 TiB sparse file
+    /// must not weigh 5 TiB in the LRU and push every other file out).
     fn cached_bytes(&self, ino: &Inode) -> u64 {
         if !ino.partial {
-            return ino.size;
+            if ino.size <= SPARSE_CHECK_ABOVE {
+                return ino.size;
+            }
+            use std::os::unix::fs::MetadataExt;
+            return std::fs::metadata(self.data_path(ino.id))
+                .map_or(ino.size, |m| (m.blocks() * 512).min(ino.size));
         }
         let map = self.block_map(ino.id).unwrap_or_default();
         (map.iter().map(|b| b.count_ones() as u64).sum::<u64>() * BLOCK).min(ino.size)

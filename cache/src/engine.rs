@@ -531,7 +531,7 @@ impl Cache {
         Ok(d)
     }
 
-    fn data_path(&self, id: FileId) -> PathBuf {
+    pub(crate) fn data_path(&self, id: FileId) -> PathBuf {
         self.data_dir.join(format!("{id:016x}"))
     }
 

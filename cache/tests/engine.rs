@@ -733,3 +733,43 @@ fn sparse_files_count_what_they_hold_against_the_dirty_limit() {
     c.write(&u, other.id, 4096, &[2; 4096], false).unwrap();
     assert!(c.dirty_bytes() < 1 << 20, "{} dirty", c.dirty_bytes());
 }
+
+/// A clean sparse file weighs in the LRU what the cache disk holds of it: an
+/// uploaded 5 TiB sparse file used to weigh 5 TiB, more than the whole cache, and
+/// was evicted at once (its next reads fetched zeros from the store).
+#[test]
+fn a_clean_sparse_file_stays_cached_and_leaves_room_for_others() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Cache::open(
+        t.path(),
+        CacheOptions {
+            capacity_bytes: 64 << 20,
+            ..CacheOptions::default()
+        },
+    )
+    .unwrap();
+    let u = user();
+    let meta = (1000, 1000, 0o100644, 0);
+    let clean = |id: FileId, key: &str| {
+        let i = c.get(id).unwrap();
+        assert!(
+            c.record_upload(id, i.change_seq, key, "e", i.data_seq, meta)
+                .unwrap()
+        );
+    };
+    let (small, _) = c.create(&u, ROOT_ID, b"small", unchecked(0o644)).unwrap();
+    c.write(&u, small.id, 0, &[1; 4096], false).unwrap();
+    clean(small.id, "small");
+    let (huge, _) = c.create(&u, ROOT_ID, b"huge", unchecked(0o644)).unwrap();
+    let size = SetAttr {
+        size: Some(5 << 40),
+        ..SetAttr::default()
+    };
+    c.setattr(&u, huge.id, size, None).unwrap();
+    clean(huge.id, "huge");
+    c.run_evictions();
+    assert!(!c.get(huge.id).unwrap().partial, "the sparse file stays cached");
+    let (data, _, _) = c.read(&u, small.id, 0, 4096).unwrap();
+    assert_eq!(data, vec![1; 4096], "and so does the small one");
+    assert!(!c.get(small.id).unwrap().partial);
+}
