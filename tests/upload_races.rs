@@ -199,3 +199,50 @@ async fn denied_and_clock_skewed_uploads_are_reported_retried_and_drain() {
     assert!(up.failing().is_empty());
     gw.shutdown().await;
 }
+
+/// A file removed while its multipart upload is in flight (part 1 held at the store,
+/// part 2 not yet read) is not an upload failure: the next pass cleans up, nothing is
+/// reported failing, and nothing is left in the bucket. It used to be logged as "upload
+/// failed" with a stale handle and counted as failing (the kernel VM check's clean-log
+/// step caught it once the uploads moved to threads of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_during_its_multipart_upload_is_not_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.hold.store(true, Ordering::SeqCst);
+    let mut cfg = config(tmp.path(), "file:///unused");
+    cfg.upload.part_concurrency = 1;
+    let gw = start_with_store(cfg, faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    // Two parts of 8 MiB (the test config's part size).
+    put_file(&mut c, &root, "doomed.bin", &body(12 << 20, 5)).await;
+    let s = &gw.gateway.shares[0];
+    s.uploader.flush_now(None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.puts_started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("part 1 in flight");
+    remove(&mut c, &root, "doomed.bin").await.unwrap();
+    faulty.hold.store(false, Ordering::SeqCst);
+    faulty.gate.add_permits(1000);
+    flush(&gw).await;
+    assert!(s.uploader.failing().is_empty(), "{:?}", s.uploader.failing());
+    let metrics = gw.gateway.metrics.render();
+    assert!(
+        metrics.contains("bucketgate_uploads_total{result=\"error\",share=\"data\"} 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("uploads_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(local.head("doomed.bin").await.unwrap().is_none());
+    assert!(local.list_multipart_uploads("").await.unwrap().is_empty());
+    gw.shutdown().await;
+}

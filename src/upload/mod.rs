@@ -379,8 +379,14 @@ impl Uploader {
 
     async fn process(self: &Arc<Self>, id: FileId) {
         let result = self.sync_inode(id).await;
+        // Removed while it uploaded: not a failure; the next pass cleans up what the
+        // upload left behind.
+        let vanished = matches!(
+            result,
+            Err(UploadError::Cache(bucketgate_cache::CacheError::Stale))
+        ) && self.cache.load_any(id).ok().flatten().is_none_or(|i| i.unlinked);
         if let Some((m, share)) = &self.metrics {
-            let outcome = if result.is_ok() { "ok" } else { "error" };
+            let outcome = if result.is_ok() || vanished { "ok" } else { "error" };
             m.uploads_total.with_label_values(&[share, outcome]).inc();
         }
         let mut s = self.sched.lock();
@@ -402,6 +408,10 @@ impl Uploader {
                     };
                     s.set_due(id, at.max(now));
                 }
+            }
+            Err(_) if vanished => {
+                tracing::debug!(file_id = id, "file removed during its upload; going again");
+                s.set_due(id, Instant::now());
             }
             Err(e) => {
                 let path = self
