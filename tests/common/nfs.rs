@@ -161,12 +161,23 @@ pub async fn commit(c: &mut Conn, fh: &nfs_fh3) -> COMMIT3resok {
 }
 
 /// Writes `data` from offset 0 in 1 MiB UNSTABLE writes, then COMMITs, like the
-/// Linux client does.
+/// Linux client does, which also resends a WRITE answered JUKEBOX (the dirty limit
+/// is reached until uploads free room) after a pause; here for up to a minute.
 pub async fn write_all(c: &mut Conn, fh: &nfs_fh3, data: &[u8]) {
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
-        write_at(c, fh, (i as u64) << 20, chunk, stable_how::UNSTABLE)
-            .await
-            .expect("write");
+        let mut tries = 0;
+        loop {
+            match write_at(c, fh, (i as u64) << 20, chunk, stable_how::UNSTABLE).await {
+                Err(nfsstat3::NFS3ERR_JUKEBOX) if tries < 120 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                r => {
+                    r.expect("write");
+                    break;
+                }
+            }
+        }
     }
     commit(c, fh).await;
 }
