@@ -14,6 +14,17 @@ use common::gateway::{config, flush, flush_within, start_with_store};
 use common::nfs::*;
 use nfs3_types::nfs3::stable_how;
 
+/// Waits until a put (or part) has reached `faulty`'s gate.
+async fn held_at_the_gate(faulty: &Faulty) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.puts_started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("an upload reached the store");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_rewritten_during_its_upload_ends_up_right() {
     let tmp = tempfile::tempdir().unwrap();
@@ -27,13 +38,7 @@ async fn a_file_rewritten_during_its_upload_ends_up_right() {
     let s = &gw.gateway.shares[0];
     s.uploader.flush_now(None);
     // Wait until the upload of version one is in flight (held at the gate)...
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while faulty.puts_started.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("upload started");
+    held_at_the_gate(&faulty).await;
     // ...change the file under it, then let the upload finish.
     write_at(&mut c, &fh, 0, b"VERSION TWO", stable_how::FILE_SYNC)
         .await
@@ -220,13 +225,7 @@ async fn a_file_removed_during_its_multipart_upload_is_not_a_failure() {
     put_file(&mut c, &root, "doomed.bin", &body(12 << 20, 5)).await;
     let s = &gw.gateway.shares[0];
     s.uploader.flush_now(None);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while faulty.puts_started.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("part 1 in flight");
+    held_at_the_gate(&faulty).await; // part 1
     remove(&mut c, &root, "doomed.bin").await.unwrap();
     faulty.hold.store(false, Ordering::SeqCst);
     faulty.gate.add_permits(1000);
