@@ -511,6 +511,16 @@ impl Cache {
                     // What the store holds, as the gateway shows it: no upload follows
                     // from reading it.
                     i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
+                } else if !i.is_dirty() {
+                    // No POSIX metadata (another S3 client's object): the share's
+                    // defaults, never the attributes of a version that is gone.
+                    i.uid = self.opts.root_uid;
+                    i.gid = self.opts.root_gid;
+                    i.mode = match i.kind {
+                        Kind::Dir => self.opts.root_mode,
+                        _ => self.opts.default_file_mode,
+                    } & 0o7777;
+                    i.remote.meta = (i.uid, i.gid, i.st_mode(), i.remote.meta.3);
                 }
             }
         }

@@ -773,3 +773,49 @@ fn a_clean_sparse_file_stays_cached_and_leaves_room_for_others() {
     assert_eq!(data, vec![1; 4096], "and so does the small one");
     assert!(!c.get(small.id).unwrap().partial);
 }
+
+/// Another client replaces a file the gateway wrote with an object that carries no
+/// POSIX metadata: once its HEAD is read, the file has the share's defaults, not the
+/// owner and mode of the version that is gone (found by reftest seed 27, where the
+/// next write uploaded the old owner and mode into the other client's object).
+#[test]
+fn a_replaced_object_without_metadata_gets_the_defaults_not_the_old_attributes() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    let u = user();
+    let (f, _) = c.create(&u, ROOT_ID, b"f", unchecked(0o600)).unwrap();
+    c.write(&u, f.id, 0, b"ours", false).unwrap();
+    let i = c.get(f.id).unwrap();
+    assert!(
+        c.record_upload(
+            f.id,
+            i.change_seq,
+            "f",
+            "e1",
+            i.data_seq,
+            (1000, 1000, 0o100600, 0)
+        )
+        .unwrap()
+    );
+    let started = c.get(f.id).unwrap().remote.synced_ns + 1;
+    let ch = c
+        .apply_listing(ROOT_ID, vec![listed_file("f", 6, "e2")], started)
+        .unwrap();
+    assert_eq!(ch.changed, 1);
+    let head = ObjectHead {
+        etag: "e2".into(),
+        size: 6,
+        attrs: None,
+        symlink_target: None,
+    };
+    let i = c.apply_head(f.id, Some(head)).unwrap();
+    let d = CacheOptions::default();
+    assert_eq!(
+        (i.uid, i.gid, i.mode),
+        (d.root_uid, d.root_gid, d.default_file_mode)
+    );
+    assert!(
+        c.pending().unwrap().is_empty(),
+        "reading the store uploads nothing"
+    );
+}
