@@ -137,6 +137,11 @@ impl AuditLog {
         self
     }
 
+    /// Whether this log records reads at all (`audit_reads`).
+    pub fn records_reads(&self) -> bool {
+        self.reads.is_some()
+    }
+
     /// Whether a READ of `file_id` by user `uid` on `client` starts a read session
     /// and is logged: reads are logged, and that user there has not read the file
     /// successfully within [`READ_PAUSE`]. A read inside a session extends it.

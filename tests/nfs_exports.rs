@@ -641,6 +641,19 @@ async fn mounting_a_subdirectory() {
 }
 
 /// The value of an unlabelled or labelled series in the Prometheus text.
+/// Waits (up to 10 s) until `series` reads `value`.
+async fn metric_becomes(m: &bucketgate::metrics::Metrics, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&m.render(), series) != Some(value) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} did not become {value}: {}",
+            m.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
@@ -711,14 +724,7 @@ async fn connection_gauge_and_limit_rejections_are_exported() {
     );
     drop(c);
     drop(third);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&m.render(), "bucketgate_nfs_connections") != Some(0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gauge did not return to 0"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metric_becomes(&m, "bucketgate_nfs_connections", 0.0).await;
     // Two connections in the middle of sending a call are not idle: a third is closed
     // at once and counted.
     let mut busy = Vec::new();
@@ -735,25 +741,15 @@ async fn connection_gauge_and_limit_rejections_are_exported() {
         .expect("closed at once")
         .unwrap_or(0);
     assert_eq!(n, 0, "over the limit with none idle: closed without an answer");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
-        &m.render(),
+    metric_becomes(
+        &m,
         "bucketgate_nfs_connections_rejected_total{reason=\"limit\"}",
-    ) != Some(1.0)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{}", m.render());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        1.0,
+    )
+    .await;
     drop(busy);
     drop(extra);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&m.render(), "bucketgate_nfs_connections") != Some(0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gauge did not return to 0"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metric_becomes(&m, "bucketgate_nfs_connections", 0.0).await;
     // And a new mount fits again.
     let mut c = mount(gw.nfs_addr).await;
     c.null().await.unwrap();

@@ -184,9 +184,8 @@ impl Cache {
             if ino.size <= SPARSE_CHECK_ABOVE {
                 return ino.size;
             }
-            use std::os::unix::fs::MetadataExt;
             return std::fs::metadata(self.data_path(ino.id))
-                .map_or(ino.size, |m| (m.blocks() * 512).min(ino.size));
+                .map_or(ino.size, |m| crate::engine::disk_bytes(&m).min(ino.size));
         }
         let map = self.block_map(ino.id).unwrap_or_default();
         (map.iter().map(|b| b.count_ones() as u64).sum::<u64>() * BLOCK).min(ino.size)

@@ -259,10 +259,15 @@ pub struct Cache {
     pub(crate) gone: crate::left::Gone,
 }
 
-/// Disk space `f` takes (its allocated blocks), `None` when it cannot be read.
-pub(crate) fn allocated(f: &File) -> Option<u64> {
+/// Disk space a file takes: its allocated blocks (less than its size when sparse).
+pub(crate) fn disk_bytes(md: &fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    f.metadata().ok().map(|m| m.blocks() * 512)
+    md.blocks() * 512
+}
+
+/// Disk space `f` takes, `None` when it cannot be read.
+pub(crate) fn allocated(f: &File) -> Option<u64> {
+    f.metadata().ok().map(|m| disk_bytes(&m))
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -358,8 +363,8 @@ impl Cache {
             }
             if ino.is_dirty() {
                 if ino.kind == Kind::File {
-                    let data = File::open(data_dir.join(format!("{:016x}", ino.id))).ok();
-                    state.measured(ino.id, data.as_ref().and_then(allocated));
+                    let data = fs::metadata(data_dir.join(format!("{:016x}", ino.id)));
+                    state.measured(ino.id, data.ok().map(|m| disk_bytes(&m)));
                 }
                 state.account(&ino);
             }
@@ -891,12 +896,11 @@ impl Cache {
         // its holes are not data to keep.
         let held = match i.partial || i.dirty_data_bytes() > 0 {
             true => None,
-            false => fs::metadata(self.data_path(id)).ok().map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.blocks() * 512
-            }),
+            false => fs::metadata(self.data_path(id)).ok().map(|m| disk_bytes(&m)),
         };
-        {
+        // Only a write that leaves a hole, or one into a file with holes, needs its
+        // disk use measured; a dense file takes its size.
+        let measure = {
             let st = self.state.lock();
             // What the write adds past the end (a hole beyond its own bytes takes no
             // disk), and all of a file that turns dirty now. The disk it really
@@ -919,7 +923,8 @@ impl Cache {
             {
                 return Err(CacheError::TryLater);
             }
-        }
+            offset > i.size || held.is_some_and(|h| h < i.size) || st.allocated.contains_key(&id)
+        };
         let guard = self.data_lock(id).read();
         self.make_whole(id)?;
         self.check_space(data.len() as u64)?;
@@ -928,7 +933,7 @@ impl Cache {
         if sync {
             f.sync_data().map_err(CacheError::from_io)?;
         }
-        let taken = allocated(&f);
+        let taken = if measure { allocated(&f) } else { None };
         failpoint!(
             "cache::write::after_data",
             Err(CacheError::Io(std::io::Error::other(
@@ -950,7 +955,9 @@ impl Cache {
             Self::touch_for_upload(&mut i, &mut b, now, true);
             Self::put(&mut b, &i);
             self.commit_batch(b)?;
-            st.measured(id, taken);
+            if measure {
+                st.measured(id, taken);
+            }
             st.account(&i);
             (before, i)
         };

@@ -19,7 +19,7 @@ use super::xdr::XdrCursor;
 
 /// What a reply other than READ or READDIR(PLUS) may take: attributes, wcc data,
 /// a path (READLINK), RPC headers.
-const SMALL_REPLY: u32 = 8 << 10;
+pub const SMALL_REPLY: u32 = 8 << 10;
 /// Headers and attributes around READ data or directory entries.
 const OVERHEAD: u32 = 1 << 10;
 

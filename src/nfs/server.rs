@@ -446,7 +446,7 @@ async fn connection<P: Nfs3Program, E: Exports>(
             Ok((h, args)) if h.prog == nfs3_types::nfs3::PROGRAM => {
                 replies::reply_estimate(h.proc, args, shared.limits.max_record_bytes as u32)
             }
-            _ => replies::reply_estimate(0, &Bytes::new(), 0),
+            _ => replies::SMALL_REPLY,
         };
         let held = loop {
             tokio::select! {

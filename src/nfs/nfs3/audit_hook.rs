@@ -158,6 +158,12 @@ impl NfsService {
             // READ, with `audit_reads`: the first of a client's read session.
             6 => {
                 let fh = c.nfs_fh3().ok()?;
+                // Before the MAC check: READ is the hot path, and most audited
+                // shares do not record reads.
+                let share = self.by_id.get(&Handle::share_of(&fh.data).ok()?)?;
+                if !share.audit.as_ref()?.records_reads() {
+                    return None;
+                }
                 let (s, log, h) = self.audited(&fh)?;
                 if !log.first_read(ctx.client.ip(), s.caller(ctx).uid, h.file_id) {
                     return None;
