@@ -37,6 +37,8 @@
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
+#[path = "../tests/common/null_s3.rs"]
+mod null_s3;
 #[path = "../tests/common/s3server.rs"]
 #[allow(dead_code)]
 mod s3server;

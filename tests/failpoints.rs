@@ -6,6 +6,8 @@
 //! cargo test --features failpoints --test failpoints
 #![cfg(feature = "failpoints")]
 
+// This suite uses only some of the shared helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! A share's configuration opens the store its URL names (`open_share_store`).
 //! Alone in its binary because it sets credentials in the environment.
 
+// This suite uses only some of the shared helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;

@@ -616,7 +616,7 @@ impl Cache {
     pub fn flush_metadata(&self) -> Result<()> {
         // sled 0.34.7 loses the last batch applied before a kill -9 even after a
         // successful flush, unless some other write follows it in the log
-        // (tests/crash.rs, acknowledged_namespace_changes_survive_kill9, caught a
+        // (tests/it/crash.rs, acknowledged_namespace_changes_survive_kill9, caught a
         // SETATTR lost this way). A one-key write after it makes it recoverable.
         self.db
             .insert(keys::meta("flushed_at"), &now_ns().to_be_bytes())?;

@@ -1,8 +1,6 @@
 //! The real `bucketgate serve` binary as a child process, for crash tests: it can be
 //! killed with SIGKILL and started again on the same cache directory and ports.
 
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -127,10 +125,6 @@ path_style = true
         let mut c = self.child.take().expect("running");
         c.kill().expect("SIGKILL");
         c.wait().unwrap();
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 
     /// SIGTERM, then wait for a clean exit.

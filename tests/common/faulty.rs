@@ -1,8 +1,6 @@
 //! An `ObjectStore` wrapper that can hold uploads at a gate or fail them, for tests
 //! of races and outages. Everything else passes through to a real store.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -1,7 +1,5 @@
 //! Starts a real gateway in-process on loopback, for tests.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
-//! Shared test helpers. Each test binary includes this with `mod common;` and uses
-//! what it needs.
-#![allow(dead_code)]
+//! Shared test helpers, compiled into the integration-test binary (`tests/it`) and
+//! the two suites that need a process of their own (`share_store`, `failpoints`).
 
 pub mod child;
 pub mod faulty;

@@ -1,7 +1,5 @@
 //! A real NFSv3 client (the `nfs3_client` crate) and small helpers over it.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 
 use nfs3_client::tokio::{TokioConnector, TokioIo};

@@ -38,7 +38,6 @@ pub const REGION: &str = "us-east-1";
 pub struct S3TestServer {
     /// `http://127.0.0.1:<port>`
     pub endpoint: String,
-    pub addr: SocketAddr,
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
@@ -98,10 +97,6 @@ impl ServerHandle {
             .unwrap()
             .as_ref()
             .is_some_and(|(t, _)| !t.is_finished())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// Waits (up to 60 s) until no request is being served. A request whose client
@@ -239,21 +234,6 @@ impl S3TestServer {
         Self::start_with(false).await
     }
 
-    /// A server that keeps no bytes ([`NullS3`]): for uploads larger than any disk.
-    /// Returns it and the count of body bytes it received.
-    pub async fn start_null() -> (S3TestServer, Arc<std::sync::atomic::AtomicU64>) {
-        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("s3");
-        let null = NullS3 {
-            received: received.clone(),
-        };
-        (
-            Self::serve(S3ServiceBuilder::new(null), tmp, data_dir).await,
-            received,
-        )
-    }
-
     async fn start_with(compat: bool) -> S3TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("s3");
@@ -270,7 +250,11 @@ impl S3TestServer {
         Self::serve(b, tmp, data_dir).await
     }
 
-    async fn serve(mut b: S3ServiceBuilder, tmp: tempfile::TempDir, data_dir: PathBuf) -> S3TestServer {
+    pub(crate) async fn serve(
+        mut b: S3ServiceBuilder,
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+    ) -> S3TestServer {
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
 
@@ -304,7 +288,6 @@ impl S3TestServer {
             .expect("create bucket");
         S3TestServer {
             endpoint,
-            addr,
             bucket: BUCKET.into(),
             access_key: ACCESS_KEY.into(),
             secret_key: SECRET_KEY.into(),
@@ -581,7 +564,7 @@ fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
+pub(crate) const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
 /// Standard base64 with padding (checksum header values).
 pub fn b64_std(bytes: &[u8]) -> String {
@@ -994,114 +977,4 @@ impl S3 for Compat {
             ..Default::default()
         }))
     }
-}
-
-/// An S3 server that reads every body and keeps none of it: objects are never found,
-/// listings are empty. For measuring the gateway while it uploads terabytes.
-pub struct NullS3 {
-    received: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl NullS3 {
-    async fn drain(&self, body: Option<StreamingBlob>) -> S3Result<()> {
-        use futures::StreamExt;
-        let Some(mut body) = body else { return Ok(()) };
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
-            self.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl S3 for NullS3 {
-    async fn create_bucket(
-        &self,
-        _req: S3Request<CreateBucketInput>,
-    ) -> S3Result<S3Response<CreateBucketOutput>> {
-        Ok(S3Response::new(CreateBucketOutput::default()))
-    }
-
-    async fn head_object(&self, _req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
-        Err(s3_error!(NoSuchKey))
-    }
-
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(req.input.bucket),
-            prefix: req.input.prefix,
-            key_count: Some(0),
-            is_truncated: Some(false),
-            ..Default::default()
-        }))
-    }
-
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        self.drain(req.input.body).await?;
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(ETag::Strong(MD5_EMPTY.into())),
-            ..Default::default()
-        }))
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        req: S3Request<CreateMultipartUploadInput>,
-    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        Ok(S3Response::new(CreateMultipartUploadOutput {
-            bucket: Some(req.input.bucket),
-            key: Some(req.input.key),
-            upload_id: Some(format!("{:x}", rand_id())),
-            ..Default::default()
-        }))
-    }
-
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        let n = req.input.part_number;
-        self.drain(req.input.body).await?;
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(format!("{n:032x}"))),
-            checksum_crc32c: Some("AAAAAA==".into()),
-            ..Default::default()
-        }))
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        req: S3Request<CompleteMultipartUploadInput>,
-    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        let parts = req
-            .input
-            .multipart_upload
-            .and_then(|m| m.parts)
-            .map_or(0, |p| p.len());
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            e_tag: Some(ETag::Strong(format!("{:032x}-{parts}", rand_id()))),
-            ..Default::default()
-        }))
-    }
-
-    async fn abort_multipart_upload(
-        &self,
-        _req: S3Request<AbortMultipartUploadInput>,
-    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
-    }
-
-    async fn delete_object(
-        &self,
-        _req: S3Request<DeleteObjectInput>,
-    ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        Ok(S3Response::new(DeleteObjectOutput::default()))
-    }
-}
-
-/// Unique for the process: upload ids and ETags of the null server.
-fn rand_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }

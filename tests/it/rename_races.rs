@@ -4,7 +4,7 @@
 //! renamed file's copy would take the newcomer's bytes: the soak test found this.
 //! Store: the local-directory store; uploads are driven one path at a time.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

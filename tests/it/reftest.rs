@@ -8,7 +8,7 @@
 //! `BUCKETGATE_REFTEST_CASES=<n>` that many seeds from 1 (default 4 here, of
 //! `BUCKETGATE_REFTEST_ROUNDS` rounds, default 10). A failure prints its seed and
 //! every operation so far. Long run, about 10 minutes on two cores:
-//! `BUCKETGATE_REFTEST_CASES=100 BUCKETGATE_REFTEST_ROUNDS=20 cargo test --release --test reftest`.
+//! `BUCKETGATE_REFTEST_CASES=100 BUCKETGATE_REFTEST_ROUNDS=20 cargo test --release --test it reftest::`.
 //!
 //! What the model knows of the gateway: a directory is listed from the store on its
 //! first use and at `refresh`; an entry a listing made has its attributes read (a
@@ -23,7 +23,7 @@
 //! `rename_races`, `conflicts`), directory renames (`bucket_truth`), attribute
 //! changes (`conflicts::a_chmod_over_a_remote_change_applies_to_the_new_version`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

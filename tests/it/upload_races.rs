@@ -1,7 +1,7 @@
 //! A file that changes while it uploads is uploaded again; a store outage delays
 //! uploads without losing anything and the backlog drains when the store returns.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

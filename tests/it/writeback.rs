@@ -2,7 +2,7 @@
 //! markers, symlinks; renames, removes and attribute changes reach the store; the
 //! durability contract holds across a restart. Store: the local-directory store.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! in the bucket as seen by a plain S3 client, what is on disk) follow the shared
 //! assertions.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

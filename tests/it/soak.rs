@@ -4,7 +4,7 @@
 //! again between rounds. At the end the bucket equals a model of what was committed.
 //! About a minute; SOAK_ROUNDS=<n> makes it longer, SOAK_SEED=<n> replays a run.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! status/flush/refresh, /readyz through a store outage, a live /metrics scrape that
 //! passes `promtool check metrics` and shows the traffic, and JSON logs from the binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -4,7 +4,7 @@
 //! visible through NFS. Store: s3s-fs on loopback (it honours If-Match and
 //! x-amz-copy-source-if-match, as S3 does); the other client is aws-sdk-s3.
 
-mod common;
+use crate::common;
 
 use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::config::{Config, ConflictCheck};

@@ -3,7 +3,7 @@
 //! acknowledged reaches the store. The cache lives on a 64 MiB tmpfs the test mounts
 //! (needs root, as CI runs; skipped with a message otherwise).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

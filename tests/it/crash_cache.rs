@@ -3,7 +3,7 @@
 //! committed data is kept and reaches the bucket, each object appears once, and a
 //! listing cut short is simply done again.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;

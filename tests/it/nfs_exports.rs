@@ -2,7 +2,7 @@
 //! allowed clients (on MNT and on every NFS call), read-only shares, file handles
 //! (malformed, stale, across a restart), several shares, and the connection metrics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! a file name shows. Store: s3s-fs on loopback (with the conditional requests S3
 //! has), objects written by a plain aws-sdk-s3 client; NFS: nfs3_client.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! production): UDP and TCP portmap v2 pointing MOUNT and NFS at the NFS port, and
 //! nothing else; bad input gets an RPC error or is dropped, never takes it down.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! between copies and deletes leaves every file under its old or new key, and ends
 //! with every file under its new key only.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

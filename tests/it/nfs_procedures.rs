@@ -2,7 +2,7 @@
 //! real gateway on loopback: the success case and its main error, wcc_data on every
 //! mutating reply, and hostile names. Store: the local-directory store.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -116,7 +116,7 @@ fn every_alert_has_a_promtool_test() {
 
 /// The committed example scrape has exactly the families the registry exports, so
 /// `check.sh` lints what the gateway really serves. Regenerate with
-/// `BUCKETGATE_SAVE_SCRAPE=$PWD/ami/prometheus/testdata/scrape.prom cargo test --test admin_api health`.
+/// `BUCKETGATE_SAVE_SCRAPE=$PWD/ami/prometheus/testdata/scrape.prom cargo test --test it admin_api::health`.
 #[test]
 fn saved_scrape_matches_registry() {
     let text = std::fs::read_to_string(ami("prometheus/testdata/scrape.prom")).unwrap();

@@ -1,7 +1,7 @@
 //! The same write-back path against a real S3 protocol server (s3s-fs on loopback):
 //! what the gateway writes is read back with a plain aws-sdk-s3 client, headers and all.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

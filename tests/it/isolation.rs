@@ -3,7 +3,7 @@
 //! root, and hosts no share allows learn nothing. Real gateway on loopback, real
 //! NFS client (nfs3_client).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! without ever dropping dirty data, and `refresh` picks up changes made by others.
 //! Store: s3s-fs on loopback; objects written with a plain aws-sdk-s3 client.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
