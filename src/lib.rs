@@ -9,6 +9,6 @@ pub mod gateway;
 pub mod logging;
 pub mod metrics;
 pub mod nfs;
-pub mod readthrough;
 pub mod remote;
+pub mod share;
 pub mod upload;

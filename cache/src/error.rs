@@ -1,7 +1,8 @@
 use std::io;
 
-/// What can go wrong in the engine. The NFS layer maps each variant to one nfsstat3
-/// in a single table; nothing here knows about NFS or S3 wire formats.
+/// What can go wrong in the engine. The share layer turns these into its own errors
+/// (and fetches what `NotCached` and `AttrsUnknown` ask for); nothing here knows
+/// about NFS or S3 wire formats.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("no such file or directory")]
@@ -26,10 +27,6 @@ pub enum CacheError {
     TooBig,
     #[error("stale file handle")]
     Stale,
-    #[error("read-only share")]
-    ReadOnly,
-    #[error("not supported")]
-    NotSupported,
     #[error("no space left on the cache disk")]
     NoSpace,
     /// The caller should retry later (dirty limit reached, data still being fetched).

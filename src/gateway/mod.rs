@@ -17,12 +17,13 @@ use crate::audit::AuditLog;
 use crate::config::ShareLocation;
 use crate::config::{Config, ConflictCheck, ShareConfig};
 use crate::metrics::Metrics;
-use crate::nfs::nfs3::{NfsService, Share};
+use crate::nfs::nfs3::NfsService;
 use crate::nfs::portmap_server;
 use crate::nfs::server::{Limits, serve};
-use crate::readthrough::ReadThrough;
 use crate::remote::instrumented::Instrumented;
 use crate::remote::{ObjectStore, open_share_store};
+use crate::share::Share;
+use crate::share::readthrough::ReadThrough;
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;
@@ -160,6 +161,7 @@ impl Gateway {
                 allows: Box::new(move |ip| clients.allows(ip)),
                 rt,
                 audit,
+                metrics: Some(metrics.clone()),
             });
             shares.push(ShareRuntime {
                 config: sc.clone(),

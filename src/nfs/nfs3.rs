@@ -1,15 +1,12 @@
 //! The NFSv3 procedures (RFC 1813): decode arguments, find the share and inode from
-//! the handle, apply the share's client list, squash and read-only rules, call the
-//! cache engine, encode the reply. No file semantics here.
+//! the handle, apply the share's client list, call the share layer (`crate::share`),
+//! encode the reply. No file semantics here.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bucketgate_cache::{
-    Cache, CacheError, Caller, CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr,
-};
+use bucketgate_cache::{Caller, CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr};
 use bytes::Bytes;
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack};
@@ -18,59 +15,27 @@ use super::handle::{BadHandle, Handle};
 use super::status::nfs_status;
 use super::xdr::{NAME_MAX, XdrCursor, encode};
 use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
-use crate::config::Squash;
 use crate::metrics::Metrics;
-use crate::readthrough::ReadThrough;
+use crate::share::{EXEC, READ, Share, ShareError, WRITE};
 
 mod audit_hook;
 
-/// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
-pub const NOBODY: u32 = 65534;
 /// Largest READ/WRITE we offer in FSINFO and accept.
 pub const MAX_IO: u32 = 1 << 20;
 
-/// Everything the NFS layer needs to know about one exported share.
-pub struct Share {
-    pub name: String,
-    /// "/name"
-    pub export_path: String,
-    pub cache: Arc<Cache>,
-    pub squash: Squash,
-    pub read_only: bool,
-    pub allowed_clients: Vec<String>,
-    pub allows: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
-    /// Lists directories and fetches data the cache does not hold.
-    pub rt: Arc<ReadThrough>,
-    /// The share's audit log, when `audit_log` is configured.
-    pub audit: Option<Arc<crate::audit::AuditLog>>,
+/// The caller an RPC's AUTH_SYS credentials make, after the share's squash rule.
+fn caller(share: &Share, ctx: &CallContext) -> Caller {
+    share.caller(ctx.auth.as_ref().map(|a| (a.uid, a.gid, &a.gids[..])))
 }
 
-impl Share {
-    fn caller(&self, ctx: &CallContext) -> Caller {
-        let Some(a) = &ctx.auth else {
-            return Caller::new(NOBODY, NOBODY, Vec::new());
-        };
-        match self.squash {
-            Squash::All => Caller::new(NOBODY, NOBODY, Vec::new()),
-            Squash::Root => {
-                let uid = if a.uid == 0 { NOBODY } else { a.uid };
-                let gid = if a.gid == 0 { NOBODY } else { a.gid };
-                let gids = a.gids.iter().copied().filter(|&g| g != 0).collect();
-                Caller::new(uid, gid, gids)
-            }
-            Squash::None => Caller::new(a.uid, a.gid, a.gids.clone()),
-        }
-    }
-
-    fn handle(&self, ino: &Inode) -> nfs_fh3 {
-        let h = Handle {
-            share_id: self.cache.share_id(),
-            file_id: ino.id,
-            generation: ino.generation,
-        };
-        nfs_fh3 {
-            data: Opaque::owned(h.encode(self.cache.handle_key())),
-        }
+fn handle(share: &Share, ino: &Inode) -> nfs_fh3 {
+    let h = Handle {
+        share_id: share.cache.share_id(),
+        file_id: ino.id,
+        generation: ino.generation,
+    };
+    nfs_fh3 {
+        data: Opaque::owned(h.encode(share.cache.handle_key())),
     }
 }
 
@@ -200,69 +165,6 @@ fn read_reply(results: READ3resok<'_>, mut data: Vec<u8>) -> ProcReply {
     ProcReply::SuccessWithData(head, Bytes::from(data))
 }
 
-/// Runs blocking engine work (file I/O, fsync) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
-) -> Result<T, CacheError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
-}
-
-/// What an engine call needs from the store before it can answer, fetched: the
-/// attributes of an inode a listing created, or data the cache does not hold.
-/// `Ok(true)` when data had to be fetched (a cache miss); an error that is not
-/// such a need is handed back.
-async fn fetch_need(share: &Share, e: CacheError) -> Result<bool, CacheError> {
-    match e {
-        CacheError::NotCached(id, ranges) => share.rt.fetch(id, &ranges).await.map(|()| true),
-        CacheError::AttrsUnknown(id) => share.rt.read_attrs(&[id]).await.map(|()| false),
-        other => Err(other),
-    }
-}
-
-/// Rounds of "fetch what the engine needs, ask again" before giving up with
-/// JUKEBOX: a rename may need four inodes' attributes, and eviction may race a fetch.
-const NEED_ROUNDS: usize = 12;
-
-/// Runs a blocking engine call; when it needs something only the store has, fetches
-/// that and runs it again. Returns whether data had to be fetched (a cache miss).
-async fn with_store<T: Send + 'static>(
-    share: &Share,
-    op: impl Fn() -> Result<T, CacheError> + Clone + Send + 'static,
-) -> (Result<T, CacheError>, bool) {
-    let mut missed = false;
-    for _ in 0..NEED_ROUNDS {
-        match blocking(op.clone()).await {
-            Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
-                match fetch_need(share, e).await {
-                    Ok(m) => missed |= m,
-                    Err(e) => return (Err(e), missed),
-                }
-            }
-            other => return (other, missed),
-        }
-    }
-    (Err(CacheError::TryLater), missed)
-}
-
-/// The same for an engine call cheap enough to run on the async worker (no file
-/// I/O: a lookup, a permission check).
-async fn inline_with_store<T>(
-    share: &Share,
-    op: impl Fn() -> Result<T, CacheError>,
-) -> Result<T, CacheError> {
-    for _ in 0..NEED_ROUNDS {
-        match op() {
-            Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
-                fetch_need(share, e).await?;
-            }
-            other => return other,
-        }
-    }
-    Err(CacheError::TryLater)
-}
-
 macro_rules! args {
     ($e:expr) => {
         match $e {
@@ -320,19 +222,8 @@ impl NfsService {
         if !(share.allows)(ctx.client.ip()) {
             return Err(nfsstat3::NFS3ERR_ACCES);
         }
-        let ino = share
-            .cache
-            .get_checked(h.file_id, h.generation)
-            .map_err(|e| nfs_status(&e))?;
+        let ino = share.inode(h.file_id, h.generation).map_err(|e| nfs_status(&e))?;
         Ok((share.clone(), ino))
-    }
-
-    fn writable(share: &Share) -> Res<()> {
-        if share.read_only {
-            Err(nfsstat3::NFS3ERR_ROFS)
-        } else {
-            Ok(())
-        }
     }
 
     fn attr_of(share: &Share, ino: &Inode) -> post_op_attr {
@@ -340,9 +231,9 @@ impl NfsService {
     }
 
     fn current_attr(share: &Share, id: FileId) -> post_op_attr {
-        match share.cache.get(id) {
-            Ok(i) => Self::attr_of(share, &i),
-            Err(_) => Nfs3Option::None,
+        match share.current(id) {
+            Some(i) => Self::attr_of(share, &i),
+            None => Nfs3Option::None,
         }
     }
 
@@ -357,12 +248,7 @@ impl NfsService {
         let fh = args!(c.nfs_fh3());
         let known = async {
             let (s, i) = self.resolve(ctx, &fh)?;
-            if !i.meta_pending {
-                return Ok((s, i));
-            }
-            let i = inline_with_store(&s, || s.cache.getattr(i.id))
-                .await
-                .map_err(|e| nfs_status(&e))?;
+            let i = s.getattr(i).await.map_err(|e| nfs_status(&e))?;
             Ok((s, i))
         };
         match known.await {
@@ -381,36 +267,23 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<SETATTR3resok, _>(Nfs3Result::Err((st, SETATTR3resfail::default()))),
         };
-        let fail = |st, s: &Share| {
-            ok::<SETATTR3resok, _>(Nfs3Result::Err((
-                st,
-                SETATTR3resfail {
-                    obj_wcc: Self::current_wcc(s, i.id),
-                },
-            )))
-        };
-        if let Err(st) = Self::writable(&s) {
-            return fail(st, &s);
-        }
-        let caller = s.caller(ctx);
-        let set = to_setattr(&attrs);
         let guard = match guard {
             Nfs3Option::Some(t) => Some(time_ns(&t)),
             Nfs3Option::None => None,
         };
-        let cache = s.cache.clone();
-        let id = i.id;
-        match with_store(&s, move || cache.setattr(&caller, id, set, guard))
-            .await
-            .0
-        {
+        match s.setattr(&caller(&s, ctx), i.id, to_setattr(&attrs), guard).await {
             Ok((before, after)) => ok::<_, SETATTR3resfail>(Nfs3Result::Ok(SETATTR3resok {
                 obj_wcc: wcc_data {
                     before: pre(before),
                     after: Self::attr_of(&s, &after),
                 },
             })),
-            Err(e) => fail(nfs_status(&e), &s),
+            Err(e) => ok::<SETATTR3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                SETATTR3resfail {
+                    obj_wcc: Self::current_wcc(&s, i.id),
+                },
+            ))),
         }
     }
 
@@ -420,20 +293,11 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<LOOKUP3resok, _>(Nfs3Result::Err((st, LOOKUP3resfail::default()))),
         };
-        let caller = s.caller(ctx);
-        // A name the cache knows is answered even when the store cannot be listed.
-        let listed = s.rt.ensure_listed(d.id).await;
-        let found = match (
-            inline_with_store(&s, || s.cache.lookup(&caller, d.id, &name)).await,
-            listed,
-        ) {
-            (Err(CacheError::NotFound), Err(e)) => Err(e),
-            (found, _) => found,
-        };
-        let d = s.cache.get(d.id).unwrap_or(d);
+        let found = s.lookup(&caller(&s, ctx), d.id, &name).await;
+        let d = s.current(d.id).unwrap_or(d);
         match found {
             Ok(i) => ok::<_, LOOKUP3resfail>(Nfs3Result::Ok(LOOKUP3resok {
-                object: s.handle(&i),
+                object: handle(&s, &i),
                 obj_attributes: Self::attr_of(&s, &i),
                 dir_attributes: Self::attr_of(&s, &d),
             })),
@@ -449,25 +313,23 @@ impl NfsService {
     async fn access(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
         let fh = args!(c.nfs_fh3());
         let want = args!(c.u32());
-        let (s, _) = match self.resolve(ctx, &fh) {
+        let (s, i) = match self.resolve(ctx, &fh) {
             Ok(v) => v,
             Err(st) => return ok::<ACCESS3resok, _>(Nfs3Result::Err((st, ACCESS3resfail::default()))),
         };
-        let caller = s.caller(ctx);
-        let h = Handle::verify(&fh.data, s.cache.handle_key()).expect("resolved above");
-        match inline_with_store(&s, || s.cache.access(&caller, h.file_id)).await {
+        match s.access(&caller(&s, ctx), i.id).await {
             Ok((i, rwx)) => {
                 let mut granted = 0;
-                if rwx & bucketgate_cache::READ != 0 {
+                if rwx & READ != 0 {
                     granted |= ACCESS3_READ;
                 }
-                if rwx & bucketgate_cache::WRITE != 0 && !s.read_only {
+                if rwx & WRITE != 0 {
                     granted |= ACCESS3_MODIFY | ACCESS3_EXTEND;
                     if i.kind == Kind::Dir {
                         granted |= ACCESS3_DELETE;
                     }
                 }
-                if rwx & bucketgate_cache::EXEC != 0 {
+                if rwx & EXEC != 0 {
                     granted |= if i.kind == Kind::Dir {
                         ACCESS3_LOOKUP
                     } else {
@@ -489,8 +351,7 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<READLINK3resok, _>(Nfs3Result::Err((st, READLINK3resfail::default()))),
         };
-        let caller = s.caller(ctx);
-        match inline_with_store(&s, || s.cache.readlink(&caller, i.id)).await {
+        match s.readlink(&caller(&s, ctx), i.id).await {
             Ok(target) => ok::<_, READLINK3resfail>(Nfs3Result::Ok(READLINK3resok {
                 symlink_attributes: Self::attr_of(&s, &i),
                 data: nfspath3(Opaque::owned(target)),
@@ -512,21 +373,16 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<READ3resok, _>(Nfs3Result::Err((st, READ3resfail::default()))),
         };
-        let caller = s.caller(ctx);
-        let cache = s.cache.clone();
-        let id = i.id;
-        s.rt.read_ahead(&i, offset, count as u64);
-        let (result, missed) = with_store(&s, move || cache.read(&caller, id, offset, count)).await;
-        match result {
-            Ok((data, eof, after)) => {
-                self.count_bytes(&s, missed, data.len());
+        match s.read(&caller(&s, ctx), &i, offset, count).await {
+            Ok(r) => {
+                self.count_read(&s, r.data.len());
                 let results = READ3resok {
-                    file_attributes: Self::attr_of(&s, &after),
-                    count: data.len() as u32,
-                    eof,
+                    file_attributes: Self::attr_of(&s, &r.attr),
+                    count: r.data.len() as u32,
+                    eof: r.eof,
                     data: Opaque::borrowed(&[]),
                 };
-                read_reply(results, data)
+                read_reply(results, r.data)
             }
             Err(e) => ok::<READ3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
@@ -547,44 +403,12 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<WRITE3resok, _>(Nfs3Result::Err((st, WRITE3resfail::default()))),
         };
-        let fail = |st, s: &Share| {
-            ok::<WRITE3resok, _>(Nfs3Result::Err((
-                st,
-                WRITE3resfail {
-                    file_wcc: Self::current_wcc(s, i.id),
-                },
-            )))
-        };
-        if let Err(st) = Self::writable(&s) {
-            return fail(st, &s);
-        }
-        if data.len() > MAX_IO as usize {
-            return fail(nfsstat3::NFS3ERR_INVAL, &s);
-        }
-        let caller = s.caller(ctx);
         let sync = a.stable != stable_how::UNSTABLE;
-        // Past the dirty limit, hold the writer back a while (the uploader is
-        // draining), then answer JUKEBOX so the client retries: never an error
-        // that loses data.
-        let mut waited = Duration::ZERO;
-        let result = loop {
-            let (cache, caller, data) = (s.cache.clone(), caller.clone(), data.clone());
-            let id = i.id;
-            match blocking(move || cache.write(&caller, id, a.offset, &data, sync)).await {
-                // The first write to a file only partly cached fetches the rest (a
-                // dirty file is always whole on the cache disk); a file known only
-                // from a listing has its attributes read first.
-                Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
-                    if let Err(e) = fetch_need(&s, e).await {
-                        break Err(e);
-                    }
-                }
-                Err(CacheError::TryLater) if waited < Duration::from_secs(2) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    waited += Duration::from_millis(100);
-                }
-                other => break other,
-            }
+        let result = if data.len() > MAX_IO as usize {
+            Err(ShareError::Invalid)
+        } else {
+            s.write(&caller(&s, ctx), i.id, a.offset, data.clone(), sync)
+                .await
         };
         match result {
             Ok((before, after)) => {
@@ -603,38 +427,22 @@ impl NfsService {
                     verf: self.write_verifier,
                 }))
             }
-            Err(e) => fail(nfs_status(&e), &s),
+            Err(e) => ok::<WRITE3resok, _>(Nfs3Result::Err((
+                nfs_status(&e),
+                WRITE3resfail {
+                    file_wcc: Self::current_wcc(&s, i.id),
+                },
+            ))),
         }
     }
 
-    /// Shared by CREATE, MKDIR and SYMLINK: resolve the directory, check writability,
-    /// run `make`, encode the three-field success or the dir_wcc failure.
-    async fn make_node(
-        &self,
-        ctx: &CallContext,
-        dir: nfs_fh3,
-        name: &[u8],
-        make: impl Fn(&Cache, &Caller, FileId) -> Result<(Inode, DirChange), CacheError> + Clone + Send + 'static,
-    ) -> Res<(post_op_fh3, post_op_attr, wcc_data)> {
-        let (s, d) = self.resolve(ctx, &dir)?;
-        Self::writable(&s)?;
-        if name.len() > NAME_MAX {
-            return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
-        }
-        // Know what the store already holds under that name before creating it.
-        s.rt.list_before_change(d.id).await;
-        let caller = s.caller(ctx);
-        let cache = s.cache.clone();
-        let did = d.id;
-        let (i, change) = with_store(&s, move || make(&cache, &caller, did))
-            .await
-            .0
-            .map_err(|e| nfs_status(&e))?;
-        Ok((
-            Nfs3Option::Some(s.handle(&i)),
-            Self::attr_of(&s, &i),
+    /// The three-field success of CREATE, MKDIR and SYMLINK.
+    fn made(s: &Share, (i, change): (Inode, DirChange)) -> (post_op_fh3, post_op_attr, wcc_data) {
+        (
+            Nfs3Option::Some(handle(s, &i)),
+            Self::attr_of(s, &i),
             dir_wcc(s.cache.share_id(), &change),
-        ))
+        )
     }
 
     fn dir_fail_wcc(&self, ctx: &CallContext, dir: &nfs_fh3) -> wcc_data {
@@ -655,13 +463,12 @@ impl NfsService {
             2 => CreateMode::Exclusive(args!(c.createverf3()).0),
             _ => return ProcReply::GarbageArgs,
         };
-        let n = name.clone();
-        match self
-            .make_node(ctx, dir.clone(), &name, move |cache, caller, d| {
-                cache.create(caller, d, &n, how)
-            })
-            .await
-        {
+        let made = async {
+            let (s, d) = self.resolve(ctx, &dir)?;
+            let r = s.create(&caller(&s, ctx), d.id, &name, how).await;
+            r.map(|m| Self::made(&s, m)).map_err(|e| nfs_status(&e))
+        };
+        match made.await {
             Ok((obj, obj_attributes, dir_wcc)) => ok::<_, CREATE3resfail>(Nfs3Result::Ok(CREATE3resok {
                 obj,
                 obj_attributes,
@@ -679,13 +486,12 @@ impl NfsService {
     async fn mkdir(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
         let (dir, name) = args!(c.diropargs3());
         let set = to_setattr(&args!(c.sattr3()));
-        let n = name.clone();
-        match self
-            .make_node(ctx, dir.clone(), &name, move |cache, caller, d| {
-                cache.mkdir(caller, d, &n, set)
-            })
-            .await
-        {
+        let made = async {
+            let (s, d) = self.resolve(ctx, &dir)?;
+            let r = s.mkdir(&caller(&s, ctx), d.id, &name, set).await;
+            r.map(|m| Self::made(&s, m)).map_err(|e| nfs_status(&e))
+        };
+        match made.await {
             Ok((obj, obj_attributes, dir_wcc)) => ok::<_, MKDIR3resfail>(Nfs3Result::Ok(MKDIR3resok {
                 obj,
                 obj_attributes,
@@ -704,9 +510,14 @@ impl NfsService {
         let (dir, name) = args!(c.diropargs3());
         let set = to_setattr(&args!(c.sattr3()));
         let target = args!(c.nfspath3());
-        let n = name.clone();
-        let make = move |cache: &Cache, caller: &Caller, d| cache.symlink(caller, d, &n, &target, set);
-        match self.make_node(ctx, dir.clone(), &name, make).await {
+        let made = async {
+            let (s, d) = self.resolve(ctx, &dir)?;
+            let r = s
+                .symlink(&caller(&s, ctx), d.id, &name, target.to_vec(), set)
+                .await;
+            r.map(|m| Self::made(&s, m)).map_err(|e| nfs_status(&e))
+        };
+        match made.await {
             Ok((obj, obj_attributes, dir_wcc)) => ok::<_, SYMLINK3resfail>(Nfs3Result::Ok(SYMLINK3resok {
                 obj,
                 obj_attributes,
@@ -722,11 +533,12 @@ impl NfsService {
     }
 
     async fn mknod(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
-        // Devices, sockets and FIFOs have no meaning as S3 objects.
         let (dir, _name) = args!(c.diropargs3());
         let st = match self.resolve(ctx, &dir) {
-            Ok((s, _)) if s.read_only => nfsstat3::NFS3ERR_ROFS,
-            Ok(_) => nfsstat3::NFS3ERR_NOTSUPP,
+            Ok((s, _)) => s
+                .unsupported_node()
+                .err()
+                .map_or(nfsstat3::NFS3ERR_NOTSUPP, |e| nfs_status(&e)),
             Err(st) => st,
         };
         ok::<MKNOD3resok, _>(Nfs3Result::Err((
@@ -741,25 +553,14 @@ impl NfsService {
         let (dir, name) = args!(c.diropargs3());
         let result = async {
             let (s, d) = self.resolve(ctx, &dir)?;
-            Self::writable(&s)?;
-            s.rt.list_before_change(d.id).await;
-            if rmdir {
-                // Empty only if the store holds nothing below it either.
-                Self::list_whole_dir(&s, d.id, &name).await?;
-            }
-            let caller = s.caller(ctx);
-            let cache = s.cache.clone();
-            let r = with_store(&s, move || {
-                if rmdir {
-                    cache.rmdir(&caller, d.id, &name)
-                } else {
-                    cache.remove(&caller, d.id, &name)
-                }
-            })
-            .await
-            .0
-            .map_err(|e| nfs_status(&e))?;
-            Ok(dir_wcc(s.cache.share_id(), &r))
+            let who = caller(&s, ctx);
+            let r = if rmdir {
+                s.rmdir(&who, d.id, &name).await
+            } else {
+                s.remove(&who, d.id, &name).await
+            };
+            r.map(|r| dir_wcc(s.cache.share_id(), &r))
+                .map_err(|e| nfs_status(&e))
         }
         .await;
         match (result, rmdir) {
@@ -786,28 +587,13 @@ impl NfsService {
         let result = async {
             let (s, fd) = self.resolve(ctx, &from_dir)?;
             let (s2, td) = self.resolve(ctx, &to_dir)?;
-            if !Arc::ptr_eq(&s, &s2) {
-                return Err(nfsstat3::NFS3ERR_XDEV);
-            }
-            Self::writable(&s)?;
-            if from_name.len() > NAME_MAX || to_name.len() > NAME_MAX {
-                return Err(nfsstat3::NFS3ERR_NAMETOOLONG);
-            }
-            for d in [fd.id, td.id] {
-                s.rt.list_before_change(d).await;
-            }
-            // A directory moves with everything the store holds below it; one it
-            // replaces must be empty in the store too.
-            Self::list_whole_dir(&s, fd.id, &from_name).await?;
-            Self::list_whole_dir(&s, td.id, &to_name).await?;
-            let caller = s.caller(ctx);
-            let cache = s.cache.clone();
-            let (a, b) = with_store(&s, move || {
-                cache.rename(&caller, fd.id, &from_name, td.id, &to_name)
-            })
-            .await
-            .0
-            .map_err(|e| nfs_status(&e))?;
+            let r = if Arc::ptr_eq(&s, &s2) {
+                s.rename(&caller(&s, ctx), fd.id, &from_name, td.id, &to_name)
+                    .await
+            } else {
+                Err(ShareError::CrossShare)
+            };
+            let (a, b) = r.map_err(|e| nfs_status(&e))?;
             let sid = s.cache.share_id();
             Ok((dir_wcc(sid, &a), dir_wcc(sid, &b)))
         }
@@ -834,11 +620,9 @@ impl NfsService {
         let (dir, _name) = args!(c.diropargs3());
         let (st, attrs) = match self.resolve(ctx, &file) {
             Ok((s, i)) => (
-                if s.read_only {
-                    nfsstat3::NFS3ERR_ROFS
-                } else {
-                    nfsstat3::NFS3ERR_NOTSUPP
-                },
+                s.unsupported_node()
+                    .err()
+                    .map_or(nfsstat3::NFS3ERR_NOTSUPP, |e| nfs_status(&e)),
                 Self::attr_of(&s, &i),
             ),
             Err(st) => (st, Nfs3Option::None),
@@ -850,19 +634,6 @@ impl NfsService {
                 linkdir_wcc: self.dir_fail_wcc(ctx, &dir),
             },
         )))
-    }
-
-    /// When `name` in `dir` is a directory, lists everything the store holds below
-    /// it into the namespace first; a store that cannot be listed fails the call
-    /// (JUKEBOX: the client retries) rather than letting it act on part of the tree.
-    async fn list_whole_dir(s: &Share, dir: FileId, name: &[u8]) -> Res<()> {
-        match s.cache.peek(dir, name) {
-            Ok(Some(i)) if i.kind == Kind::Dir => s.rt.list_subtree(i.id).await.map(|_| ()).map_err(|e| {
-                tracing::info!(error = %e, "could not list a directory's contents in the store before changing it");
-                nfs_status(&e)
-            }),
-            _ => Ok(()),
-        }
     }
 
     fn cookie_verifier(share: &Share) -> cookieverf3 {
@@ -893,54 +664,35 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return Self::readdir_fail(plus, st, Nfs3Option::None),
         };
-        if let Err(e) = s.rt.ensure_listed(d.id).await {
-            return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d));
-        }
-        let d = s.cache.get(d.id).unwrap_or(d);
         if let Err(st) = Self::check_verifier(&s, cookie, &verf) {
             return Self::readdir_fail(plus, st, Self::attr_of(&s, &d));
         }
-        let caller = s.caller(ctx);
         // Reply overhead: status, dir attributes, verifier, list end and eof.
         let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
         let per_entry = if plus { 220 } else { 40 };
         let want = (budget / per_entry).clamp(2, 4096);
-        let cache = s.cache.clone();
-        let did = d.id;
-        let who = caller.clone();
-        let mut listing = match with_store(&s, move || cache.readdir(&who, did, cookie, want))
-            .await
-            .0
-        {
-            Ok(l) => l,
-            Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::attr_of(&s, &d)),
+        let page = match s.readdir(&caller(&s, ctx), d.id, cookie, want, plus).await {
+            Ok(p) => p,
+            Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::current_attr(&s, d.id)),
         };
-        let d = s.cache.get(d.id).unwrap_or(d);
-        // Handles and attributes of entries only for a caller who may search the
-        // directory: a handle would reach entries that LOOKUP refuses (knfsd omits them
-        // too; the client falls back to LOOKUP and gets ACCES).
-        let searchable = plus
-            && s.cache
-                .access(&caller, d.id)
-                .is_ok_and(|(_, rwx)| rwx & bucketgate_cache::EXEC != 0);
-        if searchable {
-            Self::read_entry_attrs(&s, &mut listing).await;
-        }
         let sid = s.cache.share_id();
-        let total = listing.entries.len();
-        let dir_attributes = Self::attr_of(&s, &d);
+        let total = page.listing.entries.len();
+        let dir_attributes = Self::attr_of(&s, &page.dir);
         let cookieverf = Self::cookie_verifier(&s);
         if plus {
             let mut list = BoundedList::new(budget);
             // dircount bounds the name/cookie part alone (RFC 1813); honour the smaller.
             let mut dir_bytes = 0usize;
             let mut pushed = 0;
-            for e in listing.entries {
+            for e in page.listing.entries {
                 dir_bytes += 24 + e.name.len().div_ceil(4) * 4;
                 if dircount > 0 && dir_bytes > dircount as usize && pushed > 0 {
                     break;
                 }
-                let described = searchable && !e.attr.meta_pending;
+                // Handles only for a caller who may search the directory: a handle
+                // would reach entries that LOOKUP refuses (knfsd omits them too; the
+                // client falls back to LOOKUP and gets ACCES).
+                let described = page.described && !e.attr.meta_pending;
                 let entry = entryplus3 {
                     fileid: e.attr.id,
                     name: filename3(Opaque::owned(e.name)),
@@ -951,7 +703,7 @@ impl NfsService {
                         Nfs3Option::None
                     },
                     name_handle: if described {
-                        Nfs3Option::Some(s.handle(&e.attr))
+                        Nfs3Option::Some(handle(&s, &e.attr))
                     } else {
                         Nfs3Option::None
                     },
@@ -964,7 +716,7 @@ impl NfsService {
             if pushed == 0 && total > 0 {
                 return Self::readdir_fail(plus, nfsstat3::NFS3ERR_TOOSMALL, dir_attributes);
             }
-            let eof = listing.eof && pushed == total;
+            let eof = page.listing.eof && pushed == total;
             ok::<_, READDIRPLUS3resfail>(Nfs3Result::Ok(READDIRPLUS3resok {
                 dir_attributes,
                 cookieverf,
@@ -976,7 +728,7 @@ impl NfsService {
         } else {
             let mut list = BoundedList::new(budget);
             let mut pushed = 0;
-            for e in listing.entries {
+            for e in page.listing.entries {
                 let entry = entry3 {
                     fileid: e.attr.id,
                     name: filename3(Opaque::owned(e.name)),
@@ -990,7 +742,7 @@ impl NfsService {
             if pushed == 0 && total > 0 {
                 return Self::readdir_fail(plus, nfsstat3::NFS3ERR_TOOSMALL, dir_attributes);
             }
-            let eof = listing.eof && pushed == total;
+            let eof = page.listing.eof && pushed == total;
             ok::<_, READDIR3resfail>(Nfs3Result::Ok(READDIR3resok {
                 dir_attributes,
                 cookieverf,
@@ -1000,37 +752,6 @@ impl NfsService {
                 },
             }))
         }
-    }
-
-    /// Entries a listing created carry placeholders: their attributes are read (a
-    /// HEAD each, several at once) before they go into a READDIRPLUS reply. One whose
-    /// HEAD failed goes out without attributes or handle (the client LOOKUPs it);
-    /// one found gone from the store is left out.
-    async fn read_entry_attrs(s: &Share, listing: &mut bucketgate_cache::Listing) {
-        let pending: Vec<FileId> = listing
-            .entries
-            .iter()
-            .filter(|e| e.attr.meta_pending)
-            .map(|e| e.attr.id)
-            .collect();
-        if pending.is_empty() {
-            return;
-        }
-        if let Err(e) = s.rt.read_attrs(&pending).await {
-            tracing::debug!(error = %e, "reading listed entries' attributes failed; sending them without");
-        }
-        listing.entries.retain_mut(|e| {
-            if !e.attr.meta_pending {
-                return true;
-            }
-            match s.cache.load_any(e.attr.id) {
-                Ok(Some(i)) if !i.unlinked => {
-                    e.attr = i;
-                    true
-                }
-                _ => false,
-            }
-        });
     }
 
     fn readdir_fail(plus: bool, st: nfsstat3, dir_attributes: post_op_attr) -> ProcReply {
@@ -1047,7 +768,7 @@ impl NfsService {
             Ok(v) => v,
             Err(st) => return ok::<FSSTAT3resok, _>(Nfs3Result::Err((st, FSSTAT3resfail::default()))),
         };
-        match s.cache.fsstat() {
+        match s.fsstat() {
             Ok(f) => ok::<_, FSSTAT3resfail>(Nfs3Result::Ok(FSSTAT3resok {
                 obj_attributes: Self::attr_of(&s, &i),
                 tbytes: f.total_bytes,
@@ -1121,11 +842,7 @@ impl NfsService {
                 )));
             }
         };
-        let cache = s.cache.clone();
-        let id = i.id;
-        // The whole file is made durable whatever range is asked: simpler, and the
-        // client's next COMMIT is then free.
-        match blocking(move || cache.commit(id)).await {
+        match s.commit(i.id).await {
             Ok(after) => ok::<_, COMMIT3resfail>(Nfs3Result::Ok(COMMIT3resok {
                 file_wcc: wcc_data {
                     before: pre(WccAttr::from(&i)),
@@ -1136,7 +853,7 @@ impl NfsService {
             Err(e) => ok::<COMMIT3resok, _>(Nfs3Result::Err((
                 nfs_status(&e),
                 COMMIT3resfail {
-                    file_wcc: Self::current_wcc(&s, id),
+                    file_wcc: Self::current_wcc(&s, i.id),
                 },
             ))),
         }
@@ -1201,18 +918,11 @@ impl NfsService {
         }
     }
 
-    /// A READ answered: from the cache (hit) or after fetching from the store (miss).
-    fn count_bytes(&self, share: &Share, missed: bool, n: usize) {
+    fn count_read(&self, share: &Share, n: usize) {
         if let Some(m) = &self.metrics {
             m.nfs_read_bytes_total
                 .with_label_values(&[&share.name])
                 .inc_by(n as u64);
-            let c = if missed {
-                &m.cache_misses_total
-            } else {
-                &m.cache_hits_total
-            };
-            c.with_label_values(&[&share.name]).inc();
         }
     }
 }
@@ -1313,14 +1023,11 @@ impl Exports for NfsService {
         if !(share.allows)(client) {
             return Err(mountstat3::MNT3ERR_ACCES);
         }
-        let dir = match share.cache.resolve(rest) {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(mountstat3::MNT3ERR_NOENT),
-            Err(_) => return Err(mountstat3::MNT3ERR_SERVERFAULT),
-        };
-        if dir.kind != Kind::Dir {
-            return Err(mountstat3::MNT3ERR_NOTDIR);
-        }
+        let dir = share.dir_at(rest).map_err(|e| match e {
+            ShareError::NotFound => mountstat3::MNT3ERR_NOENT,
+            ShareError::NotDir => mountstat3::MNT3ERR_NOTDIR,
+            _ => mountstat3::MNT3ERR_SERVERFAULT,
+        })?;
         Ok(Handle {
             share_id: share.cache.share_id(),
             file_id: dir.id,

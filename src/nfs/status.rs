@@ -1,29 +1,29 @@
-//! The one table from engine errors to NFS status codes.
+//! The one table from the share layer's errors to NFS status codes.
 
-use bucketgate_cache::CacheError;
 use nfs3_types::nfs3::nfsstat3;
 
-pub fn nfs_status(e: &CacheError) -> nfsstat3 {
+use crate::share::ShareError;
+
+pub fn nfs_status(e: &ShareError) -> nfsstat3 {
     match e {
-        CacheError::NotFound => nfsstat3::NFS3ERR_NOENT,
-        CacheError::Exists => nfsstat3::NFS3ERR_EXIST,
-        CacheError::NotDir => nfsstat3::NFS3ERR_NOTDIR,
-        CacheError::IsDir => nfsstat3::NFS3ERR_ISDIR,
-        CacheError::NotEmpty => nfsstat3::NFS3ERR_NOTEMPTY,
-        CacheError::Access => nfsstat3::NFS3ERR_ACCES,
-        CacheError::Perm => nfsstat3::NFS3ERR_PERM,
-        CacheError::Invalid => nfsstat3::NFS3ERR_INVAL,
-        CacheError::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
-        CacheError::TooBig => nfsstat3::NFS3ERR_FBIG,
-        CacheError::Stale => nfsstat3::NFS3ERR_STALE,
-        CacheError::ReadOnly => nfsstat3::NFS3ERR_ROFS,
-        CacheError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
-        CacheError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
-        CacheError::TryLater | CacheError::NotCached(..) | CacheError::AttrsUnknown(_) => {
-            nfsstat3::NFS3ERR_JUKEBOX
-        }
-        CacheError::NotSync => nfsstat3::NFS3ERR_NOT_SYNC,
-        CacheError::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
-        CacheError::Io(_) | CacheError::Meta(_) => nfsstat3::NFS3ERR_IO,
+        ShareError::NotFound => nfsstat3::NFS3ERR_NOENT,
+        ShareError::Exists => nfsstat3::NFS3ERR_EXIST,
+        ShareError::NotDir => nfsstat3::NFS3ERR_NOTDIR,
+        ShareError::IsDir => nfsstat3::NFS3ERR_ISDIR,
+        ShareError::NotEmpty => nfsstat3::NFS3ERR_NOTEMPTY,
+        ShareError::Access => nfsstat3::NFS3ERR_ACCES,
+        ShareError::Perm => nfsstat3::NFS3ERR_PERM,
+        ShareError::Invalid => nfsstat3::NFS3ERR_INVAL,
+        ShareError::NameTooLong => nfsstat3::NFS3ERR_NAMETOOLONG,
+        ShareError::TooBig => nfsstat3::NFS3ERR_FBIG,
+        ShareError::Stale => nfsstat3::NFS3ERR_STALE,
+        ShareError::ReadOnly => nfsstat3::NFS3ERR_ROFS,
+        ShareError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
+        ShareError::CrossShare => nfsstat3::NFS3ERR_XDEV,
+        ShareError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
+        ShareError::TryLater => nfsstat3::NFS3ERR_JUKEBOX,
+        ShareError::NotSync => nfsstat3::NFS3ERR_NOT_SYNC,
+        ShareError::BadCookie => nfsstat3::NFS3ERR_BAD_COOKIE,
+        ShareError::Io(_) => nfsstat3::NFS3ERR_IO,
     }
 }

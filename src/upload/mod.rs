@@ -481,8 +481,13 @@ impl Uploader {
         let ino = &if ino.meta_pending {
             // Known only from a listing (a file moved with its directory): its object's
             // metadata is read first, so the copy carries it and not placeholders.
-            crate::readthrough::read_object_attrs(&self.cache, self.store.as_ref(), &self.prefix, ino.id)
-                .await?;
+            crate::share::readthrough::read_object_attrs(
+                &self.cache,
+                self.store.as_ref(),
+                &self.prefix,
+                ino.id,
+            )
+            .await?;
             match self.cache.load_any(ino.id)? {
                 Some(i) if !i.unlinked => i,
                 _ => return Ok(()),

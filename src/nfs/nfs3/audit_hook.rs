@@ -104,7 +104,7 @@ impl NfsService {
         }
         let mut c = XdrCursor::new(args.clone());
         let pending = |share: &Share, log: Arc<AuditLog>, op, path| {
-            let caller = share.caller(ctx);
+            let caller = super::caller(share, ctx);
             Pending {
                 log,
                 client: ctx.client.ip(),
@@ -165,7 +165,7 @@ impl NfsService {
                     return None;
                 }
                 let (s, log, h) = self.audited(&fh)?;
-                if !log.first_read(ctx.client.ip(), s.caller(ctx).uid, h.file_id) {
+                if !log.first_read(ctx.client.ip(), super::caller(&s, ctx).uid, h.file_id) {
                     return None;
                 }
                 let mut p = pending(&s, log, Op::Read, Self::audit_path(&s, &h));

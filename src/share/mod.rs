@@ -1,0 +1,482 @@
+//! A share's file system, for every front end: one async method per operation, each
+//! taking the [`Caller`] and answering a [`ShareError`]. This layer owns what makes a
+//! share more than its cache engine: the listing of a directory from the store
+//! before it is read or changed, fetching data and attributes the engine needs and
+//! asking again, holding writers back at the dirty limit, the read-only rule, and the
+//! one boundary where blocking engine work leaves the async workers. Front ends
+//! (`crate::nfs`) only decode their arguments, call a method and encode the answer.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketgate_cache::{
+    Cache, CacheError, CreateMode, DirChange, FileId, FsStat, Inode, Kind, Listing, MAX_NAME_BYTES, SetAttr,
+    WccAttr,
+};
+pub use bucketgate_cache::{Caller, EXEC, READ, WRITE};
+use bytes::Bytes;
+
+use crate::config::Squash;
+use crate::metrics::Metrics;
+
+mod error;
+pub mod readthrough;
+
+pub use error::{Result, ShareError};
+use readthrough::ReadThrough;
+
+/// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
+pub const NOBODY: u32 = 65534;
+
+/// How long a writer past the dirty limit is held back (the uploader is draining)
+/// before it is told to retry ([`ShareError::TryLater`]).
+const DIRTY_WAIT: Duration = Duration::from_secs(2);
+const DIRTY_POLL: Duration = Duration::from_millis(100);
+
+/// Rounds of "fetch what the engine needs, ask again" before giving up with
+/// `TryLater`: a rename may need four inodes' attributes, and eviction may race a
+/// fetch.
+const NEED_ROUNDS: usize = 12;
+
+/// One share: its cache engine, its store side and its rules.
+pub struct Share {
+    pub name: String,
+    /// "/name"
+    pub export_path: String,
+    pub cache: Arc<Cache>,
+    pub squash: Squash,
+    pub read_only: bool,
+    pub allowed_clients: Vec<String>,
+    pub allows: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// Lists directories and fetches data the cache does not hold.
+    pub rt: Arc<ReadThrough>,
+    /// The share's audit log, when `audit_log` is configured.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Cache hits and misses of reads, by share.
+    pub metrics: Option<Metrics>,
+}
+
+/// A READ's answer.
+pub struct ReadData {
+    pub data: Vec<u8>,
+    pub eof: bool,
+    /// The file's attributes after the read.
+    pub attr: Inode,
+}
+
+/// A directory page and whether the caller may see its entries' attributes and
+/// handles (only one who may search the directory: LOOKUP would refuse the rest).
+pub struct DirPage {
+    pub listing: Listing,
+    /// The directory's attributes after listing it.
+    pub dir: Inode,
+    pub described: bool,
+}
+
+impl Share {
+    /// The caller a request's credentials become under the share's squash rule;
+    /// `None` (no credentials) is nobody.
+    pub fn caller(&self, creds: Option<(u32, u32, &[u32])>) -> Caller {
+        let Some((uid, gid, gids)) = creds else {
+            return Caller::new(NOBODY, NOBODY, Vec::new());
+        };
+        match self.squash {
+            Squash::All => Caller::new(NOBODY, NOBODY, Vec::new()),
+            Squash::Root => {
+                let uid = if uid == 0 { NOBODY } else { uid };
+                let gid = if gid == 0 { NOBODY } else { gid };
+                let gids = gids.iter().copied().filter(|&g| g != 0).collect();
+                Caller::new(uid, gid, gids)
+            }
+            Squash::None => Caller::new(uid, gid, gids.to_vec()),
+        }
+    }
+
+    /// Changes are refused on a read-only share.
+    pub fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(ShareError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The inode as it is now (no store access); for reply attributes.
+    pub fn current(&self, id: FileId) -> Option<Inode> {
+        self.cache.get(id).ok()
+    }
+
+    /// The inode a front end's reference names, if its generation still matches.
+    pub fn inode(&self, id: FileId, generation: u32) -> Result<Inode> {
+        Ok(self.cache.get_checked(id, generation)?)
+    }
+
+    /// A directory by its path below the share's root (a mount of a subdirectory).
+    pub fn dir_at(&self, path: &str) -> Result<Inode> {
+        match self.cache.resolve(path)? {
+            Some(d) if d.kind == Kind::Dir => Ok(d),
+            Some(_) => Err(ShareError::NotDir),
+            None => Err(ShareError::NotFound),
+        }
+    }
+
+    /// Attributes read from the store when the inode has only a listing's
+    /// placeholders.
+    pub async fn getattr(&self, ino: Inode) -> Result<Inode> {
+        if !ino.meta_pending {
+            return Ok(ino);
+        }
+        self.inline(|| self.cache.getattr(ino.id)).await
+    }
+
+    pub async fn setattr(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        set: SetAttr,
+        ctime_guard: Option<u64>,
+    ) -> Result<(WccAttr, Inode)> {
+        self.writable()?;
+        let (cache, caller) = (self.cache.clone(), caller.clone());
+        self.blocking(move || cache.setattr(&caller, id, set, ctime_guard))
+            .await
+            .0
+    }
+
+    /// A name in a directory, listing the directory from the store first. A name
+    /// the cache knows is answered even when the store cannot be listed.
+    pub async fn lookup(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<Inode> {
+        let listed = self.rt.ensure_listed(dir).await;
+        match (self.inline(|| self.cache.lookup(caller, dir, name)).await, listed) {
+            (Err(ShareError::NotFound), Err(e)) => Err(e.into()),
+            (found, _) => found,
+        }
+    }
+
+    /// The inode and the rwx bits (`READ | WRITE | EXEC`) the caller holds on it;
+    /// never `WRITE` on a read-only share.
+    pub async fn access(&self, caller: &Caller, id: FileId) -> Result<(Inode, u32)> {
+        let (i, rwx) = self.inline(|| self.cache.access(caller, id)).await?;
+        Ok((i, if self.read_only { rwx & !WRITE } else { rwx }))
+    }
+
+    pub async fn readlink(&self, caller: &Caller, id: FileId) -> Result<Vec<u8>> {
+        self.inline(|| self.cache.readlink(caller, id)).await
+    }
+
+    /// Up to `count` bytes at `offset`, fetching what the cache does not hold.
+    pub async fn read(&self, caller: &Caller, ino: &Inode, offset: u64, count: u32) -> Result<ReadData> {
+        self.rt.read_ahead(ino, offset, count as u64);
+        let (cache, caller, id) = (self.cache.clone(), caller.clone(), ino.id);
+        let (result, missed) = self
+            .blocking(move || cache.read(&caller, id, offset, count))
+            .await;
+        let (data, eof, attr) = result?;
+        if let Some(m) = &self.metrics {
+            let c = if missed {
+                &m.cache_misses_total
+            } else {
+                &m.cache_hits_total
+            };
+            c.with_label_values(&[&self.name]).inc();
+        }
+        Ok(ReadData { data, eof, attr })
+    }
+
+    /// Writes `data` at `offset`; `sync` makes it durable before answering. Past the
+    /// dirty limit the writer is held back a while, then told to retry: never an
+    /// error that loses data.
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        offset: u64,
+        data: Bytes,
+        sync: bool,
+    ) -> Result<(WccAttr, Inode)> {
+        self.writable()?;
+        let mut waited = Duration::ZERO;
+        loop {
+            let (cache, caller, data) = (self.cache.clone(), caller.clone(), data.clone());
+            let (result, _) = self
+                .blocking(move || cache.write(&caller, id, offset, &data, sync))
+                .await;
+            match result {
+                Err(ShareError::TryLater) if waited < DIRTY_WAIT => {
+                    tokio::time::sleep(DIRTY_POLL).await;
+                    waited += DIRTY_POLL;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes the file's data and attributes durable (the whole file, whatever range
+    /// the front end was asked for: the next commit is then free).
+    pub async fn commit(&self, id: FileId) -> Result<Inode> {
+        let cache = self.cache.clone();
+        run_blocking(move || cache.commit(id)).await.map_err(Into::into)
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        how: CreateMode,
+    ) -> Result<(Inode, DirChange)> {
+        name_ok(name)?;
+        let name = name.to_vec();
+        self.make(dir, caller, move |c, who, d| c.create(who, d, &name, how))
+            .await
+    }
+
+    pub async fn mkdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
+        name_ok(name)?;
+        let name = name.to_vec();
+        self.make(dir, caller, move |c, who, d| c.mkdir(who, d, &name, set))
+            .await
+    }
+
+    pub async fn symlink(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        target: Vec<u8>,
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
+        name_ok(name)?;
+        let name = name.to_vec();
+        self.make(dir, caller, move |c, who, d| {
+            c.symlink(who, d, &name, &target, set)
+        })
+        .await
+    }
+
+    /// Device nodes, sockets, FIFOs and hard links have no object to be.
+    pub fn unsupported_node(&self) -> Result<()> {
+        self.writable()?;
+        Err(ShareError::NotSupported)
+    }
+
+    pub async fn remove(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<DirChange> {
+        self.unlink(caller, dir, name, false).await
+    }
+
+    /// Removes an empty directory: empty in the store too.
+    pub async fn rmdir(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<DirChange> {
+        self.unlink(caller, dir, name, true).await
+    }
+
+    /// Renames within the share. A directory moves with everything the store holds
+    /// below it; one it replaces must be empty in the store too.
+    pub async fn rename(
+        &self,
+        caller: &Caller,
+        from_dir: FileId,
+        from: &[u8],
+        to_dir: FileId,
+        to: &[u8],
+    ) -> Result<(DirChange, DirChange)> {
+        self.writable()?;
+        name_ok(from)?;
+        name_ok(to)?;
+        for d in [from_dir, to_dir] {
+            self.rt.list_before_change(d).await;
+        }
+        self.list_whole_dir(from_dir, from).await?;
+        self.list_whole_dir(to_dir, to).await?;
+        let (cache, caller, from, to) = (self.cache.clone(), caller.clone(), from.to_vec(), to.to_vec());
+        self.blocking(move || cache.rename(&caller, from_dir, &from, to_dir, &to))
+            .await
+            .0
+    }
+
+    /// Up to `max` entries after `cookie`, the directory listed from the store
+    /// first. With `with_attrs`, entries a listing created have their attributes
+    /// read (a HEAD each, several at once) for a caller who may search the
+    /// directory; one found gone from the store is left out.
+    pub async fn readdir(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        cookie: u64,
+        max: usize,
+        with_attrs: bool,
+    ) -> Result<DirPage> {
+        self.rt.ensure_listed(dir).await?;
+        let (cache, who) = (self.cache.clone(), caller.clone());
+        let mut listing = self
+            .blocking(move || cache.readdir(&who, dir, cookie, max))
+            .await
+            .0?;
+        let d = self.cache.get(dir)?;
+        let described = with_attrs
+            && self
+                .cache
+                .access(caller, dir)
+                .is_ok_and(|(_, rwx)| rwx & EXEC != 0);
+        if described {
+            self.read_entry_attrs(&mut listing).await;
+        }
+        Ok(DirPage {
+            listing,
+            dir: d,
+            described,
+        })
+    }
+
+    pub fn fsstat(&self) -> Result<FsStat> {
+        Ok(self.cache.fsstat()?)
+    }
+
+    /// Shared by CREATE, MKDIR and SYMLINK: the directory is listed from the store
+    /// first, so a new name never hides an object already there.
+    async fn make(
+        &self,
+        dir: FileId,
+        caller: &Caller,
+        make: impl Fn(&Cache, &Caller, FileId) -> std::result::Result<(Inode, DirChange), CacheError>
+        + Clone
+        + Send
+        + 'static,
+    ) -> Result<(Inode, DirChange)> {
+        self.writable()?;
+        self.rt.list_before_change(dir).await;
+        let (cache, caller) = (self.cache.clone(), caller.clone());
+        self.blocking(move || make(&cache, &caller, dir)).await.0
+    }
+
+    async fn unlink(&self, caller: &Caller, dir: FileId, name: &[u8], rmdir: bool) -> Result<DirChange> {
+        self.writable()?;
+        self.rt.list_before_change(dir).await;
+        if rmdir {
+            self.list_whole_dir(dir, name).await?;
+        }
+        let (cache, caller, name) = (self.cache.clone(), caller.clone(), name.to_vec());
+        self.blocking(move || {
+            if rmdir {
+                cache.rmdir(&caller, dir, &name)
+            } else {
+                cache.remove(&caller, dir, &name)
+            }
+        })
+        .await
+        .0
+    }
+
+    /// When `name` in `dir` is a directory, lists everything the store holds below
+    /// it into the namespace first; a store that cannot be listed fails the call
+    /// (the client retries) rather than letting it act on part of the tree.
+    async fn list_whole_dir(&self, dir: FileId, name: &[u8]) -> Result<()> {
+        match self.cache.peek(dir, name) {
+            Ok(Some(i)) if i.kind == Kind::Dir => self.rt.list_subtree(i.id).await.map(|_| ()).map_err(|e| {
+                tracing::info!(error = %e, "could not list a directory's contents in the store before changing it");
+                e.into()
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_entry_attrs(&self, listing: &mut Listing) {
+        let pending: Vec<FileId> = listing
+            .entries
+            .iter()
+            .filter(|e| e.attr.meta_pending)
+            .map(|e| e.attr.id)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.rt.read_attrs(&pending).await {
+            tracing::debug!(error = %e, "reading listed entries' attributes failed; sending them without");
+        }
+        listing.entries.retain_mut(|e| {
+            if !e.attr.meta_pending {
+                return true;
+            }
+            match self.cache.load_any(e.attr.id) {
+                Ok(Some(i)) if !i.unlinked => {
+                    e.attr = i;
+                    true
+                }
+                _ => false,
+            }
+        });
+    }
+
+    /// What an engine call needs from the store before it can answer, fetched: the
+    /// attributes of an inode a listing created, or data the cache does not hold.
+    /// `Ok(true)` when data had to be fetched (a cache miss); an error that is not
+    /// such a need is handed back.
+    async fn fetch_need(&self, e: CacheError) -> std::result::Result<bool, CacheError> {
+        match e {
+            CacheError::NotCached(id, ranges) => self.rt.fetch(id, &ranges).await.map(|()| true),
+            CacheError::AttrsUnknown(id) => self.rt.read_attrs(&[id]).await.map(|()| false),
+            other => Err(other),
+        }
+    }
+
+    /// Runs a blocking engine call off the async workers; when it needs something
+    /// only the store has, fetches that and runs it again. Also answers whether data
+    /// had to be fetched (a cache miss).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl Fn() -> std::result::Result<T, CacheError> + Clone + Send + 'static,
+    ) -> (Result<T>, bool) {
+        let mut missed = false;
+        for _ in 0..NEED_ROUNDS {
+            match run_blocking(op.clone()).await {
+                Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
+                    match self.fetch_need(e).await {
+                        Ok(m) => missed |= m,
+                        Err(e) => return (Err(e.into()), missed),
+                    }
+                }
+                other => return (other.map_err(Into::into), missed),
+            }
+        }
+        (Err(ShareError::TryLater), missed)
+    }
+
+    /// The same for an engine call cheap enough to run on the async worker (no file
+    /// I/O: a lookup, a permission check).
+    async fn inline<T>(&self, op: impl Fn() -> std::result::Result<T, CacheError>) -> Result<T> {
+        for _ in 0..NEED_ROUNDS {
+            match op() {
+                Err(e @ (CacheError::NotCached(..) | CacheError::AttrsUnknown(_))) => {
+                    self.fetch_need(e).await?;
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+        Err(ShareError::TryLater)
+    }
+}
+
+/// A name a directory entry may have: the S3 key segment limit.
+fn name_ok(name: &[u8]) -> Result<()> {
+    if name.len() > MAX_NAME_BYTES {
+        Err(ShareError::NameTooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// The blocking boundary: engine work with file I/O or fsync runs here, never on an
+/// async worker.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, CacheError> + Send + 'static,
+) -> std::result::Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
+}
