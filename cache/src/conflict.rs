@@ -56,9 +56,10 @@ impl Cache {
         d.listed_ns = 0;
         Self::put(&mut b, &i);
         Self::put(&mut b, &d);
-        self.commit_batch_stable(b)?;
+        self.commit_batch(b)?;
         st.account(&i);
         drop(st);
+        self.flush_metadata()?;
         self.notify(id);
         Ok(Some(String::from_utf8_lossy(&name).into_owned()))
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::attrs::{AttrCache, Batch};
@@ -603,17 +603,18 @@ impl Cache {
         self.attrs.commit(&self.db, batch)
     }
 
-    /// Applies a namespace or attribute change and makes it durable before the
-    /// caller answers: NFSv3 clients treat CREATE, MKDIR, SYMLINK, REMOVE, RMDIR,
-    /// RENAME and SETATTR as stable once answered (they never resend them), so a
-    /// crash must not undo one. WRITE alone is left to COMMIT / FILE_SYNC.
-    pub(crate) fn commit_batch_stable(&self, batch: Batch) -> Result<()> {
-        self.commit_batch(batch)?;
-        self.flush_metadata()
-    }
-
-    /// Makes everything applied so far durable.
+    /// Makes everything applied so far durable. NFSv3 clients treat CREATE, MKDIR,
+    /// SYMLINK, REMOVE, RMDIR, RENAME and SETATTR as stable once answered (they never
+    /// resend them), so those call this before answering; WRITE leaves it to COMMIT
+    /// and FILE_SYNC. Never called with the state lock held: every other request
+    /// would wait for the disk.
     pub fn flush_metadata(&self) -> Result<()> {
+        failpoint!(
+            "cache::flush_metadata",
+            Err(CacheError::Io(std::io::Error::other(
+                "failpoint cache::flush_metadata"
+            )))
+        );
         // sled 0.34.7 loses the last batch applied before a kill -9 even after a
         // successful flush, unless some other write follows it in the log
         // (tests/it/crash.rs, acknowledged_namespace_changes_survive_kill9, caught a
@@ -1100,9 +1101,10 @@ impl Cache {
             b.remove(&keys::blocks(id));
         }
         Self::put(&mut b, &i);
-        self.commit_batch_stable(b)?;
+        self.commit_batch(b)?;
         st.account(&i);
         drop(st);
+        self.flush_metadata()?;
         if remote_visible || data_changed {
             self.notify(id);
         }
@@ -1134,8 +1136,15 @@ impl Cache {
         ino
     }
 
-    /// Adds `child` to `dir` and records both, queued for upload, in one batch.
-    fn link_new(&self, st: &mut State, mut dir: Inode, mut child: Inode, now: u64) -> Result<DirChange> {
+    /// Adds `child` to `dir` and records both, queued for upload, in one batch made
+    /// durable once the state lock (taken here) is released.
+    fn link_new(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        mut dir: Inode,
+        mut child: Inode,
+        now: u64,
+    ) -> Result<DirChange> {
         let before = WccAttr::from(&dir);
         let seq = dir.next_dir_seq;
         dir.next_dir_seq += 1;
@@ -1151,8 +1160,10 @@ impl Cache {
         b.insert(&keys::seq(dir.id, seq), child.name.clone());
         Self::put(&mut b, &dir);
         b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
-        self.commit_batch_stable(b)?;
+        self.commit_batch(b)?;
         st.account(&child);
+        drop(st);
+        self.flush_metadata()?;
         tracing::debug!(file_id = child.id, dir = dir.id, name = %String::from_utf8_lossy(&child.name), "created");
         self.notify(child.id);
         Ok(DirChange { before, after: dir })
@@ -1226,7 +1237,7 @@ impl Cache {
             st.measured(child.id, allocated(&f));
             st.resized(0, child.size);
         }
-        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        let change = self.link_new(st, d, child.clone(), now)?;
         let child = self.get(child.id)?;
         Ok((child, change))
     }
@@ -1259,7 +1270,7 @@ impl Cache {
         if d.mode & 0o2000 != 0 {
             child.mode |= 0o2000;
         }
-        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        let change = self.link_new(st, d, child.clone(), now)?;
         Ok((self.get(child.id)?, change))
     }
 
@@ -1297,13 +1308,22 @@ impl Cache {
             },
             now,
         )?;
-        let change = self.link_new(&mut st, d, child.clone(), now)?;
+        let change = self.link_new(st, d, child.clone(), now)?;
         Ok((self.get(child.id)?, change))
     }
 
     /// Takes `victim` out of the namespace inside `b`: it stays as a record only while
-    /// the store still holds an object for it.
-    pub(crate) fn unlink_in_batch(&self, st: &mut State, b: &mut Batch, mut victim: Inode, now: u64) {
+    /// the store still holds an object for it. Answers the file whose data is to be
+    /// dropped once `b` is durable: before, a crash would bring back the file without
+    /// its bytes.
+    #[must_use]
+    pub(crate) fn unlink_in_batch(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        mut victim: Inode,
+        now: u64,
+    ) -> Option<FileId> {
         victim.unlinked = true;
         victim.ctime_ns = now;
         // Keys it was writing (an upload in flight, or one a crash cut off) may hold
@@ -1334,8 +1354,9 @@ impl Cache {
         }
         if victim.kind == Kind::File {
             st.resized(victim.size, 0);
-            self.drop_data(victim.id);
+            return Some(victim.id);
         }
+        None
     }
 
     fn check_sticky(caller: &Caller, dir: &Inode, victim: &Inode) -> Result<()> {
@@ -1380,9 +1401,13 @@ impl Cache {
         d.ctime_ns = now;
         Self::put(&mut b, &d);
         let victim_id = victim.id;
-        self.unlink_in_batch(&mut st, &mut b, victim, now);
-        self.commit_batch_stable(b)?;
+        let doomed = self.unlink_in_batch(&mut st, &mut b, victim, now);
+        self.commit_batch(b)?;
         drop(st);
+        self.flush_metadata()?;
+        if let Some(id) = doomed {
+            self.drop_data(id);
+        }
         tracing::debug!(file_id = victim_id, dir, name = %String::from_utf8_lossy(name), "removed");
         self.notify(victim_id);
         Ok(DirChange { before, after: d })
@@ -1464,6 +1489,7 @@ impl Cache {
         let now = now_ns();
         let mut b = Batch::default();
         let replaced = target.as_ref().map(|t| t.child);
+        let mut doomed = None;
         if let Some(t) = target {
             let victim = self.get(t.child)?;
             Self::check_sticky(caller, &td, &victim)?;
@@ -1477,7 +1503,7 @@ impl Cache {
             }
             b.remove(keys::name(to_dir, to_name));
             b.remove(&keys::seq(to_dir, t.seq));
-            self.unlink_in_batch(&mut st, &mut b, victim, now);
+            doomed = self.unlink_in_batch(&mut st, &mut b, victim, now);
         }
         b.remove(keys::name(from_dir, from_name));
         b.remove(&keys::seq(from_dir, e.seq));
@@ -1520,9 +1546,13 @@ impl Cache {
         if moving.kind == Kind::Dir {
             self.requeue_subtree(moving.id, &mut b, now, &mut requeued)?;
         }
-        self.commit_batch_stable(b)?;
+        self.commit_batch(b)?;
         st.account(&moving);
         drop(st);
+        self.flush_metadata()?;
+        if let Some(id) = doomed {
+            self.drop_data(id);
+        }
         tracing::debug!(
             file_id = moving.id,
             from_dir,

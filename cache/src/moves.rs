@@ -107,9 +107,10 @@ impl Cache {
         Self::put(&mut b, &i);
         // Durable before the newcomer's object replaces the old one: after a crash the
         // moved file must not go back to copying from that key.
-        self.commit_batch_stable(b)?;
+        self.commit_batch(b)?;
         st.account(&i);
         drop(st);
+        self.flush_metadata()?;
         tracing::debug!(
             file_id = holder.id,
             key,

@@ -74,3 +74,96 @@ fn write_dying_between_data_and_metadata_leaves_no_trace() {
     assert_eq!(&data[250..], b"end");
     scenario.teardown();
 }
+
+fn make(c: &Cache, name: &[u8]) -> Inode {
+    c.create(&user(), ROOT_ID, name, CreateMode::Unchecked(SetAttr::default()))
+        .unwrap()
+        .0
+}
+
+/// A namespace or attribute change is made durable (a metadata flush) before it is
+/// answered, but outside the engine's lock: another request goes ahead while one
+/// waits for a slow disk.
+#[test]
+fn no_request_waits_for_another_requests_flush() {
+    let scenario = fail::FailScenario::setup();
+    let t = tempfile::tempdir().unwrap();
+    let c = std::sync::Arc::new(Cache::open(t.path(), CacheOptions::default()).unwrap());
+    let file = make(&c, b"file");
+    make(&c, b"victim");
+    type Op = fn(&Cache, FileId) -> Result<()>;
+    let slow_ops: [(&str, Op); 5] = [
+        ("create", |c, _| {
+            c.create(&user(), ROOT_ID, b"new", CreateMode::Guarded(SetAttr::default()))
+                .map(|_| ())
+        }),
+        ("mkdir", |c, _| {
+            c.mkdir(&user(), ROOT_ID, b"dir", SetAttr::default()).map(|_| ())
+        }),
+        ("chmod", |c, id| {
+            let set = SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            };
+            c.setattr(&user(), id, set, None).map(|_| ())
+        }),
+        ("rename", |c, _| {
+            c.rename(&user(), ROOT_ID, b"new", ROOT_ID, b"renamed")
+                .map(|_| ())
+        }),
+        ("remove", |c, _| c.remove(&user(), ROOT_ID, b"victim").map(|_| ())),
+    ];
+    for (i, (what, op)) in slow_ops.into_iter().enumerate() {
+        // The next flush takes 2 s: the slow request's own.
+        fail::cfg("cache::flush_metadata", "1*sleep(2000)").unwrap();
+        let slow = {
+            let c = c.clone();
+            std::thread::spawn(move || op(&c, file.id))
+        };
+        // Its change is applied (visible) before its flush; give it time to get there.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        make(&c, format!("quick{i}").as_bytes());
+        assert!(
+            !slow.is_finished(),
+            "a create waited for the flush of a concurrent {what}"
+        );
+        slow.join().unwrap().unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    scenario.teardown();
+}
+
+/// A removed file's data file goes only once its removal is durable: a crash before
+/// would otherwise bring the file back without its bytes. The same for a file a
+/// rename replaces.
+#[test]
+fn a_removed_files_data_outlives_a_failed_flush_of_its_removal() {
+    let scenario = fail::FailScenario::setup();
+    let t = tempfile::tempdir().unwrap();
+    let data_of = |id: FileId| t.path().join("data").join(format!("{id:016x}"));
+    let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+    let f = make(&c, b"f");
+    c.write(&user(), f.id, 0, b"precious", true).unwrap();
+    let g = make(&c, b"g");
+    c.write(&user(), g.id, 0, b"replaced", true).unwrap();
+    make(&c, b"h");
+
+    fail::cfg("cache::flush_metadata", "return").unwrap();
+    let r = c.remove(&user(), ROOT_ID, b"f");
+    assert!(matches!(r, Err(CacheError::Io(_))), "{r:?}");
+    let r = c.rename(&user(), ROOT_ID, b"h", ROOT_ID, b"g");
+    assert!(matches!(r, Err(CacheError::Io(_))), "{r:?}");
+    fail::cfg("cache::flush_metadata", "off").unwrap();
+    assert_eq!(std::fs::read(data_of(f.id)).unwrap(), b"precious");
+    assert_eq!(std::fs::read(data_of(g.id)).unwrap(), b"replaced");
+
+    // Once the removals are durable (the next flush), a restart drops the data.
+    c.flush_metadata().unwrap();
+    drop(c);
+    let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+    assert!(!data_of(f.id).exists() && !data_of(g.id).exists());
+    assert!(matches!(
+        c.lookup(&user(), ROOT_ID, b"f"),
+        Err(CacheError::NotFound)
+    ));
+    scenario.teardown();
+}

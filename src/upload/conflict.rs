@@ -71,7 +71,11 @@ impl Uploader {
             .filter(|c| c.is_ascii_digit() || *c == 'T')
             .chain(std::iter::once('Z'))
             .collect();
-        if let Some(name) = self.cache.set_aside_conflict(ino.id, rel, &stamp)? {
+        let (id, at) = (ino.id, rel.to_owned());
+        if let Some(name) = self
+            .durably(move |c| c.set_aside_conflict(id, &at, &stamp))
+            .await?
+        {
             tracing::warn!(
                 key,
                 their_etag = theirs,

@@ -514,7 +514,8 @@ impl Uploader {
         // carry, so a crash between the write and record_upload can neither orphan
         // the object nor make it look like another client's (Cache::record_intent).
         let ours = self.settings.check_conflicts.then_some(meta_tuple);
-        if !self.cache.record_intent(ino.id, &rel, ours)? {
+        let (id, at) = (ino.id, rel.clone());
+        if !self.durably(move |c| c.record_intent(id, &at, ours)).await? {
             return Ok(()); // removed meanwhile, and nothing of it is in the store
         }
         let r = &ino.remote;
@@ -809,9 +810,10 @@ impl Uploader {
     /// a crash, the gateway aborts exactly the uploads it started.
     async fn start_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
         let upload_id = self.store.create_multipart(key, meta).await?;
-        if let Err(e) = self.cache.record_multipart(&upload_id, key) {
+        let (id, k) = (upload_id.clone(), key.to_owned());
+        if let Err(e) = self.durably(move |c| c.record_multipart(&id, &k)).await {
             let _ = self.store.abort_multipart(key, &upload_id).await;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(upload_id)
     }
@@ -929,6 +931,21 @@ impl Uploader {
         }
         self.cache.record_deleted(id, rel, deleted)?;
         Ok(())
+    }
+}
+
+impl Uploader {
+    /// Runs an engine call that makes its change durable (an fsync) on a blocking
+    /// thread, never on the upload runtime's async workers.
+    async fn durably<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cache) -> bucketgate_cache::Result<T> + Send + 'static,
+    ) -> Result<T, UploadError> {
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || f(&cache))
+            .await
+            .map_err(|e| bucketgate_cache::CacheError::Meta(format!("engine task failed: {e}")))?
+            .map_err(Into::into)
     }
 }
 

@@ -12,7 +12,8 @@ impl Uploader {
     /// go and uploads its own bytes (see `Cache::release_moved_key`).
     pub(super) async fn take_over_key(&self, rel: &str, key: &str, me: FileId) -> Result<(), UploadError> {
         for _ in 0..8 {
-            let (id, etag, ranges) = match self.cache.release_moved_key(rel, me)? {
+            let at = rel.to_owned();
+            let (id, etag, ranges) = match self.durably(move |c| c.release_moved_key(&at, me)).await? {
                 KeyRelease::Free => return Ok(()),
                 KeyRelease::NeedsBytes { id, etag, ranges } => (id, etag, ranges),
             };
