@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bucketgate::config::Squash;
-use bucketgate::nfs::nfs3::{NfsService, Share};
+use bucketgate::nfs::nfs3::NfsService;
 use bucketgate::nfs::{AuthSys, CallContext, Nfs3Program, ProcReply};
+use bucketgate::share::Share;
 use bucketgate_cache::{Cache, CacheOptions};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
@@ -40,7 +41,7 @@ fn harness() -> &'static Harness {
         // An empty local-directory bucket: listings and fetches hit a real store.
         let store: Arc<dyn bucketgate::remote::ObjectStore> =
             Arc::new(bucketgate::remote::local::LocalStore::new(dir.path().join("bucket")).unwrap());
-        let rt = bucketgate::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None, None);
+        let rt = bucketgate::share::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None, None);
         let share = Arc::new(Share {
             name: "data".into(),
             export_path: "/data".into(),
@@ -51,6 +52,7 @@ fn harness() -> &'static Harness {
             allows: Box::new(|_| true),
             rt,
             audit: None,
+            metrics: None,
         });
         Harness {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
