@@ -252,6 +252,10 @@ pub struct ShareConfig {
     /// `NFS3ERR_FBIG`). Default and most: S3's object size limit, 5 TiB.
     #[serde(default)]
     pub max_file_size: Option<ByteSize>,
+    /// Also mount the share with FUSE here, on the gateway (for local programs and
+    /// Samba); off when unset.
+    #[serde(default)]
+    pub fuse_mount: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -978,6 +982,26 @@ impl Config {
                     );
                 }
             }
+            if let Some(m) = &s.fuse_mount {
+                if !m.is_absolute() {
+                    p.add(
+                        k("fuse_mount"),
+                        format!("`{}` must be an absolute path", m.display()),
+                    );
+                }
+                if let Some(j) = self.shares[..i]
+                    .iter()
+                    .position(|o| o.fuse_mount.as_ref() == Some(m))
+                {
+                    p.add(
+                        k("fuse_mount"),
+                        format!("`{}` is already the FUSE mount of share[{j}]", m.display()),
+                    );
+                }
+                if m.starts_with(&self.cache.dir) {
+                    p.add(k("fuse_mount"), "must not be inside cache.dir");
+                }
+            }
             for (key, m) in [
                 ("default_file_mode", s.default_file_mode),
                 ("default_dir_mode", s.default_dir_mode),
@@ -1174,6 +1198,15 @@ mod tests {
             (
                 share("audit_log = \"/tmp\""),
                 "share[0].audit_log: `/tmp` is a directory",
+            ),
+            (
+                share("fuse_mount = \"mnt\""),
+                "share[0].fuse_mount: `mnt` must be an absolute path",
+            ),
+            (
+                share("fuse_mount = \"/run/m\"")
+                    + "[[share]]\nname = \"b\"\nurl = \"s3://b-bucket/\"\nfuse_mount = \"/run/m\"\n",
+                "share[1].fuse_mount: `/run/m` is already the FUSE mount of share[0]",
             ),
             (
                 share("audit_log = \"/var/log/a.jsonl\"")

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 mod conns;
+pub mod fuse;
 pub mod gateway;
 pub mod logging;
 pub mod metrics;

@@ -71,6 +71,8 @@ pub struct Running {
     pub portmap_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// The shares' FUSE mounts (`fuse_mount`); unmounted when dropped.
+    fuse: Vec<crate::fuse::FuseMount>,
     /// Dropped last: the uploaders' runtime (see `background`).
     _background: background::Background,
 }
@@ -262,6 +264,17 @@ impl Gateway {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         });
+        let mut fuse = Vec::new();
+        for s in &gateway.shares {
+            if let Some(path) = &s.config.fuse_mount {
+                let handle = tokio::runtime::Handle::current();
+                let (share, path) = (s.share.clone(), path.clone());
+                let m =
+                    tokio::task::spawn_blocking(move || crate::fuse::mount(share, &path, handle)).await??;
+                tracing::info!(share = %s.share.name, path = %m.path().display(), "mounted with FUSE");
+                fuse.push(m);
+            }
+        }
         Ok(Running {
             gateway,
             nfs_addr,
@@ -269,6 +282,7 @@ impl Gateway {
             portmap_addr,
             stop,
             tasks,
+            fuse,
             _background: background,
         })
     }
@@ -299,6 +313,9 @@ impl Running {
     /// Stops taking calls, lets calls in flight finish, stops the uploaders (the
     /// queue stays durable) and flushes every share's metadata.
     pub async fn shutdown(mut self) {
+        // FUSE first: unmounting waits for the calls the kernel has in flight.
+        let fuse = std::mem::take(&mut self.fuse);
+        let _ = tokio::task::spawn_blocking(move || drop(fuse)).await;
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
         for s in &self.gateway.shares {

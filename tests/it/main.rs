@@ -11,6 +11,7 @@ mod cli;
 mod conflicts;
 mod crash;
 mod crash_cache;
+mod fuse;
 mod isolation;
 mod nfs_exports;
 mod nfs_procedures;

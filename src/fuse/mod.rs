@@ -1,0 +1,567 @@
+//! A FUSE mount of a share on the gateway itself (the `fuser` crate, its pure-Rust
+//! mount: no libfuse), for backup agents and scripts on the appliance and for Samba.
+//! Every call goes to the share layer (`crate::share`), as NFS calls do; this module
+//! only translates.
+//!
+//! The caller is the FUSE request's uid and gid with the supplementary groups of the
+//! calling thread (`/proc/<tid>/status`), and the mount uses `default_permissions`,
+//! so the kernel checks mode bits too: the two checks see the same credentials. Local
+//! callers are not squashed: root on the appliance can read the cache disk anyway,
+//! and a backup agent running as root must read every file.
+//!
+//! Attributes and names are not cached by the kernel (a TTL of zero) and cached pages
+//! are dropped when a file's mtime or size moved (FUSE_AUTO_INVAL_DATA), so what NFS
+//! clients or a refresh change is seen by the next call, open files included.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bucketgate_cache::{CreateMode, Inode, Kind, SetAttr, SetTime};
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::share::{Caller, EXEC, READ, Share, ShareError, WRITE};
+
+mod errno;
+
+/// How long the kernel may keep attributes and names: not at all (see module doc).
+const TTL: Duration = Duration::ZERO;
+/// Entries asked of the share per READDIR (the kernel's buffer holds about 100).
+const DIR_PAGE: usize = 256;
+/// A writer held back at the dirty limit waits this long in all before it gets an
+/// error: local programs do not retry EAGAIN on a regular file.
+const WRITE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A share mounted with FUSE; unmounted when dropped.
+pub struct FuseMount {
+    session: Option<fuser::BackgroundSession>,
+    path: PathBuf,
+}
+
+impl FuseMount {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "unmounting the FUSE mount");
+        }
+    }
+}
+
+/// Mounts `share` at `path`, serving its calls on `rt`. A mount point left by a
+/// gateway that died (its FUSE connection gone: ENOTCONN) is unmounted first.
+pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyhow::Result<FuseMount> {
+    reclaim_stale(path)?;
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating the FUSE mount point {}", path.display()))?;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("bucketgate:{}", share.name)),
+        MountOption::Subtype("bucketgate".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        if share.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(2);
+    let fs = ShareFs { share, rt };
+    let session = fuser::spawn_mount(fs, path, &config)
+        .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
+    Ok(FuseMount {
+        session: Some(session),
+        path: path.to_owned(),
+    })
+}
+
+/// A mount point whose FUSE server is gone answers ENOTCONN: detach it so the new
+/// mount can take its place (what `fusermount -u -z` would do).
+fn reclaim_stale(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(path = %path.display(), "unmounting a FUSE mount left by a gateway that stopped");
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+            // SAFETY: a valid NUL-terminated path; umount2 does not keep it.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let e = std::io::Error::last_os_error();
+                anyhow::bail!(
+                    "unmounting the stale FUSE mount {}: {e} (try: fusermount -u {0})",
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+struct ShareFs {
+    share: Arc<Share>,
+    rt: tokio::runtime::Handle,
+}
+
+/// The calling thread's supplementary groups, from `/proc/<tid>/status` (FUSE
+/// carries only uid, gid and the thread id). None if it has gone.
+fn groups_of(tid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller::new(req.uid(), req.gid(), groups_of(req.pid()))
+}
+
+fn time(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn set_time(t: Option<TimeOrNow>) -> SetTime {
+    match t {
+        None => SetTime::DontChange,
+        Some(TimeOrNow::Now) => SetTime::ServerTime,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::Client(d.as_nanos().min(u64::MAX as u128) as u64),
+            Err(_) => SetTime::Client(0),
+        },
+    }
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn attr(i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(i.id),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: time(i.atime_ns),
+        mtime: time(i.mtime_ns),
+        ctime: time(i.ctime_ns),
+        crtime: time(i.ctime_ns),
+        kind: kind(i.kind),
+        perm: (i.mode & 0o7777) as u16,
+        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        uid: i.uid,
+        gid: i.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl ShareFs {
+    /// Runs `op` on the runtime and answers with `reply` (or its errno).
+    fn serve<T: Send + 'static>(
+        &self,
+        op: impl Future<Output = Result<T, ShareError>> + Send + 'static,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        self.rt
+            .spawn(async move { reply(op.await.map_err(|e| errno::of(&e))) });
+    }
+}
+
+fn entry(reply: ReplyEntry) -> impl FnOnce(Result<Inode, Errno>) {
+    move |r| match r {
+        Ok(i) => reply.entry(&TTL, &attr(&i), Generation(i.generation as u64)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), Errno>) {
+    move |r| match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for ShareFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // As NFS offers (FSINFO wtmax): one share write per 1 MiB.
+        let _ = config.set_max_write(1 << 20);
+        // The kernel drops a file's cached pages when its mtime or size moved (a
+        // write over NFS, a newer object found by a refresh), even while it is open.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        self.serve(
+            async move {
+                let i = s.lookup(&who, parent.0, &name).await?;
+                s.getattr(i).await
+            },
+            entry(reply),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let s = self.share.clone();
+        self.serve(
+            async move { s.getattr(s.current(ino.0).ok_or(ShareError::NotFound)?).await },
+            move |r| match r {
+                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (s, who) = (self.share.clone(), caller(req));
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        self.serve(
+            async move { Ok(s.setattr(&who, ino.0, set, None).await?.1) },
+            move |r| match r {
+                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (s, who) = (self.share.clone(), caller(req));
+        self.serve(async move { s.readlink(&who, ino.0).await }, move |r| match r {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // A regular file is a file; devices, FIFOs and sockets have no object to be.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            let e = self
+                .share
+                .unsupported_node()
+                .err()
+                .unwrap_or(ShareError::NotSupported);
+            return reply.error(match e {
+                ShareError::NotSupported => Errno::EPERM,
+                e => errno::of(&e),
+            });
+        }
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        let how = CreateMode::Guarded(SetAttr {
+            mode: Some(mode & 0o7777 & !umask),
+            ..SetAttr::default()
+        });
+        self.serve(
+            async move { Ok(s.create(&who, parent.0, &name, how).await?.0) },
+            entry(reply),
+        );
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        let set = SetAttr {
+            mode: Some(mode & 0o7777 & !umask),
+            ..SetAttr::default()
+        };
+        self.serve(
+            async move { Ok(s.mkdir(&who, parent.0, &name, set).await?.0) },
+            entry(reply),
+        );
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        self.serve(
+            async move { s.remove(&who, parent.0, &name).await.map(|_| ()) },
+            empty(reply),
+        );
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        self.serve(
+            async move { s.rmdir(&who, parent.0, &name).await.map(|_| ()) },
+            empty(reply),
+        );
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (s, who) = (self.share.clone(), caller(req));
+        let (name, target) = (
+            link_name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        );
+        self.serve(
+            async move {
+                Ok(s.symlink(&who, parent.0, &name, target, SetAttr::default())
+                    .await?
+                    .0)
+            },
+            entry(reply),
+        );
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        // RENAME_NOREPLACE and RENAME_EXCHANGE cannot be made atomic over the store.
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let (s, who) = (self.share.clone(), caller(req));
+        let (from, to) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.serve(
+            async move {
+                s.rename(&who, parent.0, &from, newparent.0, &to)
+                    .await
+                    .map(|_| ())
+            },
+            empty(reply),
+        );
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // One file is one object: a second name would be a second object.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No per-open state: every read and write names its file. O_TRUNC arrives as
+        // a SETATTR.
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (s, who) = (self.share.clone(), caller(req));
+        self.serve(
+            async move {
+                let i = s.current(ino.0).ok_or(ShareError::Stale)?;
+                s.read(&who, &i, offset, size).await
+            },
+            move |r| match r {
+                Ok(r) => reply.data(&r.data),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (s, who, data) = (self.share.clone(), caller(req), Bytes::copy_from_slice(data));
+        let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        self.serve(
+            async move {
+                let started = tokio::time::Instant::now();
+                loop {
+                    match s.write(&who, ino.0, offset, data.clone(), sync).await {
+                        Err(ShareError::TryLater) if started.elapsed() < WRITE_PATIENCE => {}
+                        other => return other.map(|_| data.len() as u32),
+                    }
+                }
+            },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() is not fsync(): durability is asked for with fsync, as COMMIT.
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let s = self.share.clone();
+        self.serve(async move { s.commit(ino.0).await.map(|_| ()) }, empty(reply));
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let s = self.share.clone();
+        self.serve(async move { s.commit(ino.0).await.map(|_| ()) }, empty(reply));
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let (s, who) = (self.share.clone(), caller(req));
+        self.serve(
+            async move { s.readdir(&who, ino.0, offset, DIR_PAGE, false).await },
+            move |r| match r {
+                Ok(page) => {
+                    for e in page.listing.entries {
+                        let name = OsStr::from_bytes(&e.name);
+                        if reply.add(INodeNo(e.attr.id), e.cookie, kind(e.attr.kind), name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.share.fsstat() {
+            Ok(f) => {
+                let avail = if self.share.read_only { 0 } else { f.avail_bytes };
+                reply.statfs(
+                    f.total_bytes / 4096,
+                    f.free_bytes / 4096,
+                    avail / 4096,
+                    f.total_files,
+                    f.free_files,
+                    4096,
+                    bucketgate_cache::MAX_NAME_BYTES as u32,
+                    4096,
+                );
+            }
+            Err(e) => reply.error(errno::of(&e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (s, who) = (self.share.clone(), caller(req));
+        let want = mask.bits() as u32 & 0o7;
+        self.serve(
+            async move {
+                let (_, rwx) = s.access(&who, ino.0).await?;
+                let wanted = [(libc::R_OK, READ), (libc::W_OK, WRITE), (libc::X_OK, EXEC)];
+                if wanted
+                    .iter()
+                    .all(|&(bit, has)| want & bit as u32 == 0 || rwx & has != 0)
+                {
+                    Ok(())
+                } else {
+                    Err(ShareError::Access)
+                }
+            },
+            empty(reply),
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        let set = SetAttr {
+            mode: Some(mode & 0o7777 & !umask),
+            ..SetAttr::default()
+        };
+        let how = if flags & libc::O_EXCL != 0 {
+            CreateMode::Guarded(set)
+        } else {
+            CreateMode::Unchecked(set)
+        };
+        self.serve(
+            async move { Ok(s.create(&who, parent.0, &name, how).await?.0) },
+            move |r| match r {
+                Ok(i) => reply.created(
+                    &TTL,
+                    &attr(&i),
+                    Generation(i.generation as u64),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+}
