@@ -355,9 +355,14 @@ impl Cache {
             root.listed_ns = 0;
             db.insert(keys::inode(ROOT_ID), encode(&root))?;
         }
+        let mut lost = Vec::new();
         for kv in db.scan_prefix([keys::INODE]) {
             let (_, v) = kv?;
             let ino = decode_inode(&v)?;
+            if lost_its_bytes(&data_dir, &ino) {
+                lost.push(ino);
+                continue;
+            }
             if ino.kind == Kind::File && !ino.unlinked && !ino.partial {
                 state.stored_total += ino.size;
             }
@@ -368,6 +373,15 @@ impl Cache {
                 }
                 state.account(&ino);
             }
+        }
+        for mut ino in lost {
+            tracing::warn!(
+                file_id = ino.id,
+                "a clean file's cached bytes are missing (a crash cut off an eviction or a removal); they will be fetched from the store again"
+            );
+            ino.partial = true;
+            db.remove(keys::blocks(ino.id))?;
+            db.insert(keys::inode(ino.id), encode(&ino))?;
         }
         db.flush()?;
         Self::reconcile_data_files(&db, &data_dir)?;
@@ -1872,6 +1886,22 @@ impl Cache {
 /// group execute is set (without it, setgid means mandatory locking), as write(2)
 /// and truncate(2) do on Linux: whoever may write a setuid program must not be able
 /// to replace its code and keep the privilege.
+/// A whole, clean file (its bytes are the store's object) whose data file is shorter
+/// than the file or gone: an eviction truncates, and a removal deletes, a data file
+/// before the batch recording it is durable, so a crash between the two leaves the
+/// record of a whole file over missing bytes, which would read as zeros. Such a file
+/// becomes partial at open and is fetched again. A dirty file is never touched here:
+/// its bytes exist nowhere else.
+fn lost_its_bytes(data_dir: &Path, ino: &Inode) -> bool {
+    ino.kind == Kind::File
+        && !ino.unlinked
+        && !ino.partial
+        && ino.size > 0
+        && ino.remote.key.is_some()
+        && ino.dirty_data_bytes() == 0
+        && !fs::metadata(data_dir.join(format!("{:016x}", ino.id))).is_ok_and(|m| m.len() >= ino.size)
+}
+
 fn drop_privileges(i: &mut Inode, caller: &Caller) {
     if caller.uid != 0 && i.mode & 0o6000 != 0 {
         i.mode &= !0o4000;

@@ -819,3 +819,62 @@ fn a_replaced_object_without_metadata_gets_the_defaults_not_the_old_attributes()
         "reading the store uploads nothing"
     );
 }
+
+/// A clean file whose cached bytes went missing behind its record's back (a crash
+/// between an eviction's truncation, or a listing's removal of the data file, and
+/// the batch recording it) is not served as zeros after a restart: it is fetched
+/// from the store again.
+#[test]
+fn a_clean_file_whose_cached_bytes_were_lost_is_fetched_again_after_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let ids: Vec<FileId> = {
+        let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+        ["truncated", "deleted", "dirty"]
+            .iter()
+            .map(|n| {
+                let (f, _) = c
+                    .create(&user(), ROOT_ID, n.as_bytes(), unchecked(0o644))
+                    .unwrap();
+                c.write(&user(), f.id, 0, &[7u8; 10_000], true).unwrap();
+                if *n != "dirty" {
+                    let i = c.get(f.id).unwrap();
+                    c.record_upload(
+                        f.id,
+                        i.change_seq,
+                        n,
+                        "etag",
+                        i.data_seq,
+                        (1000, 1000, 0o100644, 0),
+                    )
+                    .unwrap();
+                }
+                f.id
+            })
+            .collect()
+    };
+    let data_of = |id: FileId| t.path().join("data").join(format!("{id:016x}"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_of(ids[0]))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::remove_file(data_of(ids[1])).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_of(ids[2]))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+    for &id in &ids[..2] {
+        assert!(
+            c.get(id).unwrap().partial,
+            "file {id} is whole over missing bytes"
+        );
+        let r = c.read(&user(), id, 0, 100);
+        assert!(matches!(r, Err(CacheError::NotCached(..))), "file {id}: {r:?}");
+    }
+    // A dirty file keeps what it has: nothing else holds its bytes.
+    assert!(!c.get(ids[2]).unwrap().partial);
+}

@@ -201,7 +201,15 @@ async fn denied_and_clock_skewed_uploads_are_reported_retried_and_drain() {
         local.get_range("skewed", 0, 100).await.unwrap().as_ref(),
         b"written during the trouble"
     );
-    assert!(up.failing().is_empty());
+    // A file's report clears just after its upload is recorded (which is what the
+    // flush waits for): give it a moment on a loaded machine.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !up.failing().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no file reported failing once both are uploaded");
     gw.shutdown().await;
 }
 
