@@ -23,6 +23,9 @@ pub struct Faulty {
     pub fail_with: std::sync::Mutex<Option<(bool, String)>>,
     /// Added to every read (HEAD, GET, LIST), as for a store in another region.
     pub read_latency_us: std::sync::atomic::AtomicU64,
+    /// This many more puts reach the store but answer a transient error, as when the
+    /// connection drops before the reply.
+    pub lose_put_replies: AtomicUsize,
     /// Deletes wait for a permit here when `hold_deletes` is set.
     pub hold_deletes: AtomicBool,
     pub delete_gate: Semaphore,
@@ -40,6 +43,7 @@ impl Faulty {
             read_latency_us: std::sync::atomic::AtomicU64::new(0),
             hold_deletes: AtomicBool::new(false),
             delete_gate: Semaphore::new(0),
+            lose_put_replies: AtomicUsize::new(0),
         })
     }
 
@@ -59,6 +63,22 @@ impl Faulty {
             });
         }
         Ok(())
+    }
+
+    /// A put's answer: its result, or a lost reply (the put still happened).
+    fn reply<T>(&self, r: StoreResult<T>) -> StoreResult<T> {
+        let lose = r.is_ok()
+            && self
+                .lose_put_replies
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if lose {
+            return Err(StoreError::Transient {
+                code: "RequestTimeout".into(),
+                message: "injected: the reply was lost after the put".into(),
+            });
+        }
+        r
     }
 
     async fn maybe_hold_delete(&self) {
@@ -88,7 +108,8 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.maybe_hold().await;
         self.check()?;
-        self.inner.put_object(key, body, meta).await
+        let r = self.inner.put_object(key, body, meta).await;
+        self.reply(r)
     }
     async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
         self.check()?;
@@ -182,7 +203,8 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.maybe_hold().await;
         self.check()?;
-        self.inner.put_object_if(key, body, meta, expect).await
+        let r = self.inner.put_object_if(key, body, meta, expect).await;
+        self.reply(r)
     }
     async fn complete_multipart_if(
         &self,

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use bucketgate::remote::ObjectStore;
 use bucketgate::remote::local::LocalStore;
+use common::child::bucket_contents;
 use common::faulty::Faulty;
-use common::gateway::{config, flush, flush_within, start_with_store};
+use common::gateway::{config, flush, flush_within, share_with, start_with_store};
 use common::nfs::*;
+use common::s3server::S3TestServer;
 use nfs3_types::nfs3::stable_how;
 
 /// Waits until a put (or part) has reached `faulty`'s gate.
@@ -251,5 +253,56 @@ async fn a_file_removed_during_its_multipart_upload_is_not_a_failure() {
     );
     assert!(local.head("doomed.bin").await.unwrap().is_none());
     assert!(local.list_multipart_uploads("").await.unwrap().is_empty());
+    gw.shutdown().await;
+}
+
+/// An upload that replaced the file's object but whose reply was lost (the store went
+/// away mid-answer), then another change to the file: the newest version replaces
+/// the gateway's own earlier attempt, and nothing is set aside as a conflict. (The
+/// soak test once left such conflict copies after S3 restarts; this lost-reply case
+/// is not their cause.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_reply_was_lost_is_not_a_conflict_when_the_file_changes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = S3TestServer::start().await;
+    let faulty = Faulty::new(Arc::new(srv.store().await));
+    let cfg = share_with(&config(tmp.path(), &format!("s3://{}/", srv.bucket)), |s| {
+        s.endpoint = Some(srv.endpoint.clone());
+        s.path_style = true;
+        s.region = Some("us-east-1".into());
+    });
+    let gw = start_with_store(cfg, faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = put_file(&mut c, &root, "f.txt", b"version one").await;
+    flush(&gw).await;
+    // Version two reaches the store, but the gateway does not hear back.
+    faulty.lose_put_replies.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(10)).await; // a later mtime
+    write_at(&mut c, &fh, 0, b"version TWO", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    gw.gateway.shares[0].uploader.flush_now(None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.lose_put_replies.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the upload of version two reached the store");
+    assert_eq!(bucket_contents(&srv).await.get("f.txt").unwrap(), b"version TWO");
+    // Version three before the retry.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    write_at(&mut c, &fh, 0, b"version 333", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    flush(&gw).await;
+    let bucket = bucket_contents(&srv).await;
+    assert_eq!(
+        bucket.keys().collect::<Vec<_>>(),
+        ["f.txt"],
+        "the gateway set its own object aside as a conflict"
+    );
+    assert_eq!(bucket["f.txt"], b"version 333");
     gw.shutdown().await;
 }
