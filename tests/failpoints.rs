@@ -249,3 +249,30 @@ async fn overwrite_not_recorded_then_removed_leaves_nothing() {
     gw.shutdown().await;
     scenario.teardown();
 }
+
+/// Shutdown while an upload's engine call sits in a slow flush on its blocking thread
+/// (the upload is cancelled, the call on that thread is not): shutdown returns only
+/// once the call is done, so the cache opens again at once (it was still locked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_an_uploads_engine_call_in_flight() {
+    let scenario = fail::FailScenario::setup();
+    let rig = Rig::new().await;
+    let gw = rig.start().await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    put_file(&mut c, &root, "a", b"on a slow disk").await;
+    // The next flush is the upload's, noting its intent (uploads start 100 ms after
+    // the last change): it takes 3 s.
+    fail::cfg("cache::flush_metadata", "1*sleep(3000)").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.shutdown().await;
+    fail::cfg("cache::flush_metadata", "off").unwrap();
+    let gw = rig.start().await;
+    flush(&gw).await;
+    assert_eq!(
+        bucket_contents(&rig.s3).await.get("a").map(Vec::as_slice),
+        Some(&b"on a slow disk"[..])
+    );
+    gw.shutdown().await;
+    scenario.teardown();
+}

@@ -45,11 +45,28 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(60);
 pub struct FuseMount {
     session: Option<fuser::BackgroundSession>,
     path: PathBuf,
+    /// Held (shared) by every call being served; taken exclusively at unmount.
+    calls: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl FuseMount {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Unmounts, then waits for the calls already taken to finish (they hold the
+    /// share's cache open).
+    pub async fn unmount(mut self) {
+        let (session, path) = (self.session.take(), self.path.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(s) = session
+                && let Err(e) = s.umount_and_join()
+            {
+                tracing::warn!(path = %path.display(), error = %e, "unmounting the FUSE mount");
+            }
+        })
+        .await;
+        drop(self.calls.write().await);
     }
 }
 
@@ -84,12 +101,18 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(2);
-    let fs = ShareFs { share, rt };
+    let calls = Arc::default();
+    let fs = ShareFs {
+        share,
+        rt,
+        calls: Arc::clone(&calls),
+    };
     let session = fuser::spawn_mount(fs, path, &config)
         .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
     Ok(FuseMount {
         session: Some(session),
         path: path.to_owned(),
+        calls,
     })
 }
 
@@ -117,6 +140,7 @@ fn reclaim_stale(path: &Path) -> anyhow::Result<()> {
 struct ShareFs {
     share: Arc<Share>,
     rt: tokio::runtime::Handle,
+    calls: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// The calling thread's supplementary groups, from `/proc/<tid>/status` (FUSE
@@ -186,8 +210,14 @@ impl ShareFs {
         op: impl Future<Output = Result<T, ShareError>> + Send + 'static,
         reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
     ) {
-        self.rt
-            .spawn(async move { reply(op.await.map_err(|e| errno::of(&e))) });
+        // Refused once unmounting has begun: the share is closing.
+        let Ok(call) = Arc::clone(&self.calls).try_read_owned() else {
+            return reply(Err(Errno::EIO));
+        };
+        self.rt.spawn(async move {
+            let _call = call;
+            reply(op.await.map_err(|e| errno::of(&e)))
+        });
     }
 }
 

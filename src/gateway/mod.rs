@@ -314,10 +314,14 @@ impl Running {
     /// queue stays durable) and flushes every share's metadata.
     pub async fn shutdown(mut self) {
         // FUSE first: unmounting waits for the calls the kernel has in flight.
-        let fuse = std::mem::take(&mut self.fuse);
-        let _ = tokio::task::spawn_blocking(move || drop(fuse)).await;
+        for m in std::mem::take(&mut self.fuse) {
+            m.unmount().await;
+        }
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+        for s in &self.gateway.shares {
+            s.uploader.blocking_done().await;
+        }
         for s in &self.gateway.shares {
             let cache = s.share.cache.clone();
             let _ = tokio::task::spawn_blocking(move || cache.flush_metadata()).await;

@@ -142,6 +142,10 @@ pub struct Uploader {
     pub counters: UploadCounters,
     /// Prometheus metrics and this share's label.
     metrics: Option<(Metrics, String)>,
+    /// Held (shared) by each engine call on a blocking thread (`durably`): such a call
+    /// outlives an upload cancelled at shutdown, so shutdown takes this exclusively
+    /// before the cache is closed.
+    blocking: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn now_s() -> u64 {
@@ -186,6 +190,7 @@ impl Uploader {
             locks: KeyLocks::default(),
             counters: UploadCounters::default(),
             metrics,
+            blocking: Arc::default(),
         })
     }
 
@@ -935,17 +940,26 @@ impl Uploader {
 }
 
 impl Uploader {
-    /// Runs an engine call that makes its change durable (an fsync) on a blocking
-    /// thread, never on the upload runtime's async workers.
+    /// Waits until no engine call started by an upload is still running (after the
+    /// upload tasks stopped), so that the cache can be closed and opened again.
+    pub async fn blocking_done(&self) {
+        drop(self.blocking.write().await);
+    }
+
+    /// Runs an engine call that does file I/O or makes its change durable (an fsync)
+    /// on a blocking thread, never on the upload runtime's async workers.
     async fn durably<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Cache) -> bucketgate_cache::Result<T> + Send + 'static,
     ) -> Result<T, UploadError> {
-        let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || f(&cache))
-            .await
-            .map_err(|e| bucketgate_cache::CacheError::Meta(format!("engine task failed: {e}")))?
-            .map_err(Into::into)
+        let (cache, running) = (self.cache.clone(), self.blocking.clone().read_owned().await);
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            f(&cache)
+        })
+        .await
+        .map_err(|e| bucketgate_cache::CacheError::Meta(format!("engine task failed: {e}")))?
+        .map_err(Into::into)
     }
 }
 

@@ -27,10 +27,8 @@ impl Uploader {
                         Err(StoreError::NotFound) => return Ok(()),
                         Err(e) => return Err(e.into()),
                     };
-                    let (cache, etag) = (self.cache.clone(), etag.clone());
-                    tokio::task::spawn_blocking(move || cache.fill(id, &etag, at, &bytes))
-                        .await
-                        .map_err(|e| CacheError::Meta(e.to_string()))??;
+                    let etag = etag.clone();
+                    self.durably(move |c| c.fill(id, &etag, at, &bytes)).await?;
                     at += n;
                 }
             }
