@@ -4,7 +4,8 @@
 //! before it is read or changed, fetching data and attributes the engine needs and
 //! asking again, holding writers back at the dirty limit, the read-only rule, and the
 //! one boundary where blocking engine work leaves the async workers. Front ends
-//! (`crate::nfs`) only decode their arguments, call a method and encode the answer.
+//! (`crate::nfs`, `crate::fuse`) only decode their arguments, call a method and
+//! encode the answer.
 
 use std::net::IpAddr;
 use std::sync::Arc;
