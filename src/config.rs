@@ -960,47 +960,36 @@ impl Config {
             if s.audit_reads && s.audit_log.is_none() {
                 p.add(k("audit_reads"), "needs audit_log");
             }
-            if let Some(a) = &s.audit_log {
-                if !a.is_absolute() {
-                    p.add(
-                        k("audit_log"),
-                        format!("`{}` must be an absolute path", a.display()),
-                    );
-                } else if a.is_dir() {
-                    p.add(
-                        k("audit_log"),
-                        format!("`{}` is a directory; name a file", a.display()),
-                    );
-                }
-                if let Some(j) = self.shares[..i]
-                    .iter()
-                    .position(|o| o.audit_log.as_ref() == Some(a))
-                {
-                    p.add(
-                        k("audit_log"),
-                        format!("`{}` is already the audit log of share[{j}]", a.display()),
-                    );
-                }
+            // A path of this share's own: absolute, and no earlier share's.
+            let own_path =
+                |p: &mut Problems, key: &str, what: &str, get: fn(&ShareConfig) -> Option<&PathBuf>| {
+                    let Some(path) = get(s) else { return };
+                    if !path.is_absolute() {
+                        p.add(k(key), format!("`{}` must be an absolute path", path.display()));
+                    }
+                    if let Some(j) = self.shares[..i].iter().position(|o| get(o) == Some(path)) {
+                        p.add(
+                            k(key),
+                            format!("`{}` is already the {what} of share[{j}]", path.display()),
+                        );
+                    }
+                };
+            own_path(p, "audit_log", "audit log", |s| s.audit_log.as_ref());
+            if let Some(a) = &s.audit_log
+                && a.is_absolute()
+                && a.is_dir()
+            {
+                p.add(
+                    k("audit_log"),
+                    format!("`{}` is a directory; name a file", a.display()),
+                );
             }
-            if let Some(m) = &s.fuse_mount {
-                if !m.is_absolute() {
-                    p.add(
-                        k("fuse_mount"),
-                        format!("`{}` must be an absolute path", m.display()),
-                    );
-                }
-                if let Some(j) = self.shares[..i]
-                    .iter()
-                    .position(|o| o.fuse_mount.as_ref() == Some(m))
-                {
-                    p.add(
-                        k("fuse_mount"),
-                        format!("`{}` is already the FUSE mount of share[{j}]", m.display()),
-                    );
-                }
-                if m.starts_with(&self.cache.dir) {
-                    p.add(k("fuse_mount"), "must not be inside cache.dir");
-                }
+            own_path(p, "fuse_mount", "FUSE mount", |s| s.fuse_mount.as_ref());
+            if s.fuse_mount
+                .as_ref()
+                .is_some_and(|m| m.starts_with(&self.cache.dir))
+            {
+                p.add(k("fuse_mount"), "must not be inside cache.dir");
             }
             for (key, m) in [
                 ("default_file_mode", s.default_file_mode),

@@ -58,25 +58,22 @@ impl FuseMount {
     /// share's cache open).
     pub async fn unmount(mut self) {
         let (session, path) = (self.session.take(), self.path.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(s) = session
-                && let Err(e) = s.umount_and_join()
-            {
-                tracing::warn!(path = %path.display(), error = %e, "unmounting the FUSE mount");
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || umount(session, &path)).await;
         drop(self.calls.write().await);
     }
 }
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take()
-            && let Err(e) = s.umount_and_join()
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "unmounting the FUSE mount");
-        }
+        umount(self.session.take(), &self.path);
+    }
+}
+
+fn umount(session: Option<fuser::BackgroundSession>, path: &Path) {
+    if let Some(s) = session
+        && let Err(e) = s.umount_and_join()
+    {
+        tracing::warn!(path = %path.display(), error = %e, "unmounting the FUSE mount");
     }
 }
 

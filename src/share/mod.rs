@@ -474,7 +474,7 @@ fn name_ok(name: &[u8]) -> Result<()> {
 
 /// The blocking boundary: engine work with file I/O or fsync runs here, never on an
 /// async worker.
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::result::Result<T, CacheError> + Send + 'static,
 ) -> std::result::Result<T, CacheError> {
     tokio::task::spawn_blocking(f)

@@ -13,6 +13,7 @@ use bucketgate_cache::{
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::run_blocking as blocking;
 use crate::remote::meta::{S_IFLNK, S_IFMT};
 use crate::remote::{ObjectInfo, ObjectStore, StoreError};
 
@@ -111,14 +112,6 @@ impl Tree {
 /// those), not empty, `.` or `..`, at most 255 bytes.
 fn name_ok(seg: &str) -> bool {
     !seg.is_empty() && seg != "." && seg != ".." && seg.len() <= MAX_NAME_BYTES && !seg.contains('\0')
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
-) -> Result<T, CacheError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CacheError::Meta(e.to_string()))?
 }
 
 /// Reads the attributes of inode `id` from its object's metadata (a HEAD; and for an
@@ -598,9 +591,7 @@ impl ReadThrough {
                     .map_err(store_err)?;
                 let cache = self.cache.clone();
                 let etag = ino.remote.etag.clone();
-                tokio::task::spawn_blocking(move || cache.fill(id, &etag, at, &bytes))
-                    .await
-                    .map_err(|e| CacheError::Meta(e.to_string()))??;
+                blocking(move || cache.fill(id, &etag, at, &bytes)).await?;
             }
             Ok(())
         }

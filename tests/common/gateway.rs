@@ -34,6 +34,15 @@ pub fn config(dir: &std::path::Path, url: &str) -> Config {
     cfg
 }
 
+/// [`config`] for a share at `prefix` in the test S3 server's bucket.
+pub fn s3_config(dir: &std::path::Path, srv: &super::s3server::S3TestServer, prefix: &str) -> Config {
+    share_with(&config(dir, &format!("s3://{}/{prefix}", srv.bucket)), |s| {
+        s.endpoint = Some(srv.endpoint.clone());
+        s.path_style = true;
+        s.region = Some("us-east-1".into());
+    })
+}
+
 pub fn share_with(cfg: &Config, f: impl FnOnce(&mut ShareConfig)) -> Config {
     let mut c = cfg.clone();
     f(&mut c.shares[0]);

@@ -26,12 +26,7 @@ use nfs3_types::xdr_codec::Opaque;
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn s3_config(srv: &S3TestServer, dir: &std::path::Path) -> Config {
-    let cfg = config(dir, &format!("s3://{}/pre/", srv.bucket));
-    share_with(&cfg, |s| {
-        s.endpoint = Some(srv.endpoint.clone());
-        s.path_style = true;
-        s.region = Some("us-east-1".into());
-    })
+    common::gateway::s3_config(dir, srv, "pre/")
 }
 
 async fn gateway(srv: &S3TestServer, cfg: Config) -> Running {

@@ -9,18 +9,14 @@ use crate::common;
 use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::config::{Config, ConflictCheck};
 use bucketgate::gateway::Running;
-use common::gateway::{config, flush, share_with, start};
+use common::gateway::{flush, share_with, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 use nfs3_types::nfs3::stable_how;
 
 fn s3_config(srv: &S3TestServer, dir: &std::path::Path, check: ConflictCheck) -> Config {
-    let cfg = config(dir, &format!("s3://{}/", srv.bucket));
-    share_with(&cfg, |s| {
-        s.endpoint = Some(srv.endpoint.clone());
-        s.path_style = true;
-        s.region = Some("us-east-1".into());
-        s.conflict_check = check;
+    share_with(&common::gateway::s3_config(dir, srv, ""), |s| {
+        s.conflict_check = check
     })
 }
 

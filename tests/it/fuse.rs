@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::child::{ChildGateway, bucket_contents};
-use common::gateway::{config, flush, share_with, start};
+use common::gateway::{flush, s3_config, share_with, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
@@ -38,13 +38,7 @@ fn mounted(path: &Path) -> bool {
 
 async fn fuse_gateway(srv: &S3TestServer, dir: &Path) -> (bucketgate::gateway::Running, PathBuf) {
     let mnt = dir.join("mnt");
-    let url = format!("s3://{}/", srv.bucket);
-    let cfg = share_with(&config(dir, &url), |s| {
-        s.endpoint = Some(srv.endpoint.clone());
-        s.path_style = true;
-        s.region = Some("us-east-1".into());
-        s.fuse_mount = Some(mnt.clone());
-    });
+    let cfg = share_with(&s3_config(dir, srv, ""), |s| s.fuse_mount = Some(mnt.clone()));
     let gw = start(cfg, Some((srv.access_key.clone(), srv.secret_key.clone()))).await;
     assert!(mounted(&mnt), "the share is mounted at {}", mnt.display());
     (gw, mnt)

@@ -240,11 +240,7 @@ async fn another_writers_multipart_upload_survives_a_restart() {
             .unwrap()
             .to_string();
         let tmp = tempfile::tempdir().unwrap();
-        let cfg = share_with(&config(tmp.path(), &format!("s3://{}/", srv.bucket)), |s| {
-            s.endpoint = Some(srv.endpoint.clone());
-            s.path_style = true;
-            s.region = Some("us-east-1".into());
-        });
+        let cfg = common::gateway::s3_config(tmp.path(), &srv, "");
         let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
         for _ in 0..2 {
             let gw = start(cfg.clone(), creds.clone()).await;

@@ -11,7 +11,7 @@ use bucketgate::remote::ObjectStore;
 use bucketgate::remote::local::LocalStore;
 use common::child::bucket_contents;
 use common::faulty::Faulty;
-use common::gateway::{config, flush, flush_within, share_with, start_with_store};
+use common::gateway::{config, flush, flush_within, s3_config, start_with_store};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 use nfs3_types::nfs3::stable_how;
@@ -266,12 +266,7 @@ async fn an_upload_whose_reply_was_lost_is_not_a_conflict_when_the_file_changes_
     let tmp = tempfile::tempdir().unwrap();
     let srv = S3TestServer::start().await;
     let faulty = Faulty::new(Arc::new(srv.store().await));
-    let cfg = share_with(&config(tmp.path(), &format!("s3://{}/", srv.bucket)), |s| {
-        s.endpoint = Some(srv.endpoint.clone());
-        s.path_style = true;
-        s.region = Some("us-east-1".into());
-    });
-    let gw = start_with_store(cfg, faulty.clone()).await;
+    let gw = start_with_store(s3_config(tmp.path(), &srv, ""), faulty.clone()).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "f.txt", b"version one").await;
