@@ -1,9 +1,10 @@
-//! Per-share audit log: one JSON object per line for every change an NFS client asks
-//! for (create, first write, rename, remove, mkdir, symlink, setattr) and, with
-//! `audit_reads`, the first read of a file by a client after a pause, with who asked,
-//! from where, and what the gateway answered.
+//! Per-share audit log: one JSON object per line for every change asked for through
+//! the share, over NFS or its FUSE mount (create, first write, rename, remove, mkdir,
+//! symlink, setattr) and, with `audit_reads`, the first read of a file by a client
+//! after a pause, with who asked, from where, and what the gateway answered. The
+//! share layer (`crate::share`) writes the records.
 //!
-//! NFS calls never wait for the disk: a call hands its record to a bounded channel
+//! Calls never wait for the disk: a call hands its record to a bounded channel
 //! with `try_send`, and one writer thread per share appends the lines. When the
 //! channel is full (the log disk is slow or stuck) the record is dropped and
 //! `bucketgate_audit_dropped_total{share}` counts it, so a stuck log disk cannot stall
@@ -15,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,8 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::share::Origin;
+
 /// Records waiting for the writer; beyond this they are dropped (and counted).
 pub const CHANNEL_CAPACITY: usize = 8192;
 /// Files remembered as "written since open/commit" before the set is cleared (then a
@@ -35,8 +37,8 @@ const WRITE_SET_MAX: usize = 65_536;
 /// has no OPEN: a reader's pause is the nearest thing to a close.
 pub const READ_PAUSE: Duration = Duration::from_secs(60);
 
-/// When each (client, uid, file) last read successfully.
-type ReadSessions = HashMap<(IpAddr, u32, u64), Instant>;
+/// When each (origin, uid, file) last read successfully.
+type ReadSessions = HashMap<(Origin, u32, u64), Instant>;
 
 /// What was done. Serialized in lower case (`"create"`, `"write"`, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -78,8 +80,14 @@ pub struct Record {
     /// RFC 3339 UTC with milliseconds, when the reply was sent.
     pub time: String,
     pub share: String,
-    /// The client's IP address (IPv4-mapped IPv6 shown as IPv4).
+    /// "nfs" or "fuse".
+    pub via: &'static str,
+    /// The NFS client's IP address (IPv4-mapped IPv6 shown as IPv4); "local" for a
+    /// process on the gateway.
     pub client: String,
+    /// FUSE: the calling process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// After the share's squash rules (what the file system saw).
     pub uid: u32,
     pub gid: u32,
@@ -94,7 +102,8 @@ pub struct Record {
     pub target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attrs: Option<AttrChange>,
-    /// "OK" or the NFS3ERR_* name answered.
+    /// "OK" or the error answered, as its POSIX name ("ENOENT", "EACCES", ...;
+    /// `ShareError::code`).
     pub status: String,
 }
 
@@ -142,14 +151,14 @@ impl AuditLog {
         self.reads.is_some()
     }
 
-    /// Whether a READ of `file_id` by user `uid` on `client` starts a read session
+    /// Whether a READ of `file_id` by user `uid` from `origin` starts a read session
     /// and is logged: reads are logged, and that user there has not read the file
     /// successfully within [`READ_PAUSE`]. A read inside a session extends it.
-    pub fn first_read(&self, client: IpAddr, uid: u32, file_id: u64) -> bool {
-        self.first_read_at((client, uid, file_id), Instant::now())
+    pub fn first_read(&self, origin: Origin, uid: u32, file_id: u64) -> bool {
+        self.first_read_at((origin, uid, file_id), Instant::now())
     }
 
-    fn first_read_at(&self, who: (IpAddr, u32, u64), now: Instant) -> bool {
+    fn first_read_at(&self, who: (Origin, u32, u64), now: Instant) -> bool {
         let Some(reads) = &self.reads else {
             return false;
         };
@@ -163,12 +172,13 @@ impl AuditLog {
         }
     }
 
-    /// A logged READ of `file_id` by `uid` on `client` succeeded: its session starts.
-    pub fn read(&self, client: IpAddr, uid: u32, file_id: u64) {
-        self.read_at((client, uid, file_id), Instant::now());
+    /// A logged READ of `file_id` by `uid` from `origin` succeeded: its session
+    /// starts.
+    pub fn read(&self, origin: Origin, uid: u32, file_id: u64) {
+        self.read_at((origin, uid, file_id), Instant::now());
     }
 
-    fn read_at(&self, who: (IpAddr, u32, u64), now: Instant) {
+    fn read_at(&self, who: (Origin, u32, u64), now: Instant) {
         let Some(reads) = &self.reads else { return };
         let mut r = reads.lock();
         if r.len() >= WRITE_SET_MAX {
@@ -223,17 +233,23 @@ impl AuditLog {
     /// A record for this share, stamped now.
     pub fn record(
         &self,
-        client: IpAddr,
+        origin: Origin,
         uid: u32,
         gid: u32,
         op: Op,
         path: Option<String>,
         status: &str,
     ) -> Record {
+        let (via, client, pid) = match origin {
+            Origin::Nfs(ip) => ("nfs", crate::config::canonical_ip(ip).to_string(), None),
+            Origin::Fuse { pid } => ("fuse", "local".to_string(), Some(pid)),
+        };
         Record {
             time: rfc3339_now(),
             share: self.share.clone(),
-            client: crate::config::canonical_ip(client).to_string(),
+            via,
+            client,
+            pid,
             uid,
             gid,
             op,
@@ -363,13 +379,17 @@ mod tests {
         }
     }
 
+    fn nfs(ip: &str) -> Origin {
+        Origin::Nfs(ip.parse().unwrap())
+    }
+
     #[test]
     fn writes_lines_and_follows_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open("data", &path, None).unwrap();
         let mut r = log.record(
-            "::ffff:10.1.2.3".parse().unwrap(),
+            nfs("::ffff:10.1.2.3"),
             1000,
             100,
             Op::Rename,
@@ -381,6 +401,8 @@ mod tests {
         let lines = wait_lines(&path, 1);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["client"], "10.1.2.3");
+        assert_eq!(lines[0]["via"], "nfs");
+        assert!(lines[0].get("pid").is_none(), "{}", lines[0]);
         assert_eq!(lines[0]["op"], "rename");
         assert_eq!(lines[0]["new_path"], "/b");
         assert!(lines[0].get("attrs").is_none(), "{}", lines[0]);
@@ -389,17 +411,21 @@ mod tests {
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         let r = log.record(
-            "10.0.0.1".parse().unwrap(),
+            Origin::Fuse { pid: 42 },
             0,
             0,
             Op::Remove,
             Some("/b".into()),
-            "NFS3ERR_NOENT",
+            "ENOENT",
         );
         log.log(r);
         let lines = wait_lines(&path, 1);
         assert_eq!(lines.len(), 1, "the rotated-away file is not written to");
-        assert_eq!(lines[0]["status"], "NFS3ERR_NOENT");
+        assert_eq!(lines[0]["status"], "ENOENT");
+        assert_eq!(
+            (&lines[0]["via"], &lines[0]["client"], &lines[0]["pid"]),
+            (&"fuse".into(), &"local".into(), &42.into())
+        );
         assert_eq!(log.dropped(), 0);
     }
 
@@ -421,11 +447,11 @@ mod tests {
     fn first_read_per_client_until_a_pause() {
         let dir = tempfile::tempdir().unwrap();
         let off = AuditLog::open("data", &dir.path().join("off.jsonl"), None).unwrap();
-        assert!(!off.first_read("10.0.0.1".parse().unwrap(), 1000, 7));
+        assert!(!off.first_read(nfs("10.0.0.1"), 1000, 7));
         let log = AuditLog::open("data", &dir.path().join("a.jsonl"), None)
             .unwrap()
             .with_reads();
-        let a = ("10.0.0.1".parse().unwrap(), 1000, 7);
+        let a = (nfs("10.0.0.1"), 1000, 7);
         let t0 = Instant::now();
         assert!(log.first_read_at(a, t0));
         log.read_at(a, t0);
@@ -433,7 +459,7 @@ mod tests {
         assert!(!log.first_read_at(a, t0 + Duration::from_secs(50)));
         assert!(!log.first_read_at(a, t0 + Duration::from_secs(100)));
         assert!(
-            log.first_read_at(("10.0.0.2".parse().unwrap(), 1000, 7), t0),
+            log.first_read_at((nfs("10.0.0.2"), 1000, 7), t0),
             "another client"
         );
         assert!(log.first_read_at((a.0, 2000, 7), t0), "another user");
@@ -458,7 +484,7 @@ mod tests {
             reads: None,
         };
         for _ in 0..3 {
-            log.log(log.record("10.0.0.1".parse().unwrap(), 1, 1, Op::Create, None, "OK"));
+            log.log(log.record(nfs("10.0.0.1"), 1, 1, Op::Create, None, "OK"));
         }
         assert_eq!(log.dropped(), 2);
         assert_eq!(counter.get(), 2);

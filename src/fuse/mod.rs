@@ -29,7 +29,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
-use crate::share::{Caller, EXEC, READ, Share, ShareError, WRITE};
+use crate::share::{Caller, EXEC, Origin, READ, Share, ShareError, WRITE};
 
 mod errno;
 
@@ -140,21 +140,27 @@ struct ShareFs {
     calls: Arc<tokio::sync::RwLock<()>>,
 }
 
-/// The calling thread's supplementary groups, from `/proc/<tid>/status` (FUSE
-/// carries only uid, gid and the thread id). None if it has gone.
-fn groups_of(tid: u32) -> Vec<u32> {
+/// The calling process and its supplementary groups, from `/proc/<tid>/status`
+/// (FUSE carries only uid, gid and the thread id). The thread id and no groups if
+/// it has gone.
+fn process_of(tid: u32) -> (u32, Vec<u32>) {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return Vec::new();
+        return (tid, Vec::new());
     };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    let pid = field("Tgid:").and_then(|p| p.trim().parse().ok()).unwrap_or(tid);
+    let groups = field("Groups:")
         .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (pid, groups)
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller::new(req.uid(), req.gid(), groups_of(req.pid()))
+    let (pid, groups) = process_of(req.pid());
+    Caller {
+        who: bucketgate_cache::Caller::new(req.uid(), req.gid(), groups),
+        origin: Origin::Fuse { pid },
+    }
 }
 
 fn time(ns: u64) -> SystemTime {
@@ -486,6 +492,20 @@ impl Filesystem for ShareFs {
         reply: ReplyEmpty,
     ) {
         // close() is not fsync(): durability is asked for with fsync, as COMMIT.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.share.closed(ino.0);
         reply.ok();
     }
 

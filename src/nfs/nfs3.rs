@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bucketgate_cache::{Caller, CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr};
+use bucketgate_cache::{CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr};
 use bytes::Bytes;
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack};
@@ -16,16 +16,30 @@ use super::status::nfs_status;
 use super::xdr::{NAME_MAX, XdrCursor, encode};
 use super::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
 use crate::metrics::Metrics;
-use crate::share::{EXEC, READ, Share, ShareError, WRITE};
-
-mod audit_hook;
+use crate::share::{Caller, EXEC, READ, Share, ShareError, WRITE};
 
 /// Largest READ/WRITE we offer in FSINFO and accept.
 pub const MAX_IO: u32 = 1 << 20;
 
 /// The caller an RPC's AUTH_SYS credentials make, after the share's squash rule.
 fn caller(share: &Share, ctx: &CallContext) -> Caller {
-    share.caller(ctx.auth.as_ref().map(|a| (a.uid, a.gid, &a.gids[..])))
+    share.nfs_caller(
+        ctx.client.ip(),
+        ctx.auth.as_ref().map(|a| (a.uid, a.gid, &a.gids[..])),
+    )
+}
+
+/// Sets the span's `fileid` from the call's first argument (every NFSv3 procedure but
+/// NULL starts with a file handle) when the span is being recorded at all.
+fn record_file_id(span: &tracing::Span, args: &Bytes) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Ok(fh) = XdrCursor::new(args.clone()).nfs_fh3()
+        && let Some(h) = Handle::unverified(&fh.data)
+    {
+        span.record("fileid", h.file_id);
+    }
 }
 
 fn handle(share: &Share, ino: &Inode) -> nfs_fh3 {
@@ -44,8 +58,6 @@ pub struct NfsService {
     metrics: Option<Metrics>,
     by_id: HashMap<u32, Arc<Share>>,
     write_verifier: writeverf3,
-    /// Some share keeps an audit log (else the audit hook costs nothing).
-    audit_any: bool,
 }
 
 type Res<T> = Result<T, nfsstat3>;
@@ -185,7 +197,6 @@ impl NfsService {
             .unwrap_or(0)
             ^ ((std::process::id() as u64) << 40);
         NfsService {
-            audit_any: shares.iter().any(|s| s.audit.is_some()),
             shares,
             metrics,
             by_id,
@@ -937,11 +948,10 @@ impl Nfs3Program for NfsService {
             client = %ctx.client,
             fileid = tracing::field::Empty,
         );
-        audit_hook::record_file_id(&span, &args);
-        let audit = self.audit_begin(&ctx, proc, &args);
+        record_file_id(&span, &args);
         let reply = tracing::Instrument::instrument(self.dispatch(ctx, proc, args), span.clone()).await;
         let traced = !span.is_disabled();
-        if self.metrics.is_some() || audit.is_some() || traced {
+        if self.metrics.is_some() || traced {
             let status = status_label(proc, &reply);
             if traced {
                 let elapsed_us = started.elapsed().as_micros() as u64;
@@ -950,9 +960,6 @@ impl Nfs3Program for NfsService {
             if let Some(m) = &self.metrics {
                 let name = PROC_NAMES.get(proc as usize).copied().unwrap_or("UNKNOWN");
                 m.observe_nfs_call(name, &status, started.elapsed());
-            }
-            if let Some(a) = audit {
-                a.finish(&status);
             }
         }
         reply

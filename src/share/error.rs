@@ -53,6 +53,34 @@ pub enum ShareError {
 
 pub type Result<T> = std::result::Result<T, ShareError>;
 
+impl ShareError {
+    /// The POSIX name of the error, for the audit log: the same words whichever
+    /// front end answered.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ShareError::NotFound => "ENOENT",
+            ShareError::Exists => "EEXIST",
+            ShareError::NotDir => "ENOTDIR",
+            ShareError::IsDir => "EISDIR",
+            ShareError::NotEmpty => "ENOTEMPTY",
+            ShareError::Access => "EACCES",
+            ShareError::Perm => "EPERM",
+            ShareError::Invalid => "EINVAL",
+            ShareError::NameTooLong => "ENAMETOOLONG",
+            ShareError::TooBig => "EFBIG",
+            ShareError::Stale => "ESTALE",
+            ShareError::ReadOnly => "EROFS",
+            ShareError::NotSupported => "EOPNOTSUPP",
+            ShareError::CrossShare => "EXDEV",
+            ShareError::NoSpace => "ENOSPC",
+            ShareError::TryLater => "EAGAIN",
+            ShareError::NotSync => "NOT_SYNC",
+            ShareError::BadCookie => "BAD_COOKIE",
+            ShareError::Io(_) => "EIO",
+        }
+    }
+}
+
 impl From<CacheError> for ShareError {
     fn from(e: CacheError) -> Self {
         match e {

@@ -15,17 +15,21 @@ use bucketgate_cache::{
     Cache, CacheError, CreateMode, DirChange, FileId, FsStat, Inode, Kind, Listing, MAX_NAME_BYTES, SetAttr,
     WccAttr,
 };
-pub use bucketgate_cache::{Caller, EXEC, READ, WRITE};
+pub use bucketgate_cache::{EXEC, READ, WRITE};
 use bytes::Bytes;
 
 use crate::config::Squash;
 use crate::metrics::Metrics;
 
+mod audited;
 mod error;
 pub mod readthrough;
 
+use audited::done;
 pub use error::{Result, ShareError};
 use readthrough::ReadThrough;
+
+use crate::audit::Op;
 
 /// The uid/gid squashed callers become (File Gateway's and knfsd's "nobody").
 pub const NOBODY: u32 = 65534;
@@ -39,6 +43,29 @@ const DIRTY_POLL: Duration = Duration::from_millis(100);
 /// `TryLater`: a rename may need four inodes' attributes, and eviction may race a
 /// fetch.
 const NEED_ROUNDS: usize = 12;
+
+/// Where a call came from, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// An NFS client at this address.
+    Nfs(IpAddr),
+    /// A process on the gateway, through the share's FUSE mount.
+    Fuse { pid: u32 },
+}
+
+/// Who asks (after the share's squash rule) and from where.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub who: bucketgate_cache::Caller,
+    pub origin: Origin,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = bucketgate_cache::Caller;
+    fn deref(&self) -> &Self::Target {
+        &self.who
+    }
+}
 
 /// One share: its cache engine, its store side and its rules.
 pub struct Share {
@@ -76,21 +103,23 @@ pub struct DirPage {
 }
 
 impl Share {
-    /// The caller a request's credentials become under the share's squash rule;
-    /// `None` (no credentials) is nobody.
-    pub fn caller(&self, creds: Option<(u32, u32, &[u32])>) -> Caller {
-        let Some((uid, gid, gids)) = creds else {
-            return Caller::new(NOBODY, NOBODY, Vec::new());
-        };
-        match self.squash {
-            Squash::All => Caller::new(NOBODY, NOBODY, Vec::new()),
-            Squash::Root => {
+    /// The caller an NFS request's credentials become under the share's squash
+    /// rule; `None` (no credentials) is nobody.
+    pub fn nfs_caller(&self, client: IpAddr, creds: Option<(u32, u32, &[u32])>) -> Caller {
+        use bucketgate_cache::Caller as Who;
+        let who = match (creds, self.squash) {
+            (None, _) | (_, Squash::All) => Who::new(NOBODY, NOBODY, Vec::new()),
+            (Some((uid, gid, gids)), Squash::Root) => {
                 let uid = if uid == 0 { NOBODY } else { uid };
                 let gid = if gid == 0 { NOBODY } else { gid };
                 let gids = gids.iter().copied().filter(|&g| g != 0).collect();
-                Caller::new(uid, gid, gids)
+                Who::new(uid, gid, gids)
             }
-            Squash::None => Caller::new(uid, gid, gids.to_vec()),
+            (Some((uid, gid, gids)), Squash::None) => Who::new(uid, gid, gids.to_vec()),
+        };
+        Caller {
+            who,
+            origin: Origin::Nfs(client),
         }
     }
 
@@ -138,11 +167,18 @@ impl Share {
         set: SetAttr,
         ctime_guard: Option<u64>,
     ) -> Result<(WccAttr, Inode)> {
-        self.writable()?;
-        let (cache, caller) = (self.cache.clone(), caller.clone());
-        self.blocking(move || cache.setattr(&caller, id, set, ctime_guard))
-            .await
-            .0
+        let mut audit = self.audit(caller, Op::Setattr, || self.path_of(id));
+        if let Some(a) = &mut audit {
+            a.attrs = Some(audited::attr_change(&set));
+        }
+        let r = async {
+            self.writable()?;
+            let (cache, caller) = (self.cache.clone(), caller.clone());
+            self.blocking(move || cache.setattr(&caller, id, set, ctime_guard))
+                .await
+                .0
+        };
+        done(audit, r.await)
     }
 
     /// A name in a directory, listing the directory from the store first. A name
@@ -168,12 +204,11 @@ impl Share {
 
     /// Up to `count` bytes at `offset`, fetching what the cache does not hold.
     pub async fn read(&self, caller: &Caller, ino: &Inode, offset: u64, count: u32) -> Result<ReadData> {
+        let audit = self.audit_read(caller, ino.id);
         self.rt.read_ahead(ino, offset, count as u64);
-        let (cache, caller, id) = (self.cache.clone(), caller.clone(), ino.id);
-        let (result, missed) = self
-            .blocking(move || cache.read(&caller, id, offset, count))
-            .await;
-        let (data, eof, attr) = result?;
+        let (cache, who, id) = (self.cache.clone(), caller.clone(), ino.id);
+        let (result, missed) = self.blocking(move || cache.read(&who, id, offset, count)).await;
+        let (data, eof, attr) = done(audit, result)?;
         if let Some(m) = &self.metrics {
             let c = if missed {
                 &m.cache_misses_total
@@ -196,28 +231,40 @@ impl Share {
         data: Bytes,
         sync: bool,
     ) -> Result<(WccAttr, Inode)> {
-        self.writable()?;
-        let mut waited = Duration::ZERO;
-        loop {
-            let (cache, caller, data) = (self.cache.clone(), caller.clone(), data.clone());
-            let (result, _) = self
-                .blocking(move || cache.write(&caller, id, offset, &data, sync))
-                .await;
-            match result {
-                Err(ShareError::TryLater) if waited < DIRTY_WAIT => {
-                    tokio::time::sleep(DIRTY_POLL).await;
-                    waited += DIRTY_POLL;
+        let audit = self.audit_write(caller, id);
+        let r = async {
+            self.writable()?;
+            let mut waited = Duration::ZERO;
+            loop {
+                let (cache, caller, data) = (self.cache.clone(), caller.clone(), data.clone());
+                let (result, _) = self
+                    .blocking(move || cache.write(&caller, id, offset, &data, sync))
+                    .await;
+                match result {
+                    Err(ShareError::TryLater) if waited < DIRTY_WAIT => {
+                        tokio::time::sleep(DIRTY_POLL).await;
+                        waited += DIRTY_POLL;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
-        }
+        };
+        done(audit, r.await)
     }
 
     /// Makes the file's data and attributes durable (the whole file, whatever range
     /// the front end was asked for: the next commit is then free).
     pub async fn commit(&self, id: FileId) -> Result<Inode> {
+        // The client's close-to-open flush: its next write starts a new session.
+        self.audit_session_ends(id);
         let cache = self.cache.clone();
         run_blocking(move || cache.commit(id)).await.map_err(Into::into)
+    }
+
+    /// A front end closed the file: nothing to make durable
+    /// (close is not fsync), but the next write starts a new audited session.
+    pub fn closed(&self, id: FileId) {
+        self.audit_session_ends(id);
     }
 
     pub async fn create(
@@ -227,10 +274,11 @@ impl Share {
         name: &[u8],
         how: CreateMode,
     ) -> Result<(Inode, DirChange)> {
-        name_ok(name)?;
-        let name = name.to_vec();
-        self.make(dir, caller, move |c, who, d| c.create(who, d, &name, how))
-            .await
+        let audit = self.audit(caller, Op::Create, || self.child_path(dir, name));
+        self.audit_replaced(dir, name);
+        let n = name.to_vec();
+        let r = self.make(dir, caller, name, move |c, who, d| c.create(who, d, &n, how));
+        done(audit, r.await)
     }
 
     pub async fn mkdir(
@@ -240,10 +288,10 @@ impl Share {
         name: &[u8],
         set: SetAttr,
     ) -> Result<(Inode, DirChange)> {
-        name_ok(name)?;
-        let name = name.to_vec();
-        self.make(dir, caller, move |c, who, d| c.mkdir(who, d, &name, set))
-            .await
+        let audit = self.audit(caller, Op::Mkdir, || self.child_path(dir, name));
+        let n = name.to_vec();
+        let r = self.make(dir, caller, name, move |c, who, d| c.mkdir(who, d, &n, set));
+        done(audit, r.await)
     }
 
     pub async fn symlink(
@@ -254,12 +302,15 @@ impl Share {
         target: Vec<u8>,
         set: SetAttr,
     ) -> Result<(Inode, DirChange)> {
-        name_ok(name)?;
-        let name = name.to_vec();
-        self.make(dir, caller, move |c, who, d| {
-            c.symlink(who, d, &name, &target, set)
-        })
-        .await
+        let mut audit = self.audit(caller, Op::Symlink, || self.child_path(dir, name));
+        if let Some(a) = &mut audit {
+            a.target = Some(String::from_utf8_lossy(&target).into_owned());
+        }
+        let n = name.to_vec();
+        let r = self.make(dir, caller, name, move |c, who, d| {
+            c.symlink(who, d, &n, &target, set)
+        });
+        done(audit, r.await)
     }
 
     /// Device nodes, sockets, FIFOs and hard links have no object to be.
@@ -287,18 +338,25 @@ impl Share {
         to_dir: FileId,
         to: &[u8],
     ) -> Result<(DirChange, DirChange)> {
-        self.writable()?;
-        name_ok(from)?;
-        name_ok(to)?;
-        for d in [from_dir, to_dir] {
-            self.rt.list_before_change(d).await;
+        let mut audit = self.audit(caller, Op::Rename, || self.child_path(from_dir, from));
+        if let Some(a) = &mut audit {
+            a.new_path = self.child_path(to_dir, to);
         }
-        self.list_whole_dir(from_dir, from).await?;
-        self.list_whole_dir(to_dir, to).await?;
-        let (cache, caller, from, to) = (self.cache.clone(), caller.clone(), from.to_vec(), to.to_vec());
-        self.blocking(move || cache.rename(&caller, from_dir, &from, to_dir, &to))
-            .await
-            .0
+        let r = async {
+            self.writable()?;
+            name_ok(from)?;
+            name_ok(to)?;
+            for d in [from_dir, to_dir] {
+                self.rt.list_before_change(d).await;
+            }
+            self.list_whole_dir(from_dir, from).await?;
+            self.list_whole_dir(to_dir, to).await?;
+            let (cache, caller, from, to) = (self.cache.clone(), caller.clone(), from.to_vec(), to.to_vec());
+            self.blocking(move || cache.rename(&caller, from_dir, &from, to_dir, &to))
+                .await
+                .0
+        };
+        done(audit, r.await)
     }
 
     /// Up to `max` entries after `cookie`, the directory listed from the store
@@ -345,33 +403,42 @@ impl Share {
         &self,
         dir: FileId,
         caller: &Caller,
+        name: &[u8],
         make: impl Fn(&Cache, &Caller, FileId) -> std::result::Result<(Inode, DirChange), CacheError>
         + Clone
         + Send
         + 'static,
     ) -> Result<(Inode, DirChange)> {
         self.writable()?;
+        name_ok(name)?;
         self.rt.list_before_change(dir).await;
         let (cache, caller) = (self.cache.clone(), caller.clone());
         self.blocking(move || make(&cache, &caller, dir)).await.0
     }
 
     async fn unlink(&self, caller: &Caller, dir: FileId, name: &[u8], rmdir: bool) -> Result<DirChange> {
-        self.writable()?;
-        self.rt.list_before_change(dir).await;
-        if rmdir {
-            self.list_whole_dir(dir, name).await?;
-        }
-        let (cache, caller, name) = (self.cache.clone(), caller.clone(), name.to_vec());
-        self.blocking(move || {
+        let op = if rmdir { Op::Rmdir } else { Op::Remove };
+        let audit = self.audit(caller, op, || self.child_path(dir, name));
+        let r = async {
+            self.writable()?;
+            self.rt.list_before_change(dir).await;
             if rmdir {
-                cache.rmdir(&caller, dir, &name)
+                self.list_whole_dir(dir, name).await?;
             } else {
-                cache.remove(&caller, dir, &name)
+                self.audit_replaced(dir, name);
             }
-        })
-        .await
-        .0
+            let (cache, caller, name) = (self.cache.clone(), caller.clone(), name.to_vec());
+            self.blocking(move || {
+                if rmdir {
+                    cache.rmdir(&caller, dir, &name)
+                } else {
+                    cache.remove(&caller, dir, &name)
+                }
+            })
+            .await
+            .0
+        };
+        done(audit, r.await)
     }
 
     /// When `name` in `dir` is a directory, lists everything the store holds below

@@ -323,3 +323,81 @@ fn wait_mounted(mnt: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Changes made through the FUSE mount are in the share's audit log like NFS ones,
+/// with the local caller's uid and process; a closed file's next write is a new
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_the_mount_are_audited() {
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, log) = (tmp.path().join("mnt"), tmp.path().join("audit.jsonl"));
+    let cfg = share_with(&s3_config(tmp.path(), &srv, ""), |s| {
+        s.fuse_mount = Some(mnt.clone());
+        s.audit_log = Some(log.clone());
+    });
+    let gw = start(cfg, Some((srv.access_key.clone(), srv.secret_key.clone()))).await;
+    let m = mnt.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        sh(&format!(
+            "mkdir {m}/proj && chmod 0777 {m}/proj && \
+             setpriv --reuid=2000 --regid=2000 --clear-groups sh -ec '\
+               echo hi > {m}/proj/a.txt; echo more >> {m}/proj/a.txt; chmod 0600 {m}/proj/a.txt; \
+               mv {m}/proj/a.txt {m}/proj/b.txt; ln -s b.txt {m}/proj/link; rm {m}/proj/b.txt {m}/proj/link' && \
+             rmdir {m}/proj"
+        ));
+    })
+    .await
+    .unwrap();
+    let expect = [
+        ("mkdir", "/proj", 0),
+        ("setattr", "/proj", 0),
+        ("create", "/proj/a.txt", 2000),
+        ("write", "/proj/a.txt", 2000),
+        ("write", "/proj/a.txt", 2000),
+        ("setattr", "/proj/a.txt", 2000),
+        ("rename", "/proj/a.txt", 2000),
+        ("symlink", "/proj/link", 2000),
+        ("remove", "/proj/b.txt", 2000),
+        ("remove", "/proj/link", 2000),
+        ("rmdir", "/proj", 0),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let l: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if l.len() >= expect.len() || std::time::Instant::now() > deadline {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let got: Vec<(String, String, u64)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                (&l["via"], &l["client"], &l["status"]),
+                (&"fuse".into(), &"local".into(), &"OK".into()),
+                "{l}"
+            );
+            assert!(l["pid"].as_u64().is_some_and(|p| p > 1), "{l}");
+            (
+                l["op"].as_str().unwrap().to_string(),
+                l["path"].as_str().unwrap().to_string(),
+                l["uid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, u64)> = expect
+        .iter()
+        .map(|(o, p, u)| (o.to_string(), p.to_string(), *u))
+        .collect();
+    assert_eq!(got, want);
+    let by = |op: &str| lines.iter().find(|l| l["op"] == op).unwrap();
+    assert_eq!(by("rename")["new_path"], "/proj/b.txt");
+    assert_eq!(by("symlink")["target"], "b.txt");
+    assert_eq!(lines[5]["attrs"]["mode"], "0600");
+    gw.shutdown().await;
+}
