@@ -241,6 +241,8 @@ pub struct Cache {
     pub(crate) state: Mutex<State>,
     files: moka::sync::Cache<FileId, Arc<File>>,
     notify: Mutex<Option<UnboundedSender<FileId>>>,
+    /// Who hears of changes a front end's kernel may have cached (`crate::notice`).
+    pub(crate) watcher: Mutex<Option<crate::notice::Watcher>>,
     pub(crate) opts: CacheOptions,
     share_id: u32,
     handle_key: [u8; 32],
@@ -406,6 +408,7 @@ impl Cache {
             state: Mutex::new(state),
             files: moka::sync::Cache::builder().max_capacity(512).build(),
             notify: Mutex::new(None),
+            watcher: Mutex::new(None),
             opts,
             share_id,
             handle_key,

@@ -21,6 +21,7 @@ mod inode;
 mod left;
 mod moves;
 mod multipart;
+mod notice;
 mod perm;
 mod store_sync;
 
@@ -32,5 +33,6 @@ pub use engine::{
 pub use error::{CacheError, Result};
 pub use inode::{FileId, Inode, Kind, RemoteState};
 pub use moves::KeyRelease;
+pub use notice::Notice;
 pub use perm::{Caller, EXEC, READ, WRITE};
 pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteAttrs, RemoteEntry, RemoteKind};

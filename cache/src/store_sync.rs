@@ -11,6 +11,7 @@ use crate::attrs::Batch;
 use crate::engine::{Cache, State, encode, now_ns};
 use crate::error::{CacheError, Result};
 use crate::inode::{DirEntry, FileId, Inode, Kind, RemoteState, keys};
+use crate::notice::Notice;
 use crate::perm::Caller;
 
 /// One entry of a directory's listing.
@@ -263,6 +264,10 @@ impl Cache {
                         st.resized(self.cached_bytes_of(&child), 0);
                         self.drop_data(child.id);
                     }
+                    self.notice(Notice::Entry {
+                        dir,
+                        name: name.to_vec(),
+                    });
                     changes.removed += 1;
                 }
             }
@@ -356,6 +361,7 @@ impl Cache {
         b.remove(&keys::blocks(i.id));
         self.commit_batch(b)?;
         st.account(&i);
+        self.notice(Notice::Inode(i.id));
         Ok(())
     }
 
@@ -456,6 +462,10 @@ impl Cache {
                 {
                     b.remove(keys::name(i.parent, &i.name));
                     b.remove(&keys::seq(i.parent, e.seq));
+                    self.notice(Notice::Entry {
+                        dir: i.parent,
+                        name: i.name.clone(),
+                    });
                 }
                 b.remove_inode(id);
                 b.remove(&keys::blocks(id));
@@ -476,6 +486,7 @@ impl Cache {
                         self.drop_cached_in(st, &mut i, b)?;
                         i.size = h.size;
                         i.remote.listed_size = h.size;
+                        self.notice(Notice::Inode(id));
                     }
                     i.remote.etag = h.etag.clone();
                 } else if i.kind == Kind::Dir {

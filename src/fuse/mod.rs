@@ -9,9 +9,13 @@
 //! callers are not squashed: root on the appliance can read the cache disk anyway,
 //! and a backup agent running as root must read every file.
 //!
-//! Attributes and names are not cached by the kernel (a TTL of zero) and cached pages
-//! are dropped when a file's mtime or size moved (FUSE_AUTO_INVAL_DATA), so what NFS
-//! clients or a refresh change is seen by the next call, open files included.
+//! What NFS clients change, and what a listing or a HEAD finds changed in the store,
+//! reaches the kernel as invalidations of its attributes, names and pages
+//! (`invalidate`), so the next call sees it, through open files too. The kernel may
+//! keep attributes and names for a second ([`TTL`]): the bound for a change no
+//! notice covers (a conflict copy the uploader makes, a notice dropped because its
+//! queue was full). Cached pages also go when a file's mtime or size moved
+//! (FUSE_AUTO_INVAL_DATA).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -32,9 +36,12 @@ use fuser::{
 use crate::share::{Caller, EXEC, Origin, READ, Share, ShareError, WRITE};
 
 mod errno;
+mod invalidate;
 
-/// How long the kernel may keep attributes and names: not at all (see module doc).
-const TTL: Duration = Duration::ZERO;
+/// How long the kernel may keep attributes and names (see module doc): as short as
+/// the Linux NFS client's shortest attribute cache, long enough that `ls -l` or a
+/// build does not ask twice for each file.
+const TTL: Duration = Duration::from_secs(1);
 /// Entries asked of the share per READDIR (the kernel's buffer holds about 100).
 const DIR_PAGE: usize = 256;
 /// A writer held back at the dirty limit waits this long in all before it gets an
@@ -47,6 +54,8 @@ pub struct FuseMount {
     path: PathBuf,
     /// Held (shared) by every call being served; taken exclusively at unmount.
     calls: Arc<tokio::sync::RwLock<()>>,
+    /// Its notices go to this mount's kernel until it is unmounted.
+    cache: Arc<bucketgate_cache::Cache>,
 }
 
 impl FuseMount {
@@ -57,6 +66,7 @@ impl FuseMount {
     /// Unmounts, then waits for the calls already taken to finish (they hold the
     /// share's cache open).
     pub async fn unmount(mut self) {
+        self.cache.watch(None);
         let (session, path) = (self.session.take(), self.path.clone());
         let _ = tokio::task::spawn_blocking(move || umount(session, &path)).await;
         drop(self.calls.write().await);
@@ -65,6 +75,7 @@ impl FuseMount {
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
+        self.cache.watch(None);
         umount(self.session.take(), &self.path);
     }
 }
@@ -99,6 +110,7 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
     config.acl = SessionACL::All;
     config.n_threads = Some(2);
     let calls = Arc::default();
+    let (cache, name) = (share.cache.clone(), share.name.clone());
     let fs = ShareFs {
         share,
         rt,
@@ -106,20 +118,22 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
     };
     let session = fuser::spawn_mount(fs, path, &config)
         .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
+    invalidate::start(&cache, session.notifier(), &name).context("starting the FUSE invalidation thread")?;
     Ok(FuseMount {
         session: Some(session),
         path: path.to_owned(),
         calls,
+        cache,
     })
 }
 
 /// A mount point whose FUSE server is gone answers ENOTCONN: detach it so the new
 /// mount can take its place (what `fusermount -u -z` would do).
 fn reclaim_stale(path: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    match statfs(&c) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(path = %path.display(), "unmounting a FUSE mount left by a gateway that stopped");
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
             // SAFETY: a valid NUL-terminated path; umount2 does not keep it.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                 let e = std::io::Error::last_os_error();
@@ -131,6 +145,18 @@ fn reclaim_stale(path: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// statfs(2), which the kernel always asks the FUSE server (a stat may be answered
+/// from attributes it still holds).
+fn statfs(path: &std::ffi::CStr) -> std::io::Result<()> {
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type.
+    if unsafe { libc::statfs(path.as_ptr(), buf.as_mut_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

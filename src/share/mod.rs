@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucketgate_cache::{
-    Cache, CacheError, CreateMode, DirChange, FileId, FsStat, Inode, Kind, Listing, MAX_NAME_BYTES, SetAttr,
-    WccAttr,
+    Cache, CacheError, CreateMode, DirChange, FileId, FsStat, Inode, Kind, Listing, MAX_NAME_BYTES, Notice,
+    SetAttr, WccAttr,
 };
 pub use bucketgate_cache::{EXEC, READ, WRITE};
 use bytes::Bytes;
@@ -178,7 +178,9 @@ impl Share {
                 .await
                 .0
         };
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell(caller, &r, || [Notice::Inode(id)]);
+        r
     }
 
     /// A name in a directory, listing the directory from the store first. A name
@@ -249,7 +251,9 @@ impl Share {
                 }
             }
         };
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell(caller, &r, || [Notice::Inode(id)]);
+        r
     }
 
     /// Makes the file's data and attributes durable (the whole file, whatever range
@@ -278,7 +282,9 @@ impl Share {
         self.audit_replaced(dir, name);
         let n = name.to_vec();
         let r = self.make(dir, caller, name, move |c, who, d| c.create(who, d, &n, how));
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, dir, name);
+        r
     }
 
     pub async fn mkdir(
@@ -291,7 +297,9 @@ impl Share {
         let audit = self.audit(caller, Op::Mkdir, || self.child_path(dir, name));
         let n = name.to_vec();
         let r = self.make(dir, caller, name, move |c, who, d| c.mkdir(who, d, &n, set));
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, dir, name);
+        r
     }
 
     pub async fn symlink(
@@ -310,7 +318,9 @@ impl Share {
         let r = self.make(dir, caller, name, move |c, who, d| {
             c.symlink(who, d, &n, &target, set)
         });
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, dir, name);
+        r
     }
 
     /// Device nodes, sockets, FIFOs and hard links have no object to be.
@@ -356,7 +366,10 @@ impl Share {
                 .await
                 .0
         };
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, from_dir, from);
+        self.tell_entry(caller, &r, to_dir, to);
+        r
     }
 
     /// Up to `max` entries after `cookie`, the directory listed from the store
@@ -438,7 +451,35 @@ impl Share {
             .await
             .0
         };
-        done(audit, r.await)
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, dir, name);
+        r
+    }
+
+    /// Tells the cache's watcher (the FUSE mount) of a change it did not make itself.
+    fn tell<T, N: IntoIterator<Item = Notice>>(
+        &self,
+        caller: &Caller,
+        r: &Result<T>,
+        notices: impl FnOnce() -> N,
+    ) {
+        if r.is_ok() && !matches!(caller.origin, Origin::Fuse { .. }) {
+            notices().into_iter().for_each(|n| self.cache.notice(n));
+        }
+    }
+
+    /// A name in `dir` was made, removed or moved: the name and the directory's
+    /// attributes changed.
+    fn tell_entry<T>(&self, caller: &Caller, r: &Result<T>, dir: FileId, name: &[u8]) {
+        self.tell(caller, r, || {
+            [
+                Notice::Entry {
+                    dir,
+                    name: name.to_vec(),
+                },
+                Notice::Inode(dir),
+            ]
+        });
     }
 
     /// When `name` in `dir` is a directory, lists everything the store holds below

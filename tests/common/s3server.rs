@@ -224,6 +224,24 @@ impl Drop for S3TestServer {
 }
 
 impl S3TestServer {
+    /// Puts an object as another S3 client would, with POSIX metadata
+    /// (owner, group, permissions) when given.
+    pub async fn their_put(&self, key: &str, body: &[u8], meta: Option<(&str, &str, &str)>) {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()));
+        if let Some((owner, group, perms)) = meta {
+            req = req
+                .metadata("file-owner", owner)
+                .metadata("file-group", group)
+                .metadata("file-permissions", perms);
+        }
+        req.send().await.unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
     /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
     pub async fn start() -> S3TestServer {
         Self::start_with(true).await

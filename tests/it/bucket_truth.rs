@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::admin::{FlushRequest, RefreshRequest};
 use bucketgate::config::Config;
 use bucketgate::gateway::Running;
@@ -34,22 +33,6 @@ async fn gateway(srv: &S3TestServer, cfg: Config) -> Running {
 }
 
 /// Another S3 client's PutObject, with `(owner, group, permissions)` metadata.
-async fn their_put(srv: &S3TestServer, key: &str, body: &[u8], meta: Option<(&str, &str, &str)>) {
-    let mut req = srv
-        .client
-        .put_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()));
-    if let Some((owner, group, perms)) = meta {
-        req = req
-            .metadata("file-owner", owner)
-            .metadata("file-group", group)
-            .metadata("file-permissions", perms);
-    }
-    req.send().await.unwrap_or_else(|e| panic!("put {key}: {e:?}"));
-}
-
 async fn object(srv: &S3TestServer, key: &str) -> Option<Vec<u8>> {
     let got = srv
         .client
@@ -192,9 +175,10 @@ async fn listed_objects_show_their_own_attributes_and_placeholders_decide_nothin
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
         let private = Some(("1000", "1000", "0100600"));
-        their_put(&srv, "pre/home/secret", b"top secret", private).await;
-        their_put(&srv, "pre/home/secret2", b"also secret", private).await;
-        their_put(&srv, "pre/home2/", b"", Some(("1000", "1000", "040700"))).await;
+        srv.their_put("pre/home/secret", b"top secret", private).await;
+        srv.their_put("pre/home/secret2", b"also secret", private).await;
+        srv.their_put("pre/home2/", b"", Some(("1000", "1000", "040700")))
+            .await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut other = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
@@ -276,8 +260,9 @@ async fn listed_objects_show_their_own_attributes_and_placeholders_decide_nothin
 async fn getattr_and_access_of_a_listed_directory_read_its_marker() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/home2/", b"", Some(("1000", "1000", "040700"))).await;
-        their_put(&srv, "pre/home2/inside", b"x", None).await;
+        srv.their_put("pre/home2/", b"", Some(("1000", "1000", "040700")))
+            .await;
+        srv.their_put("pre/home2/inside", b"x", None).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount_as(gw.nfs_addr, "/data", 2000, 2000).await;
@@ -323,8 +308,8 @@ async fn symlinks_and_their_targets_round_trip_through_the_bucket() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
         let link = Some(("1000", "1000", "0120777"));
-        their_put(&srv, "pre/link", b"target/path", link).await;
-        their_put(&srv, "pre/toolong", &vec![b'a'; 5000], link).await;
+        srv.their_put("pre/link", b"target/path", link).await;
+        srv.their_put("pre/toolong", &vec![b'a'; 5000], link).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount(gw.nfs_addr).await;
@@ -375,9 +360,11 @@ async fn symlinks_and_their_targets_round_trip_through_the_bucket() {
 async fn setid_bits_planted_in_the_bucket_are_dropped_unless_imported() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/suid", b"#!/bin/sh\n", Some(("0", "0", "0104755"))).await;
-        their_put(&srv, "pre/sgid", b"#!/bin/sh\n", Some(("0", "50", "0102755"))).await;
-        their_put(&srv, "pre/team/", b"", Some(("0", "50", "042775"))).await;
+        srv.their_put("pre/suid", b"#!/bin/sh\n", Some(("0", "0", "0104755")))
+            .await;
+        srv.their_put("pre/sgid", b"#!/bin/sh\n", Some(("0", "50", "0102755")))
+            .await;
+        srv.their_put("pre/team/", b"", Some(("0", "50", "042775"))).await;
         let modes = |gw: Running| async move {
             let mut c = mount(gw.nfs_addr).await;
             let root = c.root_nfs_fh3();
@@ -414,10 +401,10 @@ async fn setid_bits_planted_in_the_bucket_are_dropped_unless_imported() {
 async fn renaming_a_directory_moves_every_object_below_it_listed_or_not() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/x/f1", b"one", None).await;
-        their_put(&srv, "pre/x/sub/f2", b"two", None).await;
-        their_put(&srv, "pre/x/sub/deeper/f3", b"three", None).await;
-        their_put(&srv, "pre/p/sub/f4", b"four", None).await;
+        srv.their_put("pre/x/f1", b"one", None).await;
+        srv.their_put("pre/x/sub/f2", b"two", None).await;
+        srv.their_put("pre/x/sub/deeper/f3", b"three", None).await;
+        srv.their_put("pre/p/sub/f4", b"four", None).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount(gw.nfs_addr).await;
@@ -471,8 +458,8 @@ async fn renaming_a_directory_moves_every_object_below_it_listed_or_not() {
 async fn rmdir_and_rename_over_a_directory_see_what_the_store_holds_below_it() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/docs/seed", b"seed", None).await;
-        their_put(&srv, "pre/full/deep/x", b"x", None).await;
+        srv.their_put("pre/docs/seed", b"seed", None).await;
+        srv.their_put("pre/full/deep/x", b"x", None).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount(gw.nfs_addr).await;
@@ -555,7 +542,7 @@ async fn rmdir_after_removing_a_file_whose_upload_was_in_flight() {
 async fn a_directory_change_waits_for_a_store_that_cannot_be_listed() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/d/f", b"f", None).await;
+        srv.their_put("pre/d/f", b"f", None).await;
         let faulty = Faulty::new(Arc::new(srv.store().await));
         let tmp = tempfile::tempdir().unwrap();
         let gw = start_with_store(s3_config(&srv, tmp.path()), faulty.clone()).await;
@@ -590,17 +577,17 @@ async fn an_object_the_gateway_never_saw_is_never_overwritten() {
         let root = c.root_nfs_fh3();
         assert!(list_names(&mut c, &root).await.is_empty());
         // Written by another client after the listing, then made through NFS.
-        their_put(&srv, "pre/new.txt", b"theirs", None).await;
+        srv.their_put("pre/new.txt", b"theirs", None).await;
         put_file(&mut c, &root, "new.txt", b"ours").await;
         // In a directory made through NFS (never listed).
         let d = mkdir(&mut c, &root, "d", 0o755).await;
         flush(&gw).await;
-        their_put(&srv, "pre/d/a", b"theirs too", None).await;
+        srv.their_put("pre/d/a", b"theirs too", None).await;
         put_file(&mut c, &d, "a", b"ours too").await;
         // A rename onto a name another client took.
         put_file(&mut c, &root, "r.txt", b"renamed").await;
         flush(&gw).await;
-        their_put(&srv, "pre/target", b"their target", None).await;
+        srv.their_put("pre/target", b"their target", None).await;
         rename(&mut c, &root, "r.txt", &root, "target").await.unwrap();
         flush(&gw).await;
         flush(&gw).await; // the conflict copies go up on the pass after
@@ -643,14 +630,14 @@ async fn an_object_the_gateway_never_saw_is_never_overwritten() {
 async fn a_renamed_file_never_read_that_meets_a_conflict_keeps_its_bytes() {
     tokio::time::timeout(LIMIT, async {
         let srv = S3TestServer::start().await;
-        their_put(&srv, "pre/x", b"x's own bytes", None).await;
+        srv.their_put("pre/x", b"x's own bytes", None).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount(gw.nfs_addr).await;
         let root = c.root_nfs_fh3();
         assert_eq!(list_names(&mut c, &root).await, ["x"]);
         rename(&mut c, &root, "x", &root, "y").await.unwrap();
-        their_put(&srv, "pre/y", b"their y", None).await;
+        srv.their_put("pre/y", b"their y", None).await;
         flush(&gw).await;
         let k = keys(&srv).await;
         assert_eq!(object(&srv, "pre/y").await.unwrap(), b"their y");
@@ -725,7 +712,7 @@ async fn a_name_reused_here_replaces_only_the_version_the_gateway_saw() {
         // version is not deleted.
         put_file(&mut c, &root, "z", b"ours").await;
         flush(&gw).await;
-        their_put(&srv, "pre/z", b"theirs", None).await;
+        srv.their_put("pre/z", b"theirs", None).await;
         remove(&mut c, &root, "z").await.unwrap();
         flush(&gw).await;
         assert_eq!(object(&srv, "pre/z").await.unwrap(), b"theirs");
@@ -767,9 +754,10 @@ async fn every_key_that_can_be_a_name_shows_and_the_rest_are_counted() {
             &"n".repeat(140),
         ];
         for (i, n) in legal.iter().enumerate() {
-            their_put(&srv, &format!("pre/{n}"), format!("body {i}").as_bytes(), None).await;
+            srv.their_put(&format!("pre/{n}"), format!("body {i}").as_bytes(), None)
+                .await;
         }
-        their_put(&srv, "pre/ctl\u{2}dir/inner", b"inner", None).await;
+        srv.their_put("pre/ctl\u{2}dir/inner", b"inner", None).await;
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
         let mut c = mount(gw.nfs_addr).await;
@@ -887,7 +875,7 @@ async fn refresh_of_slash_covers_every_share_and_an_unknown_path_names_them() {
         let mut c = mount(gw.nfs_addr).await;
         let root = c.root_nfs_fh3();
         assert!(list_names(&mut c, &root).await.is_empty());
-        their_put(&srv, "pre/later", b"later", None).await;
+        srv.their_put("pre/later", b"later", None).await;
         let api = bucketgate::gateway::admin_api(&gw.gateway);
         for path in [Some("/".to_string()), None] {
             let r = api

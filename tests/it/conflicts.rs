@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::config::{Config, ConflictCheck};
 use bucketgate::gateway::Running;
 use common::gateway::{flush, share_with, start};
@@ -26,17 +25,6 @@ async fn gateway(srv: &S3TestServer, dir: &std::path::Path, check: ConflictCheck
         Some((srv.access_key.clone(), srv.secret_key.clone())),
     )
     .await
-}
-
-async fn their_put(srv: &S3TestServer, key: &str, body: &[u8]) {
-    srv.client
-        .put_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .send()
-        .await
-        .unwrap();
 }
 
 async fn object(srv: &S3TestServer, key: &str) -> Vec<u8> {
@@ -75,7 +63,7 @@ async fn local_change_over_a_remote_one(check: ConflictCheck) -> (S3TestServer, 
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "doc.txt", b"version 1").await;
     flush(&gw).await;
-    their_put(&srv, "doc.txt", b"their version").await;
+    srv.their_put("doc.txt", b"their version", None).await;
     write_at(&mut c, &fh, 0, b"our version 2", stable_how::FILE_SYNC)
         .await
         .unwrap();
@@ -148,7 +136,7 @@ async fn a_large_file_conflict_is_caught_at_multipart_completion() {
     let big = body(12 << 20, 7); // above the tests' 8 MiB multipart threshold
     let fh = put_file(&mut c, &root, "big.bin", &big).await;
     flush(&gw).await;
-    their_put(&srv, "big.bin", b"replaced").await;
+    srv.their_put("big.bin", b"replaced", None).await;
     write_at(&mut c, &fh, 0, b"patched", stable_how::FILE_SYNC)
         .await
         .unwrap();
@@ -171,7 +159,8 @@ async fn a_chmod_over_a_remote_change_applies_to_the_new_version() {
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "notes.txt", b"ours, uploaded").await;
     flush(&gw).await;
-    their_put(&srv, "notes.txt", b"theirs, newer and longer").await;
+    srv.their_put("notes.txt", b"theirs, newer and longer", None)
+        .await;
     // Only attributes change here: no conflict copy; their bytes get our mode.
     set_mode(&mut c, &fh, 0o600).await.unwrap();
     flush(&gw).await;

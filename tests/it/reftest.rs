@@ -28,7 +28,6 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::admin::RefreshRequest;
 use bucketgate::config::{Config, HumanDuration};
 use bucketgate::gateway::Running;
@@ -613,7 +612,7 @@ impl World {
             Op::Rmdir(d) => self.rmdir(&d).await,
             Op::TheirPut(p) => {
                 let o = self.m.version(self.seed);
-                their_put(&self.srv, &key(&p), &o.bytes).await;
+                self.srv.their_put(&key(&p), &o.bytes, None).await;
                 self.m.bucket.insert(key(&p), o);
             }
             Op::TheirDelete(p) => {
@@ -999,17 +998,6 @@ impl World {
     }
 }
 
-async fn their_put(srv: &S3TestServer, key: &str, body: &[u8]) {
-    srv.client
-        .put_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
-}
-
 async fn run_seed(seed: u64, rounds: usize) {
     let srv = S3TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
@@ -1038,7 +1026,7 @@ async fn run_seed(seed: u64, rounds: usize) {
         bytes: b"not the share's".to_vec(),
         meta: None,
     };
-    their_put(&w.srv, "elsewhere/untouched", &outside.bytes).await;
+    w.srv.their_put("elsewhere/untouched", &outside.bytes, None).await;
     w.m.bucket.insert("elsewhere/untouched".into(), outside);
     w.start().await;
     for _ in 0..rounds {
