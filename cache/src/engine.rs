@@ -735,6 +735,22 @@ impl Cache {
         Ok(found)
     }
 
+    /// A file's data file, whole (`NotCached` for what only the store holds yet), with
+    /// the inode: a front end keeps it to serve descriptors still open after the file
+    /// is removed (the removal deletes the data file; an open handle keeps its bytes).
+    pub fn hold(&self, id: FileId) -> Result<(Inode, Arc<File>)> {
+        let _guard = self.data_lock(id).read();
+        let i = self.get(id)?;
+        if i.kind != Kind::File {
+            return Err(CacheError::Invalid);
+        }
+        let missing = self.missing_ranges(&i, 0, i.size)?;
+        if !missing.is_empty() {
+            return Err(CacheError::NotCached(id, missing));
+        }
+        Ok((i, self.live_file(id)?))
+    }
+
     /// The inode named `name` in `dir`, without any permission check or attribute
     /// requirement (for the share layer's own bookkeeping, never for a reply).
     pub fn peek(&self, dir: FileId, name: &[u8]) -> Result<Option<Inode>> {

@@ -37,6 +37,9 @@ use crate::share::{Caller, EXEC, Origin, READ, Share, ShareError, WRITE};
 
 mod errno;
 mod invalidate;
+mod opens;
+
+use opens::Opens;
 
 /// How long the kernel may keep attributes and names (see module doc): as short as
 /// the Linux NFS client's shortest attribute cache, long enough that `ls -l` or a
@@ -115,6 +118,7 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
         share,
         rt,
         calls: Arc::clone(&calls),
+        opens: Arc::default(),
     };
     let session = fuser::spawn_mount(fs, path, &config)
         .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
@@ -164,6 +168,28 @@ struct ShareFs {
     share: Arc<Share>,
     rt: tokio::runtime::Handle,
     calls: Arc<tokio::sync::RwLock<()>>,
+    opens: Arc<Opens>,
+}
+
+/// Keeps the data of the file `name` in `dir` names for its open descriptors, when
+/// it has some, before a call removes or replaces it; `None` when there is nothing
+/// to keep (or it cannot be fetched: the descriptors then answer ESTALE).
+async fn hold_if_open(
+    s: &Share,
+    opens: &Opens,
+    dir: u64,
+    name: &[u8],
+) -> Option<(u64, (Inode, Arc<std::fs::File>))> {
+    let i = s
+        .named(dir, name)
+        .filter(|i| i.kind == Kind::File && opens.is_open(i.id))?;
+    match s.hold(i.id).await {
+        Ok(held) => Some((i.id, held)),
+        Err(e) => {
+            tracing::info!(file_id = i.id, error = %e, "a file removed while open could not be kept for its descriptors");
+            None
+        }
+    }
 }
 
 /// The calling process and its supplementary groups, from `/proc/<tid>/status`
@@ -210,6 +236,11 @@ fn kind(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
     }
+}
+
+/// A file removed while open: no links left.
+fn removed_attr(i: &Inode) -> FileAttr {
+    FileAttr { nlink: 0, ..attr(i) }
 }
 
 fn attr(i: &Inode) -> FileAttr {
@@ -286,6 +317,9 @@ impl Filesystem for ShareFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(r) = self.opens.get(ino.0) {
+            return reply.attr(&TTL, &removed_attr(&r.attr));
+        }
         let s = self.share.clone();
         self.serve(
             async move { s.getattr(s.current(ino.0).ok_or(ShareError::NotFound)?).await },
@@ -314,6 +348,14 @@ impl Filesystem for ShareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if let Some(r) = self.opens.get(ino.0) {
+            // Only its size still matters: nothing of it reaches the store.
+            return match size.map(|n| self.opens.set_size(ino.0, &r, n)) {
+                Some(Err(e)) => reply.error(Errno::from(e)),
+                Some(Ok(a)) => reply.attr(&TTL, &removed_attr(&a)),
+                None => reply.attr(&TTL, &removed_attr(&r.attr)),
+            };
+        }
         let (s, who) = (self.share.clone(), caller(req));
         let set = SetAttr {
             mode: mode.map(|m| m & 0o7777),
@@ -387,8 +429,16 @@ impl Filesystem for ShareFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        let opens = self.opens.clone();
         self.serve(
-            async move { s.remove(&who, parent.0, &name).await.map(|_| ()) },
+            async move {
+                let held = hold_if_open(&s, &opens, parent.0, &name).await;
+                s.remove(&who, parent.0, &name).await?;
+                if let Some((id, held)) = held {
+                    opens.removed(id, held);
+                }
+                Ok(())
+            },
             empty(reply),
         );
     }
@@ -433,11 +483,18 @@ impl Filesystem for ShareFs {
         }
         let (s, who) = (self.share.clone(), caller(req));
         let (from, to) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        let opens = self.opens.clone();
         self.serve(
             async move {
-                s.rename(&who, parent.0, &from, newparent.0, &to)
+                let moving = s.named(parent.0, &from).map(|i| i.id);
+                let held = hold_if_open(&s, &opens, newparent.0, &to)
                     .await
-                    .map(|_| ())
+                    .filter(|(id, _)| Some(*id) != moving);
+                s.rename(&who, parent.0, &from, newparent.0, &to).await?;
+                if let Some((id, held)) = held {
+                    opens.removed(id, held);
+                }
+                Ok(())
             },
             empty(reply),
         );
@@ -448,9 +505,10 @@ impl Filesystem for ShareFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No per-open state: every read and write names its file. O_TRUNC arrives as
-        // a SETATTR.
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Every read and write names its file; the count only keeps a file removed
+        // while open readable. O_TRUNC arrives as a SETATTR.
+        self.opens.opened(ino.0);
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
@@ -465,6 +523,12 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(r) = self.opens.get(ino.0) {
+            return match self.opens.read(&r, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(Errno::from(e)),
+            };
+        }
         let (s, who) = (self.share.clone(), caller(req));
         self.serve(
             async move {
@@ -490,6 +554,12 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if let Some(r) = self.opens.get(ino.0) {
+            return match self.opens.write(ino.0, &r, offset, data) {
+                Ok(_) => reply.written(data.len() as u32),
+                Err(e) => reply.error(Errno::from(e)),
+            };
+        }
         let (s, who, data) = (self.share.clone(), caller(req), Bytes::copy_from_slice(data));
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         self.serve(
@@ -531,11 +601,16 @@ impl Filesystem for ShareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.opens.released(ino.0);
         self.share.closed(ino.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if self.opens.get(ino.0).is_some() {
+            // Removed: nothing of it is kept across a restart.
+            return reply.ok();
+        }
         let s = self.share.clone();
         self.serve(async move { s.commit(ino.0).await.map(|_| ()) }, empty(reply));
     }
@@ -623,8 +698,13 @@ impl Filesystem for ShareFs {
         } else {
             CreateMode::Unchecked(set)
         };
+        let opens = self.opens.clone();
         self.serve(
-            async move { Ok(s.create(&who, parent.0, &name, how).await?.0) },
+            async move {
+                let i = s.create(&who, parent.0, &name, how).await?.0;
+                opens.opened(i.id);
+                Ok(i)
+            },
             move |r| match r {
                 Ok(i) => reply.created(
                     &TTL,

@@ -323,6 +323,19 @@ impl Share {
         r
     }
 
+    /// The file `name` in `dir` names now, if any (no permission check: for a front
+    /// end's own bookkeeping).
+    pub fn named(&self, dir: FileId, name: &[u8]) -> Option<Inode> {
+        self.cache.peek(dir, name).ok().flatten()
+    }
+
+    /// A file's data, all fetched, and its inode: what a front end keeps to serve
+    /// descriptors still open after the file is removed.
+    pub async fn hold(&self, id: FileId) -> Result<(Inode, Arc<std::fs::File>)> {
+        let cache = self.cache.clone();
+        self.blocking(move || cache.hold(id)).await.0
+    }
+
     /// Device nodes, sockets, FIFOs and hard links have no object to be.
     pub fn unsupported_node(&self) -> Result<()> {
         self.writable()?;

@@ -450,3 +450,62 @@ async fn changes_made_elsewhere_reach_the_kernel_at_once() {
     assert!(!g_exists, "a name removed over NFS is gone from the mount");
     gw.shutdown().await;
 }
+
+/// A file removed, or replaced by a rename, while open through the mount stays
+/// readable and writable through its descriptors (link count 0), as on a local
+/// disk, while its name and its object are gone at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_while_open_stays_readable_through_its_descriptors() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, mnt) = fuse_gateway(&srv, tmp.path()).await;
+    let m = mnt.clone();
+    let (removed, replaced) = tokio::task::spawn_blocking(move || {
+        std::fs::write(m.join("old"), b"old bytes").unwrap();
+        std::fs::write(m.join("new"), b"new bytes").unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.join("gone"))
+            .unwrap();
+        f.write_all_at(b"before", 0).unwrap();
+        let replaced = std::fs::File::open(m.join("old")).unwrap();
+        std::fs::remove_file(m.join("gone")).unwrap();
+        std::fs::rename(m.join("new"), m.join("old")).unwrap();
+        (f, replaced)
+    })
+    .await
+    .unwrap();
+    flush(&gw).await;
+    let keys: Vec<String> = bucket_contents(&srv).await.into_keys().collect();
+    assert_eq!(keys, ["old"], "the removed file's object is gone at once");
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    assert!(lookup(&mut c, &root, "gone").await.is_err());
+    let old = lookup(&mut c, &root, "old").await.unwrap();
+    assert_eq!(read_all(&mut c, &old).await, b"new bytes");
+
+    let m = mnt.clone();
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(removed.metadata().unwrap().nlink(), 0);
+        removed.write_all_at(b", after", 6).unwrap();
+        let mut buf = vec![0; 32];
+        let n = removed.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"before, after");
+        assert_eq!(removed.metadata().unwrap().len(), 13);
+        let n = replaced.read_at(&mut buf, 0).unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"old bytes",
+            "the replaced file, through its descriptor"
+        );
+        assert!(!m.join("gone").exists());
+        assert_eq!(std::fs::read(m.join("old")).unwrap(), b"new bytes");
+    })
+    .await
+    .unwrap();
+    gw.shutdown().await;
+}
