@@ -147,6 +147,13 @@ pub struct Metrics {
     /// read off the socket to its reply being queued.
     pub nfs_call_duration_seconds: HistogramVec,
 
+    // --- FUSE mounts ---
+    /// `bucketgate_fuse_calls_total{share,op,status}`: calls the share's FUSE mount
+    /// answered through the share layer, with the errno name of a failure.
+    pub fuse_calls_total: IntCounterVec,
+    /// `bucketgate_fuse_call_duration_seconds{share,op}`: their latency.
+    pub fuse_call_duration_seconds: HistogramVec,
+
     // --- audit log ---
     /// `bucketgate_audit_dropped_total{share}`: audit records dropped because the
     /// audit log writer could not keep up (the log disk is slow or full). Alert on > 0
@@ -370,6 +377,21 @@ impl Metrics {
                 ),
                 &["procedure", "status"]
             )),
+            fuse_calls_total: reg!(IntCounterVec::new(
+                o(
+                    "fuse_calls_total",
+                    "Calls a share's FUSE mount answered, by operation and status."
+                ),
+                &["share", "op", "status"]
+            )),
+            fuse_call_duration_seconds: reg!(HistogramVec::new(
+                ho(
+                    "fuse_call_duration_seconds",
+                    "FUSE call latency, by share and operation.",
+                    NFS_BUCKETS
+                ),
+                &["share", "op"]
+            )),
             audit_dropped_total: reg!(IntCounterVec::new(
                 o(
                     "audit_dropped_total",
@@ -542,6 +564,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Records one answered FUSE call.
+    pub fn observe_fuse_call(&self, share: &str, op: &str, status: &str, elapsed: Duration) {
+        self.fuse_calls_total
+            .with_label_values(&[share, op, status])
+            .inc();
+        self.fuse_call_duration_seconds
+            .with_label_values(&[share, op])
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Sets `bucketgate_ready`, `bucketgate_readiness_check` and
     /// `bucketgate_store_reachable` from a readiness answer.
     pub fn set_readiness(&self, checks: &[(String, bool)]) {
@@ -623,6 +655,8 @@ impl Metrics {
             &self.nfs_write_bytes_total,
             &self.nfs_calls_total,
             &self.nfs_call_duration_seconds,
+            &self.fuse_calls_total,
+            &self.fuse_call_duration_seconds,
             &self.audit_dropped_total,
             &self.ready,
             &self.readiness_check,

@@ -264,9 +264,11 @@ fn attr(i: &Inode) -> FileAttr {
 }
 
 impl ShareFs {
-    /// Runs `op` on the runtime and answers with `reply` (or its errno).
+    /// Runs `op` (named `name` in the metrics) on the runtime and answers with
+    /// `reply` (or its errno).
     fn serve<T: Send + 'static>(
         &self,
+        name: &'static str,
         op: impl Future<Output = Result<T, ShareError>> + Send + 'static,
         reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
     ) {
@@ -274,9 +276,16 @@ impl ShareFs {
         let Ok(call) = Arc::clone(&self.calls).try_read_owned() else {
             return reply(Err(Errno::EIO));
         };
+        let share = self.share.clone();
         self.rt.spawn(async move {
             let _call = call;
-            reply(op.await.map_err(|e| errno::of(&e)))
+            let started = std::time::Instant::now();
+            let r = op.await;
+            if let Some(m) = &share.metrics {
+                let status = r.as_ref().map_or_else(|e| e.code(), |_| "OK");
+                m.observe_fuse_call(&share.name, name, status, started.elapsed());
+            }
+            reply(r.map_err(|e| errno::of(&e)))
         });
     }
 }
@@ -308,6 +317,7 @@ impl Filesystem for ShareFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
         self.serve(
+            "lookup",
             async move {
                 let i = s.lookup(&who, parent.0, &name).await?;
                 s.getattr(i).await
@@ -322,6 +332,7 @@ impl Filesystem for ShareFs {
         }
         let s = self.share.clone();
         self.serve(
+            "getattr",
             async move { s.getattr(s.current(ino.0).ok_or(ShareError::NotFound)?).await },
             move |r| match r {
                 Ok(i) => reply.attr(&TTL, &attr(&i)),
@@ -366,6 +377,7 @@ impl Filesystem for ShareFs {
             mtime: set_time(mtime),
         };
         self.serve(
+            "setattr",
             async move { Ok(s.setattr(&who, ino.0, set, None).await?.1) },
             move |r| match r {
                 Ok(i) => reply.attr(&TTL, &attr(&i)),
@@ -376,10 +388,14 @@ impl Filesystem for ShareFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let (s, who) = (self.share.clone(), caller(req));
-        self.serve(async move { s.readlink(&who, ino.0).await }, move |r| match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
-        });
+        self.serve(
+            "readlink",
+            async move { s.readlink(&who, ino.0).await },
+            move |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn mknod(
@@ -410,6 +426,7 @@ impl Filesystem for ShareFs {
             ..SetAttr::default()
         });
         self.serve(
+            "mknod",
             async move { Ok(s.create(&who, parent.0, &name, how).await?.0) },
             entry(reply),
         );
@@ -422,6 +439,7 @@ impl Filesystem for ShareFs {
             ..SetAttr::default()
         };
         self.serve(
+            "mkdir",
             async move { Ok(s.mkdir(&who, parent.0, &name, set).await?.0) },
             entry(reply),
         );
@@ -431,6 +449,7 @@ impl Filesystem for ShareFs {
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
         let opens = self.opens.clone();
         self.serve(
+            "unlink",
             async move {
                 let held = hold_if_open(&s, &opens, parent.0, &name).await;
                 s.remove(&who, parent.0, &name).await?;
@@ -446,6 +465,7 @@ impl Filesystem for ShareFs {
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
         self.serve(
+            "rmdir",
             async move { s.rmdir(&who, parent.0, &name).await.map(|_| ()) },
             empty(reply),
         );
@@ -458,6 +478,7 @@ impl Filesystem for ShareFs {
             target.as_os_str().as_bytes().to_vec(),
         );
         self.serve(
+            "symlink",
             async move {
                 Ok(s.symlink(&who, parent.0, &name, target, SetAttr::default())
                     .await?
@@ -485,6 +506,7 @@ impl Filesystem for ShareFs {
         let (from, to) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
         let opens = self.opens.clone();
         self.serve(
+            "rename",
             async move {
                 let moving = s.named(parent.0, &from).map(|i| i.id);
                 let held = hold_if_open(&s, &opens, newparent.0, &to)
@@ -531,6 +553,7 @@ impl Filesystem for ShareFs {
         }
         let (s, who) = (self.share.clone(), caller(req));
         self.serve(
+            "read",
             async move {
                 let i = s.current(ino.0).ok_or(ShareError::Stale)?;
                 s.read(&who, &i, offset, size).await
@@ -563,6 +586,7 @@ impl Filesystem for ShareFs {
         let (s, who, data) = (self.share.clone(), caller(req), Bytes::copy_from_slice(data));
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         self.serve(
+            "write",
             async move {
                 let started = tokio::time::Instant::now();
                 loop {
@@ -612,17 +636,26 @@ impl Filesystem for ShareFs {
             return reply.ok();
         }
         let s = self.share.clone();
-        self.serve(async move { s.commit(ino.0).await.map(|_| ()) }, empty(reply));
+        self.serve(
+            "fsync",
+            async move { s.commit(ino.0).await.map(|_| ()) },
+            empty(reply),
+        );
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let s = self.share.clone();
-        self.serve(async move { s.commit(ino.0).await.map(|_| ()) }, empty(reply));
+        self.serve(
+            "fsyncdir",
+            async move { s.commit(ino.0).await.map(|_| ()) },
+            empty(reply),
+        );
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let (s, who) = (self.share.clone(), caller(req));
         self.serve(
+            "readdir",
             async move { s.readdir(&who, ino.0, offset, DIR_PAGE, false).await },
             move |r| match r {
                 Ok(page) => {
@@ -662,6 +695,7 @@ impl Filesystem for ShareFs {
         let (s, who) = (self.share.clone(), caller(req));
         let want = mask.bits() as u32 & 0o7;
         self.serve(
+            "access",
             async move {
                 let (_, rwx) = s.access(&who, ino.0).await?;
                 let wanted = [(libc::R_OK, READ), (libc::W_OK, WRITE), (libc::X_OK, EXEC)];
@@ -700,6 +734,7 @@ impl Filesystem for ShareFs {
         };
         let opens = self.opens.clone();
         self.serve(
+            "create",
             async move {
                 let i = s.create(&who, parent.0, &name, how).await?.0;
                 opens.opened(i.id);

@@ -155,6 +155,7 @@ async fn start_with(access: ApiAccess) -> Harness {
     let metrics = Metrics::new();
     metrics.add_share("data");
     metrics.observe_nfs_call("READ", "OK", Duration::from_micros(300));
+    metrics.observe_fuse_call("data", "read", "OK", Duration::from_micros(80));
     metrics
         .nfs_connections_rejected_total
         .with_label_values(&["limit"])

@@ -404,6 +404,14 @@ async fn changes_through_the_mount_are_audited() {
     assert_eq!(by("rename")["new_path"], "/proj/b.txt");
     assert_eq!(by("symlink")["target"], "b.txt");
     assert_eq!(lines[5]["attrs"]["mode"], "0600");
+    let text = gw.gateway.metrics.render();
+    for series in [
+        "bucketgate_fuse_calls_total{op=\"create\",share=\"data\",status=\"OK\"} 1",
+        "bucketgate_fuse_calls_total{op=\"rmdir\",share=\"data\",status=\"OK\"} 1",
+        "bucketgate_fuse_call_duration_seconds_count{op=\"rename\",share=\"data\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
     gw.shutdown().await;
 }
 
