@@ -171,6 +171,10 @@ struct ShareFs {
     opens: Arc<Opens>,
 }
 
+/// The largest file not all in the cache that is fetched to stay readable through
+/// descriptors open when it is removed: a bigger one would make `rm` wait for it.
+const HOLD_FETCH_MAX: u64 = 64 << 20;
+
 /// Keeps the data of the file `name` in `dir` names for its open descriptors, when
 /// it has some, before a call removes or replaces it; `None` when there is nothing
 /// to keep (or it cannot be fetched: the descriptors then answer ESTALE).
@@ -183,6 +187,14 @@ async fn hold_if_open(
     let i = s
         .named(dir, name)
         .filter(|i| i.kind == Kind::File && opens.is_open(i.id))?;
+    if i.partial && i.size > HOLD_FETCH_MAX {
+        tracing::info!(
+            file_id = i.id,
+            size = i.size,
+            "a big file removed while open is not fetched for its descriptors (they answer ESTALE)"
+        );
+        return None;
+    }
     match s.hold(i.id).await {
         Ok(held) => Some((i.id, held)),
         Err(e) => {

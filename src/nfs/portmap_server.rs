@@ -46,12 +46,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     let ctx = |what: &str, e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("portmap_listen {addr} ({what}): {e}"))
     };
-    let udp = UdpSocket::bind(addr).await.map_err(|e| ctx("udp", e))?;
-    // Port 0 (tests): TCP takes the port UDP got.
-    let tcp = TcpListener::bind(udp.local_addr()?)
-        .await
-        .map_err(|e| ctx("tcp", e))?;
-    Ok((udp, tcp))
+    // Port 0 (tests): TCP takes the port UDP got, which a TCP socket may hold
+    // already; another port is then tried.
+    let mut tries = if addr.port() == 0 { 32 } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(addr).await.map_err(|e| ctx("udp", e))?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(ctx("tcp", e)),
+        }
+    }
 }
 
 /// Answers until `stop`.
