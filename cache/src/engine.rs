@@ -297,6 +297,7 @@ impl Cache {
             .path(dir.join("meta"))
             .flush_every_ms(Some(500))
             .open()?;
+        crate::format::check(&db, dir)?;
         let mut state = State {
             next_id: ROOT_ID + 1,
             dirty: HashMap::new(),

@@ -17,6 +17,7 @@ macro_rules! failpoint {
 mod conflict;
 mod engine;
 mod error;
+mod format;
 mod inode;
 mod left;
 mod moves;
@@ -31,6 +32,7 @@ pub use engine::{
     MAX_NAME_BYTES, ROOT_ID, SetAttr, SetTime, WccAttr,
 };
 pub use error::{CacheError, Result};
+pub use format::CACHE_FORMAT;
 pub use inode::{FileId, Inode, Kind, RemoteState};
 pub use moves::KeyRelease;
 pub use notice::Notice;

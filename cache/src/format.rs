@@ -1,0 +1,111 @@
+//! The version of the cache's on-disk format, checked when a cache is opened.
+//!
+//! Records are positional bincode, so a build that misread another format's records
+//! would misread every one of them. Each cache therefore carries its format number
+//! (`M` "format"): a cache of this format opens, one of an older format is migrated
+//! in place first, and one of a newer format is refused with what to do.
+//!
+//! Changing a record's shape (an `Inode` field, a new key family whose absence
+//! means something) takes three steps: raise [`CACHE_FORMAT`], add the step from
+//! the old number in [`migrate`], and check in a fixture of the old format under
+//! `tests/fixtures/` (see `tests/format.rs`) that the new build opens and reads.
+
+use std::path::Path;
+
+use crate::error::{CacheError, Result};
+use crate::inode::keys;
+
+/// The format this build writes and reads.
+pub const CACHE_FORMAT: u32 = 1;
+
+/// Caches written before the format was recorded (main up to 2026-12-03) are
+/// format 1: the records this build reads, unchanged.
+const UNRECORDED: u32 = 1;
+
+/// Checks the format of the cache in `db` (at `dir`, for messages), migrating an
+/// older one and recording the format of a new or unrecorded one.
+pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
+    let key = keys::meta("format");
+    let found = match db.get(&key)? {
+        Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            CacheError::Meta(format!(
+                "the cache in {} has a malformed format record",
+                dir.display()
+            ))
+        })?),
+        None => UNRECORDED,
+    };
+    if found > CACHE_FORMAT {
+        return Err(CacheError::Meta(format!(
+            "the cache in {} has format {found}, written by a newer bucketgate; this one reads format \
+             {CACHE_FORMAT}. Run the newer version again, or let it upload everything (`bucketgate flush`), \
+             stop it, and start this version on an empty cache directory",
+            dir.display()
+        )));
+    }
+    for from in found..CACHE_FORMAT {
+        migrate(db, from)?;
+        tracing::info!(cache = %dir.display(), from, to = from + 1, "cache format migrated");
+    }
+    db.insert(key, &CACHE_FORMAT.to_be_bytes())?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Rewrites a cache of format `from` into format `from + 1`, durably.
+fn migrate(_db: &sled::Db, from: u32) -> Result<()> {
+    // The first step will be `1 => ...` when format 2 comes.
+    Err(CacheError::Meta(format!("no migration from cache format {from}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cache, CacheOptions};
+
+    fn set_format(dir: &Path, n: u32) {
+        let db = sled::open(dir.join("meta")).unwrap();
+        db.insert(keys::meta("format"), &n.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_new_cache_records_its_format_and_opens_again() {
+        let t = tempfile::tempdir().unwrap();
+        drop(Cache::open(t.path(), CacheOptions::default()).unwrap());
+        let db = sled::open(t.path().join("meta")).unwrap();
+        assert_eq!(
+            db.get(keys::meta("format")).unwrap().as_deref(),
+            Some(&CACHE_FORMAT.to_be_bytes()[..])
+        );
+        drop(db);
+        Cache::open(t.path(), CacheOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_cache_of_a_newer_format_is_refused_with_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        drop(Cache::open(t.path(), CacheOptions::default()).unwrap());
+        set_format(t.path(), CACHE_FORMAT + 1);
+        let e = Cache::open(t.path(), CacheOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains(&format!("has format {}", CACHE_FORMAT + 1)) && e.contains("empty cache directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_format_with_no_migration_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        drop(Cache::open(t.path(), CacheOptions::default()).unwrap());
+        set_format(t.path(), 0);
+        let e = Cache::open(t.path(), CacheOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("no migration from cache format 0"), "{e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! The cache's on-disk format across upgrades: a cache written by an earlier main,
+//! checked in under `tests/fixtures/`, opens and gives back every file, with what is
+//! still to be uploaded still queued.
+
+use std::path::{Path, PathBuf};
+
+use bucketgate_cache::*;
+
+fn user() -> Caller {
+    Caller::new(1000, 1000, vec![])
+}
+
+/// 70 KiB of a pattern (a file of many pages).
+fn big() -> Vec<u8> {
+    (0..70 * 1024u32).map(|i| (i % 251) as u8).collect()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Writes a fixture with this build's format, into BUCKETGATE_WRITE_FIXTURE (a new
+/// directory): `BUCKETGATE_WRITE_FIXTURE=/tmp/cache-format-N cargo test -p
+/// bucketgate-cache --test format -- --ignored`, then `tar -C /tmp -czf
+/// tests/fixtures/cache-format-N.tar.gz cache-format-N`.
+#[test]
+#[ignore]
+fn write_fixture() {
+    let dir = PathBuf::from(std::env::var_os("BUCKETGATE_WRITE_FIXTURE").expect("BUCKETGATE_WRITE_FIXTURE"));
+    let c = Cache::open(&dir, CacheOptions::default()).unwrap();
+    let set = |mode| SetAttr {
+        mode: Some(mode),
+        ..SetAttr::default()
+    };
+    let (d, _) = c.mkdir(&user(), ROOT_ID, b"docs", set(0o750)).unwrap();
+    let (a, _) = c
+        .create(&user(), d.id, b"a.txt", CreateMode::Unchecked(set(0o640)))
+        .unwrap();
+    c.write(&user(), a.id, 0, b"hello fixture\n", false).unwrap();
+    c.commit(a.id).unwrap();
+    c.symlink(&user(), d.id, b"link", b"a.txt", SetAttr::default())
+        .unwrap();
+    let (b, _) = c
+        .create(&user(), ROOT_ID, b"big.bin", CreateMode::Unchecked(set(0o644)))
+        .unwrap();
+    c.write(&user(), b.id, 0, &big(), false).unwrap();
+    c.commit(b.id).unwrap();
+    // Uploaded: clean, its object recorded.
+    let (u, _) = c
+        .create(&user(), ROOT_ID, b"clean.txt", CreateMode::Unchecked(set(0o600)))
+        .unwrap();
+    c.write(&user(), u.id, 0, b"in the store too\n", false).unwrap();
+    c.commit(u.id).unwrap();
+    let i = c.load_any(u.id).unwrap().unwrap();
+    assert!(
+        c.record_upload(
+            u.id,
+            i.change_seq,
+            "clean.txt",
+            "\"0123456789abcdef0123456789abcdef\"",
+            i.data_seq,
+            (i.uid, i.gid, i.st_mode(), i.mtime_ns),
+        )
+        .unwrap()
+    );
+    c.flush_metadata().unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn read_whole(c: &Cache, path: &str) -> Vec<u8> {
+    let i = c
+        .resolve(path)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{path} is gone"));
+    let (data, eof, _) = c.read(&user(), i.id, 0, 1 << 20).unwrap();
+    assert!(eof);
+    data
+}
+
+/// Written by main at 3716a53 (2026-12-03), before caches recorded their format:
+/// opened by this build as format 1, every file reads back as written, the files
+/// still to upload are still queued, and the format is recorded from then on.
+#[test]
+fn a_cache_written_before_formats_were_recorded_opens_and_reads_back() {
+    let t = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("cache-format-1"), t.path());
+    for _ in 0..2 {
+        let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+        assert_eq!(read_whole(&c, "docs/a.txt"), b"hello fixture\n");
+        assert_eq!(read_whole(&c, "big.bin"), big());
+        assert_eq!(read_whole(&c, "clean.txt"), b"in the store too\n");
+        let link = c.resolve("docs/link").unwrap().unwrap();
+        assert_eq!(c.readlink(&user(), link.id).unwrap(), b"a.txt");
+        let docs = c.resolve("docs").unwrap().unwrap();
+        assert_eq!((docs.kind, docs.mode, docs.uid), (Kind::Dir, 0o750, 1000));
+        let clean = c.resolve("clean.txt").unwrap().unwrap();
+        assert_eq!(clean.mode, 0o600);
+        assert_eq!(clean.remote.key.as_deref(), Some("clean.txt"));
+        let mut queued: Vec<String> = c
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|id| c.path_of(&c.get(id).unwrap()).unwrap())
+            .collect();
+        queued.sort();
+        assert_eq!(queued, ["big.bin", "docs", "docs/a.txt", "docs/link"]);
+    }
+}
