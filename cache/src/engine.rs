@@ -1864,20 +1864,6 @@ impl Cache {
         self.save_upload_state(&mut st, i)
     }
 
-    /// Forces the next step to upload the data again (e.g. a copy source vanished).
-    pub fn force_reupload(&self, id: FileId) -> Result<()> {
-        let mut st = self.state.lock();
-        let Some(mut i) = self.load(id)? else {
-            return Ok(());
-        };
-        let mut b = Batch::default();
-        Self::touch_for_upload(&mut i, &mut b, now_ns(), true);
-        Self::put(&mut b, &i);
-        self.commit_batch(b)?;
-        st.account(&i);
-        Ok(())
-    }
-
     fn save_upload_state(&self, st: &mut State, i: Inode) -> Result<()> {
         self.save_upload_state_with(st, i, Batch::default())
     }

@@ -999,6 +999,7 @@ pub enum UploadError {
     #[error("cache: {0}")]
     Cache(#[from] bucketgate_cache::CacheError),
     /// A failpoint fired (tests built with the `failpoints` feature only).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     #[error("failpoint {0}")]
     Injected(&'static str),
 }
