@@ -7,13 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use bucketgate::remote::ObjectMeta;
+use bucketgate::remote::ObjectAttrs;
 use bucketgate::remote::meta::S_IFREG;
 use bytes::Bytes;
 use common::s3server::S3TestServer;
 
-fn meta(mode: u32, mtime_ns: u64) -> ObjectMeta {
-    ObjectMeta {
+fn meta(mode: u32, mtime_ns: u64) -> ObjectAttrs {
+    ObjectAttrs {
         uid: 1000,
         gid: 100,
         mode,

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::attrs::{AttrCache, Batch};
 use crate::error::{CacheError, Result};
-use crate::inode::{DirEntry, FileId, Inode, Kind, keys};
+use crate::inode::{DirEntry, FileId, Inode, Kind, ObjectAttrs, keys};
 use crate::perm::{self, Caller};
 
 /// The largest file S3 can hold.
@@ -1736,7 +1736,7 @@ impl Cache {
         key: &str,
         etag: &str,
         data_seq: u64,
-        meta: (u32, u32, u32, u64),
+        meta: ObjectAttrs,
     ) -> Result<bool> {
         let mut st = self.state.lock();
         let Some(mut i) = self.load(id)? else {
@@ -1807,7 +1807,7 @@ impl Cache {
     /// deleted unless a live file has that path again (then its own upload
     /// overwrites it). False: the inode is gone (removed with nothing in the store),
     /// and nothing may be written for it.
-    pub fn record_intent(&self, id: FileId, key: &str, meta: Option<(u32, u32, u32, u64)>) -> Result<bool> {
+    pub fn record_intent(&self, id: FileId, key: &str, meta: Option<ObjectAttrs>) -> Result<bool> {
         let mut st = self.state.lock();
         let Some(mut i) = self.load(id)? else {
             return Ok(false);

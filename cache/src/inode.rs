@@ -27,6 +27,19 @@ impl Kind {
 }
 
 /// What the store holds for one inode, as far as the gateway knows.
+/// An object's POSIX attributes as its user metadata carries them (`file-owner`,
+/// `file-group`, `file-permissions`, `file-mtime`). In records it is encoded as the
+/// `(uid, gid, mode, mtime_ns)` tuple it replaced: the same bytes (bincode writes a
+/// struct's fields in order), so the cache format did not change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectAttrs {
+    pub uid: u32,
+    pub gid: u32,
+    /// st_mode including the file type bits, e.g. 0o100644.
+    pub mode: u32,
+    pub mtime_ns: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteState {
     /// Key (relative to the share prefix) of the object that carries this inode's
@@ -35,8 +48,8 @@ pub struct RemoteState {
     pub etag: String,
     /// The `data_seq` whose bytes that object holds.
     pub data_seq: u64,
-    /// The attributes that object carries (uid, gid, st_mode, mtime_ns).
-    pub meta: (u32, u32, u32, u64),
+    /// The attributes that object carries.
+    pub meta: ObjectAttrs,
     /// Keys that once held this inode and must be deleted once nothing live claims
     /// them (the old name after a rename, the key of a removed file).
     pub stale_keys: Vec<String>,
@@ -51,7 +64,7 @@ pub struct RemoteState {
     /// The attributes of an overwrite of `key` that may have reached the store
     /// without being recorded (a crash in between): a version there carrying exactly
     /// these is ours, not another writer's. Set durably before such a write.
-    pub overwrite_meta: Option<(u32, u32, u32, u64)>,
+    pub overwrite_meta: Option<ObjectAttrs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +168,16 @@ impl Inode {
 
     pub fn st_mode(&self) -> u32 {
         self.kind.type_bits() | (self.mode & 0o7777)
+    }
+
+    /// The attributes its object is to carry.
+    pub fn object_attrs(&self) -> ObjectAttrs {
+        ObjectAttrs {
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.st_mode(),
+            mtime_ns: self.mtime_ns,
+        }
     }
 }
 

@@ -33,8 +33,8 @@ pub use engine::{
 };
 pub use error::{CacheError, Result};
 pub use format::CACHE_FORMAT;
-pub use inode::{FileId, Inode, Kind, RemoteState};
+pub use inode::{FileId, Inode, Kind, ObjectAttrs, RemoteState};
 pub use moves::KeyRelease;
 pub use notice::Notice;
 pub use perm::{Caller, EXEC, READ, WRITE};
-pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteAttrs, RemoteEntry, RemoteKind};
+pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind};

@@ -10,7 +10,7 @@ use crate::attrs::Batch;
 
 use crate::engine::{Cache, State, encode, now_ns};
 use crate::error::{CacheError, Result};
-use crate::inode::{DirEntry, FileId, Inode, Kind, RemoteState, keys};
+use crate::inode::{DirEntry, FileId, Inode, Kind, ObjectAttrs, RemoteState, keys};
 use crate::notice::Notice;
 use crate::perm::Caller;
 
@@ -48,23 +48,13 @@ impl ListingChanges {
     }
 }
 
-/// Attributes from an object's metadata (HEAD).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteAttrs {
-    pub uid: u32,
-    pub gid: u32,
-    /// st_mode with type bits.
-    pub mode: u32,
-    pub mtime_ns: u64,
-}
-
 /// What a HEAD of an inode's object found.
 #[derive(Clone, Debug)]
 pub struct ObjectHead {
     pub etag: String,
     pub size: u64,
     /// `None`: the object carries no POSIX metadata (the share's defaults apply).
-    pub attrs: Option<RemoteAttrs>,
+    pub attrs: Option<ObjectAttrs>,
     /// The body of an object whose metadata says symlink, when it can be a target
     /// (at most 4,096 bytes, no NUL); otherwise it stays a regular file.
     pub symlink_target: Option<Vec<u8>>,
@@ -220,7 +210,7 @@ impl Cache {
                     key: Some(key_of(&e.name, is_dir)),
                     etag,
                     data_seq: 0,
-                    meta: (child.uid, child.gid, child.st_mode(), child.mtime_ns),
+                    meta: child.object_attrs(),
                     stale_keys: Vec::new(),
                     synced_ns: now,
                     listed_size: child.size,
@@ -521,7 +511,10 @@ impl Cache {
                     i.mtime_ns = a.mtime_ns;
                     // What the store holds, as the gateway shows it: no upload follows
                     // from reading it.
-                    i.remote.meta = (a.uid, a.gid, i.st_mode(), a.mtime_ns);
+                    i.remote.meta = ObjectAttrs {
+                        mode: i.st_mode(),
+                        ..a
+                    };
                 } else if !i.is_dirty() {
                     // No POSIX metadata (another S3 client's object): the share's
                     // defaults, never the attributes of a version that is gone.
@@ -531,7 +524,10 @@ impl Cache {
                         Kind::Dir => self.opts.root_mode,
                         _ => self.opts.default_file_mode,
                     } & 0o7777;
-                    i.remote.meta = (i.uid, i.gid, i.st_mode(), i.remote.meta.3);
+                    i.remote.meta = ObjectAttrs {
+                        mtime_ns: i.remote.meta.mtime_ns,
+                        ..i.object_attrs()
+                    };
                 }
             }
         }

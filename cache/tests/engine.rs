@@ -8,6 +8,16 @@ fn user() -> Caller {
     Caller::new(1000, 1000, vec![])
 }
 
+/// What an uploaded object carries: owner, group and mode (mtime 0).
+fn attrs(uid: u32, gid: u32, mode: u32) -> ObjectAttrs {
+    ObjectAttrs {
+        uid,
+        gid,
+        mode,
+        mtime_ns: 0,
+    }
+}
+
 fn unchecked(mode: u32) -> CreateMode {
     CreateMode::Unchecked(SetAttr {
         mode: Some(mode),
@@ -204,7 +214,7 @@ fn removing_an_uploaded_file_leaves_its_key_to_delete() {
     let (f, _) = c.create(&user(), ROOT_ID, b"gone", unchecked(0o644)).unwrap();
     let seq = c.get(f.id).unwrap().change_seq;
     assert!(
-        c.record_upload(f.id, seq, "gone", "etag1", seq, (1000, 1000, 0o100644, 0))
+        c.record_upload(f.id, seq, "gone", "etag1", seq, attrs(1000, 1000, 0o100644))
             .unwrap()
     );
     assert!(c.pending().unwrap().is_empty(), "clean after upload");
@@ -388,7 +398,7 @@ fn clean_data_is_evicted_beyond_capacity_and_dirty_data_never() {
             &format!("f{id}"),
             "etag",
             i.data_seq,
-            (0, 0, 0, 0),
+            ObjectAttrs::default(),
         )
         .unwrap();
     }
@@ -515,7 +525,7 @@ fn a_stale_key_taken_by_another_file_is_still_cleaned_up_when_it_moves_on() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
     let u = user();
-    let meta = (1000, 1000, 0o100644, 0);
+    let meta = attrs(1000, 1000, 0o100644);
     let (a, _) = c.create(&u, ROOT_ID, b"k", unchecked(0o644)).unwrap();
     let seq = c.get(a.id).unwrap().change_seq;
     assert!(c.record_upload(a.id, seq, "k", "e1", seq, meta).unwrap());
@@ -655,7 +665,7 @@ fn a_listing_from_before_a_delete_does_not_bring_the_removed_file_back() {
     let t = tempfile::tempdir().unwrap();
     let c = open(t.path());
     let u = user();
-    let meta = (1000, 1000, 0o100644, 0);
+    let meta = attrs(1000, 1000, 0o100644);
     let (f, _) = c.create(&u, ROOT_ID, b"f", unchecked(0o644)).unwrap();
     let seq = c.get(f.id).unwrap().change_seq;
     assert!(c.record_upload(f.id, seq, "f", "e1", seq, meta).unwrap());
@@ -725,7 +735,7 @@ fn sparse_files_count_what_they_hold_against_the_dirty_limit() {
             "huge",
             "e1",
             i.data_seq,
-            (1000, 1000, 0o100644, 0)
+            attrs(1000, 1000, 0o100644)
         )
         .unwrap()
     );
@@ -749,7 +759,7 @@ fn a_clean_sparse_file_stays_cached_and_leaves_room_for_others() {
     )
     .unwrap();
     let u = user();
-    let meta = (1000, 1000, 0o100644, 0);
+    let meta = attrs(1000, 1000, 0o100644);
     let clean = |id: FileId, key: &str| {
         let i = c.get(id).unwrap();
         assert!(
@@ -793,7 +803,7 @@ fn a_replaced_object_without_metadata_gets_the_defaults_not_the_old_attributes()
             "f",
             "e1",
             i.data_seq,
-            (1000, 1000, 0o100600, 0)
+            attrs(1000, 1000, 0o100600)
         )
         .unwrap()
     );
@@ -844,7 +854,7 @@ fn a_clean_file_whose_cached_bytes_were_lost_is_fetched_again_after_restart() {
                         n,
                         "etag",
                         i.data_seq,
-                        (1000, 1000, 0o100644, 0),
+                        attrs(1000, 1000, 0o100644),
                     )
                     .unwrap();
                 }

@@ -61,7 +61,7 @@ fn write_fixture() {
             "clean.txt",
             "\"0123456789abcdef0123456789abcdef\"",
             i.data_seq,
-            (i.uid, i.gid, i.st_mode(), i.mtime_ns),
+            i.object_attrs(),
         )
         .unwrap()
     );
@@ -110,6 +110,9 @@ fn a_cache_written_before_formats_were_recorded_opens_and_reads_back() {
         let clean = c.resolve("clean.txt").unwrap().unwrap();
         assert_eq!(clean.mode, 0o600);
         assert_eq!(clean.remote.key.as_deref(), Some("clean.txt"));
+        // The object's attributes were a tuple in format 1's records: still read as such.
+        assert_eq!(clean.remote.meta, clean.object_attrs());
+        assert_eq!(clean.remote.meta.mode, 0o100600);
         let mut queued: Vec<String> = c
             .pending()
             .unwrap()

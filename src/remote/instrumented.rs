@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
+    CompletedPart, Expect, ListPage, ObjectAttrs, ObjectInfo, ObjectStore, PartBody, StoreError, StoreResult,
 };
 use crate::metrics::Metrics;
 
@@ -76,7 +76,7 @@ macro_rules! timed {
 
 #[async_trait]
 impl ObjectStore for Instrumented {
-    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String> {
         let n = body.len();
         let r = timed!(self, "PutObject", self.inner.put_object(key, body, meta));
         if r.is_ok() {
@@ -84,7 +84,7 @@ impl ObjectStore for Instrumented {
         }
         r
     }
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &ObjectAttrs) -> StoreResult<String> {
         timed!(
             self,
             "CreateMultipartUpload",
@@ -181,7 +181,7 @@ impl ObjectStore for Instrumented {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
     ) -> StoreResult<String> {
         timed!(self, "CopyObject", self.inner.copy_object(src_key, dst_key, meta))
     }
@@ -194,7 +194,7 @@ impl ObjectStore for Instrumented {
         &self,
         key: &str,
         body: Bytes,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         let n = body.len();
@@ -225,7 +225,7 @@ impl ObjectStore for Instrumented {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
         src_version: Option<&str>,
         dst: Expect<'_>,
     ) -> StoreResult<String> {

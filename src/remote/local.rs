@@ -56,7 +56,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
+    CompletedPart, ListPage, ObjectAttrs, ObjectInfo, ObjectStore, PartBody, StoreError, StoreResult,
 };
 
 const SYS_DIR: &str = ".bucketgate";
@@ -94,8 +94,8 @@ struct MetaJson {
     mtime_ns: u64,
 }
 
-impl From<&ObjectMeta> for MetaJson {
-    fn from(m: &ObjectMeta) -> Self {
+impl From<&ObjectAttrs> for MetaJson {
+    fn from(m: &ObjectAttrs) -> Self {
         MetaJson {
             uid: m.uid,
             gid: m.gid,
@@ -105,9 +105,9 @@ impl From<&ObjectMeta> for MetaJson {
     }
 }
 
-impl From<MetaJson> for ObjectMeta {
+impl From<MetaJson> for ObjectAttrs {
     fn from(m: MetaJson) -> Self {
-        ObjectMeta {
+        ObjectAttrs {
             uid: m.uid,
             gid: m.gid,
             mode: m.mode,
@@ -1138,13 +1138,13 @@ impl Lister<'_> {
 
 #[async_trait]
 impl ObjectStore for LocalStore {
-    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String> {
         let (key, meta) = (key.to_owned(), MetaJson::from(meta));
         self.run(move |s| s.put(&key, &body, Some(meta), random_tag()))
             .await
     }
 
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &ObjectAttrs) -> StoreResult<String> {
         let (key, meta) = (key.to_owned(), MetaJson::from(meta));
         self.run(move |s| s.create_multipart(&key, meta)).await
     }
@@ -1225,7 +1225,7 @@ impl ObjectStore for LocalStore {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
     ) -> StoreResult<String> {
         let (src, dst, meta) = (src_key.to_owned(), dst_key.to_owned(), meta.map(MetaJson::from));
         self.run(move |s| s.copy(&src, &dst, meta)).await

@@ -14,49 +14,41 @@ pub const S_IFREG: u32 = 0o100000;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFLNK: u32 = 0o120000;
 
-/// Owner, group, st_mode (with type bits) and mtime of one object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub uid: u32,
-    pub gid: u32,
-    /// st_mode including the file type bits, e.g. 0o100644.
-    pub mode: u32,
-    pub mtime_ns: u64,
+/// Owner, group, st_mode (with type bits) and mtime of one object: the cache's type,
+/// so what the cache records and what the store carries are one thing.
+pub use bucketgate_cache::ObjectAttrs;
+
+/// The user-metadata pairs (without the `x-amz-meta-` prefix) for a write.
+pub fn to_user_metadata(m: &ObjectAttrs) -> Vec<(String, String)> {
+    vec![
+        (META_OWNER.into(), m.uid.to_string()),
+        (META_GROUP.into(), m.gid.to_string()),
+        (META_PERMISSIONS.into(), format!("{:07o}", m.mode)),
+        (META_MTIME.into(), format!("{}ns", m.mtime_ns)),
+        (
+            META_USER_AGENT.into(),
+            concat!("bucketgate/", env!("CARGO_PKG_VERSION")).into(),
+        ),
+    ]
 }
 
-impl ObjectMeta {
-    /// The user-metadata pairs (without the `x-amz-meta-` prefix) for a write.
-    pub fn to_user_metadata(&self) -> Vec<(String, String)> {
-        vec![
-            (META_OWNER.into(), self.uid.to_string()),
-            (META_GROUP.into(), self.gid.to_string()),
-            (META_PERMISSIONS.into(), format!("{:07o}", self.mode)),
-            (META_MTIME.into(), format!("{}ns", self.mtime_ns)),
-            (
-                META_USER_AGENT.into(),
-                concat!("bucketgate/", env!("CARGO_PKG_VERSION")).into(),
-            ),
-        ]
-    }
-
-    /// Reads the schema back. Returns `None` unless owner, group and permissions are
-    /// all present and parse; a missing or unparsable mtime falls back to `default_mtime_ns`.
-    /// An mtime without the `ns` suffix is milliseconds, as FSx for Lustre reads it.
-    pub fn from_user_metadata(md: &HashMap<String, String>, default_mtime_ns: u64) -> Option<Self> {
-        let uid = md.get(META_OWNER)?.trim().parse().ok()?;
-        let gid = md.get(META_GROUP)?.trim().parse().ok()?;
-        let mode = u32::from_str_radix(md.get(META_PERMISSIONS)?.trim(), 8).ok()?;
-        let mtime_ns = md
-            .get(META_MTIME)
-            .and_then(|v| parse_mtime_ns(v.trim()))
-            .unwrap_or(default_mtime_ns);
-        Some(ObjectMeta {
-            uid,
-            gid,
-            mode,
-            mtime_ns,
-        })
-    }
+/// Reads the schema back. Returns `None` unless owner, group and permissions are
+/// all present and parse; a missing or unparsable mtime falls back to `default_mtime_ns`.
+/// An mtime without the `ns` suffix is milliseconds, as FSx for Lustre reads it.
+pub fn from_user_metadata(md: &HashMap<String, String>, default_mtime_ns: u64) -> Option<ObjectAttrs> {
+    let uid = md.get(META_OWNER)?.trim().parse().ok()?;
+    let gid = md.get(META_GROUP)?.trim().parse().ok()?;
+    let mode = u32::from_str_radix(md.get(META_PERMISSIONS)?.trim(), 8).ok()?;
+    let mtime_ns = md
+        .get(META_MTIME)
+        .and_then(|v| parse_mtime_ns(v.trim()))
+        .unwrap_or(default_mtime_ns);
+    Some(ObjectAttrs {
+        uid,
+        gid,
+        mode,
+        mtime_ns,
+    })
 }
 
 fn parse_mtime_ns(v: &str) -> Option<u64> {
@@ -72,17 +64,17 @@ mod tests {
 
     #[test]
     fn round_trips_and_formats_like_datasync() {
-        let m = ObjectMeta {
+        let m = ObjectAttrs {
             uid: 1000,
             gid: 100,
             mode: 0o100644,
             mtime_ns: 1_700_000_000_123_456_789,
         };
-        let pairs = m.to_user_metadata();
+        let pairs = to_user_metadata(&m);
         let map: HashMap<_, _> = pairs.into_iter().collect();
         assert_eq!(map[META_PERMISSIONS], "0100644");
         assert_eq!(map[META_MTIME], "1700000000123456789ns");
-        assert_eq!(ObjectMeta::from_user_metadata(&map, 0), Some(m));
+        assert_eq!(from_user_metadata(&map, 0), Some(m));
     }
 
     #[test]
@@ -96,7 +88,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let m = ObjectMeta::from_user_metadata(&map, 0).unwrap();
+        let m = from_user_metadata(&map, 0).unwrap();
         assert_eq!(m.mode, 0o100755);
         assert_eq!(m.mtime_ns, 1_700_000_000_123_000_000);
     }
@@ -104,6 +96,6 @@ mod tests {
     #[test]
     fn missing_owner_means_no_metadata() {
         let map = HashMap::from([("file-group".to_string(), "1".to_string())]);
-        assert_eq!(ObjectMeta::from_user_metadata(&map, 0), None);
+        assert_eq!(from_user_metadata(&map, 0), None);
     }
 }

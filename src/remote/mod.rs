@@ -12,7 +12,7 @@ pub mod s3;
 
 pub use body::PartBody;
 pub use local::LocalStore;
-pub use meta::ObjectMeta;
+pub use meta::ObjectAttrs;
 pub use s3::{S3Settings, S3Store};
 
 /// One object as seen in a listing or a HEAD.
@@ -25,7 +25,7 @@ pub struct ObjectInfo {
     pub last_modified_ns: Option<u64>,
     /// POSIX attributes from user metadata; `None` when the object carries none
     /// (listings never carry them; HEAD does).
-    pub meta: Option<ObjectMeta>,
+    pub meta: Option<ObjectAttrs>,
 }
 
 /// One page of a ListObjectsV2-style listing.
@@ -107,8 +107,8 @@ pub async fn open_share_store(
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// Single-request upload; returns the new ETag.
-    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String>;
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String>;
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String>;
+    async fn create_multipart(&self, key: &str, meta: &ObjectAttrs) -> StoreResult<String>;
     /// Returns the part's ETag. A file range is read while it is sent.
     async fn upload_part(
         &self,
@@ -155,7 +155,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
     ) -> StoreResult<String>;
     /// Idempotent: deleting a missing key is not an error.
     async fn delete_object(&self, key: &str) -> StoreResult<()>;
@@ -173,7 +173,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         &self,
         key: &str,
         body: Bytes,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         check_expect(self, key, expect).await?;
@@ -197,7 +197,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
         src_version: Option<&str>,
         dst: Expect<'_>,
     ) -> StoreResult<String> {

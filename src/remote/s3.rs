@@ -40,7 +40,7 @@ use bytes::Bytes;
 
 use super::body::FileRangeBody;
 use super::{
-    CompletedPart, Expect, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartBody, StoreError, StoreResult,
+    CompletedPart, Expect, ListPage, ObjectAttrs, ObjectInfo, ObjectStore, PartBody, StoreError, StoreResult,
     check_expect, expect_etag,
 };
 use crate::config::{ConflictCheck, ShareConfig};
@@ -295,7 +295,7 @@ impl S3Store {
         })
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta, cond: Condition) -> StoreResult<String> {
+    async fn put(&self, key: &str, body: Bytes, meta: &ObjectAttrs, cond: Condition) -> StoreResult<String> {
         let len = body.len();
         let out = self
             .client
@@ -379,7 +379,7 @@ impl S3Store {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
         src_version: Option<String>,
         dst: Condition,
     ) -> StoreResult<String> {
@@ -463,8 +463,8 @@ impl S3Store {
         )
     }
 
-    fn metadata_map(meta: &ObjectMeta) -> HashMap<String, String> {
-        meta.to_user_metadata().into_iter().collect()
+    fn metadata_map(meta: &ObjectAttrs) -> HashMap<String, String> {
+        super::meta::to_user_metadata(meta).into_iter().collect()
     }
 
     /// `x-amz-copy-source`: bucket and URL-encoded key.
@@ -643,7 +643,7 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> StoreError
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String> {
         self.put(key, body, meta, Condition::default()).await
     }
 
@@ -651,7 +651,7 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         body: Bytes,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         let cond = self.condition(key, expect).await?;
@@ -682,7 +682,7 @@ impl ObjectStore for S3Store {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
     ) -> StoreResult<String> {
         self.copy(src_key, dst_key, meta, None, Condition::default())
             .await
@@ -692,7 +692,7 @@ impl ObjectStore for S3Store {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
         src_version: Option<&str>,
         dst: Expect<'_>,
     ) -> StoreResult<String> {
@@ -704,7 +704,7 @@ impl ObjectStore for S3Store {
         self.copy(src_key, dst_key, meta, src, dst).await
     }
 
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &ObjectAttrs) -> StoreResult<String> {
         let out = self
             .client
             .create_multipart_upload()
@@ -910,7 +910,7 @@ impl ObjectStore for S3Store {
         let last_modified_ns = out.last_modified().and_then(to_ns);
         let meta = out
             .metadata()
-            .and_then(|md| ObjectMeta::from_user_metadata(md, last_modified_ns.unwrap_or(0)));
+            .and_then(|md| super::meta::from_user_metadata(md, last_modified_ns.unwrap_or(0)));
         Ok(Some(ObjectInfo {
             key: key.to_owned(),
             size: out

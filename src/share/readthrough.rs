@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bucketgate_cache::{
     BLOCK, Cache, CacheError, FETCH_PIECE, FileId, Inode, Kind, ListingChanges, MAX_NAME_BYTES,
-    MAX_SYMLINK_TARGET, ObjectHead, RemoteAttrs, RemoteEntry, RemoteKind,
+    MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind,
 };
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
@@ -156,12 +156,7 @@ async fn head_of(
     let Some(info) = store.head(&key).await.map_err(store_err)? else {
         return Ok(Some(None));
     };
-    let attrs = info.meta.map(|m| RemoteAttrs {
-        uid: m.uid,
-        gid: m.gid,
-        mode: m.mode,
-        mtime_ns: m.mtime_ns,
-    });
+    let attrs = info.meta;
     let symlink_target = match attrs {
         Some(a) if a.mode & S_IFMT == S_IFLNK && ino.kind == Kind::File => {
             symlink_body(store, &key, &info).await?

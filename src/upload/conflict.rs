@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bucketgate_cache::Inode;
 
 use super::{UploadError, Uploader};
-use crate::remote::{Expect, ObjectInfo, ObjectMeta, StoreError, same_etag};
+use crate::remote::{Expect, ObjectAttrs, ObjectInfo, StoreError, same_etag};
 
 impl Uploader {
     /// Uploads the file's bytes to `key`, which holds `known` (see
@@ -20,7 +20,7 @@ impl Uploader {
         ino: &Inode,
         rel: &str,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         known: Option<&str>,
     ) -> Result<Option<String>, UploadError> {
         let expect = self.expect(known);
@@ -93,7 +93,6 @@ impl Uploader {
     }
 
     pub(super) fn written_by_us(ino: &Inode, info: &ObjectInfo) -> bool {
-        let theirs = info.meta.map(|m| (m.uid, m.gid, m.mode, m.mtime_ns));
-        theirs.is_some() && theirs == ino.remote.overwrite_meta
+        info.meta.is_some() && info.meta == ino.remote.overwrite_meta
     }
 }

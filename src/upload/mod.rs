@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::remote::{CompletedPart, Expect, ObjectMeta, ObjectStore, StoreError, expect_etag, same_etag};
+use crate::remote::{CompletedPart, Expect, ObjectAttrs, ObjectStore, StoreError, expect_etag, same_etag};
 
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
 /// nothing otherwise. Configured to `return`, the step ends right there with
@@ -473,15 +473,6 @@ impl Uploader {
         Ok(self.cache.load_any(id)?.is_none_or(|i| !i.is_dirty()))
     }
 
-    fn meta_of(ino: &Inode) -> ObjectMeta {
-        ObjectMeta {
-            uid: ino.uid,
-            gid: ino.gid,
-            mode: ino.st_mode(),
-            mtime_ns: ino.mtime_ns,
-        }
-    }
-
     async fn sync_content(&self, ino: &Inode) -> Result<(), UploadError> {
         let ino = &if ino.meta_pending {
             // Known only from a listing (a file moved with its directory): its object's
@@ -506,8 +497,7 @@ impl Uploader {
         } else {
             path
         };
-        let meta = Self::meta_of(ino);
-        let meta_tuple = (meta.uid, meta.gid, meta.mode, meta.mtime_ns);
+        let meta = ino.object_attrs();
         let key = self.full_key(&rel);
         let _guard = self.locks.lock(&key).await;
         if ino.kind != Kind::Dir && ino.remote.key.as_deref() != Some(rel.as_str()) {
@@ -518,7 +508,7 @@ impl Uploader {
         // Durably note the key before writing it, and the metadata the object will
         // carry, so a crash between the write and record_upload can neither orphan
         // the object nor make it look like another client's (Cache::record_intent).
-        let ours = self.settings.check_conflicts.then_some(meta_tuple);
+        let ours = self.settings.check_conflicts.then_some(meta);
         let (id, at) = (ino.id, rel.clone());
         if !self.durably(move |c| c.record_intent(id, &at, ours)).await? {
             return Ok(()); // removed meanwhile, and nothing of it is in the store
@@ -526,7 +516,7 @@ impl Uploader {
         let r = &ino.remote;
         let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
         let etag = if ino.kind == Kind::Dir {
-            if r.key.as_deref() == Some(rel.as_str()) && r.meta == meta_tuple {
+            if r.key.as_deref() == Some(rel.as_str()) && r.meta == meta {
                 self.cache.record_clean(ino.id, ino.change_seq)?;
                 return Ok(());
             }
@@ -539,7 +529,7 @@ impl Uploader {
                 Some(etag) => etag,
                 None => return Ok(()),
             }
-        } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta_tuple {
+        } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta {
             match self
                 .copy_unless_conflict(ino, &rel, &key, &meta, known.as_deref())
                 .await?
@@ -562,7 +552,7 @@ impl Uploader {
         failpoint!("upload::after_store_before_record");
         if !self
             .cache
-            .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta_tuple)?
+            .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta)?
         {
             // The inode vanished entirely while we wrote its object: nothing claims it.
             if !self.cache.hand_over_stale_key(0, &rel)? {
@@ -591,7 +581,7 @@ impl Uploader {
         &self,
         ino: &Inode,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         known: Option<&str>,
     ) -> Result<String, UploadError> {
         // `None` until looked at; then what a HEAD found there.
@@ -630,7 +620,7 @@ impl Uploader {
         ino: &Inode,
         rel: &str,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         known: Option<&str>,
     ) -> Result<Option<String>, UploadError> {
         let r = &ino.remote;
@@ -708,7 +698,7 @@ impl Uploader {
         ino: &Inode,
         src: &str,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         if ino.partial {
@@ -729,7 +719,7 @@ impl Uploader {
         &self,
         ino: &Inode,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         if ino.kind == Kind::File && ino.partial {
@@ -775,7 +765,7 @@ impl Uploader {
         &self,
         ino: &Inode,
         key: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> Result<String, UploadError> {
         let size = ino.size;
@@ -813,7 +803,7 @@ impl Uploader {
 
     /// CreateMultipartUpload, its id recorded durably before any part is sent: after
     /// a crash, the gateway aborts exactly the uploads it started.
-    async fn start_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, UploadError> {
+    async fn start_multipart(&self, key: &str, meta: &ObjectAttrs) -> Result<String, UploadError> {
         let upload_id = self.store.create_multipart(key, meta).await?;
         let (id, k) = (upload_id.clone(), key.to_owned());
         if let Err(e) = self.durably(move |c| c.record_multipart(&id, &k)).await {
@@ -841,7 +831,7 @@ impl Uploader {
         &self,
         src: &str,
         dst: &str,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         size: u64,
         src_version: Option<&str>,
         dst_expect: Expect<'_>,
@@ -984,9 +974,7 @@ impl Uploader {
         };
         match self.store.head(key).await? {
             None => Ok(()),
-            Some(info) if info.meta.map(|m| (m.uid, m.gid, m.mode, m.mtime_ns)) == Some(ours) => {
-                self.store.delete_object_if(key, &info.etag).await
-            }
+            Some(info) if info.meta == Some(ours) => self.store.delete_object_if(key, &info.etag).await,
             Some(_) => Err(StoreError::PreconditionFailed),
         }
     }

@@ -104,14 +104,14 @@ impl Faulty {
 
 #[async_trait]
 impl ObjectStore for Faulty {
-    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String> {
         self.check()?;
         self.maybe_hold().await;
         self.check()?;
         let r = self.inner.put_object(key, body, meta).await;
         self.reply(r)
     }
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &ObjectAttrs) -> StoreResult<String> {
         self.check()?;
         self.inner.create_multipart(key, meta).await
     }
@@ -183,7 +183,7 @@ impl ObjectStore for Faulty {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
     ) -> StoreResult<String> {
         self.check()?;
         self.inner.copy_object(src_key, dst_key, meta).await
@@ -197,7 +197,7 @@ impl ObjectStore for Faulty {
         &self,
         key: &str,
         body: Bytes,
-        meta: &ObjectMeta,
+        meta: &ObjectAttrs,
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         self.check()?;
@@ -222,7 +222,7 @@ impl ObjectStore for Faulty {
         &self,
         src_key: &str,
         dst_key: &str,
-        meta: Option<&ObjectMeta>,
+        meta: Option<&ObjectAttrs>,
         src_version: Option<&str>,
         dst: Expect<'_>,
     ) -> StoreResult<String> {

@@ -246,7 +246,7 @@ async fn refresh_picks_up_what_other_clients_added_changed_and_deleted() {
 /// its listing is older than that, and never because the wall clock moved.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_directory_is_listed_again_only_once_older_than_cache_stale_after() {
-    use bucketgate::remote::{LocalStore, ObjectMeta, ObjectStore};
+    use bucketgate::remote::{LocalStore, ObjectAttrs, ObjectStore};
     use bucketgate::share::readthrough::ReadThrough;
     use bucketgate_cache::{Cache, CacheOptions, ROOT_ID};
     use std::time::Duration;
@@ -256,7 +256,7 @@ async fn a_directory_is_listed_again_only_once_older_than_cache_stale_after() {
     let cache = Arc::new(Cache::open(&tmp.path().join("cache"), CacheOptions::default()).unwrap());
     let ttl = Duration::from_secs(300);
     let rt = ReadThrough::new(cache.clone(), store.clone(), String::new(), Some(ttl), None);
-    let meta = ObjectMeta {
+    let meta = ObjectAttrs {
         uid: 0,
         gid: 0,
         mode: 0o100644,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bucketgate::remote::meta::{S_IFDIR, S_IFREG};
-use bucketgate::remote::{CompletedPart, LocalStore, ObjectMeta, ObjectStore, StoreError};
+use bucketgate::remote::{CompletedPart, LocalStore, ObjectAttrs, ObjectStore, StoreError};
 use bytes::Bytes;
 use common::s3server::{S3TestServer, b64_std};
 
@@ -145,8 +145,8 @@ async fn directory_markers_are_listed_like_objects(env: &Env) {
     );
 }
 
-fn meta(mode: u32, mtime_ns: u64) -> ObjectMeta {
-    ObjectMeta {
+fn meta(mode: u32, mtime_ns: u64) -> ObjectAttrs {
+    ObjectAttrs {
         uid: 1000,
         gid: 100,
         mode,
@@ -223,7 +223,7 @@ async fn put_head_and_ranged_reads(env: &Env) {
 
 async fn metadata_round_trips(env: &Env) {
     let s = &env.store;
-    let m = ObjectMeta {
+    let m = ObjectAttrs {
         uid: 4_000_000_000,
         gid: 65534,
         mode: S_IFREG | 0o4755,
@@ -491,7 +491,7 @@ async fn upload_part_copy_assembles_from_an_existing_object(env: &Env) {
 async fn copy_object_replaces_or_keeps_metadata(env: &Env) {
     let s = &env.store;
     let a = meta(S_IFREG | 0o644, 100);
-    let b = ObjectMeta {
+    let b = ObjectAttrs {
         uid: 7,
         gid: 8,
         mode: S_IFREG | 0o600,
@@ -1046,7 +1046,7 @@ async fn local_store_concurrent_writers_never_mix_data_and_metadata() {
             let s = s.clone();
             set.spawn(async move {
                 // uid = body length: head must always report a matching pair.
-                let m = ObjectMeta {
+                let m = ObjectAttrs {
                     uid: i,
                     gid: 1,
                     mode: S_IFREG | 0o644,

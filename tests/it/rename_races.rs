@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bucketgate::config::HumanDuration;
 use bucketgate::gateway::Running;
-use bucketgate::remote::{LocalStore, ObjectMeta, ObjectStore};
+use bucketgate::remote::{LocalStore, ObjectAttrs, ObjectStore};
 use common::gateway::{config, flush, start};
 use common::nfs::*;
 
@@ -49,8 +49,8 @@ async fn newcomer_first(gw: &Running, c: &mut Conn) {
 }
 
 /// Metadata of a plain file of uid/gid 1000, as the bucket's objects carry it.
-fn user_file() -> ObjectMeta {
-    ObjectMeta {
+fn user_file() -> ObjectAttrs {
+    ObjectAttrs {
         uid: 1000,
         gid: 1000,
         mode: 0o100644,

@@ -6,12 +6,12 @@ use crate::common;
 
 use std::time::Duration;
 
-use bucketgate::remote::{ObjectMeta, ObjectStore};
+use bucketgate::remote::{ObjectAttrs, ObjectStore};
 use common::gateway::{config, flush, start};
 use common::nfs::*;
 use nfs3_types::nfs3::stable_how;
 
-async fn object(store: &dyn ObjectStore, key: &str) -> Option<(Vec<u8>, ObjectMeta)> {
+async fn object(store: &dyn ObjectStore, key: &str) -> Option<(Vec<u8>, ObjectAttrs)> {
     let info = store.head(key).await.expect("head")?;
     let body = store.get_range(key, 0, info.size.max(1)).await.expect("get");
     Some((body.to_vec(), info.meta.expect("gateway objects carry metadata")))
