@@ -47,6 +47,7 @@ impl Batch {
 
     pub(crate) fn remove_inode(&mut self, id: FileId) {
         self.sled.remove(&keys::inode(id));
+        self.sled.remove(&keys::intents(id));
         self.inodes.push((id, None));
     }
 }

@@ -272,6 +272,10 @@ pub(crate) fn allocated(f: &File) -> Option<u64> {
     f.metadata().ok().map(|m| disk_bytes(&m))
 }
 
+/// Earlier writes of ours kept as possibly landed, per inode; beyond, the oldest is
+/// forgotten (at worst its object is then taken for another client's).
+const MAX_EARLIER_INTENTS: usize = 16;
+
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1771,6 +1775,7 @@ impl Cache {
         r.listed_size = snapshot_size;
         r.listed_mtime_ns = 0;
         r.overwrite_meta = None;
+        b.remove(&keys::intents(id));
         if i.unlinked {
             // Removed while uploading: the object just written is an orphan.
             r.stale_keys.push(key.to_string());
@@ -1820,13 +1825,46 @@ impl Cache {
         if !claimed {
             i.remote.stale_keys.push(key.to_string());
         }
+        let mut b = Batch::default();
         if meta.is_some() {
+            // The write noted before may have landed too (its reply lost, then a
+            // change and a failed retry): it stays ours until an upload is recorded.
+            if let Some(prev) = i.remote.overwrite_meta {
+                let mut earlier = self.earlier_intents(id)?;
+                if !earlier.contains(&prev) {
+                    if earlier.len() >= MAX_EARLIER_INTENTS {
+                        earlier.remove(0);
+                    }
+                    earlier.push(prev);
+                    b.insert(&keys::intents(id), encode(&earlier));
+                }
+            }
             i.remote.overwrite_meta = meta;
         }
-        self.save_upload_state(&mut st, i)?;
+        self.save_upload_state_with(&mut st, i, b)?;
         drop(st);
         self.flush_metadata()?;
         Ok(true)
+    }
+
+    fn earlier_intents(&self, id: FileId) -> Result<Vec<ObjectAttrs>> {
+        Ok(match self.db.get(keys::intents(id))? {
+            Some(v) => bincode::deserialize(&v)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Whether an object carrying `attrs` is one of our writes for `id` that may
+    /// have reached the store without being recorded (the last noted, or an earlier
+    /// one since the last recorded upload), not another client's.
+    pub fn written_by_us(&self, id: FileId, attrs: Option<ObjectAttrs>) -> Result<bool> {
+        let Some(attrs) = attrs else {
+            return Ok(false);
+        };
+        let Some(i) = self.load(id)? else {
+            return Ok(false);
+        };
+        Ok(i.remote.overwrite_meta == Some(attrs) || self.earlier_intents(id)?.contains(&attrs))
     }
 
     /// `key` is no longer `id`'s to clean up: the object under it is gone from the

@@ -190,6 +190,9 @@ pub(crate) mod keys {
     pub const QUEUE: u8 = b'Q';
     pub const META: u8 = b'M';
     pub const BLOCKS: u8 = b'B';
+    /// Per inode: the attributes of earlier writes of ours that may have reached the
+    /// store unrecorded (see `Cache::record_intent`); absent: none.
+    pub const INTENTS: u8 = b'T';
     /// Object key → the file that moved away from it before its object followed.
     pub const MOVED: u8 = b'R';
     /// Object key → the ETag of the version the gateway last saw there, for a key
@@ -236,6 +239,12 @@ pub(crate) mod keys {
 
     pub fn blocks(id: FileId) -> [u8; 9] {
         let mut k = [BLOCKS; 9];
+        k[1..].copy_from_slice(&id.to_be_bytes());
+        k
+    }
+
+    pub fn intents(id: FileId) -> [u8; 9] {
+        let mut k = [INTENTS; 9];
         k[1..].copy_from_slice(&id.to_be_bytes());
         k
     }

@@ -41,7 +41,7 @@ impl Uploader {
             // crash lost.
             Some(now)
                 if matches!(expect, Expect::Version(base) if same_etag(&now.etag, base))
-                    || Self::written_by_us(ino, &now) =>
+                    || self.written_by_us(ino, &now) =>
             {
                 return self
                     .upload_data(ino, key, meta, Expect::Version(&now.etag))
@@ -92,7 +92,10 @@ impl Uploader {
         Ok(())
     }
 
-    pub(super) fn written_by_us(ino: &Inode, info: &ObjectInfo) -> bool {
-        info.meta.is_some() && info.meta == ino.remote.overwrite_meta
+    /// The object is a write of ours the cache has not recorded (a lost reply, a
+    /// crash); a failure to tell counts as another client's (a conflict copy, never
+    /// a lost version).
+    pub(super) fn written_by_us(&self, ino: &Inode, info: &ObjectInfo) -> bool {
+        self.cache.written_by_us(ino.id, info.meta).unwrap_or(false)
     }
 }

@@ -653,7 +653,7 @@ impl Uploader {
                     .map(Some);
             }
             Some(now) if src_version.is_some_and(|v| !same_etag(v, &now.etag)) => {
-                if Self::written_by_us(ino, &now) {
+                if self.written_by_us(ino, &now) {
                     return Ok(Some(
                         self.copy(&src, key, meta, ino.size, Some(&now.etag), dst).await?,
                     ));
@@ -679,7 +679,7 @@ impl Uploader {
                     .await?,
             )),
             None => Err(UploadError::Store(err)), // gone meanwhile: the next pass copies
-            Some(now) if Self::written_by_us(ino, &now) => Ok(Some(
+            Some(now) if self.written_by_us(ino, &now) => Ok(Some(
                 self.copy(&src, key, meta, ino.size, src_version, Expect::Version(&now.etag))
                     .await?,
             )),
@@ -954,27 +954,30 @@ impl Uploader {
 }
 
 impl Uploader {
-    /// Deletes `key` if the object there is one `id` wrote (its metadata is the one
-    /// noted before that write); `PreconditionFailed` when it is another client's.
+    /// Deletes `key` if the object there is one `id` wrote (its metadata is one noted
+    /// before a write: `Cache::written_by_us`); `PreconditionFailed` when it is
+    /// another client's.
     /// Without such a note, `unnoted_is_ours` decides (true: a key from a cache made
     /// before the note was kept, deleted as it always was).
     async fn delete_if_ours(&self, id: FileId, key: &str, unnoted_is_ours: bool) -> Result<(), StoreError> {
-        let ours = self
+        let noted = self
             .cache
             .load_any(id)
             .ok()
             .flatten()
-            .and_then(|i| i.remote.overwrite_meta);
-        let Some(ours) = ours else {
+            .is_some_and(|i| i.remote.overwrite_meta.is_some());
+        if !noted {
             return if unnoted_is_ours {
                 self.store.delete_object(key).await
             } else {
                 Err(StoreError::PreconditionFailed)
             };
-        };
+        }
         match self.store.head(key).await? {
             None => Ok(()),
-            Some(info) if info.meta == Some(ours) => self.store.delete_object_if(key, &info.etag).await,
+            Some(info) if self.cache.written_by_us(id, info.meta).unwrap_or(false) => {
+                self.store.delete_object_if(key, &info.etag).await
+            }
             Some(_) => Err(StoreError::PreconditionFailed),
         }
     }

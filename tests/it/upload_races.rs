@@ -301,3 +301,86 @@ async fn an_upload_whose_reply_was_lost_is_not_a_conflict_when_the_file_changes_
     assert_eq!(bucket["f.txt"], b"version 333");
     gw.shutdown().await;
 }
+
+/// A version whose put reached the store unheard, then a change whose upload fails
+/// (its intent noted, nothing written): both versions' metadata are ours. Before,
+/// only the last was, and the first version's object was taken for another
+/// client's: kept for ever when the file was removed (the soak test found it with
+/// SOAK_SEED=1796330680250196346).
+async fn unheard_version_then_failed_retry(
+    tmp: &std::path::Path,
+    srv: &S3TestServer,
+) -> (
+    bucketgate::gateway::Running,
+    Arc<Faulty>,
+    Conn,
+    nfs3_types::nfs3::nfs_fh3,
+    nfs3_types::nfs3::nfs_fh3,
+) {
+    let faulty = Faulty::new(Arc::new(srv.store().await));
+    let gw = start_with_store(s3_config(tmp, srv, ""), faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let fh = put_file(&mut c, &root, "f.txt", b"version one").await;
+    flush(&gw).await;
+    faulty.lose_put_replies.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(10)).await; // a later mtime
+    write_at(&mut c, &fh, 0, b"version TWO", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    let uploader = &gw.gateway.shares[0].uploader;
+    uploader.flush_now(None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.lose_put_replies.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the upload of version two reached the store");
+    // Version three's upload notes its intent, then finds the store down.
+    faulty.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    write_at(&mut c, &fh, 0, b"version 333", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    uploader.flush_now(None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while uploader.failing().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("version three's upload failed");
+    (gw, faulty, c, root, fh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_file_takes_along_an_unheard_version_after_a_failed_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = S3TestServer::start().await;
+    let (gw, faulty, mut c, root, _) = unheard_version_then_failed_retry(tmp.path(), &srv).await;
+    remove(&mut c, &root, "f.txt").await.unwrap();
+    faulty.down.store(false, Ordering::SeqCst);
+    flush(&gw).await;
+    let keys: Vec<String> = bucket_contents(&srv).await.into_keys().collect();
+    assert!(keys.is_empty(), "left in the bucket: {keys:?}");
+    gw.shutdown().await;
+}
+
+/// The same file uploaded once the store is back is no conflict either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unheard_version_after_a_failed_retry_is_not_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = S3TestServer::start().await;
+    let (gw, faulty, _c, _, _) = unheard_version_then_failed_retry(tmp.path(), &srv).await;
+    faulty.down.store(false, Ordering::SeqCst);
+    flush(&gw).await;
+    let bucket = bucket_contents(&srv).await;
+    assert_eq!(
+        bucket.keys().collect::<Vec<_>>(),
+        ["f.txt"],
+        "the gateway set its own object aside as a conflict"
+    );
+    assert_eq!(bucket["f.txt"], b"version 333");
+    gw.shutdown().await;
+}
