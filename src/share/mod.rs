@@ -2,8 +2,10 @@
 //! taking the [`Caller`] and answering a [`ShareError`]. This layer owns what makes a
 //! share more than its cache engine: the listing of a directory from the store
 //! before it is read or changed, fetching data and attributes the engine needs and
-//! asking again, holding writers back at the dirty limit, the read-only rule, and the
-//! one boundary where blocking engine work leaves the async workers. Front ends
+//! asking again, holding writers back at the dirty limit, the read-only rule, the
+//! audit log (`audited`), telling the cache's watcher (a FUSE mount's kernel cache)
+//! of changes another front end made, and the one boundary where blocking engine
+//! work leaves the async workers. Front ends
 //! (`crate::nfs`, `crate::fuse`) only decode their arguments, call a method and
 //! encode the answer.
 
@@ -265,8 +267,8 @@ impl Share {
         run_blocking(move || cache.commit(id)).await.map_err(Into::into)
     }
 
-    /// A front end closed the file: nothing to make durable
-    /// (close is not fsync), but the next write starts a new audited session.
+    /// A front end closed the file: nothing to make durable (close is not fsync),
+    /// but the next write starts a new audited session.
     pub fn closed(&self, id: FileId) {
         self.audit_session_ends(id);
     }

@@ -8,28 +8,11 @@ use crate::common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_s3::primitives::ByteStream;
 use bucketgate::admin::RefreshRequest;
 use bucketgate::config::ByteSize;
 use common::gateway::{config, flush, metric_sum, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
-
-async fn put(srv: &S3TestServer, key: &str, body: Vec<u8>, meta: Option<(&str, &str, &str)>) {
-    let mut req = srv
-        .client
-        .put_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .body(ByteStream::from(body));
-    if let Some((owner, group, perms)) = meta {
-        req = req
-            .metadata("file-owner", owner)
-            .metadata("file-group", group)
-            .metadata("file-permissions", perms);
-    }
-    req.send().await.unwrap_or_else(|e| panic!("put {key}: {e:?}"));
-}
 
 fn s3_config(srv: &S3TestServer, dir: &std::path::Path) -> bucketgate::config::Config {
     let mut cfg = config(dir, &format!("s3://{}/pre/", srv.bucket));
@@ -55,12 +38,12 @@ async fn existing_objects_list_completely_with_their_attributes() {
             for i in (w..10_000).step_by(32) {
                 let key = format!("pre/d{}/f{i:05}", i % 4);
                 let meta = (i % 10 == 0).then_some(("1500", "1600", "0100640"));
-                put(&srv, &key, vec![b'x'; i % 7], meta).await;
+                srv.their_put(&key, &vec![b'x'; i % 7], meta).await;
             }
         });
     }
     while tasks.join_next().await.is_some() {}
-    put(&srv, "pre/deep/er/than/that.txt", b"deep".to_vec(), None).await;
+    srv.their_put("pre/deep/er/than/that.txt", b"deep", None).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
@@ -105,7 +88,7 @@ async fn existing_objects_list_completely_with_their_attributes() {
 async fn cold_reads_fetch_ranges_and_sequential_reads_stream() {
     let srv = S3TestServer::start().await;
     let data = body(40 << 20, 11);
-    put(&srv, "pre/big.bin", data.clone(), None).await;
+    srv.their_put("pre/big.bin", &data, None).await;
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
     let mut c = mount(gw.nfs_addr).await;
@@ -188,9 +171,9 @@ async fn a_small_cache_keeps_every_dirty_byte_and_serves_correct_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_picks_up_what_other_clients_added_changed_and_deleted() {
     let srv = S3TestServer::start().await;
-    put(&srv, "pre/stays.txt", b"v1".to_vec(), None).await;
-    put(&srv, "pre/changes.txt", b"old".to_vec(), None).await;
-    put(&srv, "pre/goes.txt", b"bye".to_vec(), None).await;
+    srv.their_put("pre/stays.txt", b"v1", None).await;
+    srv.their_put("pre/changes.txt", b"old", None).await;
+    srv.their_put("pre/goes.txt", b"bye", None).await;
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
     let mut c = mount(gw.nfs_addr).await;
@@ -203,8 +186,8 @@ async fn refresh_picks_up_what_other_clients_added_changed_and_deleted() {
     lookup(&mut c, &root, "stays.txt").await.unwrap();
     let mine = put_file(&mut c, &root, "mine.txt", b"local, not uploaded yet").await;
 
-    put(&srv, "pre/changes.txt", b"new and longer".to_vec(), None).await;
-    put(&srv, "pre/added.txt", b"hello".to_vec(), None).await;
+    srv.their_put("pre/changes.txt", b"new and longer", None).await;
+    srv.their_put("pre/added.txt", b"hello", None).await;
     srv.client
         .delete_object()
         .bucket(&srv.bucket)
@@ -383,7 +366,7 @@ async fn a_directory_of_100000_objects_lists_completely() {
 async fn concurrent_readers_of_a_cold_block_share_one_get() {
     let srv = S3TestServer::start().await;
     let data = body(4 << 20, 5);
-    put(&srv, "pre/shared.bin", data.clone(), None).await;
+    srv.their_put("pre/shared.bin", &data, None).await;
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
     let gets = || {
@@ -432,7 +415,7 @@ async fn a_sequential_reader_with_reads_out_of_order_still_gets_read_ahead() {
     const MIB: u64 = 1 << 20;
     let srv = S3TestServer::start().await;
     let data = body(64 << 20, 9);
-    put(&srv, "pre/stream.bin", data.clone(), None).await;
+    srv.their_put("pre/stream.bin", &data, None).await;
     let tmp = tempfile::tempdir().unwrap();
     let gw = start(s3_config(&srv, tmp.path()), creds(&srv)).await;
     let mut c = mount(gw.nfs_addr).await;
