@@ -1,6 +1,6 @@
 //! The cache's on-disk format across upgrades: a cache written by an earlier main,
-//! checked in under `tests/fixtures/`, opens and gives back every file, with what is
-//! still to be uploaded still queued.
+//! checked in under `tests/fixtures/` (made with `examples/write_cache_fixture.rs`),
+//! opens and gives back every file, with what is still to be uploaded still queued.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,8 @@ fn user() -> Caller {
     Caller::new(1000, 1000, vec![])
 }
 
-/// 70 KiB of a pattern (a file of many pages).
+/// 70 KiB of a pattern (a file of many pages), as `examples/write_cache_fixture.rs`
+/// writes it.
 fn big() -> Vec<u8> {
     (0..70 * 1024u32).map(|i| (i % 251) as u8).collect()
 }
@@ -19,53 +20,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-/// Writes a fixture with this build's format, into BUCKETGATE_WRITE_FIXTURE (a new
-/// directory): `BUCKETGATE_WRITE_FIXTURE=/tmp/cache-format-N cargo test -p
-/// bucketgate-cache --test format -- --ignored`, then `tar -C /tmp -czf
-/// tests/fixtures/cache-format-N.tar.gz cache-format-N`.
-#[test]
-#[ignore]
-fn write_fixture() {
-    let dir = PathBuf::from(std::env::var_os("BUCKETGATE_WRITE_FIXTURE").expect("BUCKETGATE_WRITE_FIXTURE"));
-    let c = Cache::open(&dir, CacheOptions::default()).unwrap();
-    let set = |mode| SetAttr {
-        mode: Some(mode),
-        ..SetAttr::default()
-    };
-    let (d, _) = c.mkdir(&user(), ROOT_ID, b"docs", set(0o750)).unwrap();
-    let (a, _) = c
-        .create(&user(), d.id, b"a.txt", CreateMode::Unchecked(set(0o640)))
-        .unwrap();
-    c.write(&user(), a.id, 0, b"hello fixture\n", false).unwrap();
-    c.commit(a.id).unwrap();
-    c.symlink(&user(), d.id, b"link", b"a.txt", SetAttr::default())
-        .unwrap();
-    let (b, _) = c
-        .create(&user(), ROOT_ID, b"big.bin", CreateMode::Unchecked(set(0o644)))
-        .unwrap();
-    c.write(&user(), b.id, 0, &big(), false).unwrap();
-    c.commit(b.id).unwrap();
-    // Uploaded: clean, its object recorded.
-    let (u, _) = c
-        .create(&user(), ROOT_ID, b"clean.txt", CreateMode::Unchecked(set(0o600)))
-        .unwrap();
-    c.write(&user(), u.id, 0, b"in the store too\n", false).unwrap();
-    c.commit(u.id).unwrap();
-    let i = c.load_any(u.id).unwrap().unwrap();
-    assert!(
-        c.record_upload(
-            u.id,
-            i.change_seq,
-            "clean.txt",
-            "\"0123456789abcdef0123456789abcdef\"",
-            i.data_seq,
-            i.object_attrs(),
-        )
-        .unwrap()
-    );
-    c.flush_metadata().unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -558,7 +558,7 @@ impl Filesystem for ShareFs {
         reply: ReplyData,
     ) {
         if let Some(r) = self.opens.get(ino.0) {
-            return match self.opens.read(&r, offset, size) {
+            return match r.read(offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(Errno::from(e)),
             };

@@ -31,6 +31,21 @@ pub(super) struct Removed {
     pub file: Arc<File>,
 }
 
+impl Removed {
+    pub fn read(&self, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+        let len = self.attr.size.saturating_sub(offset).min(size as u64) as usize;
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match self.file.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break, // a sparse tail reads as zeros
+                n => done += n,
+            }
+        }
+        Ok(buf)
+    }
+}
+
 impl Opens {
     pub fn opened(&self, id: FileId) {
         self.files
@@ -69,20 +84,6 @@ impl Opens {
     /// The removed file `id`, if it is one.
     pub fn get(&self, id: FileId) -> Option<Removed> {
         self.files.lock().get(&id)?.removed.clone()
-    }
-
-    /// Reads from a removed file.
-    pub fn read(&self, r: &Removed, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
-        let len = r.attr.size.saturating_sub(offset).min(size as u64) as usize;
-        let mut buf = vec![0; len];
-        let mut done = 0;
-        while done < len {
-            match r.file.read_at(&mut buf[done..], offset + done as u64)? {
-                0 => break, // a sparse tail reads as zeros
-                n => done += n,
-            }
-        }
-        Ok(buf)
     }
 
     /// Writes to a removed file; answers its attributes after.

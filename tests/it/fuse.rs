@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::child::{ChildGateway, bucket_contents};
-use common::gateway::{flush, s3_config, share_with, start};
+use common::gateway::{audit_lines, flush, s3_config, share_with, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
@@ -369,11 +369,7 @@ async fn changes_through_the_mount_are_audited() {
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let lines: Vec<serde_json::Value> = loop {
-        let l: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let l = audit_lines(&log);
         if l.len() >= expect.len() || std::time::Instant::now() > deadline {
             break l;
         }

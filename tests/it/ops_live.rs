@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bucketgate::admin::AdminClient;
 use bucketgate::metrics::Metrics;
 use common::faulty::Faulty;
-use common::gateway::{config, flush, share_with, start, start_with_store};
+use common::gateway::{audit_lines, config, flush, share_with, start, start_with_store};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 use nfs3_types::nfs3::stable_how;
@@ -52,14 +52,6 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: im
 }
 
 // ---------------------------------------------------------------- audit log
-
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_records_changes_made_through_nfs() {
