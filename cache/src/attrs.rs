@@ -41,7 +41,7 @@ impl Batch {
     }
 
     pub(crate) fn put_inode(&mut self, ino: &Inode) {
-        self.sled.insert(&keys::inode(ino.id), crate::engine::encode(ino));
+        self.sled.insert(&keys::inode(ino.id), crate::inode::encode(ino));
         self.inodes.push((ino.id, Some(Arc::new(ino.clone()))));
     }
 
@@ -159,8 +159,10 @@ impl AttrCache {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::{Cache, CacheOptions, CreateMode, SetAttr, decode_inode};
-    use crate::inode::keys;
+    use crate::args::{CreateMode, SetAttr};
+    use crate::engine::Cache;
+    use crate::inode::{decode_inode, keys};
+    use crate::options::CacheOptions;
     use crate::perm::Caller;
     use crate::{CacheError, ROOT_ID};
 

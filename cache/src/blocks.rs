@@ -9,8 +9,9 @@ use std::os::unix::fs::FileExt;
 
 use crate::attrs::Batch;
 
-use crate::engine::{Cache, decode_inode};
+use crate::engine::Cache;
 use crate::error::{CacheError, Result};
+use crate::inode::decode_inode;
 use crate::inode::{FileId, Inode, Kind, keys};
 
 pub const BLOCK: u64 = 1 << 20;

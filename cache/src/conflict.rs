@@ -4,8 +4,9 @@
 
 use crate::attrs::Batch;
 
-use crate::engine::{Cache, MAX_NAME_BYTES, encode, now_ns};
+use crate::engine::{Cache, MAX_NAME_BYTES, now_ns};
 use crate::error::{CacheError, Result};
+use crate::inode::encode;
 use crate::inode::{DirEntry, FileId, Inode, Kind, keys};
 
 impl Cache {

@@ -26,7 +26,6 @@ impl Kind {
     }
 }
 
-/// What the store holds for one inode, as far as the gateway knows.
 /// An object's POSIX attributes as its user metadata carries them (`file-owner`,
 /// `file-group`, `file-permissions`, `file-mtime`). In records it is encoded as the
 /// `(uid, gid, mode, mtime_ns)` tuple it replaced: the same bytes (bincode writes a
@@ -40,6 +39,7 @@ pub struct ObjectAttrs {
     pub mtime_ns: u64,
 }
 
+/// What the store holds for one inode, as far as the gateway knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteState {
     /// Key (relative to the share prefix) of the object that carries this inode's
@@ -291,4 +291,14 @@ pub(crate) mod keys {
 pub struct DirEntry {
     pub child: FileId,
     pub seq: u64,
+}
+
+/// Records are positional bincode: a change to their shape is a new cache format
+/// (`crate::format`), with its migration.
+pub(crate) fn decode_inode(bytes: &[u8]) -> crate::error::Result<Inode> {
+    Ok(bincode::deserialize(bytes)?)
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory records always serialize")
 }

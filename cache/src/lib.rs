@@ -2,6 +2,7 @@
 //! share, on the local cache disk, with the durable queue of what the store still
 //! has to learn. Nothing here knows NFS or S3 wire formats.
 
+mod args;
 mod attrs;
 mod blocks;
 /// A named failpoint (the `fail` crate) when built with the `failpoints` feature,
@@ -23,18 +24,18 @@ mod left;
 mod moves;
 mod multipart;
 mod notice;
+mod options;
 mod perm;
 mod store_sync;
 
+pub use args::{CreateMode, DirChange, DirEntryInfo, FsStat, Listing, SetAttr, SetTime, WccAttr};
 pub use blocks::{BLOCK, FETCH_PIECE};
-pub use engine::{
-    Cache, CacheOptions, CreateMode, DirChange, DirEntryInfo, FsStat, KeyCheck, Listing, MAX_FILE_SIZE,
-    MAX_NAME_BYTES, ROOT_ID, SetAttr, SetTime, WccAttr,
-};
+pub use engine::{Cache, MAX_FILE_SIZE, MAX_NAME_BYTES, ROOT_ID};
 pub use error::{CacheError, Result};
 pub use format::CACHE_FORMAT;
 pub use inode::{FileId, Inode, Kind, ObjectAttrs, RemoteState};
 pub use moves::KeyRelease;
 pub use notice::Notice;
+pub use options::{CacheOptions, KeyCheck};
 pub use perm::{Caller, EXEC, READ, WRITE};
 pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind};

@@ -1,6 +1,6 @@
 //! POSIX permission checks from mode, owner and group, for the caller of each call.
 
-use crate::engine::{SetAttr, SetTime};
+use crate::args::{SetAttr, SetTime};
 use crate::error::{CacheError, Result};
 use crate::inode::{Inode, Kind};
 
@@ -100,4 +100,17 @@ pub fn check_setattr(caller: &Caller, ino: &Inode, set: &SetAttr) -> Result<()> 
         require(caller, ino, WRITE)?;
     }
     Ok(())
+}
+
+/// A change to a file's bytes by anyone but root clears setuid, and setgid when
+/// group execute is set (without it, setgid means mandatory locking), as write(2)
+/// and truncate(2) do on Linux: whoever may write a setuid program must not be able
+/// to replace its code and keep the privilege.
+pub(crate) fn drop_privileges(i: &mut Inode, caller: &Caller) {
+    if caller.uid != 0 && i.mode & 0o6000 != 0 {
+        i.mode &= !0o4000;
+        if i.mode & 0o010 != 0 {
+            i.mode &= !0o2000;
+        }
+    }
 }

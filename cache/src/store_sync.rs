@@ -8,8 +8,9 @@
 
 use crate::attrs::Batch;
 
-use crate::engine::{Cache, State, encode, now_ns};
+use crate::engine::{Cache, State, now_ns};
 use crate::error::{CacheError, Result};
+use crate::inode::encode;
 use crate::inode::{DirEntry, FileId, Inode, Kind, ObjectAttrs, RemoteState, keys};
 use crate::notice::Notice;
 use crate::perm::Caller;
