@@ -27,6 +27,7 @@ mod notice;
 mod options;
 mod perm;
 mod store_sync;
+mod upload_step;
 
 pub use args::{CreateMode, DirChange, DirEntryInfo, FsStat, Listing, SetAttr, SetTime, WccAttr};
 pub use blocks::{BLOCK, FETCH_PIECE};
@@ -39,3 +40,4 @@ pub use notice::Notice;
 pub use options::{CacheOptions, KeyCheck};
 pub use perm::{Caller, EXEC, READ, WRITE};
 pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind};
+pub use upload_step::UploadStep;

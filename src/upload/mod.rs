@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bucketgate_cache::{Cache, FileId, Inode, Kind};
+use bucketgate_cache::{Cache, FileId, Inode, Kind, UploadStep};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
@@ -42,6 +42,8 @@ mod transfer;
 
 use keylock::KeyLocks;
 
+/// Steps one inode gets before it waits for its next turn.
+const MAX_STEPS_PER_PASS: usize = 8;
 /// S3's limit on a multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// Part size for UploadPartCopy: few requests, each far below S3's 5 GiB part limit.
@@ -445,101 +447,85 @@ impl Uploader {
         }
     }
 
-    /// Brings one inode's objects up to date. Ok(true) when it is clean afterwards.
+    /// Brings one inode's objects up to date, one [`UploadStep`] at a time. Ok(true)
+    /// when it is clean afterwards.
     async fn sync_inode(&self, id: FileId) -> Result<bool, UploadError> {
-        // A few passes absorb changes made during an upload; a file that keeps
+        // A few steps absorb changes made during an upload; a file that keeps
         // changing is rescheduled rather than uploaded in a tight loop.
-        for _ in 0..3 {
+        for _ in 0..MAX_STEPS_PER_PASS {
             let Some(ino) = self.cache.load_any(id)? else {
                 return Ok(true);
             };
-            if !ino.is_dirty() {
-                return Ok(true);
-            }
-            if !ino.unlinked && ino.synced_seq != ino.change_seq {
-                self.sync_content(&ino).await?;
-            }
-            let Some(ino) = self.cache.load_any(id)? else {
-                return Ok(true);
+            let key = if ino.unlinked {
+                None
+            } else {
+                let path = self.cache.path_of(&ino)?;
+                Some(if ino.kind == Kind::Dir {
+                    format!("{path}/")
+                } else {
+                    path
+                })
             };
-            if !ino.remote.stale_keys.is_empty() {
-                // The new object is recorded; the old keys are not deleted yet.
-                failpoint!("upload::after_record_before_delete");
-            }
-            for rel in ino.remote.stale_keys.clone() {
-                self.delete_stale(id, &rel).await?;
+            match UploadStep::next(&ino, key.as_deref()) {
+                UploadStep::Clean => return Ok(true),
+                UploadStep::ReadAttrs => {
+                    crate::share::readthrough::read_object_attrs(
+                        &self.cache,
+                        self.store.as_ref(),
+                        &self.prefix,
+                        id,
+                    )
+                    .await?;
+                }
+                UploadStep::RecordClean => self.cache.record_clean(id, ino.change_seq)?,
+                UploadStep::DeleteStale => {
+                    // The new object is recorded; the old keys are not deleted yet.
+                    failpoint!("upload::after_record_before_delete");
+                    for rel in &ino.remote.stale_keys {
+                        self.delete_stale(id, rel).await?;
+                    }
+                }
+                step @ (UploadStep::PutMarker | UploadStep::Upload | UploadStep::Copy) => {
+                    let rel = key.expect("a live inode has a key");
+                    self.write_object(&ino, &rel, step).await?;
+                }
             }
         }
         Ok(self.cache.load_any(id)?.is_none_or(|i| !i.is_dirty()))
     }
 
-    async fn sync_content(&self, ino: &Inode) -> Result<(), UploadError> {
-        let ino = &if ino.meta_pending {
-            // Known only from a listing (a file moved with its directory): its object's
-            // metadata is read first, so the copy carries it and not placeholders.
-            crate::share::readthrough::read_object_attrs(
-                &self.cache,
-                self.store.as_ref(),
-                &self.prefix,
-                ino.id,
-            )
-            .await?;
-            match self.cache.load_any(ino.id)? {
-                Some(i) if !i.unlinked => i,
-                _ => return Ok(()),
-            }
-        } else {
-            ino.clone()
-        };
-        let path = self.cache.path_of(ino)?;
-        let rel = if ino.kind == Kind::Dir {
-            format!("{path}/")
-        } else {
-            path
-        };
+    /// Writes the object of `ino` at `rel` as `step` says (a marker, an upload or a
+    /// copy), conditionally on what the store held there, and records it.
+    async fn write_object(&self, ino: &Inode, rel: &str, step: UploadStep) -> Result<(), UploadError> {
         let meta = ino.object_attrs();
-        let key = self.full_key(&rel);
+        let key = self.full_key(rel);
         let _guard = self.locks.lock(&key).await;
-        if ino.kind != Kind::Dir && ino.remote.key.as_deref() != Some(rel.as_str()) {
-            self.take_over_key(&rel, &key, ino.id).await?;
+        if step != UploadStep::PutMarker && ino.remote.key.as_deref() != Some(rel) {
+            self.take_over_key(rel, &key, ino.id).await?;
         }
         // What the write may replace at `rel`: read before the intent below names it.
-        let known = self.cache.known_version(ino, &rel)?;
+        let known = self.cache.known_version(ino, rel)?;
         // Durably note the key before writing it, and the metadata the object will
         // carry, so a crash between the write and record_upload can neither orphan
         // the object nor make it look like another client's (Cache::record_intent).
         let ours = self.settings.check_conflicts.then_some(meta);
-        let (id, at) = (ino.id, rel.clone());
+        let (id, at) = (ino.id, rel.to_string());
         if !self.durably(move |c| c.record_intent(id, &at, ours)).await? {
             return Ok(()); // removed meanwhile, and nothing of it is in the store
         }
-        let r = &ino.remote;
-        let data_current = r.key.is_some() && r.data_seq == ino.data_seq;
-        let etag = if ino.kind == Kind::Dir {
-            if r.key.as_deref() == Some(rel.as_str()) && r.meta == meta {
-                self.cache.record_clean(ino.id, ino.change_seq)?;
-                return Ok(());
+        let written = match step {
+            UploadStep::PutMarker => Some(self.put_marker(ino, &key, &meta, known.as_deref()).await?),
+            UploadStep::Upload => {
+                self.upload_unless_conflict(ino, rel, &key, &meta, known.as_deref())
+                    .await?
             }
-            self.put_marker(ino, &key, &meta, known.as_deref()).await?
-        } else if !data_current {
-            match self
-                .upload_unless_conflict(ino, &rel, &key, &meta, known.as_deref())
-                .await?
-            {
-                Some(etag) => etag,
-                None => return Ok(()),
+            _ => {
+                self.copy_unless_conflict(ino, rel, &key, &meta, known.as_deref())
+                    .await?
             }
-        } else if r.key.as_deref() != Some(rel.as_str()) || r.meta != meta {
-            match self
-                .copy_unless_conflict(ino, &rel, &key, &meta, known.as_deref())
-                .await?
-            {
-                Some(etag) => etag,
-                None => return Ok(()),
-            }
-        } else {
-            self.cache.record_clean(ino.id, ino.change_seq)?;
-            return Ok(());
+        };
+        let Some(etag) = written else {
+            return Ok(()); // set aside or rebased: the next step decides again
         };
         tracing::debug!(
             file_id = ino.id,
@@ -552,10 +538,10 @@ impl Uploader {
         failpoint!("upload::after_store_before_record");
         if !self
             .cache
-            .record_upload(ino.id, ino.change_seq, &rel, &etag, ino.data_seq, meta)?
+            .record_upload(ino.id, ino.change_seq, rel, &etag, ino.data_seq, meta)?
         {
             // The inode vanished entirely while we wrote its object: nothing claims it.
-            if !self.cache.hand_over_stale_key(0, &rel)? {
+            if !self.cache.hand_over_stale_key(0, rel)? {
                 self.store.delete_object(&key).await?;
             }
         }
