@@ -540,8 +540,8 @@ impl Metrics {
     }
 
     /// One file handle refused (see `nfs_bad_handles_total`).
-    pub fn bad_handle(&self, why: crate::nfs::handle::BadHandle) {
-        use crate::nfs::handle::BadHandle;
+    pub fn bad_handle(&self, why: crate::nfs::BadHandle) {
+        use crate::nfs::BadHandle;
         let reason = match why {
             BadHandle::Forged => "forged",
             BadHandle::Old => "old",

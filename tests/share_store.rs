@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bucketgate::remote::ObjectAttrs;
-use bucketgate::remote::meta::S_IFREG;
+use bucketgate::remote::S_IFREG;
 use bytes::Bytes;
 use common::s3server::S3TestServer;
 

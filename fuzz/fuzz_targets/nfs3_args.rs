@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bucketgate::config::Squash;
-use bucketgate::nfs::nfs3::NfsService;
+use bucketgate::nfs::NfsService;
 use bucketgate::nfs::{AuthSys, CallContext, Nfs3Program, ProcReply};
 use bucketgate::share::Share;
 use bucketgate_cache::{Cache, CacheOptions};
@@ -40,8 +40,8 @@ fn harness() -> &'static Harness {
         let key = *cache.handle_key();
         // An empty local-directory bucket: listings and fetches hit a real store.
         let store: Arc<dyn bucketgate::remote::ObjectStore> =
-            Arc::new(bucketgate::remote::local::LocalStore::new(dir.path().join("bucket")).unwrap());
-        let rt = bucketgate::share::readthrough::ReadThrough::new(cache.clone(), store, String::new(), None, None);
+            Arc::new(bucketgate::remote::LocalStore::new(dir.path().join("bucket")).unwrap());
+        let rt = bucketgate::share::ReadThrough::new(cache.clone(), store, String::new(), None, None);
         let share = Arc::new(Share {
             name: "data".into(),
             export_path: "/data".into(),
@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         // length word, 17 handle bytes, 3 bytes of XDR padding
         if i + 24 <= src.len() && src[i..i + 5] == [0, 0, 0, 17, 1] {
             let b = &src[i + 4..i + 21];
-            let handle = bucketgate::nfs::handle::Handle {
+            let handle = bucketgate::nfs::Handle {
                 share_id: h.share_id,
                 file_id: u64::from_be_bytes(b[5..13].try_into().unwrap()),
                 generation: u32::from_be_bytes(b[13..17].try_into().unwrap()),

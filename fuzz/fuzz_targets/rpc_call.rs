@@ -2,7 +2,7 @@
 //! never a panic, never an allocation beyond the input, arguments are a suffix.
 #![no_main]
 
-use bucketgate::nfs::rpc::{parse_auth_sys, parse_call};
+use bucketgate::nfs::{parse_auth_sys, parse_call};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 

@@ -19,10 +19,10 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub mod client;
+mod client;
 mod server;
 
-pub use client::AdminClient;
+pub use client::{AdminClient, ClientError};
 pub use server::{ApiAccess, MAX_BODY_BYTES, serve_admin};
 
 /// What the gateway implements for the admin listener.

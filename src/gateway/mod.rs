@@ -17,13 +17,13 @@ use crate::audit::AuditLog;
 use crate::config::ShareLocation;
 use crate::config::{Config, ConflictCheck, ShareConfig};
 use crate::metrics::Metrics;
-use crate::nfs::nfs3::NfsService;
+use crate::nfs::NfsService;
 use crate::nfs::portmap_server;
-use crate::nfs::server::{Limits, serve};
-use crate::remote::instrumented::Instrumented;
+use crate::nfs::{Limits, serve};
+use crate::remote::Instrumented;
 use crate::remote::{ObjectStore, open_share_store};
+use crate::share::ReadThrough;
 use crate::share::Share;
-use crate::share::readthrough::ReadThrough;
 use crate::upload::{UploadSettings, Uploader};
 
 mod admin;

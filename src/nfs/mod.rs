@@ -9,16 +9,22 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-pub mod handle;
-pub mod mount;
-pub mod nfs3;
-pub mod portmap;
-pub mod portmap_server;
+mod handle;
+mod mount;
+mod nfs3;
+mod portmap;
+pub(crate) mod portmap_server;
 mod replies;
-pub mod rpc;
-pub mod server;
-pub mod status;
-pub mod xdr;
+mod rpc;
+mod server;
+mod status;
+mod xdr;
+
+pub use handle::{BadHandle, Handle};
+pub use nfs3::NfsService;
+pub use rpc::{parse_auth_sys, parse_call};
+pub use server::{Limits, serve};
+pub use xdr::{NAME_MAX, XdrCursor, encode};
 
 /// AUTH_SYS credentials exactly as the client sent them (squash is applied later,
 /// per share, once the file handle names the share). `None` is AUTH_NONE.

@@ -155,14 +155,6 @@ pub fn success_header(xid: u32) -> Vec<u8> {
     accepted(xid, accept_stat_data::SUCCESS)
 }
 
-/// A whole SUCCESS reply (copies `results`; the server sends header and results
-/// separately to avoid that for large READ replies).
-pub fn success(xid: u32, results: &[u8]) -> Vec<u8> {
-    let mut out = success_header(xid);
-    out.extend_from_slice(results);
-    out
-}
-
 pub fn prog_unavail(xid: u32) -> Vec<u8> {
     accepted(xid, accept_stat_data::PROG_UNAVAIL)
 }
@@ -315,7 +307,7 @@ mod tests {
 
     #[test]
     fn reply_encodings() {
-        assert_eq!(success(3, &[0, 0, 0, 9]), words(&[3, 1, 0, 0, 0, 0, 9]));
+        assert_eq!(success_header(3), words(&[3, 1, 0, 0, 0, 0]));
         assert_eq!(prog_mismatch(3, 2, 2), words(&[3, 1, 0, 0, 0, 2, 2, 2]));
         assert_eq!(proc_unavail(3), words(&[3, 1, 0, 0, 0, 3]));
         assert_eq!(garbage_args(3), words(&[3, 1, 0, 0, 0, 4]));

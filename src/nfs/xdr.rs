@@ -394,31 +394,6 @@ pub fn encode_into<T: Pack + ?Sized>(out: &mut Vec<u8>, value: &T) {
     value.pack(out).expect("XDR value larger than 4 GiB");
 }
 
-/// Appends a successful READ3res (`NFS3_OK`, `file_attributes`, `count`, `eof`, data)
-/// whose data `fill` writes straight into the reply buffer (e.g. a `pread` from the
-/// cache file), so READ data is copied once, not read into a buffer and then encoded.
-/// `fill` gets `max_count` bytes of room and returns (bytes written, eof).
-pub fn encode_read3_ok<E>(
-    out: &mut Vec<u8>,
-    file_attributes: &nfs3_types::nfs3::post_op_attr,
-    max_count: usize,
-    fill: impl FnOnce(&mut [u8]) -> Result<(usize, bool), E>,
-) -> Result<(), E> {
-    encode_into(out, &nfs3_types::nfs3::nfsstat3::NFS3_OK);
-    encode_into(out, file_attributes);
-    let fields = out.len();
-    out.resize(fields + 12 + max_count, 0);
-    let (n, eof) = fill(&mut out[fields + 12..])?;
-    let n = n.min(max_count);
-    out.truncate(fields + 12 + n);
-    out.resize(fields + 12 + n + pad(n), 0);
-    let n32 = n as u32; // n <= max_count, a READ count3
-    out[fields..fields + 4].copy_from_slice(&n32.to_be_bytes());
-    out[fields + 4..fields + 8].copy_from_slice(&u32::from(eof).to_be_bytes());
-    out[fields + 8..fields + 12].copy_from_slice(&n32.to_be_bytes());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,42 +597,6 @@ mod tests {
         assert_eq!((w.offset, w.count, w.stable), (4096, 3, stable_how::UNSTABLE));
         assert_eq!(&w.data[..], b"abc");
         assert_eq!(w.data.as_ptr(), buf[buf.len() - 4..].as_ptr());
-    }
-
-    #[test]
-    fn read3_reply_is_filled_in_place() {
-        use nfs3_types::nfs3::{Nfs3Option, READ3res, fattr3};
-        let attrs: nfs3_types::nfs3::post_op_attr = Nfs3Option::Some(fattr3 {
-            type_: ftype3::NF3REG,
-            mode: 0o644,
-            nlink: 1,
-            uid: 1,
-            gid: 2,
-            size: 5,
-            used: 5,
-            rdev: specdata3::default(),
-            fsid: 1,
-            fileid: 9,
-            atime: nfstime3::default(),
-            mtime: nfstime3::default(),
-            ctime: nfstime3::default(),
-        });
-        let mut out = vec![0xAA];
-        encode_read3_ok::<()>(&mut out, &attrs, 4096, |buf| {
-            buf[..5].copy_from_slice(b"hello");
-            Ok((5, true))
-        })
-        .unwrap();
-        assert_eq!((out.len() - 1) % 4, 0);
-        let (res, used) = READ3res::unpack(&mut &out[1..]).unwrap();
-        assert_eq!(used, out.len() - 1);
-        let ok = res.unwrap();
-        assert_eq!((ok.count, ok.eof, ok.data.as_ref()), (5, true, &b"hello"[..]));
-        // An error from `fill` propagates.
-        assert_eq!(
-            encode_read3_ok(&mut Vec::new(), &attrs, 8, |_| Err("io")),
-            Err("io")
-        );
     }
 
     #[test]

@@ -4,15 +4,16 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub mod body;
-pub mod instrumented;
-pub mod local;
-pub mod meta;
-pub mod s3;
+mod body;
+mod instrumented;
+mod local;
+pub(crate) mod meta;
+mod s3;
 
-pub use body::PartBody;
+pub use body::{CHUNK, PartBody};
+pub use instrumented::Instrumented;
 pub use local::LocalStore;
-pub use meta::ObjectAttrs;
+pub use meta::{ObjectAttrs, S_IFDIR, S_IFREG};
 pub use s3::{S3Settings, S3Store};
 
 /// One object as seen in a listing or a HEAD.

@@ -25,11 +25,11 @@ use crate::metrics::Metrics;
 
 mod audited;
 mod error;
-pub mod readthrough;
+mod readthrough;
 
 use audited::done;
 pub use error::{Result, ShareError};
-use readthrough::ReadThrough;
+pub use readthrough::{ReadThrough, read_object_attrs};
 
 use crate::audit::Op;
 

@@ -469,13 +469,8 @@ impl Uploader {
             match UploadStep::next(&ino, key.as_deref()) {
                 UploadStep::Clean => return Ok(true),
                 UploadStep::ReadAttrs => {
-                    crate::share::readthrough::read_object_attrs(
-                        &self.cache,
-                        self.store.as_ref(),
-                        &self.prefix,
-                        id,
-                    )
-                    .await?;
+                    crate::share::read_object_attrs(&self.cache, self.store.as_ref(), &self.prefix, id)
+                        .await?;
                 }
                 UploadStep::RecordClean => self.cache.record_clean(id, ino.change_seq)?,
                 UploadStep::DeleteStale => {

@@ -24,7 +24,7 @@ pub async fn read_range(cache: &Arc<Cache>, id: FileId, offset: u64, len: u64) -
 
 /// Memory a part in flight takes while it streams: the chunk being read and what
 /// the HTTP stack buffers of the one before.
-pub const PART_MEMORY: u32 = 2 * crate::remote::body::CHUNK as u32;
+pub const PART_MEMORY: u32 = 2 * crate::remote::CHUNK as u32;
 
 /// Uploads the parts of one multipart upload, `concurrency` at a time, each holding
 /// [`PART_MEMORY`] of the gateway's upload `memory` while it is sent.

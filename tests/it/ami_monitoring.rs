@@ -133,19 +133,11 @@ fn saved_scrape_matches_registry() {
 }
 
 fn promtool() -> bool {
-    let ok = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        // CI installs promtool and sets this, so a missing install cannot pass silently.
-        assert!(
-            std::env::var_os("BUCKETGATE_REQUIRE_PROMTOOL").is_none(),
-            "BUCKETGATE_REQUIRE_PROMTOOL is set but promtool is missing (apt-get install prometheus)"
-        );
-        eprintln!("promtool not installed (apt-get install prometheus): skipped");
-    }
-    ok
+    crate::common::have_tool(
+        "promtool",
+        "prometheus",
+        "promtool checks of the rules and dashboard queries",
+    )
 }
 
 #[test]

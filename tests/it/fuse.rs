@@ -30,24 +30,6 @@ fn sh(script: &str) -> String {
     run(Command::new("sh").arg("-ec").arg(script))
 }
 
-/// Whether `tool` is installed. A fresh machine may lack one (`.ci/run` installs them
-/// all and sets BUCKETGATE_REQUIRE_TOOLS): the part that needs it says SKIPPED.
-fn have(tool: &str, part: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("BUCKETGATE_REQUIRE_TOOLS").is_none(),
-            "BUCKETGATE_REQUIRE_TOOLS is set but {tool} is missing"
-        );
-        eprintln!("SKIPPED: {part}: {tool} is not installed (apt-get install {tool})");
-    }
-    found
-}
-
 fn mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let p = path.to_str().unwrap();
@@ -198,7 +180,7 @@ async fn tar_cp_git_and_rsync_work_on_the_mount() {
             "stat -c '%a %F' {m}/copy/a {m}/copy/c/one {m}/copy/link"
         ));
         assert_eq!(modes, "751 directory\n600 regular file\n777 symbolic link\n");
-        if have("rsync", "rsync -a onto the FUSE mount") {
+        if common::have_tool("rsync", "rsync", "rsync -a onto the FUSE mount") {
             sh(&format!(
                 "rsync -a {w}/src/ {m}/synced/ && diff -r {w}/src {m}/synced"
             ));

@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use bucketgate::config::{Config, Squash};
-use bucketgate::nfs::handle::Handle;
+use bucketgate::nfs::Handle;
 use common::gateway::{config, metric_sum, share_with, start};
 use common::nfs::*;
 use nfs3_types::nfs3::*;

@@ -375,7 +375,7 @@ async fn bad_and_stale_handles() {
     let gw = start(quiet_config(tmp.path()), None).await;
     let mut c = mount(gw.nfs_addr).await;
     assert_eq!(getattr(&mut c, &f2).await.unwrap().fileid, {
-        let h = bucketgate::nfs::handle::Handle::unverified(&f2.data).unwrap();
+        let h = bucketgate::nfs::Handle::unverified(&f2.data).unwrap();
         h.file_id
     });
     assert_eq!(getattr(&mut c, &f).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);

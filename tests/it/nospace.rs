@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use bucketgate::remote::LocalStore;
 use bucketgate::remote::ObjectStore;
-use bucketgate::remote::local::LocalStore;
 use common::gateway::{config, flush, start_with_store};
 use common::nfs::*;
 use nfs3_types::nfs3::{nfsstat3, stable_how};
@@ -44,7 +44,9 @@ async fn full_cache_disk_answers_nospc_and_recovers() {
     let disk = match Tmpfs::mount(&tmp.path().join("disk"), "64m") {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("SKIPPED full_cache_disk_answers_nospc_and_recovers: cannot mount a tmpfs ({e})");
+            crate::common::skipped(&format!(
+                "full_cache_disk_answers_nospc_and_recovers: cannot mount a tmpfs ({e})"
+            ));
             return;
         }
     };

@@ -438,18 +438,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 fn promtool_present() -> bool {
-    let ok = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("BUCKETGATE_REQUIRE_PROMTOOL").is_none(),
-            "BUCKETGATE_REQUIRE_PROMTOOL is set but promtool is missing"
-        );
-        eprintln!("promtool not installed (apt-get install prometheus): lint skipped");
-    }
-    ok
+    crate::common::have_tool(
+        "promtool",
+        "prometheus",
+        "promtool check metrics of a live scrape",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

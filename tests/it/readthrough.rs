@@ -230,7 +230,7 @@ async fn refresh_picks_up_what_other_clients_added_changed_and_deleted() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_directory_is_listed_again_only_once_older_than_cache_stale_after() {
     use bucketgate::remote::{LocalStore, ObjectAttrs, ObjectStore};
-    use bucketgate::share::readthrough::ReadThrough;
+    use bucketgate::share::ReadThrough;
     use bucketgate_cache::{Cache, CacheOptions, ROOT_ID};
     use std::time::Duration;
 

@@ -9,8 +9,8 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bucketgate::remote::meta::{S_IFDIR, S_IFREG};
 use bucketgate::remote::{CompletedPart, LocalStore, ObjectAttrs, ObjectStore, StoreError};
+use bucketgate::remote::{S_IFDIR, S_IFREG};
 use bytes::Bytes;
 use common::s3server::{S3TestServer, b64_std};
 

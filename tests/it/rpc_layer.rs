@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bucketgate::nfs::server::{Limits, serve};
 use bucketgate::nfs::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
+use bucketgate::nfs::{Limits, serve};
 use bytes::Bytes;
 use nfs3_client::io::{AsyncRead as ClientRead, AsyncWrite as ClientWrite};
 use nfs3_client::nfs3_types::mount::{dirpath, mountstat3};

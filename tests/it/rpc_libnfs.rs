@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucketgate::nfs::server::{Limits, serve};
-use bucketgate::nfs::xdr::{NAME_MAX, XdrCursor, encode};
 use bucketgate::nfs::{CallContext, ExportEntry, Exports, Nfs3Program, ProcReply};
+use bucketgate::nfs::{Limits, serve};
+use bucketgate::nfs::{NAME_MAX, XdrCursor, encode};
 use bytes::Bytes;
 use nfs3_types::mount::mountstat3;
 use nfs3_types::nfs3::{
@@ -222,7 +222,11 @@ async fn run(tool: &str, url: &str) -> Option<(bool, String, String)> {
         .kill_on_drop(true)
         .spawn();
     let Ok(child) = child else {
-        eprintln!("SKIPPED: {tool} (libnfs-utils) is not installed");
+        assert!(
+            std::env::var_os("BUCKETGATE_REQUIRE_TOOLS").is_none(),
+            "BUCKETGATE_REQUIRE_TOOLS is set but {tool} is missing (apt-get install libnfs-utils)"
+        );
+        crate::common::skipped(&format!("{tool} is not installed (apt-get install libnfs-utils)"));
         return None;
     };
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bucketgate::remote::LocalStore;
 use bucketgate::remote::ObjectStore;
-use bucketgate::remote::local::LocalStore;
 use common::child::bucket_contents;
 use common::faulty::Faulty;
 use common::gateway::{config, flush, flush_within, s3_config, start_with_store};
