@@ -1,3 +1,6 @@
+//! The engine's errors. bucketgate's share layer maps them to its `ShareError`, and
+//! each front end maps that to its own statuses through one table.
+
 use std::io;
 
 /// What can go wrong in the engine. The share layer turns these into its own errors

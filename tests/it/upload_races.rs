@@ -369,3 +369,45 @@ async fn an_unheard_version_after_a_failed_retry_is_not_a_conflict() {
     faulty.down.store(false, Ordering::SeqCst);
     ends_with_version_three_alone(gw, &srv).await;
 }
+
+/// A file renamed while its first upload is in flight leaves that object at its old
+/// name when the put lands. A file that takes the old name next must replace that
+/// object, which is ours, not set itself aside as a conflict copy (the soak test
+/// found this: SOAK_SEED=1796624819736218739).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_left_by_a_file_renamed_during_its_upload_is_no_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.hold.store(true, Ordering::SeqCst);
+    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    put_file(&mut c, &root, "k", b"the first file").await;
+    let s = &gw.gateway.shares[0];
+    s.uploader.flush_now(None);
+    held_at_the_gate(&faulty).await;
+    rename(&mut c, &root, "k", &root, "moved").await.unwrap();
+    put_file(&mut c, &root, "k", b"the second file").await;
+    faulty.hold.store(false, Ordering::SeqCst);
+    faulty.gate.add_permits(1000);
+    flush(&gw).await;
+    assert_eq!(
+        s.uploader.counters.conflicts.load(Ordering::Relaxed),
+        0,
+        "no conflict"
+    );
+    let page = local.list("", None, None, 1000).await.unwrap();
+    let mut keys: Vec<String> = page.objects.into_iter().map(|o| o.key).collect();
+    keys.sort();
+    assert_eq!(keys, ["k", "moved"]);
+    assert_eq!(
+        local.get_range("k", 0, 100).await.unwrap().as_ref(),
+        b"the second file"
+    );
+    assert_eq!(
+        local.get_range("moved", 0, 100).await.unwrap().as_ref(),
+        b"the first file"
+    );
+    gw.shutdown().await;
+}

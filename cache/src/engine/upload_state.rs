@@ -100,6 +100,11 @@ impl Cache {
             return Ok(false);
         };
         let snapshot_size = i.size;
+        // Renamed while its object was written: the object is at its old name, as
+        // after a rename of an uploaded file, and the same rules hold (`crate::moves`):
+        // a file that takes that name next takes over the key, instead of finding an
+        // object of ours it knows nothing of (a conflict copy, found by the soak test).
+        let moved_during = !i.unlinked && i.kind != Kind::Dir && self.path_of(&i).is_ok_and(|p| p != key);
         let mut b = Batch::default();
         let r = &mut i.remote;
         let moved_on = r.key.clone().filter(|old| old != key);
@@ -136,6 +141,9 @@ impl Cache {
             r.key = Some(key.to_string());
             if i.change_seq == planned_seq {
                 i.synced_seq = planned_seq;
+            }
+            if moved_during {
+                Self::note_moved(&mut b, &i);
             }
         }
         let clean = !i.is_dirty() && !i.unlinked;
