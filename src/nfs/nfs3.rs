@@ -681,7 +681,13 @@ impl NfsService {
         // Reply overhead: status, dir attributes, verifier, list end and eof.
         let budget = (maxcount.min(MAX_IO) as usize).saturating_sub(128);
         let per_entry = if plus { 220 } else { 40 };
-        let want = (budget / per_entry).clamp(2, 4096);
+        let mut want = (budget / per_entry).clamp(2, 4096);
+        if plus && dircount > 0 {
+            // No more entries than dircount lets through (24 bytes and a name of at
+            // least 4 each): the rest would be read, and their attributes fetched
+            // from the store, only to be dropped from this reply.
+            want = want.min(dircount as usize / 28 + 1);
+        }
         let page = match s.readdir(&caller(&s, ctx), d.id, cookie, want, plus).await {
             Ok(p) => p,
             Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::current_attr(&s, d.id)),
