@@ -7,12 +7,9 @@ set -euo pipefail
 bin=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 conf="$here/pjdfstest-fuse.toml"
-pjd_version=0.2.2
-pjd_root="${PJDFSTEST_ROOT:-$HOME/.cache/bucketgate-pjdfstest-$pjd_version}"
-pjd="$pjd_root/bin/pjdfstest"
-if [ ! -x "$pjd" ]; then
-  cargo install pjdfstest --locked --version "$pjd_version" --root "$pjd_root" --quiet
-fi
+# shellcheck source=tests/interop/pjdfstest-lib.sh
+. "$here/pjdfstest-lib.sh"
+pjd=$(pjd_install)
 # pjdfstest switches to the users its config names.
 id tests >/dev/null 2>&1 || useradd -M -U tests
 
@@ -57,24 +54,8 @@ set +e
 timeout 900 "$pjd" -c "$conf" -p "$work/mnt" >"$work/pjd.out" 2>&1
 rc=$?
 set -e
-summary=$(grep '^Summary:' "$work/pjd.out" || true)
-echo "fuse-pjdfstest: ${summary:-no summary} in $(( $(date +%s) - start ))s"
-# Unexpected failures, and listed cases that pass now (the list must stay true).
-unexpected=$(grep -E 'FAILED$' "$work/pjd.out" | awk '{print $1}' | while read -r t; do
-  grep -qF "\"$t\"," "$conf" || echo "$t"
-done || true)
-fixed=$(grep -oE '^    "[^"]+"' "$conf" | tr -d ' "' | while read -r t; do
-  if grep -qE "^$t +(ok|skipped)\$" "$work/pjd.out"; then echo "$t"; fi
-done || true)
-if [ -n "$unexpected" ]; then
-  echo "fuse-pjdfstest: unexpected failures:"; echo "$unexpected"
-  grep -A4 -F -f <(echo "$unexpected") "$work/pjd.out" | grep -vE '^\s+[0-9]+:|^\s+at ' | head -100
-fi
-if [ -n "$fixed" ]; then
-  echo "fuse-pjdfstest: listed as expected to fail but passed (take them off the list):"; echo "$fixed"
-fi
-[ -n "$summary" ] || { tail -40 "$work/pjd.out"; exit 1; }
-[ -z "$unexpected" ] && [ -z "$fixed" ] || exit 1
+echo "fuse-pjdfstest: ran in $(( $(date +%s) - start ))s"
+pjd_compare fuse-pjdfstest "$conf" "$work/pjd.out"
 # pjdfstest exits non-zero on expected failures too; the lists above decide.
 [ "$rc" -le 1 ] || { tail -40 "$work/pjd.out"; exit 1; }
 
