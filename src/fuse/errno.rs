@@ -18,7 +18,6 @@ pub(super) fn of(e: &ShareError) -> Errno {
         ShareError::TooBig => libc::EFBIG,
         ShareError::Stale => libc::ESTALE,
         ShareError::ReadOnly => libc::EROFS,
-        ShareError::NotSupported => libc::EOPNOTSUPP,
         ShareError::CrossShare => libc::EXDEV,
         ShareError::NoSpace => libc::ENOSPC,
         // The store could not answer in time (an outage) or writers are held at the

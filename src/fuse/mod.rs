@@ -422,15 +422,8 @@ impl Filesystem for ShareFs {
     ) {
         // A regular file is a file; devices, FIFOs and sockets have no object to be.
         if mode & libc::S_IFMT != libc::S_IFREG {
-            let e = self
-                .share
-                .unsupported_node()
-                .err()
-                .unwrap_or(ShareError::NotSupported);
-            return reply.error(match e {
-                ShareError::NotSupported => Errno::EPERM,
-                e => errno::of(&e),
-            });
+            let e = self.share.unsupported_node().err().unwrap_or(ShareError::Perm);
+            return reply.error(errno::of(&e));
         }
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
         let how = CreateMode::Guarded(SetAttr {

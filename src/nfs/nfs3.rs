@@ -549,7 +549,7 @@ impl NfsService {
             Ok((s, _)) => s
                 .unsupported_node()
                 .err()
-                .map_or(nfsstat3::NFS3ERR_NOTSUPP, |e| nfs_status(&e)),
+                .map_or(nfsstat3::NFS3ERR_PERM, |e| nfs_status(&e)),
             Err(st) => st,
         };
         ok::<MKNOD3resok, _>(Nfs3Result::Err((
@@ -633,7 +633,7 @@ impl NfsService {
             Ok((s, i)) => (
                 s.unsupported_node()
                     .err()
-                    .map_or(nfsstat3::NFS3ERR_NOTSUPP, |e| nfs_status(&e)),
+                    .map_or(nfsstat3::NFS3ERR_PERM, |e| nfs_status(&e)),
                 Self::attr_of(&s, &i),
             ),
             Err(st) => (st, Nfs3Option::None),

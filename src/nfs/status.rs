@@ -18,7 +18,6 @@ pub fn nfs_status(e: &ShareError) -> nfsstat3 {
         ShareError::TooBig => nfsstat3::NFS3ERR_FBIG,
         ShareError::Stale => nfsstat3::NFS3ERR_STALE,
         ShareError::ReadOnly => nfsstat3::NFS3ERR_ROFS,
-        ShareError::NotSupported => nfsstat3::NFS3ERR_NOTSUPP,
         ShareError::CrossShare => nfsstat3::NFS3ERR_XDEV,
         ShareError::NoSpace => nfsstat3::NFS3ERR_NOSPC,
         ShareError::TryLater => nfsstat3::NFS3ERR_JUKEBOX,

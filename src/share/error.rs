@@ -30,10 +30,6 @@ pub enum ShareError {
     Stale,
     #[error("read-only share")]
     ReadOnly,
-    /// A file type or operation one object per file cannot hold (devices, FIFOs,
-    /// hard links).
-    #[error("not supported")]
-    NotSupported,
     #[error("rename across shares")]
     CrossShare,
     #[error("no space left on the cache disk")]
@@ -70,7 +66,6 @@ impl ShareError {
             ShareError::TooBig => "EFBIG",
             ShareError::Stale => "ESTALE",
             ShareError::ReadOnly => "EROFS",
-            ShareError::NotSupported => "EOPNOTSUPP",
             ShareError::CrossShare => "EXDEV",
             ShareError::NoSpace => "ENOSPC",
             ShareError::TryLater => "EAGAIN",

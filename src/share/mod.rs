@@ -338,10 +338,13 @@ impl Share {
         self.blocking(move || cache.hold(id)).await.0
     }
 
-    /// Device nodes, sockets, FIFOs and hard links have no object to be.
+    /// Device nodes, sockets, FIFOs and hard links have no object to be: refused
+    /// with `Perm`, as Linux's mknod(2) and link(2) refuse them on a file system
+    /// without them ("Operation not permitted"); NFS3ERR_NOTSUPP would reach Linux
+    /// programs as "Unknown error 524".
     pub fn unsupported_node(&self) -> Result<()> {
         self.writable()?;
-        Err(ShareError::NotSupported)
+        Err(ShareError::Perm)
     }
 
     pub async fn remove(&self, caller: &Caller, dir: FileId, name: &[u8]) -> Result<DirChange> {

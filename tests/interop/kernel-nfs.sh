@@ -464,7 +464,7 @@ if [ -n "$guest" ]; then
 elif grep -aq '^BGTEST DONE' "$work/console.txt" && ! grep -aq '^BGTEST SKIP' "$work/console.txt"; then
   guest_complete=1
 fi
-[ "$guest_complete" = 1 ] || echo "(bucket and restart checks skipped: the guest did not run every step)"
+[ "$guest_complete" = 1 ] || [ -n "$guest" ] || echo "(bucket and restart checks skipped: the guest did not run every step)"
 [ "$guest_complete" = 0 ] || while read -r verdict name rest; do
   host_result "$verdict" "$name${rest:+ $rest}"
 done < <(bucket_check 2>&1 | sed -n 's/^\(PASS\|FAIL\) /\1 /p;s/^\(Traceback\|[A-Za-z]*Error\)/FAIL bucket-check-crashed: &/p')
