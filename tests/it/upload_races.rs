@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bucketgate::gateway::Running;
 use bucketgate::remote::LocalStore;
 use bucketgate::remote::ObjectStore;
 use common::child::bucket_contents;
@@ -27,13 +28,20 @@ async fn held_at_the_gate(faulty: &Faulty) {
     .expect("an upload reached the store");
 }
 
+/// A gateway on a local-directory bucket (returned, to look at) behind a Faulty store
+/// whose puts wait at its gate until the test lets them through.
+async fn with_uploads_held(tmp: &std::path::Path) -> (Arc<dyn ObjectStore>, Arc<Faulty>, Running) {
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.join("bucket")).unwrap());
+    let faulty = Faulty::new(local.clone());
+    faulty.hold.store(true, Ordering::SeqCst);
+    let gw = start_with_store(config(tmp, "file:///unused"), faulty.clone()).await;
+    (local, faulty, gw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_rewritten_during_its_upload_ends_up_right() {
     let tmp = tempfile::tempdir().unwrap();
-    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
-    let faulty = Faulty::new(local.clone());
-    faulty.hold.store(true, Ordering::SeqCst);
-    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let (local, faulty, gw) = with_uploads_held(tmp.path()).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "moving.txt", b"version one").await;
@@ -377,10 +385,7 @@ async fn an_unheard_version_after_a_failed_retry_is_not_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_left_by_a_file_renamed_during_its_upload_is_no_conflict() {
     let tmp = tempfile::tempdir().unwrap();
-    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(tmp.path().join("bucket")).unwrap());
-    let faulty = Faulty::new(local.clone());
-    faulty.hold.store(true, Ordering::SeqCst);
-    let gw = start_with_store(config(tmp.path(), "file:///unused"), faulty.clone()).await;
+    let (local, faulty, gw) = with_uploads_held(tmp.path()).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     put_file(&mut c, &root, "k", b"the first file").await;

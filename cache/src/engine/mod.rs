@@ -28,7 +28,7 @@ use crate::attrs::{AttrCache, Batch};
 use crate::error::{CacheError, Result};
 use crate::inode::{DirEntry, FileId, Inode, Kind, decode_inode, keys};
 use crate::options::CacheOptions;
-use crate::perm;
+use crate::perm::{self, Caller};
 
 /// The largest file S3 can hold.
 pub const MAX_FILE_SIZE: u64 = 5 << 40;
@@ -223,6 +223,23 @@ impl Cache {
             return Err(CacheError::NotDir);
         }
         Ok(d)
+    }
+
+    /// The regular file `id`, for a READ or WRITE (`want`) by `caller`. Its owner
+    /// passes whatever its mode says, as knfsd allows, so `cp` of a read-only file
+    /// (create 0444, then write) works.
+    pub(crate) fn file_for(&self, caller: &Caller, id: FileId, want: u32) -> Result<Inode> {
+        let i = self.get(id)?;
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(CacheError::IsDir),
+            Kind::Symlink => return Err(CacheError::Invalid),
+        }
+        perm::known(&i)?;
+        if caller.uid != i.uid {
+            perm::require(caller, &i, want)?;
+        }
+        Ok(i)
     }
 
     pub(crate) fn data_path(&self, id: FileId) -> PathBuf {

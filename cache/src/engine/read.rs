@@ -81,17 +81,9 @@ impl Cache {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool, Inode)> {
-        let i = self.get(id)?;
-        match i.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(CacheError::IsDir),
-            Kind::Symlink => return Err(CacheError::Invalid),
-        }
-        perm::known(&i)?;
-        if caller.uid != i.uid {
-            perm::require(caller, &i, perm::READ)?;
-        }
+        self.file_for(caller, id, perm::READ)?;
         let guard = self.data_lock(id).read();
+        // Read again under the data lock: no eviction changes it while the bytes are read.
         let i = self.get(id)?;
         if offset >= i.size {
             return Ok((Vec::new(), true, i));

@@ -22,18 +22,7 @@ impl Cache {
         data: &[u8],
         sync: bool,
     ) -> Result<(WccAttr, Inode)> {
-        let i = self.get(id)?;
-        match i.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(CacheError::IsDir),
-            Kind::Symlink => return Err(CacheError::Invalid),
-        }
-        // The owner may write a file whose mode lacks write permission, as knfsd
-        // allows, so `cp` of a read-only file (create 0444, then write) works.
-        perm::known(&i)?;
-        if caller.uid != i.uid {
-            perm::require(caller, &i, perm::WRITE)?;
-        }
+        let i = self.file_for(caller, id, perm::WRITE)?;
         let end = offset.checked_add(data.len() as u64).ok_or(CacheError::TooBig)?;
         if end > self.opts.max_file_size {
             return Err(CacheError::TooBig);
