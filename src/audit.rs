@@ -1,6 +1,6 @@
 //! Per-share audit log: one JSON object per line for every change asked for through
 //! the share, over NFS or its FUSE mount (create, first write, rename, remove, mkdir,
-//! symlink, setattr) and, with `audit_reads`, the first read of a file by a client
+//! symlink, mknod, setattr) and, with `audit_reads`, the first read of a file by a client
 //! after a pause, with who asked, from where, and what the gateway answered. The
 //! share layer (`crate::share`) writes the records.
 //!
@@ -52,6 +52,7 @@ pub enum Op {
     Rmdir,
     Mkdir,
     Symlink,
+    Mknod,
     Setattr,
 }
 

@@ -13,6 +13,12 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    // Cache format 2: appended, so format-1 records decode unchanged.
+    /// A FIFO or a socket made with MKNOD: a zero-byte object whose metadata carries
+    /// the type, as the DataSync/FSx schema does for symlinks and directories. What
+    /// passes through one never reaches the gateway (the client's kernel keeps it).
+    Fifo,
+    Socket,
 }
 
 impl Kind {
@@ -22,6 +28,8 @@ impl Kind {
             Kind::File => 0o100000,
             Kind::Dir => 0o040000,
             Kind::Symlink => 0o120000,
+            Kind::Fifo => 0o010000,
+            Kind::Socket => 0o140000,
         }
     }
 }

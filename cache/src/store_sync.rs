@@ -495,6 +495,15 @@ impl Cache {
                         i.symlink_target = target;
                         i.partial = false;
                         self.drop_data(id);
+                    } else if let Some(special) = [Kind::Fifo, Kind::Socket]
+                        .into_iter()
+                        .find(|k| k.type_bits() == kind && i.kind == Kind::File && h.size == 0)
+                    {
+                        self.drop_cached_in(st, &mut i, b)?;
+                        i.kind = special;
+                        i.size = 0;
+                        i.partial = false;
+                        self.drop_data(id);
                     } else if kind != i.kind.type_bits() {
                         tracing::warn!(
                             file_id = id,

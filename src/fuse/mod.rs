@@ -247,6 +247,8 @@ fn kind(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -420,12 +422,29 @@ impl Filesystem for ShareFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        // A regular file is a file; devices, FIFOs and sockets have no object to be.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            let e = self.share.unsupported_node().err().unwrap_or(ShareError::Perm);
-            return reply.error(errno::of(&e));
-        }
+        // A regular file is a file and a FIFO or socket a node of its kind; devices
+        // have no object to be.
+        let node = match mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            _ => {
+                let e = self.share.unsupported_node().err().unwrap_or(ShareError::Perm);
+                return reply.error(errno::of(&e));
+            }
+        };
         let (s, who, name) = (self.share.clone(), caller(req), name.as_bytes().to_vec());
+        if let Some(k) = node {
+            let set = SetAttr {
+                mode: Some(mode & 0o7777 & !umask),
+                ..SetAttr::default()
+            };
+            return self.serve(
+                "mknod",
+                async move { Ok(s.mknod(&who, parent.0, &name, k, set).await?.0) },
+                entry(reply),
+            );
+        }
         let how = CreateMode::Guarded(SetAttr {
             mode: Some(mode & 0o7777 & !umask),
             ..SetAttr::default()

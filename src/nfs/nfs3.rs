@@ -79,6 +79,8 @@ fn fattr(share_id: u32, i: &Inode) -> fattr3 {
             Kind::File => ftype3::NF3REG,
             Kind::Dir => ftype3::NF3DIR,
             Kind::Symlink => ftype3::NF3LNK,
+            Kind::Fifo => ftype3::NF3FIFO,
+            Kind::Socket => ftype3::NF3SOCK,
         },
         mode: i.mode,
         nlink: if i.kind == Kind::Dir { 2 } else { 1 },
@@ -543,21 +545,45 @@ impl NfsService {
         }
     }
 
+    /// FIFOs and sockets are kept (zero-byte objects carrying their type); device
+    /// nodes are refused as `unsupported_node` says.
     async fn mknod(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
-        let (dir, _name) = args!(c.diropargs3());
-        let st = match self.resolve(ctx, &dir) {
-            Ok((s, _)) => s
-                .unsupported_node()
-                .err()
-                .map_or(nfsstat3::NFS3ERR_PERM, |e| nfs_status(&e)),
-            Err(st) => st,
+        let (dir, name) = args!(c.diropargs3());
+        // A regular file, directory or symlink has its own procedure: BADTYPE.
+        let kind = match args!(c.u32()) {
+            t if t == ftype3::NF3FIFO as u32 => Ok(Kind::Fifo),
+            t if t == ftype3::NF3SOCK as u32 => Ok(Kind::Socket),
+            t if t == ftype3::NF3CHR as u32 || t == ftype3::NF3BLK as u32 => Err(nfsstat3::NFS3ERR_PERM),
+            _ => Err(nfsstat3::NFS3ERR_BADTYPE),
         };
-        ok::<MKNOD3resok, _>(Nfs3Result::Err((
-            st,
-            MKNOD3resfail {
-                dir_wcc: self.dir_fail_wcc(ctx, &dir),
-            },
-        )))
+        // The attributes follow for a FIFO or socket (and for devices, refused unread).
+        let set = match kind {
+            Ok(_) => to_setattr(&args!(c.sattr3())),
+            Err(_) => SetAttr::default(),
+        };
+        let made = async {
+            let (s, d) = self.resolve(ctx, &dir)?;
+            // A device on a read-only share is ROFS, as everything that would change it.
+            let kind = kind.map_err(|st| match s.unsupported_node() {
+                Err(e) if st == nfsstat3::NFS3ERR_PERM => nfs_status(&e),
+                _ => st,
+            })?;
+            let r = s.mknod(&caller(&s, ctx), d.id, &name, kind, set).await;
+            r.map(|m| Self::made(&s, m)).map_err(|e| nfs_status(&e))
+        };
+        match made.await {
+            Ok((obj, obj_attributes, dir_wcc)) => ok::<_, MKNOD3resfail>(Nfs3Result::Ok(MKNOD3resok {
+                obj,
+                obj_attributes,
+                dir_wcc,
+            })),
+            Err(st) => ok::<MKNOD3resok, _>(Nfs3Result::Err((
+                st,
+                MKNOD3resfail {
+                    dir_wcc: self.dir_fail_wcc(ctx, &dir),
+                },
+            ))),
+        }
     }
 
     async fn remove_or_rmdir(&self, ctx: &CallContext, c: &mut XdrCursor, rmdir: bool) -> ProcReply {

@@ -325,6 +325,26 @@ impl Share {
         r
     }
 
+    /// A FIFO or a socket (`kind`); anything else MKNOD could make has no object to be.
+    pub async fn mknod(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        kind: Kind,
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
+        if !matches!(kind, Kind::Fifo | Kind::Socket) {
+            self.unsupported_node()?;
+        }
+        let audit = self.audit(caller, Op::Mknod, || self.child_path(dir, name));
+        let n = name.to_vec();
+        let r = self.make(dir, caller, name, move |c, who, d| c.mknod(who, d, &n, kind, set));
+        let r = done(audit, r.await);
+        self.tell_entry(caller, &r, dir, name);
+        r
+    }
+
     /// The file `name` in `dir` names now, if any (no permission check: for a front
     /// end's own bookkeeping).
     pub fn named(&self, dir: FileId, name: &[u8]) -> Option<Inode> {
@@ -338,7 +358,7 @@ impl Share {
         self.blocking(move || cache.hold(id)).await.0
     }
 
-    /// Device nodes, sockets, FIFOs and hard links have no object to be: refused
+    /// Device nodes and hard links have no object to be: refused
     /// with `Perm`, as Linux's mknod(2) and link(2) refuse them on a file system
     /// without them ("Operation not permitted"); NFS3ERR_NOTSUPP would reach Linux
     /// programs as "Unknown error 524".

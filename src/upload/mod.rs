@@ -715,6 +715,8 @@ impl Uploader {
         let put = |body: Bytes| async move { self.store.put_object_if(key, body, meta, expect).await };
         let etag = if ino.kind == Kind::Symlink {
             put(Bytes::from(ino.symlink_target.clone())).await?
+        } else if matches!(ino.kind, Kind::Fifo | Kind::Socket) {
+            put(Bytes::new()).await?
         } else if ino.size < self.settings.multipart_threshold {
             // The body is in memory until it is sent: its bytes come from the budget
             // (validation keeps multipart_threshold within it).

@@ -434,7 +434,7 @@ check("bucket:long-symlink-object", ll == b"L" * 1000, f"body of {len(ll or b'')
 n = len(os.listdir(path("many"))) if exists("many") else 0
 check("bucket:500-objects-in-many", n == 500, f"{n} objects")
 gone = [p for p in ("t/gone.txt", "t/d1", "t/src.txt", "t/tree", "t/deep/a/b/c", "t/doomed", "t/doomed2",
-                    "t/open.txt", "t/hardlink", "t/fifo", "t/empty") if exists(p)]
+                    "t/open.txt", "t/hardlink", "t/empty") if exists(p)]
 gone += [f"t/{f}" for f in os.listdir(path("t")) if f.startswith(".nfs") or (f.startswith("excl.") and f != "excl.txt")] if exists("t") else []
 check("bucket:removed-and-renamed-away", not gone, f"still there: {gone}")
 there = [p for p in ("t/d2/sub", "t/deep/a/m3.txt", "t/over.txt", "t/dangling", "t/new-by-touch", "t/excl.txt",
@@ -450,6 +450,8 @@ check("bucket:directory-marker-metadata",
 ex = meta.get("t/excl.txt")
 check("bucket:exclusive-create-metadata", bool(ex) and ex["mode"] == 0o100600 and body("t/excl.txt") == b"exclusive\n",
       f"meta {ex}, body {body('t/excl.txt')!r}")
+fifo = meta.get("t/fifo") or {}
+check("bucket:fifo-object", body("t/fifo") == b"" and fifo.get("mode") == 0o010640, f"body {body('t/fifo')!r}, meta {fifo}")
 uf = meta.get("t/perm/userfile")
 check("bucket:chown-metadata", bool(uf) and (uf["uid"], uf["gid"], uf["mode"]) == (0, 0, 0o100700), f"meta {uf}")
 sec = meta.get("home/secret") or {}

@@ -189,3 +189,65 @@ async fn committed_data_survives_a_restart_before_upload_and_is_uploaded_after()
     assert_eq!(got.as_ref(), &data[..]);
     gw.shutdown().await;
 }
+
+/// A FIFO and a socket made with MKNOD become zero-byte objects whose
+/// `file-permissions` carries their type, and come back as such through a second
+/// gateway that never saw them (issue 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_and_sockets_are_objects_that_keep_their_type() {
+    use nfs3_types::nfs3::{MKNOD3args, Nfs3Option, Nfs3Result, ftype3, mknoddata3, sattr3, set_mode3};
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("bucket").display());
+    let gw = start(config(tmp.path(), &url), None).await;
+    let mut c = mount_as(gw.nfs_addr, "/data", 1234, 567).await;
+    let root = c.root_nfs_fh3();
+    let mode = |m| sattr3 {
+        mode: set_mode3::Some(m),
+        ..sattr3::default()
+    };
+    for (name, what) in [
+        ("pipe", mknoddata3::NF3FIFO(mode(0o640))),
+        ("sock", mknoddata3::NF3SOCK(mode(0o600))),
+    ] {
+        let r = c
+            .mknod(&MKNOD3args {
+                where_: dirop(&root, name.as_bytes()),
+                what,
+            })
+            .await
+            .unwrap();
+        let Nfs3Result::Ok(ok) = r else {
+            panic!("MKNOD {name} refused");
+        };
+        assert!(
+            matches!(ok.obj, Nfs3Option::Some(_)),
+            "MKNOD {name} answers a handle"
+        );
+    }
+    flush(&gw).await;
+    let store = gw.gateway.shares[0].store.clone();
+    let (b, m) = object(store.as_ref(), "pipe").await.expect("FIFO object");
+    assert!(b.is_empty());
+    assert_eq!((m.uid, m.gid, m.mode), (1234, 567, 0o010640));
+    let (b, m) = object(store.as_ref(), "sock").await.expect("socket object");
+    assert!(b.is_empty());
+    assert_eq!(m.mode, 0o140600);
+    gw.shutdown().await;
+
+    // A fresh cache on the same bucket reads the type back from the metadata.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let gw = start(config(&other, &url), None).await;
+    let mut c = mount_as(gw.nfs_addr, "/data", 1234, 567).await;
+    let root = c.root_nfs_fh3();
+    for (name, ty, perms) in [("pipe", ftype3::NF3FIFO, 0o640), ("sock", ftype3::NF3SOCK, 0o600)] {
+        let fh = lookup(&mut c, &root, name).await.unwrap();
+        let a = getattr(&mut c, &fh).await.unwrap();
+        assert_eq!(
+            (a.type_, a.mode, a.size),
+            (ty, perms, 0),
+            "{name} through a second gateway"
+        );
+    }
+    gw.shutdown().await;
+}

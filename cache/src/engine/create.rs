@@ -210,6 +210,33 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// MKNOD of a FIFO or a socket: a node of that kind, which holds no bytes.
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        dir: FileId,
+        name: &[u8],
+        kind: Kind,
+        set: SetAttr,
+    ) -> Result<(Inode, DirChange)> {
+        if !matches!(kind, Kind::Fifo | Kind::Socket) {
+            return Err(CacheError::Invalid);
+        }
+        let mut st = self.state.lock();
+        let d = self.prepare_create(caller, dir, name)?;
+        if self.lookup_entry(dir, name)?.is_some() {
+            return Err(CacheError::Exists);
+        }
+        let now = now_ns();
+        let mode = set.mode.unwrap_or(0o644);
+        let mut child = Self::new_inode(&mut st, kind, caller, &d, name, mode, now);
+        apply_initial_attrs(&mut child, caller, &SetAttr { size: None, ..set }, now)?;
+        let change = self.link_new(st, d, child.clone(), now)?;
+        Ok((self.get(child.id)?, change))
+    }
+}
+
 fn apply_initial_attrs(i: &mut Inode, caller: &Caller, s: &SetAttr, now: u64) -> Result<()> {
     if let Some(m) = s.mode {
         i.mode = m & 0o7777;

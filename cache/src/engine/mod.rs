@@ -233,7 +233,7 @@ impl Cache {
         match i.kind {
             Kind::File => {}
             Kind::Dir => return Err(CacheError::IsDir),
-            Kind::Symlink => return Err(CacheError::Invalid),
+            Kind::Symlink | Kind::Fifo | Kind::Socket => return Err(CacheError::Invalid),
         }
         perm::known(&i)?;
         if caller.uid != i.uid {
