@@ -59,14 +59,6 @@ impl UploadStep {
             UploadStep::RecordClean
         }
     }
-
-    /// Whether the step writes an object (the uploader notes its intent first).
-    pub fn writes(self) -> bool {
-        matches!(
-            self,
-            UploadStep::PutMarker | UploadStep::Upload | UploadStep::Copy
-        )
-    }
 }
 
 #[cfg(test)]
@@ -175,22 +167,5 @@ mod tests {
         );
         removed.remote.stale_keys = vec!["a".into()];
         assert_eq!(UploadStep::next(&removed, None), DeleteStale);
-    }
-
-    #[test]
-    fn only_writing_steps_note_an_intent() {
-        let writes: Vec<_> = [
-            Clean,
-            ReadAttrs,
-            RecordClean,
-            PutMarker,
-            Upload,
-            Copy,
-            DeleteStale,
-        ]
-        .into_iter()
-        .filter(|s| s.writes())
-        .collect();
-        assert_eq!(writes, [PutMarker, Upload, Copy]);
     }
 }
