@@ -12,8 +12,11 @@
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
+use crate::engine::ROOT_ID;
 use crate::error::{CacheError, Result};
-use crate::inode::keys;
+use crate::inode::{FileId, Kind, decode_inode, encode, keys};
 
 /// The format this build writes and reads.
 pub const CACHE_FORMAT: u32 = 2;
@@ -53,14 +56,47 @@ pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
 }
 
 /// Rewrites a cache of format `from` into format `from + 1`, durably.
-fn migrate(_db: &sled::Db, from: u32) -> Result<()> {
+fn migrate(db: &sled::Db, from: u32) -> Result<()> {
     match from {
-        // Format 2 added the FIFO and socket kinds at the end of `Kind`: format-1
-        // records read the same. The number changes so that an older build refuses
-        // a cache that may hold them instead of failing on a record it cannot read.
-        1 => Ok(()),
+        1 => to_format_2(db),
         _ => Err(CacheError::Meta(format!("no migration from cache format {from}"))),
     }
+}
+
+/// Format 2 added the FIFO and socket kinds at the end of `Kind` (format-1 records
+/// name neither) and `Inode::subdirs` at the end of the inode record: each record
+/// gets a zero count appended, then each directory the count of its subdirectories.
+/// A record that already decodes whole was done by an earlier, interrupted run, so
+/// running this again is harmless.
+fn to_format_2(db: &sled::Db) -> Result<()> {
+    let mut subdirs: HashMap<FileId, u32> = HashMap::new();
+    for kv in db.scan_prefix([keys::INODE]) {
+        let (k, v) = kv?;
+        let ino = match decode_inode(&v) {
+            Ok(i) => i,
+            Err(_) => {
+                let mut whole = v.to_vec();
+                whole.extend_from_slice(&0u32.to_le_bytes());
+                let i = decode_inode(&whole)?;
+                db.insert(k, whole)?;
+                i
+            }
+        };
+        if ino.kind == Kind::Dir && !ino.unlinked && ino.id != ROOT_ID {
+            *subdirs.entry(ino.parent).or_default() += 1;
+        }
+    }
+    for kv in db.scan_prefix([keys::INODE]) {
+        let (k, v) = kv?;
+        let mut ino = decode_inode(&v)?;
+        let n = subdirs.get(&ino.id).copied().unwrap_or(0);
+        if ino.kind == Kind::Dir && ino.subdirs != n {
+            ino.subdirs = n;
+            db.insert(k, encode(&ino))?;
+        }
+    }
+    db.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

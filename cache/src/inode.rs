@@ -119,6 +119,9 @@ pub struct Inode {
     /// Attributes are the share's defaults because the object's metadata has not been
     /// read yet (a listing carries none); a HEAD fills them on LOOKUP.
     pub meta_pending: bool,
+    /// Directories: how many directories it holds, so its link count is 2 plus this,
+    /// as on a local file system (a subdirectory's ".." links to it). Cache format 2.
+    pub subdirs: u32,
 }
 
 impl Inode {
@@ -158,6 +161,17 @@ impl Inode {
             partial: false,
             listed_ns: now,
             meta_pending: false,
+            subdirs: 0,
+        }
+    }
+
+    /// st_nlink: a directory's "." and its name, and each subdirectory's ".."; one
+    /// name for anything else (no hard links).
+    pub fn nlink(&self) -> u32 {
+        if self.kind == Kind::Dir {
+            2u32.saturating_add(self.subdirs)
+        } else {
+            1
         }
     }
 

@@ -226,6 +226,9 @@ impl Cache {
                     encode(&DirEntry { child: child.id, seq }),
                 );
                 b.insert(&keys::seq(dir, seq), child.name.clone());
+                if is_dir {
+                    d.subdirs += 1;
+                }
                 changes.added += 1;
             }
             // Names the store no longer has.
@@ -254,6 +257,9 @@ impl Cache {
                     if child.kind == Kind::File {
                         st.resized(self.cached_bytes_of(&child), 0);
                         self.drop_data(child.id);
+                    }
+                    if child.kind == Kind::Dir {
+                        d.subdirs = d.subdirs.saturating_sub(1);
                     }
                     self.notice(Notice::Entry {
                         dir,

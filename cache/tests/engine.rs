@@ -888,3 +888,52 @@ fn a_clean_file_whose_cached_bytes_were_lost_is_fetched_again_after_restart() {
     // A dirty file keeps what it has: nothing else holds its bytes.
     assert!(!c.get(ids[2]).unwrap().partial);
 }
+
+/// A directory's link count is 2 plus its subdirectories, through mkdir, rmdir,
+/// renames between directories and over an empty directory, and listings that add
+/// or drop a directory (pjdfstest `rename::updates_link_parent`), and a reopen.
+#[test]
+fn a_directory_counts_its_subdirectories_in_its_link_count() {
+    let t = tempfile::tempdir().unwrap();
+    let c = open(t.path());
+    c.apply_listing(ROOT_ID, vec![], 1).unwrap();
+    let nlink = |c: &Cache, id| c.get(id).unwrap().nlink();
+    let set = SetAttr::default();
+    let (a, _) = c.mkdir(&user(), ROOT_ID, b"a", set).unwrap();
+    let (b, _) = c.mkdir(&user(), ROOT_ID, b"b", set).unwrap();
+    c.mkdir(&user(), a.id, b"x", set).unwrap();
+    c.mkdir(&user(), a.id, b"y", set).unwrap();
+    c.create(&user(), a.id, b"f", unchecked(0o644)).unwrap();
+    assert_eq!((nlink(&c, ROOT_ID), nlink(&c, a.id), nlink(&c, b.id)), (4, 4, 2));
+    // A directory moving to another parent takes its ".." along.
+    c.rename(&user(), a.id, b"x", b.id, b"x").unwrap();
+    assert_eq!((nlink(&c, a.id), nlink(&c, b.id)), (3, 3));
+    // Within one directory nothing changes; over an empty directory, one goes.
+    c.rename(&user(), a.id, b"y", a.id, b"z").unwrap();
+    assert_eq!(nlink(&c, a.id), 3);
+    c.mkdir(&user(), b.id, b"empty", set).unwrap();
+    c.rename(&user(), a.id, b"z", b.id, b"empty").unwrap();
+    assert_eq!((nlink(&c, a.id), nlink(&c, b.id)), (2, 4));
+    c.rmdir(&user(), b.id, b"x").unwrap();
+    assert_eq!(nlink(&c, b.id), 3);
+    // A file is not counted, nor is its removal.
+    c.remove(&user(), a.id, b"f").unwrap();
+    assert_eq!(nlink(&c, a.id), 2);
+    drop(c);
+    let c = open(t.path());
+    assert_eq!((nlink(&c, ROOT_ID), nlink(&c, b.id)), (4, 3));
+    // Listings: a directory the store shows is counted; one it no longer shows goes.
+    let (d, _) = c.mkdir(&user(), ROOT_ID, b"d", set).unwrap();
+    let dir = |n: &str| RemoteEntry {
+        name: n.as_bytes().to_vec(),
+        kind: RemoteKind::Dir,
+    };
+    c.apply_listing(d.id, vec![dir("p"), dir("q")], 1).unwrap();
+    assert_eq!(nlink(&c, d.id), 4);
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    c.apply_listing(d.id, vec![dir("p")], later).unwrap();
+    assert_eq!(nlink(&c, d.id), 3);
+}

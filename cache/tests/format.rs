@@ -46,8 +46,9 @@ fn read_whole(c: &Cache, path: &str) -> Vec<u8> {
 }
 
 /// Written by main at 3716a53 (2026-12-03), before caches recorded their format:
-/// opened by this build as format 1, every file reads back as written, the files
-/// still to upload are still queued, and the format is recorded from then on.
+/// opened by this build as format 1 and migrated (to format 2: subdirectory counts),
+/// every file reads back as written, the files still to upload are still queued, and
+/// the format is recorded from then on.
 #[test]
 fn a_cache_written_before_formats_were_recorded_opens_and_reads_back() {
     let t = tempfile::tempdir().unwrap();
@@ -61,6 +62,8 @@ fn a_cache_written_before_formats_were_recorded_opens_and_reads_back() {
         assert_eq!(c.readlink(&user(), link.id).unwrap(), b"a.txt");
         let docs = c.resolve("docs").unwrap().unwrap();
         assert_eq!((docs.kind, docs.mode, docs.uid), (Kind::Dir, 0o750, 1000));
+        // Format 2 counts subdirectories: the root holds one, docs none.
+        assert_eq!((c.get(ROOT_ID).unwrap().nlink(), docs.nlink()), (3, 2));
         let clean = c.resolve("clean.txt").unwrap().unwrap();
         assert_eq!(clean.mode, 0o600);
         assert_eq!(clean.remote.key.as_deref(), Some("clean.txt"));

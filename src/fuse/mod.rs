@@ -268,7 +268,7 @@ fn attr(i: &Inode) -> FileAttr {
         crtime: time(i.ctime_ns),
         kind: kind(i.kind),
         perm: (i.mode & 0o7777) as u16,
-        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        nlink: i.nlink(),
         uid: i.uid,
         gid: i.gid,
         rdev: 0,

@@ -83,7 +83,7 @@ fn fattr(share_id: u32, i: &Inode) -> fattr3 {
             Kind::Socket => ftype3::NF3SOCK,
         },
         mode: i.mode,
-        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        nlink: i.nlink(),
         uid: i.uid,
         gid: i.gid,
         size: i.size,

@@ -45,6 +45,9 @@ impl Cache {
         let before = WccAttr::from(&dir);
         let seq = dir.next_dir_seq;
         dir.next_dir_seq += 1;
+        if child.kind == Kind::Dir {
+            dir.subdirs += 1;
+        }
         dir.mtime_ns = now;
         dir.ctime_ns = now;
         let mut b = Batch::default();

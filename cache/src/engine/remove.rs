@@ -95,6 +95,9 @@ impl Cache {
         b.remove(&keys::seq(dir, e.seq));
         d.mtime_ns = now;
         d.ctime_ns = now;
+        if victim.kind == Kind::Dir {
+            d.subdirs = d.subdirs.saturating_sub(1);
+        }
         Self::put(&mut b, &d);
         let victim_id = victim.id;
         let doomed = self.unlink_in_batch(&mut st, &mut b, victim, now);

@@ -77,8 +77,10 @@ impl Cache {
         let mut b = Batch::default();
         let replaced = target.as_ref().map(|t| t.child);
         let mut doomed = None;
+        let mut replaced_dir = false;
         if let Some(t) = target {
             let victim = self.get(t.child)?;
+            replaced_dir = victim.kind == Kind::Dir;
             Self::check_sticky(caller, &td, &victim)?;
             match (moving.kind == Kind::Dir, victim.kind == Kind::Dir) {
                 (true, false) => return Err(CacheError::NotDir),
@@ -120,6 +122,16 @@ impl Cache {
         Self::put(&mut b, &moving);
         fd.mtime_ns = now;
         fd.ctime_ns = now;
+        // Link counts: a directory moving to another parent takes its ".." along; a
+        // directory replaced goes from the target's parent.
+        if moving.kind == Kind::Dir && !same_dir {
+            fd.subdirs = fd.subdirs.saturating_sub(1);
+            td.subdirs += 1;
+        }
+        if replaced_dir {
+            let to = if same_dir { &mut fd } else { &mut td };
+            to.subdirs = to.subdirs.saturating_sub(1);
+        }
         if same_dir {
             Self::put(&mut b, &fd);
             td = fd.clone();
