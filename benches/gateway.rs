@@ -513,7 +513,10 @@ async fn main() {
     let total = mib * MIB;
     let gib = total as f64 / (1u64 << 30) as f64;
     let srv = S3TestServer::start().await;
-    let tmp = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    // BENCH_DIR is made when missing; one that cannot be made is named in the panic.
+    let bench_dir = std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into());
+    std::fs::create_dir_all(&bench_dir).unwrap_or_else(|e| panic!("BENCH_DIR {bench_dir}: {e}"));
+    let tmp = tempfile::tempdir_in(&bench_dir).unwrap_or_else(|e| panic!("BENCH_DIR {bench_dir}: {e}"));
     let block: Arc<Vec<u8>> = Arc::new((0..MIB).map(|i| (i * 31 % 251) as u8).collect());
     println!(
         "bucketgate bench: {mib} MiB, cache and S3 data under {}",
