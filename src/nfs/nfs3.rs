@@ -549,25 +549,28 @@ impl NfsService {
     /// nodes are refused as `unsupported_node` says.
     async fn mknod(&self, ctx: &CallContext, c: &mut XdrCursor) -> ProcReply {
         let (dir, name) = args!(c.diropargs3());
-        // A regular file, directory or symlink has its own procedure: BADTYPE.
-        let kind = match args!(c.u32()) {
-            t if t == ftype3::NF3FIFO as u32 => Ok(Kind::Fifo),
-            t if t == ftype3::NF3SOCK as u32 => Ok(Kind::Socket),
-            t if t == ftype3::NF3CHR as u32 || t == ftype3::NF3BLK as u32 => Err(nfsstat3::NFS3ERR_PERM),
-            _ => Err(nfsstat3::NFS3ERR_BADTYPE),
+        let ftype = args!(c.u32());
+        let kind = match ftype {
+            t if t == ftype3::NF3FIFO as u32 => Some(Kind::Fifo),
+            t if t == ftype3::NF3SOCK as u32 => Some(Kind::Socket),
+            _ => None,
         };
-        // The attributes follow for a FIFO or socket (and for devices, refused unread).
+        // The attributes follow for a FIFO or socket (a device is refused unread).
         let set = match kind {
-            Ok(_) => to_setattr(&args!(c.sattr3())),
-            Err(_) => SetAttr::default(),
+            Some(_) => to_setattr(&args!(c.sattr3())),
+            None => SetAttr::default(),
         };
         let made = async {
             let (s, d) = self.resolve(ctx, &dir)?;
-            // A device on a read-only share is ROFS, as everything that would change it.
-            let kind = kind.map_err(|st| match s.unsupported_node() {
-                Err(e) if st == nfsstat3::NFS3ERR_PERM => nfs_status(&e),
-                _ => st,
-            })?;
+            let Some(kind) = kind else {
+                // A regular file, directory or symlink has its own procedure.
+                if ftype != ftype3::NF3CHR as u32 && ftype != ftype3::NF3BLK as u32 {
+                    return Err(nfsstat3::NFS3ERR_BADTYPE);
+                }
+                return Err(s
+                    .unsupported_node()
+                    .map_or_else(|e| nfs_status(&e), |()| nfsstat3::NFS3ERR_PERM));
+            };
             let r = s.mknod(&caller(&s, ctx), d.id, &name, kind, set).await;
             r.map(|m| Self::made(&s, m)).map_err(|e| nfs_status(&e))
         };

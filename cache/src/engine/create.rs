@@ -211,9 +211,7 @@ impl Cache {
         let change = self.link_new(st, d, child.clone(), now)?;
         Ok((self.get(child.id)?, change))
     }
-}
 
-impl Cache {
     /// MKNOD of a FIFO or a socket: a node of that kind, which holds no bytes.
     pub fn mknod(
         &self,
