@@ -36,7 +36,7 @@ pub use error::{CacheError, Result};
 pub use format::CACHE_FORMAT;
 pub use inode::{FileId, Inode, Kind, ObjectAttrs, RemoteState};
 pub use moves::KeyRelease;
-pub use notice::Notice;
+pub use notice::{Delivered, Notice, Watcher};
 pub use options::{CacheOptions, KeyCheck};
 pub use perm::{Caller, EXEC, READ, WRITE};
 pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind};

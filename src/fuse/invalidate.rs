@@ -1,17 +1,21 @@
 //! What the kernel cannot see for itself (writes by NFS clients, what a listing or a
 //! HEAD found changed in the store) reaches it as FUSE invalidations: the cache's
 //! notices go through a bounded queue to one thread that writes them to the FUSE
-//! device, so no engine call or NFS reply waits on the kernel. A notice that finds
-//! the queue full is dropped: the attribute TTL bounds how long the kernel can then
-//! show the old state.
+//! device, so no engine call waits on the kernel while it holds the engine's lock.
+//! The share layer then waits, with a bound, for its notices to be delivered
+//! before it answers an NFS client, so a read through the mount right after the
+//! reply sees the change. A notice that finds the queue full is dropped: the
+//! attribute TTL bounds how long the kernel can then show the old state.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::mpsc::{Receiver, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use bucketgate_cache::{Cache, Notice};
+use bucketgate_cache::{Cache, Delivered, Notice, Watcher};
 use fuser::{INodeNo, Notifier};
+use parking_lot::Mutex;
+use tokio::sync::watch;
 
 /// Notices waiting for the thread.
 const QUEUE: usize = 4096;
@@ -20,25 +24,56 @@ const QUEUE: usize = 4096;
 /// cache stops being watched (`Cache::watch(None)`).
 pub(super) fn start(cache: &Cache, notifier: Notifier, name: &str) -> std::io::Result<()> {
     let (tx, rx) = sync_channel(QUEUE);
+    let (done_tx, done) = watch::channel(0);
     std::thread::Builder::new()
         .name(format!("fuse-inval-{name}"))
-        .spawn(move || run(rx, notifier))?;
-    cache.watch(Some(Box::new(move |n| {
-        if let Err(TrySendError::Full(n)) = tx.try_send(n) {
-            tracing::debug!(notice = ?n, "FUSE invalidation queue full; the kernel sees this change when its attributes expire");
-        }
+        .spawn(move || run(rx, notifier, done_tx))?;
+    cache.watch(Some(Box::new(Queue {
+        tx: Mutex::new((0, tx)),
+        done,
     })));
     Ok(())
 }
 
-fn run(rx: Receiver<Notice>, notifier: Notifier) {
-    while let Ok(first) = rx.recv() {
+/// The cache's side of the queue. Notices are numbered in queue order; the thread
+/// publishes the highest number it has written to the kernel.
+struct Queue {
+    /// The number of the last notice queued, and the queue.
+    tx: Mutex<(u64, SyncSender<(u64, Notice)>)>,
+    done: watch::Receiver<u64>,
+}
+
+impl Watcher for Queue {
+    fn notice(&self, n: Notice) {
+        let mut tx = self.tx.lock();
+        match tx.1.try_send((tx.0 + 1, n)) {
+            Ok(()) => tx.0 += 1,
+            Err(TrySendError::Full((_, n))) => {
+                tracing::debug!(notice = ?n, "FUSE invalidation queue full; the kernel sees this change when its attributes expire");
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn delivered(&self) -> Delivered {
+        let last = self.tx.lock().0;
+        let mut done = self.done.clone();
+        // An error: the thread is gone, and nothing more will be delivered.
+        Box::pin(async move {
+            let _ = done.wait_for(|d| *d >= last).await;
+        })
+    }
+}
+
+fn run(rx: Receiver<(u64, Notice)>, notifier: Notifier, done: watch::Sender<u64>) {
+    while let Ok((mut last, first)) = rx.recv() {
         // A burst of NFS writes to one file is one invalidation.
         let mut batch = HashSet::from([first]);
         while batch.len() < QUEUE
-            && let Ok(n) = rx.try_recv()
+            && let Ok((seq, n)) = rx.try_recv()
         {
             batch.insert(n);
+            last = seq;
         }
         for n in batch {
             // ENOENT: the kernel holds nothing of that inode or name.
@@ -52,5 +87,6 @@ fn run(rx: Receiver<Notice>, notifier: Notifier) {
                 tracing::debug!(notice = ?n, error = %e, "FUSE invalidation");
             }
         }
+        done.send_replace(last);
     }
 }

@@ -41,6 +41,9 @@ pub const NOBODY: u32 = 65534;
 const DIRTY_WAIT: Duration = Duration::from_secs(2);
 const DIRTY_POLL: Duration = Duration::from_millis(100);
 
+/// How long a reply waits for its change to reach the FUSE mount's kernel cache.
+const NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// Rounds of "fetch what the engine needs, ask again" before giving up with
 /// `TryLater`: a rename may need four inodes' attributes, and eviction may race a
 /// fetch.
@@ -181,7 +184,7 @@ impl Share {
                 .0
         };
         let r = done(audit, r.await);
-        self.tell(caller, &r, || [Notice::Inode(id)]);
+        self.tell(caller, &r, || [Notice::Inode(id)]).await;
         r
     }
 
@@ -254,7 +257,7 @@ impl Share {
             }
         };
         let r = done(audit, r.await);
-        self.tell(caller, &r, || [Notice::Inode(id)]);
+        self.tell(caller, &r, || [Notice::Inode(id)]).await;
         r
     }
 
@@ -285,7 +288,7 @@ impl Share {
         let n = name.to_vec();
         let r = self.make(dir, caller, name, move |c, who, d| c.create(who, d, &n, how));
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, dir, name);
+        self.tell(caller, &r, || entry_changed(dir, name)).await;
         r
     }
 
@@ -300,7 +303,7 @@ impl Share {
         let n = name.to_vec();
         let r = self.make(dir, caller, name, move |c, who, d| c.mkdir(who, d, &n, set));
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, dir, name);
+        self.tell(caller, &r, || entry_changed(dir, name)).await;
         r
     }
 
@@ -321,7 +324,7 @@ impl Share {
             c.symlink(who, d, &n, &target, set)
         });
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, dir, name);
+        self.tell(caller, &r, || entry_changed(dir, name)).await;
         r
     }
 
@@ -338,7 +341,7 @@ impl Share {
         let n = name.to_vec();
         let r = self.make(dir, caller, name, move |c, who, d| c.mknod(who, d, &n, kind, set));
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, dir, name);
+        self.tell(caller, &r, || entry_changed(dir, name)).await;
         r
     }
 
@@ -402,8 +405,12 @@ impl Share {
                 .0
         };
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, from_dir, from);
-        self.tell_entry(caller, &r, to_dir, to);
+        self.tell(caller, &r, || {
+            entry_changed(from_dir, from)
+                .into_iter()
+                .chain(entry_changed(to_dir, to))
+        })
+        .await;
         r
     }
 
@@ -487,34 +494,24 @@ impl Share {
             .0
         };
         let r = done(audit, r.await);
-        self.tell_entry(caller, &r, dir, name);
+        self.tell(caller, &r, || entry_changed(dir, name)).await;
         r
     }
 
-    /// Tells the cache's watcher (the FUSE mount) of a change it did not make itself.
-    fn tell<T, N: IntoIterator<Item = Notice>>(
+    /// Tells the cache's watcher (the FUSE mount) of a change it did not make
+    /// itself, and waits a while for the notices to reach it: a read through the
+    /// mount after this call's reply sees the change.
+    async fn tell<T, N: IntoIterator<Item = Notice>>(
         &self,
         caller: &Caller,
         r: &Result<T>,
         notices: impl FnOnce() -> N,
     ) {
-        if r.is_ok() && !matches!(caller.origin, Origin::Fuse { .. }) {
-            notices().into_iter().for_each(|n| self.cache.notice(n));
+        if r.is_err() || matches!(caller.origin, Origin::Fuse { .. }) {
+            return;
         }
-    }
-
-    /// A name in `dir` was made, removed or moved: the name and the directory's
-    /// attributes changed.
-    fn tell_entry<T>(&self, caller: &Caller, r: &Result<T>, dir: FileId, name: &[u8]) {
-        self.tell(caller, r, || {
-            [
-                Notice::Entry {
-                    dir,
-                    name: name.to_vec(),
-                },
-                Notice::Inode(dir),
-            ]
-        });
+        notices().into_iter().for_each(|n| self.cache.notice(n));
+        notices_delivered(&self.cache).await;
     }
 
     /// When `name` in `dir` is a directory, lists everything the store holds below
@@ -623,4 +620,26 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(CacheError::Meta(format!("engine task failed: {e}"))))
+}
+
+/// Waits a while for the notices handed to the cache's watcher so far to reach it
+/// (with a FUSE mount: for the kernel to drop what they name from its caches).
+pub(crate) async fn notices_delivered(cache: &Cache) {
+    if let Some(delivered) = cache.notices_delivered()
+        && tokio::time::timeout(NOTICE_WAIT, delivered).await.is_err()
+    {
+        tracing::debug!("FUSE invalidations late; answering without them");
+    }
+}
+
+/// A name in `dir` was made, removed or moved: the name and the directory's
+/// attributes changed.
+fn entry_changed(dir: FileId, name: &[u8]) -> [Notice; 2] {
+    [
+        Notice::Entry {
+            dir,
+            name: name.to_vec(),
+        },
+        Notice::Inode(dir),
+    ]
 }

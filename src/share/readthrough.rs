@@ -510,6 +510,8 @@ impl ReadThrough {
                 }
             }
         }
+        // Whoever asked for the refresh finds its changes through the mount too.
+        super::notices_delivered(&self.cache).await;
         Ok((dirs, total))
     }
 

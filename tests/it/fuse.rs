@@ -443,19 +443,25 @@ async fn changes_made_elsewhere_reach_the_kernel_at_once() {
     api.refresh(bucketgate::admin::RefreshRequest::default())
         .await
         .unwrap();
-    let mut c = mount(gw.nfs_addr).await;
-    let root = c.root_nfs_fh3();
-    remove(&mut c, &root, "g").await.unwrap();
-    let m = mnt.clone();
-    let (read, g_exists) = tokio::task::spawn_blocking(move || {
+    // Once the refresh has answered, the open file shows the store's newer version.
+    let (read, open) = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0; 16];
         let n = std::os::unix::fs::FileExt::read_at(&open, &mut buf, 0).unwrap();
         buf.truncate(n);
-        (buf, m.join("g").exists())
+        (buf, open)
     })
     .await
     .unwrap();
     assert_eq!(read, b"two!", "the open file shows the store's newer version");
+    drop(open);
+    // Once the NFS reply has come, the name is gone from the mount.
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    remove(&mut c, &root, "g").await.unwrap();
+    let m = mnt.clone();
+    let g_exists = tokio::task::spawn_blocking(move || m.join("g").exists())
+        .await
+        .unwrap();
     assert!(!g_exists, "a name removed over NFS is gone from the mount");
     gw.shutdown().await;
 }

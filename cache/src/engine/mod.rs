@@ -102,7 +102,7 @@ pub struct Cache {
     files: moka::sync::Cache<FileId, Arc<File>>,
     notify: Mutex<Option<UnboundedSender<FileId>>>,
     /// Who hears of changes a front end's kernel may have cached (`crate::notice`).
-    pub(crate) watcher: Mutex<Option<crate::notice::Watcher>>,
+    pub(crate) watcher: Mutex<Option<Box<dyn crate::notice::Watcher>>>,
     pub(crate) opts: CacheOptions,
     share_id: u32,
     handle_key: [u8; 32],
