@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bucketgate_cache::{CreateMode, Inode, Kind, SetAttr, SetTime};
+use bucketgate_cache::{Cache, CreateMode, Inode, Kind, SetAttr, SetTime};
 use bytes::Bytes;
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -254,10 +254,21 @@ fn kind(k: Kind) -> FileType {
 
 /// A file removed while open: no links left.
 fn removed_attr(i: &Inode) -> FileAttr {
-    FileAttr { nlink: 0, ..attr(i) }
+    FileAttr {
+        nlink: 0,
+        ..base_attr(i)
+    }
 }
 
-fn attr(i: &Inode) -> FileAttr {
+/// `cache` answers for the blocks a file takes on its disk.
+fn attr(cache: &Cache, i: &Inode) -> FileAttr {
+    FileAttr {
+        blocks: cache.disk_bytes(i).div_ceil(512),
+        ..base_attr(i)
+    }
+}
+
+fn base_attr(i: &Inode) -> FileAttr {
     FileAttr {
         ino: INodeNo(i.id),
         size: i.size,
@@ -304,9 +315,9 @@ impl ShareFs {
     }
 }
 
-fn entry(reply: ReplyEntry) -> impl FnOnce(Result<Inode, Errno>) {
+fn entry(cache: Arc<Cache>, reply: ReplyEntry) -> impl FnOnce(Result<Inode, Errno>) {
     move |r| match r {
-        Ok(i) => reply.entry(&TTL, &attr(&i), Generation(i.generation as u64)),
+        Ok(i) => reply.entry(&TTL, &attr(&cache, &i), Generation(i.generation as u64)),
         Err(e) => reply.error(e),
     }
 }
@@ -336,7 +347,7 @@ impl Filesystem for ShareFs {
                 let i = s.lookup(&who, parent.0, &name).await?;
                 s.getattr(i).await
             },
-            entry(reply),
+            entry(self.share.cache.clone(), reply),
         );
     }
 
@@ -345,11 +356,12 @@ impl Filesystem for ShareFs {
             return reply.attr(&TTL, &removed_attr(&r.attr));
         }
         let s = self.share.clone();
+        let cache = self.share.cache.clone();
         self.serve(
             "getattr",
             async move { s.getattr(s.current(ino.0).ok_or(ShareError::NotFound)?).await },
             move |r| match r {
-                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Ok(i) => reply.attr(&TTL, &attr(&cache, &i)),
                 Err(e) => reply.error(e),
             },
         );
@@ -390,11 +402,12 @@ impl Filesystem for ShareFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
+        let cache = self.share.cache.clone();
         self.serve(
             "setattr",
             async move { Ok(s.setattr(&who, ino.0, set, None).await?.1) },
             move |r| match r {
-                Ok(i) => reply.attr(&TTL, &attr(&i)),
+                Ok(i) => reply.attr(&TTL, &attr(&cache, &i)),
                 Err(e) => reply.error(e),
             },
         );
@@ -442,7 +455,7 @@ impl Filesystem for ShareFs {
             return self.serve(
                 "mknod",
                 async move { Ok(s.mknod(&who, parent.0, &name, k, set).await?.0) },
-                entry(reply),
+                entry(self.share.cache.clone(), reply),
             );
         }
         let how = CreateMode::Guarded(SetAttr {
@@ -452,7 +465,7 @@ impl Filesystem for ShareFs {
         self.serve(
             "mknod",
             async move { Ok(s.create(&who, parent.0, &name, how).await?.0) },
-            entry(reply),
+            entry(self.share.cache.clone(), reply),
         );
     }
 
@@ -465,7 +478,7 @@ impl Filesystem for ShareFs {
         self.serve(
             "mkdir",
             async move { Ok(s.mkdir(&who, parent.0, &name, set).await?.0) },
-            entry(reply),
+            entry(self.share.cache.clone(), reply),
         );
     }
 
@@ -508,7 +521,7 @@ impl Filesystem for ShareFs {
                     .await?
                     .0)
             },
-            entry(reply),
+            entry(self.share.cache.clone(), reply),
         );
     }
 
@@ -757,6 +770,7 @@ impl Filesystem for ShareFs {
             CreateMode::Unchecked(set)
         };
         let opens = self.opens.clone();
+        let cache = self.share.cache.clone();
         self.serve(
             "create",
             async move {
@@ -767,7 +781,7 @@ impl Filesystem for ShareFs {
             move |r| match r {
                 Ok(i) => reply.created(
                     &TTL,
-                    &attr(&i),
+                    &attr(&cache, &i),
                     Generation(i.generation as u64),
                     FileHandle(0),
                     FopenFlags::empty(),

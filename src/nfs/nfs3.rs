@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bucketgate_cache::{CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr};
+use bucketgate_cache::{Cache, CreateMode, DirChange, FileId, Inode, Kind, SetAttr, SetTime, WccAttr};
 use bytes::Bytes;
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack};
@@ -73,7 +73,8 @@ fn time_ns(t: &nfstime3) -> u64 {
     t.seconds as u64 * 1_000_000_000 + t.nseconds.min(999_999_999) as u64
 }
 
-fn fattr(share_id: u32, i: &Inode) -> fattr3 {
+/// `cache` answers for the share's fsid and the bytes a file takes on its disk.
+fn fattr(cache: &Cache, i: &Inode) -> fattr3 {
     fattr3 {
         type_: match i.kind {
             Kind::File => ftype3::NF3REG,
@@ -87,9 +88,9 @@ fn fattr(share_id: u32, i: &Inode) -> fattr3 {
         uid: i.uid,
         gid: i.gid,
         size: i.size,
-        used: i.size.div_ceil(4096) * 4096,
+        used: cache.disk_bytes(i),
         rdev: specdata3::default(),
-        fsid: share_id as u64,
+        fsid: cache.share_id() as u64,
         fileid: i.id,
         atime: nstime(i.atime_ns),
         mtime: nstime(i.mtime_ns),
@@ -105,20 +106,20 @@ fn pre(w: WccAttr) -> pre_op_attr {
     })
 }
 
-fn dir_wcc(share_id: u32, c: &DirChange) -> wcc_data {
+fn dir_wcc(cache: &Cache, c: &DirChange) -> wcc_data {
     wcc_data {
         before: pre(c.before),
-        after: post_op(share_id, &c.after),
+        after: post_op(cache, &c.after),
     }
 }
 
 /// Attributes for a reply, when they are the object's: an inode known only from a
 /// listing has placeholders, and those are never sent (the client asks again).
-fn post_op(share_id: u32, i: &Inode) -> post_op_attr {
+fn post_op(cache: &Cache, i: &Inode) -> post_op_attr {
     if i.meta_pending {
         Nfs3Option::None
     } else {
-        Nfs3Option::Some(fattr(share_id, i))
+        Nfs3Option::Some(fattr(cache, i))
     }
 }
 
@@ -240,7 +241,7 @@ impl NfsService {
     }
 
     fn attr_of(share: &Share, ino: &Inode) -> post_op_attr {
-        post_op(share.cache.share_id(), ino)
+        post_op(&share.cache, ino)
     }
 
     fn current_attr(share: &Share, id: FileId) -> post_op_attr {
@@ -266,7 +267,7 @@ impl NfsService {
         };
         match known.await {
             Ok((s, i)) => ok::<_, nfs3_types::xdr_codec::Void>(Nfs3Result::Ok(GETATTR3resok {
-                obj_attributes: fattr(s.cache.share_id(), &i),
+                obj_attributes: fattr(&s.cache, &i),
             })),
             Err(st) => ok::<GETATTR3resok, _>(Nfs3Result::Err((st, nfs3_types::xdr_codec::Void))),
         }
@@ -454,7 +455,7 @@ impl NfsService {
         (
             Nfs3Option::Some(handle(s, &i)),
             Self::attr_of(s, &i),
-            dir_wcc(s.cache.share_id(), &change),
+            dir_wcc(&s.cache, &change),
         )
     }
 
@@ -599,8 +600,7 @@ impl NfsService {
             } else {
                 s.remove(&who, d.id, &name).await
             };
-            r.map(|r| dir_wcc(s.cache.share_id(), &r))
-                .map_err(|e| nfs_status(&e))
+            r.map(|r| dir_wcc(&s.cache, &r)).map_err(|e| nfs_status(&e))
         }
         .await;
         match (result, rmdir) {
@@ -634,8 +634,7 @@ impl NfsService {
                 Err(ShareError::CrossShare)
             };
             let (a, b) = r.map_err(|e| nfs_status(&e))?;
-            let sid = s.cache.share_id();
-            Ok((dir_wcc(sid, &a), dir_wcc(sid, &b)))
+            Ok((dir_wcc(&s.cache, &a), dir_wcc(&s.cache, &b)))
         }
         .await;
         match result {
@@ -721,7 +720,6 @@ impl NfsService {
             Ok(p) => p,
             Err(e) => return Self::readdir_fail(plus, nfs_status(&e), Self::current_attr(&s, d.id)),
         };
-        let sid = s.cache.share_id();
         let total = page.listing.entries.len();
         let dir_attributes = Self::attr_of(&s, &page.dir);
         let cookieverf = Self::cookie_verifier(&s);
@@ -744,7 +742,7 @@ impl NfsService {
                     name: filename3(Opaque::owned(e.name)),
                     cookie: e.cookie,
                     name_attributes: if described {
-                        Nfs3Option::Some(fattr(sid, &e.attr))
+                        Nfs3Option::Some(fattr(&s.cache, &e.attr))
                     } else {
                         Nfs3Option::None
                     },

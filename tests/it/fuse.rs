@@ -466,6 +466,31 @@ async fn changes_made_elsewhere_reach_the_kernel_at_once() {
     gw.shutdown().await;
 }
 
+/// `du` (st_blocks) counts what a file holds on the cache disk: a sparse file only
+/// the blocks written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn du_counts_the_blocks_a_sparse_file_holds() {
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, mnt) = fuse_gateway(&srv, tmp.path()).await;
+    let m = mnt.display().to_string();
+    let du = tokio::task::spawn_blocking(move || {
+        sh(&format!(
+            "truncate -s 1G {m}/sparse && printf end >> {m}/sparse && \
+             head -c 100000 /dev/zero > {m}/dense && du -k {m}/sparse {m}/dense"
+        ))
+    })
+    .await
+    .unwrap();
+    let kib: Vec<u64> = du
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(kib[0] <= 1024, "du of a 1 GiB sparse file holding 3 bytes: {du}");
+    assert!((98..=160).contains(&kib[1]), "du of a 100,000-byte file: {du}");
+    gw.shutdown().await;
+}
+
 /// A file removed, or replaced by a rename, while open through the mount stays
 /// readable and writable through its descriptors (link count 0), as on a local
 /// disk, while its name and its object are gone at once.

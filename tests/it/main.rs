@@ -18,6 +18,7 @@ mod nfs_procedures;
 mod nospace;
 mod ops_live;
 mod portmap_port;
+mod posix_attrs;
 mod readthrough;
 mod reftest;
 mod remote_store;

@@ -276,6 +276,23 @@ impl Cache {
         self.file(id)
     }
 
+    /// Bytes a file takes on the cache disk, for `st_blocks` and NFS `used`: what its
+    /// data file holds (a sparse file counts only the blocks written), or, while the
+    /// store holds some of its bytes, its size rounded up to 4 KiB (what reading it
+    /// all would take). Other kinds: their size rounded up to 4 KiB.
+    pub fn disk_bytes(&self, i: &Inode) -> u64 {
+        let rounded = i.size.div_ceil(4096) * 4096;
+        if i.kind != Kind::File || i.partial {
+            return rounded;
+        }
+        let meta = match self.files.get(&i.id) {
+            Some(f) => f.metadata(),
+            None => fs::symlink_metadata(self.data_path(i.id)),
+        };
+        // No data file: an empty file, or one removed meanwhile.
+        meta.map_or(rounded, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+    }
+
     pub(crate) fn drop_data(&self, id: FileId) {
         self.files.invalidate(&id);
         let _ = fs::remove_file(self.data_path(id));
