@@ -64,6 +64,9 @@ pub struct ObjectHead {
 /// Longest symlink target, as Linux's PATH_MAX.
 pub const MAX_SYMLINK_TARGET: usize = 4096;
 
+/// New names a listing records per sled batch.
+const LISTING_BATCH: u64 = 512;
+
 pub(crate) fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
@@ -230,6 +233,22 @@ impl Cache {
                     d.subdirs += 1;
                 }
                 changes.added += 1;
+                // sled's cost per record grows with the batch (a batch of 30,000
+                // records, 10,000 new names, took 380 ms; the same in batches of a few
+                // hundred names, 150 ms). Each batch holds the directory and the id
+                // counter, so a crash between two leaves whole names, in a directory
+                // whose listing time is still the one before (it is listed again).
+                if changes.added % LISTING_BATCH == 0 {
+                    Self::put(&mut b, &d);
+                    b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
+                    self.commit_batch(std::mem::take(&mut b))?;
+                    failpoint!(
+                        "cache::apply_listing::between_batches",
+                        Err(CacheError::Io(std::io::Error::other(
+                            "failpoint cache::apply_listing::between_batches"
+                        )))
+                    );
+                }
             }
             // Names the store no longer has.
             for kv in self.db.scan_prefix(keys::seq_prefix(dir)) {

@@ -167,3 +167,56 @@ fn a_removed_files_data_outlives_a_failed_flush_of_its_removal() {
     ));
     scenario.teardown();
 }
+
+/// A listing of many names is recorded in several batches; a crash between two
+/// leaves the names recorded so far whole (each with its inode, its cookie and the
+/// directory's counts), the directory still marked as never listed, and the next
+/// listing adds the rest without doubling any.
+#[test]
+fn a_listing_cut_short_between_batches_is_whole_and_completed_by_the_next() {
+    let scenario = fail::FailScenario::setup();
+    let t = tempfile::tempdir().unwrap();
+    let entries: Vec<RemoteEntry> = (0..1500)
+        .map(|i| RemoteEntry {
+            name: format!("n{i:04}").into_bytes(),
+            kind: if i % 10 == 0 {
+                RemoteKind::Dir
+            } else {
+                RemoteKind::File {
+                    size: 5,
+                    etag: format!("e{i}"),
+                    mtime_ns: 1_000,
+                }
+            },
+        })
+        .collect();
+    let names = |c: &Cache| -> Vec<Vec<u8>> {
+        let l = c.readdir(&user(), ROOT_ID, 0, 10_000).unwrap();
+        assert!(l.eof);
+        l.entries
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != b"." && n != b"..")
+            .collect()
+    };
+    {
+        let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+        fail::cfg("cache::apply_listing::between_batches", "return").unwrap();
+        assert!(c.apply_listing(ROOT_ID, entries.clone(), 1).is_err());
+        fail::cfg("cache::apply_listing::between_batches", "off").unwrap();
+    }
+    let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
+    let first = names(&c);
+    assert!(!first.is_empty() && first.len() < 1500, "{} names", first.len());
+    assert!(c.needs_listing(ROOT_ID, None).unwrap(), "not marked as listed");
+    let root = c.getattr(ROOT_ID).unwrap();
+    let dirs = first.iter().filter(|n| n.ends_with(b"0")).count() as u32;
+    assert_eq!(root.nlink(), 2 + dirs, "the link count counts what is recorded");
+    let ch = c.apply_listing(ROOT_ID, entries, 2).unwrap();
+    assert_eq!(ch.added as usize, 1500 - first.len());
+    let all = names(&c);
+    assert_eq!(all.len(), 1500);
+    assert_eq!(c.getattr(ROOT_ID).unwrap().nlink(), 2 + 150);
+    assert!(!c.needs_listing(ROOT_ID, None).unwrap());
+    scenario.teardown();
+}
