@@ -43,6 +43,12 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the smb.conf that serves the configured SMB shares (for smbd's own
+    /// systemd unit; `[smb] run_smbd` writes it itself).
+    SmbConf {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Show shares, cache use, the upload queue and failing files of a running gateway.
     Status {
         #[command(flatten)]
@@ -117,7 +123,7 @@ impl AdminTarget {
 }
 
 /// A wildcard listen address is not one to connect to: use loopback instead.
-fn connectable(mut a: SocketAddr) -> SocketAddr {
+pub(crate) fn connectable(mut a: SocketAddr) -> SocketAddr {
     if a.ip().is_unspecified() {
         a.set_ip(if a.is_ipv4() {
             [127, 0, 0, 1].into()
@@ -145,6 +151,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Init { output, force } => init(output.as_deref(), force),
         Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(cfg) if let Some(p) = crate::smb::host_problems(&cfg) => {
+                eprintln!("{}: {p}", config.display());
+                Ok(ExitCode::FAILURE)
+            }
             Ok(cfg) => {
                 print!("OK {}\n{}", config.display(), cfg.summary());
                 for w in cfg.warnings() {
@@ -157,6 +167,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::SmbConf { config } => {
+            let cfg = Config::load(&config).map_err(anyhow::Error::msg)?;
+            if !cfg.shares.iter().any(|s| s.smb) {
+                anyhow::bail!("{}: no share has smb = true", config.display());
+            }
+            print!("{}", crate::smb::render(&cfg, &cfg.smb.state_dir(&cfg.cache.dir)));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { target, json } => {
             let client = target.client()?;
             let (status, ready) = block_on(async { (client.status().await, client.readiness().await) });

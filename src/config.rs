@@ -20,6 +20,8 @@ pub struct Config {
     pub upload: UploadConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub smb: crate::smb::SmbConfig,
     #[serde(default, rename = "share")]
     pub shares: Vec<ShareConfig>,
 }
@@ -253,9 +255,45 @@ pub struct ShareConfig {
     #[serde(default)]
     pub max_file_size: Option<ByteSize>,
     /// Also mount the share with FUSE here, on the gateway (for local programs and
-    /// Samba); off when unset.
+    /// Samba); off when unset, except for an SMB share (`/run/bucketgate/smb/<name>`).
     #[serde(default)]
     pub fuse_mount: Option<PathBuf>,
+    /// Serve the share over SMB too: Samba over its FUSE mount (see `[smb]`).
+    #[serde(default)]
+    pub smb: bool,
+    /// Who may use it over SMB: users of the SMB user database, and Unix groups.
+    #[serde(default)]
+    pub smb_users: Vec<String>,
+    #[serde(default)]
+    pub smb_groups: Vec<String>,
+    /// Anyone may use it over SMB, as the guest account (nobody).
+    #[serde(default)]
+    pub smb_guest: bool,
+    /// SMB oplocks and leases. Off by default: changes made through NFS or found in
+    /// the store do not break them, so a client could keep reading stale data.
+    #[serde(default)]
+    pub smb_oplocks: bool,
+}
+
+impl ShareConfig {
+    /// Who may use the share over SMB, as smb.conf's `valid users` names them:
+    /// users, then `@group`s.
+    pub fn smb_valid_users(&self) -> Vec<String> {
+        self.smb_users
+            .iter()
+            .cloned()
+            .chain(self.smb_groups.iter().map(|g| format!("@{g}")))
+            .collect()
+    }
+
+    /// Where the share is mounted with FUSE, if anywhere.
+    pub fn fuse_path(&self) -> Option<PathBuf> {
+        match &self.fuse_mount {
+            Some(p) => Some(p.clone()),
+            None if self.smb => Some(crate::smb::default_mount(&self.name)),
+            None => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -269,6 +307,64 @@ pub enum ConflictCheck {
     Head,
     /// Overwrite, as File Gateway does: the last writer wins.
     Off,
+}
+
+/// What is wrong with a share's SMB keys, each by key.
+fn smb_share_problems(s: &ShareConfig, add: &mut impl FnMut(&str, String)) {
+    if !s.smb {
+        for (key, set) in [
+            ("smb_users", !s.smb_users.is_empty()),
+            ("smb_groups", !s.smb_groups.is_empty()),
+            ("smb_guest", s.smb_guest),
+            ("smb_oplocks", s.smb_oplocks),
+        ] {
+            if set {
+                add(key, "needs smb = true".into());
+            }
+        }
+        return;
+    }
+    let named = !s.smb_users.is_empty() || !s.smb_groups.is_empty();
+    match (s.smb_guest, named) {
+        (false, false) => add(
+            "smb",
+            "says who may use the share: smb_users and/or smb_groups, or smb_guest = true".into(),
+        ),
+        (true, true) => add("smb_guest", "a guest share has no smb_users or smb_groups".into()),
+        _ => {}
+    }
+    // Names go into smb.conf as they are: nothing that could end or extend a line.
+    for (key, names) in [("smb_users", &s.smb_users), ("smb_groups", &s.smb_groups)] {
+        for n in names {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && !n.starts_with('-')
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                add(
+                    key,
+                    format!("`{n}` must be 1-64 characters of a-z A-Z 0-9 . _ - (not starting with -)"),
+                );
+            } else if n == "root" {
+                add(
+                    key,
+                    "root never reaches a share over SMB (invalid users = root)".into(),
+                );
+            }
+        }
+    }
+    if ["global", "homes", "printers", "ipc$"].contains(&s.name.to_ascii_lowercase().as_str())
+        || s.name.len() > 80
+    {
+        add(
+            "name",
+            format!(
+                "`{}` cannot be an SMB share name (global, homes and printers are Samba's; at most 80 characters)",
+                s.name
+            ),
+        );
+    }
 }
 
 fn default_true() -> bool {
@@ -691,6 +787,7 @@ impl Config {
             },
             upload: UploadConfig::default(),
             log: LogConfig::default(),
+            smb: crate::smb::SmbConfig::default(),
             shares: vec![share],
         }
     }
@@ -991,6 +1088,7 @@ impl Config {
             {
                 p.add(k("fuse_mount"), "must not be inside cache.dir");
             }
+            smb_share_problems(s, &mut |key, msg| p.add(k(key), msg));
             for (key, m) in [
                 ("default_file_mode", s.default_file_mode),
                 ("default_dir_mode", s.default_dir_mode),
@@ -1075,6 +1173,30 @@ impl Config {
                 if s.read_only { "ro" } else { "rw" },
                 format!("{:?}", s.squash).to_lowercase(),
                 clients
+            ));
+            if let (true, Some(m)) = (s.smb, s.fuse_path()) {
+                let who = if s.smb_guest {
+                    "guest".to_string()
+                } else {
+                    s.smb_valid_users().join(",")
+                };
+                out.push_str(&format!(
+                    "       smb \\\\host\\{} over {} ({who})\n",
+                    s.name,
+                    m.display()
+                ));
+            }
+        }
+        if self.shares.iter().any(|s| s.smb) {
+            out.push_str(&format!(
+                "smb    {} (security {}{})\n",
+                self.smb.listen,
+                format!("{:?}", self.smb.security).to_lowercase(),
+                if self.smb.run_smbd {
+                    ", smbd run by the gateway"
+                } else {
+                    ""
+                }
             ));
         }
         out
@@ -1191,6 +1313,32 @@ mod tests {
             (
                 share("fuse_mount = \"mnt\""),
                 "share[0].fuse_mount: `mnt` must be an absolute path",
+            ),
+            (
+                share("smb_users = [\"a\"]"),
+                "share[0].smb_users: needs smb = true",
+            ),
+            (share("smb_guest = true"), "share[0].smb_guest: needs smb = true"),
+            (share("smb = true"), "share[0].smb: says who may use the share"),
+            (
+                share("smb = true\nsmb_guest = true\nsmb_groups = [\"g\"]"),
+                "share[0].smb_guest: a guest share has no smb_users",
+            ),
+            (
+                share("smb = true\nsmb_users = [\"a b\"]"),
+                "share[0].smb_users: `a b` must be 1-64 characters",
+            ),
+            (
+                share("smb = true\nsmb_users = [\"x\\nread only = no\"]"),
+                "share[0].smb_users: `x\nread only = no` must be",
+            ),
+            (
+                share("smb = true\nsmb_users = [\"root\"]"),
+                "share[0].smb_users: root never reaches a share",
+            ),
+            (
+                "[smb]\nsecurity = \"strict\"\n".to_string() + &share(""),
+                "unknown variant `strict`",
             ),
             (
                 share("fuse_mount = \"/run/m\"")
@@ -1529,7 +1677,7 @@ mod tests {
         assert_eq!(c.upload.concurrency, d.upload.concurrency);
         let lines: Vec<&str> = EXAMPLE_TOML.lines().map(|l| l.trim_start_matches("# ")).collect();
         let mut checked = 0;
-        for section in ["nfs", "admin", "cache", "upload", "log", "share"] {
+        for section in ["nfs", "admin", "cache", "upload", "log", "smb", "share"] {
             let fields = fields_of(section);
             assert!(!fields.is_empty(), "{section}");
             for f in fields {

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod nfs;
 pub mod remote;
 pub mod share;
+pub mod smb;
 mod upload;

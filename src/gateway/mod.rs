@@ -71,8 +71,10 @@ pub struct Running {
     pub portmap_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    /// The shares' FUSE mounts (`fuse_mount`); unmounted when dropped.
+    /// The shares' FUSE mounts (`fuse_mount`, SMB shares); unmounted when dropped.
     fuse: Vec<crate::fuse::FuseMount>,
+    /// smbd, when `[smb] run_smbd` started it; stopped before the mounts go.
+    smbd: Option<crate::smb::Smbd>,
     /// Dropped last: the uploaders' runtime (see `background`).
     _background: background::Background,
 }
@@ -266,7 +268,7 @@ impl Gateway {
         });
         let mut fuse = Vec::new();
         for s in &gateway.shares {
-            if let Some(path) = &s.config.fuse_mount {
+            if let Some(path) = &s.config.fuse_path() {
                 let handle = tokio::runtime::Handle::current();
                 let (share, path) = (s.share.clone(), path.clone());
                 let m =
@@ -275,6 +277,12 @@ impl Gateway {
                 fuse.push(m);
             }
         }
+        // After the mounts it serves exist.
+        let smbd = if gateway.config.smb.run_smbd && gateway.config.shares.iter().any(|s| s.smb) {
+            Some(crate::smb::Smbd::start(&gateway.config).await?)
+        } else {
+            None
+        };
         Ok(Running {
             gateway,
             nfs_addr,
@@ -283,6 +291,7 @@ impl Gateway {
             stop,
             tasks,
             fuse,
+            smbd,
             _background: background,
         })
     }
@@ -313,7 +322,10 @@ impl Running {
     /// Stops taking calls, lets calls in flight finish, stops the uploaders (the
     /// queue stays durable) and flushes every share's metadata.
     pub async fn shutdown(mut self) {
-        // FUSE first: unmounting waits for the calls the kernel has in flight.
+        // SMB, then FUSE: unmounting waits for the calls the kernel has in flight.
+        if let Some(s) = self.smbd.take() {
+            s.stop().await;
+        }
         for m in std::mem::take(&mut self.fuse) {
             m.unmount().await;
         }

@@ -25,6 +25,7 @@ mod remote_store;
 mod rename_races;
 mod rpc_layer;
 mod rpc_libnfs;
+mod smb;
 mod soak;
 mod upload_races;
 mod writeback;

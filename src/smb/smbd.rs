@@ -1,0 +1,117 @@
+//! Running `smbd` from `bucketgate serve` (`[smb] run_smbd`): in the foreground, in
+//! its own process group so a terminal's Ctrl-C reaches the gateway alone, with its
+//! smb.conf and every directory it writes under the SMB state directory, so nothing
+//! of the host's own Samba setup is used or changed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::config::Config;
+
+/// How long smbd has to start listening, and to stop after SIGTERM.
+const START: Duration = Duration::from_secs(20);
+const STOP: Duration = Duration::from_secs(10);
+
+/// smbd on PATH or in /usr/sbin (root's PATH has it; a user's may not).
+pub(super) fn find() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("smbd"))
+        .find(|p| p.is_file())
+}
+
+/// Where this smbd loads its modules from (`smbd -b`'s MODULESDIR).
+pub(super) fn module_dir(smbd: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(smbd).arg("-b").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("MODULESDIR:"))
+        .map(|d| PathBuf::from(d.trim()))
+}
+
+/// A running smbd; [`Smbd::stop`] ends it.
+pub struct Smbd {
+    child: Child,
+}
+
+impl Smbd {
+    /// Writes the smb.conf and starts smbd on it; returns once smbd accepts
+    /// connections on `[smb] listen`.
+    pub async fn start(cfg: &Config) -> anyhow::Result<Smbd> {
+        if let Some(p) = super::host_problems(cfg) {
+            bail!(p);
+        }
+        let smbd = find().context("smbd not found")?;
+        let state = cfg.smb.state_dir(&cfg.cache.dir);
+        for sub in [
+            "private",
+            "lock",
+            "state",
+            "cache",
+            "run/ncalrpc",
+            "bind-dns",
+            "log",
+        ] {
+            std::fs::create_dir_all(state.join(sub))
+                .with_context(|| format!("creating {}", state.join(sub).display()))?;
+        }
+        // Samba refuses a private directory others can read.
+        std::fs::set_permissions(
+            state.join("private"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        let conf = state.join("smb.conf");
+        std::fs::write(&conf, super::render(cfg, &state))
+            .with_context(|| format!("writing {}", conf.display()))?;
+        let mut child = Command::new(&smbd)
+            .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+            .arg(&conf)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", smbd.display()))?;
+        let addr = crate::cli::connectable(cfg.smb.listen);
+        let deadline = tokio::time::Instant::now() + START;
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tracing::info!(listen = %cfg.smb.listen, conf = %conf.display(), "smbd serving");
+                return Ok(Smbd { child });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "smbd exited ({status}) before listening on {}; its log: {}",
+                    cfg.smb.listen,
+                    state.join("log/smbd.log").display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                bail!("smbd did not listen on {} within {START:?}", cfg.smb.listen);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if smbd has not ended within a few seconds.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // Its process group: smbd forks a child per connection.
+            unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
+        }
+        if tokio::time::timeout(STOP, self.child.wait()).await.is_err() {
+            tracing::warn!("smbd did not stop after SIGTERM; killing it");
+            if let Some(pid) = self.child.id() {
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            let _ = self.child.wait().await;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! SMB through Samba: a share with `smb = true` and `[smb] run_smbd`, served by a
+//! real smbd over the share's FUSE mount and used with smbclient (SMB 3), against the
+//! in-process S3 server. Needs Debian's samba, samba-vfs-modules and smbclient.
+
+use crate::common;
+
+use std::path::Path;
+
+use common::child::{bucket_contents, free_port};
+use common::gateway::{flush, s3_config, share_with, start};
+use common::nfs::*;
+use common::s3server::S3TestServer;
+
+/// smbclient against `//127.0.0.1/data` on `port` as the guest, running `commands`
+/// in `dir`; panics with its output when it fails.
+fn smbclient(port: u16, dir: &Path, commands: &str) -> String {
+    let out = std::process::Command::new("smbclient")
+        .args([
+            "//127.0.0.1/data",
+            "-p",
+            &port.to_string(),
+            "-N",
+            "-m",
+            "SMB3",
+            "-c",
+            commands,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("running smbclient");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // smbclient's exit status says little for -c scripts: it prints NT_STATUS_ codes.
+    assert!(
+        out.status.success() && !text.contains("NT_STATUS_"),
+        "smbclient -c '{commands}' failed:\n{text}"
+    );
+    text
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smbclient_reads_and_writes_a_guest_share() {
+    if !common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
+        || !common::have_tool("smbclient", "smbclient", "SMB through smbd")
+    {
+        return;
+    }
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port().port();
+    let mut cfg = share_with(&s3_config(tmp.path(), &srv, ""), |s| {
+        s.fuse_mount = Some(tmp.path().join("mnt"));
+        s.smb = true;
+        s.smb_guest = true;
+    });
+    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.smb.run_smbd = true;
+    cfg.smb.state_dir = Some(tmp.path().join("smb"));
+    let gw = start(cfg, Some((srv.access_key.clone(), srv.secret_key.clone()))).await;
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let big = body(64 << 20, 7);
+    std::fs::write(work.join("big.in"), &big).unwrap();
+
+    let w = work.clone();
+    let listing = tokio::task::spawn_blocking(move || {
+        smbclient(
+            port,
+            &w,
+            "mkdir docs; put big.in docs\\big.bin; get docs\\big.bin big.out; \
+             put big.in gone.bin; rename gone.bin docs\\moved.bin; put big.in del.bin; del del.bin; \
+             ls docs\\*",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sha256(&std::fs::read(work.join("big.out")).unwrap()),
+        sha256(&big),
+        "64 MiB put and got back over SMB"
+    );
+    assert!(
+        listing.contains("big.bin") && listing.contains("moved.bin"),
+        "{listing}"
+    );
+
+    // What SMB wrote, NFS reads; what NFS writes, SMB reads.
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let docs = lookup(&mut c, &root, "docs").await.unwrap();
+    let f = lookup(&mut c, &docs, "big.bin").await.unwrap();
+    assert_eq!(sha256(&read_all(&mut c, &f).await), sha256(&big));
+    let a = getattr(&mut c, &f).await.unwrap();
+    assert_eq!(
+        (a.uid, a.gid, a.mode),
+        (65534, 65534, 0o664),
+        "the guest's file, create mask 0664"
+    );
+    // (docs is the guest's, 0775: uid 1000 writes beside it.)
+    put_file(&mut c, &root, "from-nfs.txt", b"written over NFS").await;
+    let w = work.clone();
+    tokio::task::spawn_blocking(move || smbclient(port, &w, "get from-nfs.txt nfs.out"))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(work.join("nfs.out")).unwrap(), b"written over NFS");
+
+    // Renames and deletes reached the bucket as over NFS; the owner is in the metadata.
+    flush(&gw).await;
+    let bucket = bucket_contents(&srv).await;
+    let mut keys: Vec<&String> = bucket.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["docs/", "docs/big.bin", "docs/moved.bin", "from-nfs.txt"],
+        "the bucket after the SMB session"
+    );
+    assert_eq!(sha256(&bucket["docs/moved.bin"]), sha256(&big));
+    let head = srv
+        .client
+        .head_object()
+        .bucket(&srv.bucket)
+        .key("docs/big.bin")
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("file-owner").map(String::as_str), Some("65534"));
+    assert_eq!(meta.get("file-permissions").map(String::as_str), Some("0100664"));
+    gw.shutdown().await;
+    let smbd_left = std::process::Command::new("pgrep")
+        .args(["-f", &tmp.path().join("smb").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !smbd_left.status.success(),
+        "smbd still runs after shutdown: {}",
+        String::from_utf8_lossy(&smbd_left.stdout)
+    );
+}
