@@ -49,6 +49,13 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The SMB users of the shares (Samba's user database under [smb] state_dir).
+    SmbUser {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: SmbUserAction,
+    },
     /// Show shares, cache use, the upload queue and failing files of a running gateway.
     Status {
         #[command(flatten)]
@@ -80,6 +87,26 @@ pub enum Command {
         /// /<share> or a directory in it; every share when omitted.
         path: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SmbUserAction {
+    /// Add a user, or set its password; makes its Unix account (a system account
+    /// without home or shell) when there is none. The password is the first line
+    /// of --password-file, or of standard input.
+    Add {
+        name: String,
+        /// The Unix account's uid, for an account made here: the same on every
+        /// gateway of a bucket keeps files the user's everywhere.
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a user; its Unix account stays (it owns files).
+    Del { name: String },
+    /// The users and their uids.
+    List,
 }
 
 /// Which gateway the client commands talk to.
@@ -120,6 +147,39 @@ impl AdminTarget {
         };
         Ok(AdminClient::new(addr).with_token(token))
     }
+}
+
+fn smb_user(cfg: &Config, action: SmbUserAction) -> anyhow::Result<()> {
+    use crate::smb::users;
+    match action {
+        SmbUserAction::Add {
+            name,
+            uid,
+            password_file,
+        } => {
+            let text = match password_file {
+                Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let password = text.lines().next().unwrap_or("");
+            users::add(cfg, &name, uid, password)?;
+            println!("SMB user {name} added");
+        }
+        SmbUserAction::Del { name } => {
+            users::del(cfg, &name)?;
+            println!("SMB user {name} removed (its Unix account stays)");
+        }
+        SmbUserAction::List => {
+            for (name, uid) in users::list(cfg)? {
+                println!("{name}\t{uid}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A wildcard listen address is not one to connect to: use loopback instead.
@@ -173,6 +233,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{}: no share has smb = true", config.display());
             }
             print!("{}", crate::smb::render(&cfg, &cfg.smb.state_dir(&cfg.cache.dir)));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SmbUser { config, action } => {
+            let cfg = Config::load(&config).map_err(anyhow::Error::msg)?;
+            smb_user(&cfg, action)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {

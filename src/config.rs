@@ -336,15 +336,10 @@ fn smb_share_problems(s: &ShareConfig, add: &mut impl FnMut(&str, String)) {
     // Names go into smb.conf as they are: nothing that could end or extend a line.
     for (key, names) in [("smb_users", &s.smb_users), ("smb_groups", &s.smb_groups)] {
         for n in names {
-            let ok = !n.is_empty()
-                && n.len() <= 64
-                && !n.starts_with('-')
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !ok {
+            if !crate::smb::valid_name(n) {
                 add(
                     key,
-                    format!("`{n}` must be 1-64 characters of a-z A-Z 0-9 . _ - (not starting with -)"),
+                    format!("`{n}` must be 1-32 characters of a-z A-Z 0-9 . _ - (not starting with -)"),
                 );
             } else if n == "root" {
                 add(
@@ -1326,7 +1321,7 @@ mod tests {
             ),
             (
                 share("smb = true\nsmb_users = [\"a b\"]"),
-                "share[0].smb_users: `a b` must be 1-64 characters",
+                "share[0].smb_users: `a b` must be 1-32 characters",
             ),
             (
                 share("smb = true\nsmb_users = [\"x\\nread only = no\"]"),

@@ -2,11 +2,13 @@
 //! so Samba does the protocol, the users and the signing and encryption, while every
 //! file call reaches the share layer as the SMB user's uid (Samba switches to it
 //! before each call and FUSE carries it). This module renders the smb.conf for the
-//! configured shares (`conf`), checks that Samba is installed (`host_problems`), and
-//! runs `smbd` itself when `[smb] run_smbd` asks for it (`smbd`).
+//! configured shares (`conf`), checks that Samba is installed (`host_problems`),
+//! runs `smbd` itself when `[smb] run_smbd` asks for it (`smbd`), and keeps the SMB
+//! users in Samba's database (`users`).
 
 mod conf;
 mod smbd;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,44 @@ pub enum SmbSecurity {
 /// Where a share is mounted with FUSE for smbd when `fuse_mount` is not set.
 pub fn default_mount(share: &str) -> PathBuf {
     Path::new("/run/bucketgate/smb").join(share)
+}
+
+/// Whether `name` may be an SMB user or group: a Linux account name (at most 32
+/// characters) with nothing that could end or extend an smb.conf line.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Writes the smb.conf for `cfg` into the SMB state directory, and makes the
+/// directories Samba writes to there; returns the smb.conf's path.
+pub(crate) fn write_conf(cfg: &crate::config::Config) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let state = cfg.smb.state_dir(&cfg.cache.dir);
+    for sub in [
+        "private",
+        "lock",
+        "state",
+        "cache",
+        "run/ncalrpc",
+        "bind-dns",
+        "log",
+    ] {
+        std::fs::create_dir_all(state.join(sub))
+            .with_context(|| format!("creating {}", state.join(sub).display()))?;
+    }
+    // Samba refuses a private directory others can read.
+    std::fs::set_permissions(
+        state.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let conf = state.join("smb.conf");
+    std::fs::write(&conf, render(cfg, &state)).with_context(|| format!("writing {}", conf.display()))?;
+    Ok(conf)
 }
 
 /// The Debian packages SMB shares need.

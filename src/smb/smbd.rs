@@ -47,27 +47,8 @@ impl Smbd {
             bail!(p);
         }
         let smbd = find().context("smbd not found")?;
+        let conf = super::write_conf(cfg)?;
         let state = cfg.smb.state_dir(&cfg.cache.dir);
-        for sub in [
-            "private",
-            "lock",
-            "state",
-            "cache",
-            "run/ncalrpc",
-            "bind-dns",
-            "log",
-        ] {
-            std::fs::create_dir_all(state.join(sub))
-                .with_context(|| format!("creating {}", state.join(sub).display()))?;
-        }
-        // Samba refuses a private directory others can read.
-        std::fs::set_permissions(
-            state.join("private"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
-        let conf = state.join("smb.conf");
-        std::fs::write(&conf, super::render(cfg, &state))
-            .with_context(|| format!("writing {}", conf.display()))?;
         let mut child = Command::new(&smbd)
             .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
             .arg(&conf)

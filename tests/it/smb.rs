@@ -148,3 +148,134 @@ async fn smbclient_reads_and_writes_a_guest_share() {
         String::from_utf8_lossy(&smbd_left.stdout)
     );
 }
+
+/// A Unix account made for a test, removed when dropped.
+struct TestAccount(String);
+
+impl Drop for TestAccount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+/// A uid no account has, from 2000 on.
+fn free_uid() -> u32 {
+    (2000..3000)
+        .find(|u| {
+            !std::process::Command::new("getent")
+                .args(["passwd", &u.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        })
+        .expect("a free uid")
+}
+
+/// A share for named users only, with encryption required: the user made by
+/// `smb-user add` (Unix account and Samba entry) writes over an encrypted SMB 3
+/// session and owns the file, in the object metadata too; a wrong password, the
+/// guest and an SMB 2.1 session (which cannot encrypt) are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_share_with_encryption_required_knows_its_users() {
+    if !common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
+        || !common::have_tool("smbclient", "smbclient", "SMB through smbd")
+    {
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        common::skipped("SMB users: making a Unix account needs root");
+        return;
+    }
+    let srv = S3TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port().port();
+    let name = format!("bgsmb{}", std::process::id());
+    let mut cfg = share_with(&s3_config(tmp.path(), &srv, ""), |s| {
+        s.fuse_mount = Some(tmp.path().join("mnt"));
+        s.smb = true;
+        s.smb_users = vec![name.clone()];
+    });
+    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.smb.security = bucketgate::smb::SmbSecurity::Required;
+    cfg.smb.run_smbd = true;
+    cfg.smb.state_dir = Some(tmp.path().join("smb"));
+    let uid = free_uid();
+    bucketgate::smb::users::add(&cfg, &name, Some(uid), "Pa55-word").unwrap();
+    let _account = TestAccount(name.clone());
+    assert_eq!(bucketgate::smb::users::list(&cfg).unwrap(), [(name.clone(), uid)]);
+    let gw = start(
+        cfg.clone(),
+        Some((srv.access_key.clone(), srv.secret_key.clone())),
+    )
+    .await;
+    // The root directory is the share's default, 0777: anyone may create in it.
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("note.in"), b"from an SMB user").unwrap();
+    let session = {
+        let work = work.clone();
+        move |auth: Vec<String>, commands: &str| {
+            let out = std::process::Command::new("smbclient")
+                .args(["//127.0.0.1/data", "-p", &port.to_string(), "-m", "SMB3"])
+                .args(auth)
+                .args(["-c", commands])
+                .current_dir(&work)
+                .output()
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let user = |pw: &str| vec!["-U".to_string(), format!("{name}%{pw}")];
+    let encrypt = "--client-protection=encrypt".to_string();
+    let out = tokio::task::spawn_blocking({
+        let (u, e) = (user("Pa55-word"), encrypt.clone());
+        let s = session.clone();
+        move || s([u, vec![e]].concat(), "put note.in note.txt; ls")
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("note.txt") && !out.contains("NT_STATUS_"), "{out}");
+    for (what, auth, status) in [
+        (
+            "a wrong password",
+            [user("wrong"), vec![encrypt.clone()]].concat(),
+            "NT_STATUS_LOGON_FAILURE",
+        ),
+        ("the guest", vec!["-N".to_string()], "NT_STATUS_"),
+        // SMB 2.1 cannot encrypt (an SMB 3 client encrypts when the server says so).
+        (
+            "SMB 2.1",
+            [user("Pa55-word"), vec!["-m".to_string(), "SMB2_10".to_string()]].concat(),
+            "NT_STATUS_",
+        ),
+    ] {
+        let s = session.clone();
+        let out = tokio::task::spawn_blocking(move || s(auth, "ls")).await.unwrap();
+        assert!(out.contains(status), "{what} got in:\n{out}");
+    }
+    let mut c = mount(gw.nfs_addr).await;
+    let root = c.root_nfs_fh3();
+    let f = lookup(&mut c, &root, "note.txt").await.unwrap();
+    let a = getattr(&mut c, &f).await.unwrap();
+    assert_eq!(a.uid, uid, "owned by the SMB user");
+    flush(&gw).await;
+    let head = srv
+        .client
+        .head_object()
+        .bucket(&srv.bucket)
+        .key("note.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata().unwrap().get("file-owner").map(String::as_str),
+        Some(uid.to_string().as_str())
+    );
+    gw.shutdown().await;
+    bucketgate::smb::users::del(&cfg, &name).unwrap();
+    assert!(bucketgate::smb::users::list(&cfg).unwrap().is_empty());
+}
