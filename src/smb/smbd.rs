@@ -1,7 +1,7 @@
 //! Running `smbd` from `bucketgate serve` (`[smb] run_smbd`): in the foreground, in
 //! its own process group so a terminal's Ctrl-C reaches the gateway alone, with its
-//! smb.conf and every directory it writes under the SMB state directory, so nothing
-//! of the host's own Samba setup is used or changed.
+//! smb.conf, its log (`log/smbd.log`) and every directory it writes under the SMB
+//! state directory, so nothing of the host's own Samba setup is used or changed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,7 +50,7 @@ impl Smbd {
         let conf = super::write_conf(cfg)?;
         let state = cfg.smb.state_dir(&cfg.cache.dir);
         let mut child = Command::new(&smbd)
-            .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+            .args(["--foreground", "--no-process-group", "-s"])
             .arg(&conf)
             .process_group(0)
             .stdin(Stdio::null())

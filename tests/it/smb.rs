@@ -138,6 +138,8 @@ async fn smbclient_reads_and_writes_a_guest_share() {
     assert_eq!(meta.get("file-owner").map(String::as_str), Some("65534"));
     assert_eq!(meta.get("file-permissions").map(String::as_str), Some("0100664"));
     gw.shutdown().await;
+    let log = std::fs::read_to_string(tmp.path().join("smb/log/smbd.log")).unwrap_or_default();
+    assert!(log.contains("smbd version"), "smbd logs to its log file: {log:?}");
     let smbd_left = std::process::Command::new("pgrep")
         .args(["-f", &tmp.path().join("smb").display().to_string()])
         .output()
