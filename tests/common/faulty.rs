@@ -23,8 +23,8 @@ pub struct Faulty {
     pub fail_with: std::sync::Mutex<Option<(bool, String)>>,
     /// Added to every read (HEAD, GET, LIST), as for a store in another region.
     pub read_latency_us: std::sync::atomic::AtomicU64,
-    /// This many more puts reach the store but answer a transient error, as when the
-    /// connection drops before the reply.
+    /// This many more puts (PutObject, CompleteMultipartUpload) reach the store but
+    /// answer a transient error, as when the connection drops before the reply.
     pub lose_put_replies: AtomicUsize,
     /// Deletes wait for a permit here when `hold_deletes` is set.
     pub hold_deletes: AtomicBool,
@@ -148,7 +148,8 @@ impl ObjectStore for Faulty {
         parts: &[CompletedPart],
     ) -> StoreResult<String> {
         self.check()?;
-        self.inner.complete_multipart(key, upload_id, parts).await
+        let r = self.inner.complete_multipart(key, upload_id, parts).await;
+        self.reply(r)
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.check()?;
@@ -214,9 +215,11 @@ impl ObjectStore for Faulty {
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         self.check()?;
-        self.inner
+        let r = self
+            .inner
             .complete_multipart_if(key, upload_id, parts, expect)
-            .await
+            .await;
+        self.reply(r)
     }
     async fn copy_object_if(
         &self,
