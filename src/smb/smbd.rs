@@ -37,6 +37,44 @@ pub(super) fn module_dir(smbd: &Path) -> Option<PathBuf> {
 /// A running smbd; [`Smbd::stop`] ends it.
 pub struct Smbd {
     child: Child,
+    /// Its pid, for the next start to find it if this gateway dies without stopping it.
+    pid_file: PathBuf,
+}
+
+/// Ends the smbd a gateway killed without stopping it left running on `conf` (in its
+/// own process group, it outlives the gateway): it would hold the port and serve a
+/// dead mount. Only a process whose command line names `conf` is touched.
+async fn stop_left_behind(pid_file: &Path, conf: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .any(|arg| arg == conf.as_os_str().as_encoded_bytes())
+    });
+    if !ours {
+        return;
+    }
+    tracing::warn!(
+        pid,
+        "stopping the smbd an earlier run of the gateway left running"
+    );
+    unsafe { libc::kill(-pid, libc::SIGTERM) };
+    let deadline = tokio::time::Instant::now() + STOP;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if tokio::time::Instant::now() > deadline {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its connection children, which may outlive the main process by a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = std::fs::remove_file(pid_file);
 }
 
 impl Smbd {
@@ -49,6 +87,12 @@ impl Smbd {
         let smbd = find().context("smbd not found")?;
         let conf = super::write_conf(cfg)?;
         let state = cfg.smb.state_dir(&cfg.cache.dir);
+        let pid_file = state.join("run/bucketgate-smbd.pid");
+        stop_left_behind(&pid_file, &conf).await;
+        // Something else on the port would answer the readiness check below for an
+        // smbd that could not bind.
+        std::net::TcpListener::bind(cfg.smb.listen)
+            .with_context(|| format!("[smb] listen {} is not free", cfg.smb.listen))?;
         let mut child = Command::new(&smbd)
             .args(["--foreground", "--no-process-group", "-s"])
             .arg(&conf)
@@ -59,12 +103,16 @@ impl Smbd {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", smbd.display()))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(&pid_file, pid.to_string())
+                .with_context(|| format!("writing {}", pid_file.display()))?;
+        }
         let addr = crate::cli::connectable(cfg.smb.listen);
         let deadline = tokio::time::Instant::now() + START;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 tracing::info!(listen = %cfg.smb.listen, conf = %conf.display(), "smbd serving");
-                return Ok(Smbd { child });
+                return Ok(Smbd { child, pid_file });
             }
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -94,5 +142,6 @@ impl Smbd {
             }
             let _ = self.child.wait().await;
         }
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
