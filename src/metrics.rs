@@ -165,6 +165,11 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `bucketgate_readiness_check{check}`: 1 per passing check, 0 per failing one.
     pub readiness_check: IntGaugeVec,
+
+    // --- SMB (from smbstatus, every few seconds, when a share has smb = true) ---
+    /// `bucketgate_smb_sessions{dialect}`: SMB sessions open on smbd, by dialect
+    /// (File Gateway's SmbV2Sessions and SmbV3Sessions).
+    pub smb_sessions: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -409,6 +414,13 @@ impl Metrics {
                     "1 per passing readiness check, 0 per failing one."
                 ),
                 &["check"]
+            )),
+            smb_sessions: reg!(IntGaugeVec::new(
+                o(
+                    "smb_sessions",
+                    "SMB sessions open on smbd, by dialect (SMB2_10, SMB3_11, ...)."
+                ),
+                &["dialect"]
             )),
             registry,
         };
@@ -660,6 +672,7 @@ impl Metrics {
             &self.audit_dropped_total,
             &self.ready,
             &self.readiness_check,
+            &self.smb_sessions,
         ];
         cs.iter()
             .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))

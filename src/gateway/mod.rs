@@ -278,11 +278,24 @@ impl Gateway {
             }
         }
         // After the mounts it serves exist.
-        let smbd = if gateway.config.smb.run_smbd && gateway.config.shares.iter().any(|s| s.smb) {
+        let smb = gateway.config.shares.iter().any(|s| s.smb);
+        let smbd = if gateway.config.smb.run_smbd && smb {
             Some(crate::smb::Smbd::start(&gateway.config).await?)
         } else {
             None
         };
+        if smb {
+            let conf = gateway
+                .config
+                .smb
+                .state_dir(&gateway.config.cache.dir)
+                .join("smb.conf");
+            tasks.spawn(crate::smb::poll_sessions(
+                conf,
+                gateway.metrics.clone(),
+                stop.clone(),
+            ));
+        }
         Ok(Running {
             gateway,
             nfs_addr,

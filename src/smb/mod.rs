@@ -3,11 +3,12 @@
 //! file call reaches the share layer as the SMB user's uid (Samba switches to it
 //! before each call and FUSE carries it). This module renders the smb.conf for the
 //! configured shares (`conf`), checks that Samba is installed (`host_problems`),
-//! runs `smbd` itself when `[smb] run_smbd` asks for it (`smbd`), and keeps the SMB
-//! users in Samba's database (`users`).
+//! runs `smbd` itself when `[smb] run_smbd` asks for it (`smbd`), keeps the SMB
+//! users in Samba's database (`users`), and counts smbd's sessions (`status`).
 
 mod conf;
 mod smbd;
+mod status;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use conf::render;
 pub use smbd::Smbd;
+pub use status::poll_sessions;
 
 /// The `[smb]` section: what applies to every SMB share.
 #[derive(Clone, Debug, Deserialize)]

@@ -161,6 +161,7 @@ async fn start_with(access: ApiAccess) -> Harness {
         .with_label_values(&["limit"])
         .inc();
     metrics.observe_store_request("data", "PutObject", Duration::from_millis(30), Some("SlowDown"));
+    metrics.smb_sessions.with_label_values(&["SMB3_11"]).set(2);
     metrics.set_scrape_hook(|m| {
         m.set_cache(1000, 600, 250);
         m.set_upload_queue(3, 250, Duration::from_millis(12_500), 1);

@@ -115,6 +115,33 @@ async fn smbclient_reads_and_writes_a_guest_share() {
         .unwrap();
     assert_eq!(std::fs::read(work.join("nfs.out")).unwrap(), b"written over NFS");
 
+    // An open session shows on /metrics, by dialect (from smbstatus).
+    let mut live = std::process::Command::new("smbclient")
+        .args(["//127.0.0.1/data", "-p", &port.to_string(), "-N", "-m", "SMB3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = gw.gateway.metrics.render();
+        if text.contains("bucketgate_smb_sessions{dialect=\"SMB3_11\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SMB session on /metrics:\n{}",
+            text.lines()
+                .filter(|l| l.contains("smb"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = live.kill();
+    let _ = live.wait();
+
     // Renames and deletes reached the bucket as over NFS; the owner is in the metadata.
     flush(&gw).await;
     let bucket = bucket_contents(&srv).await;
