@@ -474,7 +474,8 @@ async fn metrics_body() {
     // Every family the registry promises is in the live answer. store_errors_total
     // has an error `code` label, so it appears with the first error (as Prometheus
     // client conventions have it); the outage test above sees it. The FUSE families
-    // appear with a FUSE mount (`fuse::changes_through_the_mount_are_audited`).
+    // appear with a FUSE mount (`fuse::changes_through_the_mount_are_audited`), the
+    // SMB one with an open SMB session (`smb::smbclient_reads_and_writes_a_guest_share`).
     let live: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -483,7 +484,11 @@ async fn metrics_body() {
     let registered: BTreeSet<String> = Metrics::new().names().into_iter().collect();
     let missing: Vec<_> = registered
         .difference(&live)
-        .filter(|n| *n != "bucketgate_store_errors_total" && !n.starts_with("bucketgate_fuse_"))
+        .filter(|n| {
+            *n != "bucketgate_store_errors_total"
+                && !n.starts_with("bucketgate_fuse_")
+                && !n.starts_with("bucketgate_smb_")
+        })
         .collect();
     assert!(missing.is_empty(), "missing from a live scrape: {missing:?}");
 
