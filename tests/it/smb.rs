@@ -11,20 +11,19 @@ use common::gateway::{flush, s3_config, share_with, start};
 use common::nfs::*;
 use common::s3server::S3TestServer;
 
-/// smbclient against `//127.0.0.1/data` on `port` as the guest, running `commands`
-/// in `dir`; panics with its output when it fails.
-fn smbclient(port: u16, dir: &Path, commands: &str) -> String {
+/// Whether smbd and smbclient are here; says SKIPPED when not.
+fn samba_here() -> bool {
+    common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
+        && common::have_tool("smbclient", "smbclient", "SMB through smbd")
+}
+
+/// smbclient against `//127.0.0.1/data` on `port` (SMB 3) with `auth`, running
+/// `commands` in `dir`: whether it exited well, and what it printed.
+fn smbclient_as(port: u16, auth: &[String], dir: &Path, commands: &str) -> (bool, String) {
     let out = std::process::Command::new("smbclient")
-        .args([
-            "//127.0.0.1/data",
-            "-p",
-            &port.to_string(),
-            "-N",
-            "-m",
-            "SMB3",
-            "-c",
-            commands,
-        ])
+        .args(["//127.0.0.1/data", "-p", &port.to_string(), "-m", "SMB3"])
+        .args(auth)
+        .args(["-c", commands])
         .current_dir(dir)
         .output()
         .expect("running smbclient");
@@ -33,12 +32,48 @@ fn smbclient(port: u16, dir: &Path, commands: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), text)
+}
+
+/// [`smbclient_as`] the guest; panics with its output when it fails.
+fn smbclient(port: u16, dir: &Path, commands: &str) -> String {
+    let (ok, text) = smbclient_as(port, &["-N".to_string()], dir, commands);
     // smbclient's exit status says little for -c scripts: it prints NT_STATUS_ codes.
     assert!(
-        out.status.success() && !text.contains("NT_STATUS_"),
+        ok && !text.contains("NT_STATUS_"),
         "smbclient -c '{commands}' failed:\n{text}"
     );
     text
+}
+
+/// A guest SMB session that stays open until the child is killed.
+fn open_session(port: u16) -> std::process::Child {
+    std::process::Command::new("smbclient")
+        .args(["//127.0.0.1/data", "-p", &port.to_string(), "-N", "-m", "SMB3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A config for an in-process gateway whose share `data` is also an SMB share, as
+/// `smb` sets it, served by an smbd the gateway runs on `port`, its state in `dir`.
+fn smb_config(
+    dir: &Path,
+    srv: &S3TestServer,
+    port: u16,
+    smb: impl FnOnce(&mut bucketgate::config::ShareConfig),
+) -> bucketgate::config::Config {
+    let mut cfg = share_with(&s3_config(dir, srv, ""), |s| {
+        s.fuse_mount = Some(dir.join("mnt"));
+        s.smb = true;
+        smb(s);
+    });
+    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.smb.run_smbd = true;
+    cfg.smb.state_dir = Some(dir.join("smb"));
+    cfg
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -51,22 +86,13 @@ fn sha256(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smbclient_reads_and_writes_a_guest_share() {
-    if !common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
-        || !common::have_tool("smbclient", "smbclient", "SMB through smbd")
-    {
+    if !samba_here() {
         return;
     }
     let srv = S3TestServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port().port();
-    let mut cfg = share_with(&s3_config(tmp.path(), &srv, ""), |s| {
-        s.fuse_mount = Some(tmp.path().join("mnt"));
-        s.smb = true;
-        s.smb_guest = true;
-    });
-    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    cfg.smb.run_smbd = true;
-    cfg.smb.state_dir = Some(tmp.path().join("smb"));
+    let cfg = smb_config(tmp.path(), &srv, port, |s| s.smb_guest = true);
     let gw = start(cfg, Some((srv.access_key.clone(), srv.secret_key.clone()))).await;
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
@@ -116,13 +142,7 @@ async fn smbclient_reads_and_writes_a_guest_share() {
     assert_eq!(std::fs::read(work.join("nfs.out")).unwrap(), b"written over NFS");
 
     // An open session shows on /metrics, by dialect (from smbstatus).
-    let mut live = std::process::Command::new("smbclient")
-        .args(["//127.0.0.1/data", "-p", &port.to_string(), "-N", "-m", "SMB3"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut live = open_session(port);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let text = gw.gateway.metrics.render();
@@ -198,9 +218,7 @@ fn free_uid() -> u32 {
 /// guest and an SMB 2.1 session (which cannot encrypt) are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_share_with_encryption_required_knows_its_users() {
-    if !common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
-        || !common::have_tool("smbclient", "smbclient", "SMB through smbd")
-    {
+    if !samba_here() {
         return;
     }
     if unsafe { libc::geteuid() } != 0 {
@@ -211,15 +229,8 @@ async fn a_users_share_with_encryption_required_knows_its_users() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port().port();
     let name = format!("bgsmb{}", std::process::id());
-    let mut cfg = share_with(&s3_config(tmp.path(), &srv, ""), |s| {
-        s.fuse_mount = Some(tmp.path().join("mnt"));
-        s.smb = true;
-        s.smb_users = vec![name.clone()];
-    });
-    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cfg = smb_config(tmp.path(), &srv, port, |s| s.smb_users = vec![name.clone()]);
     cfg.smb.security = bucketgate::smb::SmbSecurity::Required;
-    cfg.smb.run_smbd = true;
-    cfg.smb.state_dir = Some(tmp.path().join("smb"));
     let uid = free_uid();
     bucketgate::smb::users::add(&cfg, &name, Some(uid), "Pa55-word").unwrap();
     let _account = TestAccount(name.clone());
@@ -235,20 +246,7 @@ async fn a_users_share_with_encryption_required_knows_its_users() {
     std::fs::write(work.join("note.in"), b"from an SMB user").unwrap();
     let session = {
         let work = work.clone();
-        move |auth: Vec<String>, commands: &str| {
-            let out = std::process::Command::new("smbclient")
-                .args(["//127.0.0.1/data", "-p", &port.to_string(), "-m", "SMB3"])
-                .args(auth)
-                .args(["-c", commands])
-                .current_dir(&work)
-                .output()
-                .unwrap();
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        }
+        move |auth: Vec<String>, commands: &str| smbclient_as(port, &auth, &work, commands).1
     };
     let user = |pw: &str| vec!["-U".to_string(), format!("{name}%{pw}")];
     let encrypt = "--client-protection=encrypt".to_string();
@@ -307,9 +305,7 @@ async fn a_users_share_with_encryption_required_knows_its_users() {
 /// gateway left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_a_live_smb_session_loses_nothing_closed_and_smb_comes_back() {
-    if !common::have_tool("smbd", "samba samba-vfs-modules", "SMB through smbd")
-        || !common::have_tool("smbclient", "smbclient", "SMB through smbd")
-    {
+    if !samba_here() {
         return;
     }
     let srv = S3TestServer::start().await;
@@ -339,13 +335,7 @@ async fn kill9_under_a_live_smb_session_loses_nothing_closed_and_smb_comes_back(
         .await
         .unwrap();
     // A second session that stays connected through the kill.
-    let mut live = std::process::Command::new("smbclient")
-        .args(["//127.0.0.1/data", "-p", &port.to_string(), "-N", "-m", "SMB3"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut live = open_session(port);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     tokio::task::block_in_place(|| {
         gw.kill9();

@@ -308,11 +308,18 @@ type Setup = (
 /// Version one of `f.txt` uploaded, then version two's put reaches the store
 /// without its reply reaching the gateway.
 async fn unheard_version(tmp: &std::path::Path, srv: &S3TestServer) -> Setup {
+    unheard_version_of(tmp, srv, "f.txt", b"version one").await
+}
+
+/// Version one of `name` (`first`) uploaded, then version two's upload reaches the
+/// store without its reply (PutObject's, or CompleteMultipartUpload's for a file
+/// past the multipart threshold) reaching the gateway.
+async fn unheard_version_of(tmp: &std::path::Path, srv: &S3TestServer, name: &str, first: &[u8]) -> Setup {
     let faulty = Faulty::new(Arc::new(srv.store().await));
     let gw = start_with_store(s3_config(tmp, srv, ""), faulty.clone()).await;
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
-    let fh = put_file(&mut c, &root, "f.txt", b"version one").await;
+    let fh = put_file(&mut c, &root, name, first).await;
     flush(&gw).await;
     faulty.lose_put_replies.store(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(10)).await; // a later mtime
@@ -320,7 +327,7 @@ async fn unheard_version(tmp: &std::path::Path, srv: &S3TestServer) -> Setup {
         .await
         .unwrap();
     gw.gateway.shares[0].uploader.flush_now(None);
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         while faulty.lose_put_replies.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -337,11 +344,21 @@ async fn unheard_version(tmp: &std::path::Path, srv: &S3TestServer) -> Setup {
 /// SOAK_SEED=1796330680250196346).
 async fn unheard_version_then_failed_retry(tmp: &std::path::Path, srv: &S3TestServer) -> Setup {
     let (gw, faulty, mut c, root, fh) = unheard_version(tmp, srv).await;
+    fail_an_upload_of_version_three(&gw, &faulty, &mut c, &fh).await;
+    (gw, faulty, c, root, fh)
+}
+
+/// Version three's upload notes its intent, then finds the store down (left down).
+async fn fail_an_upload_of_version_three(
+    gw: &Running,
+    faulty: &Faulty,
+    c: &mut Conn,
+    fh: &nfs3_types::nfs3::nfs_fh3,
+) {
     let uploader = &gw.gateway.shares[0].uploader;
-    // Version three's upload notes its intent, then finds the store down.
     faulty.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(10)).await;
-    write_at(&mut c, &fh, 0, b"version 333", stable_how::FILE_SYNC)
+    write_at(c, fh, 0, b"version 333", stable_how::FILE_SYNC)
         .await
         .unwrap();
     uploader.flush_now(None);
@@ -352,7 +369,6 @@ async fn unheard_version_then_failed_retry(tmp: &std::path::Path, srv: &S3TestSe
     })
     .await
     .expect("version three's upload failed");
-    (gw, faulty, c, root, fh)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,30 +433,10 @@ async fn a_name_left_by_a_file_renamed_during_its_upload_is_no_conflict() {
     gw.shutdown().await;
 }
 
-/// The multipart twin of `unheard_version`: version two of a 12 MiB file goes up as
-/// a multipart upload whose CompleteMultipartUpload lands in the store but whose
-/// reply is lost.
+/// The multipart twin of `unheard_version`: a 12 MiB file, whose version two goes
+/// up as a multipart upload.
 async fn unheard_multipart_version(tmp: &std::path::Path, srv: &S3TestServer) -> Setup {
-    let faulty = Faulty::new(Arc::new(srv.store().await));
-    let gw = start_with_store(s3_config(tmp, srv, ""), faulty.clone()).await;
-    let mut c = mount(gw.nfs_addr).await;
-    let root = c.root_nfs_fh3();
-    let fh = put_file(&mut c, &root, "big.bin", &body(12 << 20, 1)).await;
-    flush(&gw).await;
-    faulty.lose_put_replies.store(1, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(10)).await; // a later mtime
-    write_at(&mut c, &fh, 0, b"version TWO", stable_how::FILE_SYNC)
-        .await
-        .unwrap();
-    gw.gateway.shares[0].uploader.flush_now(None);
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while faulty.lose_put_replies.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the upload of version two reached the store");
-    (gw, faulty, c, root, fh)
+    unheard_version_of(tmp, srv, "big.bin", &body(12 << 20, 1)).await
 }
 
 /// A file removed after its multipart upload landed unheard: its object goes too,
@@ -465,20 +461,7 @@ async fn a_removed_file_takes_along_an_unheard_multipart_version_after_a_failed_
     let tmp = tempfile::tempdir().unwrap();
     let srv = S3TestServer::start().await;
     let (gw, faulty, mut c, _root, fh) = unheard_multipart_version(tmp.path(), &srv).await;
-    let uploader = &gw.gateway.shares[0].uploader;
-    faulty.down.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    write_at(&mut c, &fh, 0, b"version 333", stable_how::FILE_SYNC)
-        .await
-        .unwrap();
-    uploader.flush_now(None);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while uploader.failing().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("version three's upload failed");
+    fail_an_upload_of_version_three(&gw, &faulty, &mut c, &fh).await;
     drop(c);
     gw.shutdown().await;
     let gw = start_with_store(s3_config(tmp.path(), &srv, ""), Arc::new(srv.store().await)).await;
