@@ -9,16 +9,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use super::{SmbSecurity, default_mount};
+use super::SmbSecurity;
 use crate::config::{Config, ShareConfig};
-
-/// The mount smbd serves for `share`.
-pub(crate) fn mount_of(share: &ShareConfig) -> std::path::PathBuf {
-    share
-        .fuse_mount
-        .clone()
-        .unwrap_or_else(|| default_mount(&share.name))
-}
 
 /// smb.conf for `cfg`'s SMB shares, Samba's own state under `state`.
 pub fn render(cfg: &Config, state: &Path) -> String {
@@ -70,7 +62,11 @@ pub fn render(cfg: &Config, state: &Path) -> String {
 }
 
 fn share_section(s: &ShareConfig) -> String {
-    let mount = mount_of(s).display().to_string();
+    let mount = s
+        .fuse_path()
+        .expect("an SMB share has a FUSE mount")
+        .display()
+        .to_string();
     let yes = |b: bool| if b { "yes" } else { "no" };
     let mut out = format!("\n[{}]\n", s.name);
     let mut line = |k: &str, v: &str| {

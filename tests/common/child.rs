@@ -140,6 +140,21 @@ path_style = true
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits (30 s at most) until the log, which runs on across restarts, holds
+    /// `line` `times` times: what a start does after its NFS port listens (FUSE
+    /// mounts, smbd) is done only then.
+    pub fn wait_for_log(&self, line: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches(line).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {times} x {line:?} in the log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `bucketgate flush --wait` against the admin API; panics unless it reports
     /// everything in the store.
     pub fn flush_wait(&self, timeout_s: u32) {

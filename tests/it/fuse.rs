@@ -308,8 +308,10 @@ fn a_mount_left_by_a_killed_gateway_is_taken_back() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not connected"), "{err}");
     gw.start();
+    // The new mount, not the old one seen before the start took it away (then the
+    // path is a plain directory: this read found no `f` in three full-suite runs).
+    gw.wait_for_log("mounted with FUSE", 2);
     wait_mounted(&mnt);
-    // (This read failed twice in full-suite runs and never alone: say what it met.)
     let kept = std::fs::read(mnt.join("f"))
         .unwrap_or_else(|e| panic!("reading f after the restart: {e}; gateway log:\n{}", gw.log()));
     assert_eq!(kept, b"kept\n");

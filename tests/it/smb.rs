@@ -325,7 +325,10 @@ async fn kill9_under_a_live_smb_session_loses_nothing_closed_and_smb_comes_back(
         tmp.path().join("smb").display()
     ));
     std::fs::write(&gw.config_path, text).unwrap();
-    tokio::task::block_in_place(|| gw.start());
+    tokio::task::block_in_place(|| {
+        gw.start();
+        gw.wait_for_log("smbd serving", 1);
+    });
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let data = body(8 << 20, 3);
@@ -345,15 +348,7 @@ async fn kill9_under_a_live_smb_session_loses_nothing_closed_and_smb_comes_back(
     let _ = live.wait();
     // serve starts smbd after its NFS port listens, once the mount is back (and the
     // old smbd, still answering on the port until then, is gone).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while gw.log().matches("smbd serving").count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "SMB did not come back: {}",
-            gw.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    tokio::task::block_in_place(|| gw.wait_for_log("smbd serving", 2));
     let w = work.clone();
     tokio::task::spawn_blocking(move || smbclient(port, &w, "get kept.bin out.bin"))
         .await
