@@ -1,4 +1,8 @@
-//! bucketgate: an NFSv3 file gateway in front of S3.
+//! bucketgate: a file gateway in front of S3. Shares are served over NFSv3 (`nfs`),
+//! mounted on the gateway through FUSE (`fuse`) and over SMB by Samba on that mount
+//! (`smb`); every front end calls the share layer (`share`), over the cache engine
+//! (the `bucketgate-cache` crate), which the uploader (`upload`) drives the object
+//! store (`remote`) towards.
 
 pub mod admin;
 mod audit;

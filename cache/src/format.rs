@@ -36,6 +36,8 @@ pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
                 dir.display()
             ))
         })?),
+        // A new cache is written in this format from its first record.
+        None if !db.was_recovered() => CACHE_FORMAT,
         None => UNRECORDED,
     };
     if found > CACHE_FORMAT {

@@ -943,13 +943,7 @@ impl Uploader {
     /// Without such a note, `unnoted_is_ours` decides (true: a key from a cache made
     /// before the note was kept, deleted as it always was).
     async fn delete_if_ours(&self, id: FileId, key: &str, unnoted_is_ours: bool) -> Result<(), StoreError> {
-        let noted = self
-            .cache
-            .load_any(id)
-            .ok()
-            .flatten()
-            .is_some_and(|i| i.remote.overwrite_meta.is_some());
-        if !noted {
+        if !self.cache.writes_noted(id).unwrap_or(false) {
             return if unnoted_is_ours {
                 self.store.delete_object(key).await
             } else {

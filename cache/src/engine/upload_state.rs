@@ -132,8 +132,7 @@ impl Cache {
         // Our own upload: the size is known, the store's Last-Modified is not.
         r.listed_size = snapshot_size;
         r.listed_mtime_ns = 0;
-        r.overwrite_meta = None;
-        b.remove(&keys::intents(id));
+        let noted = r.overwrite_meta.take();
         if i.unlinked {
             // Removed while uploading: the object just written is an orphan.
             r.stale_keys.push(key.to_string());
@@ -145,6 +144,13 @@ impl Cache {
             if moved_during {
                 Self::note_moved(&mut b, &i);
             }
+        }
+        // Writes of ours noted since the last recorded upload may have landed at
+        // the keys still to clean up: they stay ours until those keys are gone.
+        if i.remote.stale_keys.is_empty() {
+            b.remove(&keys::intents(id));
+        } else if let Some(prev) = noted {
+            self.keep_intent(&mut b, id, prev)?;
         }
         let clean = !i.is_dirty() && !i.unlinked;
         let snapshot = i.clone();
@@ -189,16 +195,10 @@ impl Cache {
         let mut b = Batch::default();
         if meta.is_some() {
             // The write noted before may have landed too (its reply lost, then a
-            // change and a failed retry): it stays ours until an upload is recorded.
+            // change and a failed retry): it stays ours while it may sit unrecorded
+            // (see record_upload and record_deleted).
             if let Some(prev) = i.remote.overwrite_meta {
-                let mut earlier = self.earlier_intents(id)?;
-                if !earlier.contains(&prev) {
-                    if earlier.len() >= MAX_EARLIER_INTENTS {
-                        earlier.remove(0);
-                    }
-                    earlier.push(prev);
-                    b.insert(&keys::intents(id), encode(&earlier));
-                }
+                self.keep_intent(&mut b, id, prev)?;
             }
             i.remote.overwrite_meta = meta;
         }
@@ -208,6 +208,20 @@ impl Cache {
         Ok(true)
     }
 
+    /// Adds `meta`, the metadata of a write of ours not recorded, to `id`'s earlier
+    /// intents in `b`.
+    fn keep_intent(&self, b: &mut Batch, id: FileId, meta: ObjectAttrs) -> Result<()> {
+        let mut earlier = self.earlier_intents(id)?;
+        if !earlier.contains(&meta) {
+            if earlier.len() >= MAX_EARLIER_INTENTS {
+                earlier.remove(0);
+            }
+            earlier.push(meta);
+            b.insert(&keys::intents(id), encode(&earlier));
+        }
+        Ok(())
+    }
+
     fn earlier_intents(&self, id: FileId) -> Result<Vec<ObjectAttrs>> {
         Ok(match self.db.get(keys::intents(id))? {
             Some(v) => bincode::deserialize(&v)?,
@@ -215,9 +229,17 @@ impl Cache {
         })
     }
 
+    /// Whether `id` has noted writes of ours that may sit unrecorded in the store
+    /// (see [`Cache::written_by_us`]).
+    pub fn writes_noted(&self, id: FileId) -> Result<bool> {
+        let noted = self.load(id)?.is_some_and(|i| i.remote.overwrite_meta.is_some());
+        Ok(noted || !self.earlier_intents(id)?.is_empty())
+    }
+
     /// Whether an object carrying `attrs` is one of our writes for `id` that may
     /// have reached the store without being recorded (the last noted, or an earlier
-    /// one since the last recorded upload), not another client's.
+    /// one that may still sit at a key not recorded or not yet cleaned up), not
+    /// another client's.
     pub fn written_by_us(&self, id: FileId, attrs: Option<ObjectAttrs>) -> Result<bool> {
         let Some(attrs) = attrs else {
             return Ok(false);
@@ -247,6 +269,10 @@ impl Cache {
         if deleted {
             Self::forget_left(&mut b, key);
             self.gone.deleted(key, version);
+        }
+        if i.remote.stale_keys.is_empty() && i.remote.overwrite_meta.is_none() {
+            // No key left where a write of ours may sit unrecorded.
+            b.remove(&keys::intents(id));
         }
         self.save_upload_state_with(&mut st, i, b)
     }
