@@ -3,6 +3,7 @@
 //! uploader performs it, records the outcome, reads the record again and asks anew,
 //! so a crash between steps only repeats one.
 
+use crate::engine::ROOT_ID;
 use crate::inode::{Inode, Kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,11 @@ impl UploadStep {
             _ if ino.remote.stale_keys.is_empty() => return UploadStep::Clean,
             _ => return UploadStep::DeleteStale,
         };
+        if ino.id == ROOT_ID {
+            // The share's root is the bucket prefix, not an object: its attributes
+            // are the gateway's own (the share's defaults, then what clients set).
+            return UploadStep::RecordClean;
+        }
         if ino.meta_pending {
             return UploadStep::ReadAttrs;
         }
@@ -133,6 +139,13 @@ mod tests {
         let mut new = Inode::fresh(7, 1, Kind::Dir, 0o755, 1000, 1000, 1);
         new.change_seq = 1;
         assert_eq!(UploadStep::next(&new, Some("d/")), PutMarker);
+    }
+
+    #[test]
+    fn the_share_root_has_no_object() {
+        let mut root = Inode::fresh(crate::ROOT_ID, 1, Kind::Dir, 0o777, 0, 0, 1);
+        root.change_seq = 2;
+        assert_eq!(UploadStep::next(&root, Some("/")), RecordClean);
     }
 
     #[test]

@@ -13,62 +13,11 @@ suites=("$@")
 ((${#suites[@]})) || suites=(smb2.connect smb2.read smb2.rw smb2.dir smb2.rename smb2.getinfo smb2.setinfo smb2.lock)
 here=$(cd "$(dirname "$0")" && pwd)
 known="$here/smbtorture-known.txt"
-for tool in smbd smbtorture; do
-  command -v "$tool" >/dev/null || { echo "smbtorture: $tool not found (apt-get install samba samba-vfs-modules samba-testsuite)"; exit 1; }
-done
-
-# A free loopback port for smbd (SMB clients would use 445; tests stay off it).
-port=
-for p in $(seq 14450 14499); do
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-done
-[ -n "$port" ] || { echo "smbtorture: no free port in 14450-14499"; exit 1; }
-
-work=$(mktemp -d)
-chmod 0755 "$work"
-gw_pid=
-cleanup() {
-  if [ -n "$gw_pid" ]; then kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; fi
-  umount -l "$work/mnt" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-user=bgtorture
-password="torture-$RANDOM-$RANDOM"
-cat > "$work/gw.toml" <<TOML
-[nfs]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[cache]
-dir = "$work/cache"
-capacity = "1GiB"
-[smb]
-listen = "127.0.0.1:$port"
-run_smbd = true
-state_dir = "$work/smb"
-[[share]]
-name = "data"
-url = "file://$work/bucket"
-fuse_mount = "$work/mnt"
-smb = true
-smb_users = ["$user"]
-TOML
-mkdir -p "$work/bucket"
-printf '%s\n' "$password" > "$work/password"
-"$bin" smb-user --config "$work/gw.toml" add "$user" --password-file "$work/password" >/dev/null
-"$bin" serve --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do
-  grep -q "smbd serving" "$work/gw.log" && break
-  kill -0 "$gw_pid" 2>/dev/null || { cat "$work/gw.log"; echo "smbtorture: the gateway exited"; exit 1; }
-  sleep 0.1
-done
-grep -q "smbd serving" "$work/gw.log" || { cat "$work/gw.log"; echo "smbtorture: smbd did not start"; exit 1; }
-# The share's root belongs to the share's default owner; the SMB user makes its
-# files there.
-chmod 0777 "$work/mnt"
+command -v smbtorture >/dev/null || { echo "smbtorture: smbtorture not found (apt-get install samba-testsuite)"; exit 1; }
+# shellcheck source=tests/interop/smb-lib.sh
+. "$here/smb-lib.sh"
+smb_setup smbtorture "$bin"
+smb_serve
 
 start=$(date +%s)
 : > "$work/results"
@@ -80,7 +29,7 @@ for suite in "${suites[@]}"; do
   # smbtorture reports each case as "success: NAME", "failure: NAME [", "skip: NAME"...
   sed -nE 's/^(success|failure|error|skip|xfail|uxsuccess): ([^ []+).*/\1 '"$suite"'.\2/p' "$work/$suite.out" >>"$work/results"
   if ! grep -qE "^(success|failure|error|skip): " "$work/$suite.out"; then
-    tail -20 "$work/$suite.out"; echo "smbtorture: $suite ran no case (exit $rc)"; exit 1
+    tail -20 "$work/$suite.out"; smb_fail "$suite ran no case (exit $rc)"
   fi
 done
 echo "smbtorture: ran in $(( $(date +%s) - start ))s"
@@ -113,9 +62,6 @@ if grep -q "PANIC" "$work/smb/log/smbd.log" 2>/dev/null; then
   echo "smbtorture: smbd panicked"
   status=1
 fi
-if ((status)); then tail -20 "$work/gw.log"; exit 1; fi
-
-kill -TERM "$gw_pid"
-wait "$gw_pid" || true
-gw_pid=
+((status == 0)) || smb_fail "FAILED"
+smb_stop
 echo "smbtorture: PASSED"

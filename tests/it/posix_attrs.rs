@@ -271,3 +271,25 @@ async fn used_is_what_a_file_takes_on_the_cache_disk() {
     assert_eq!(a.used, 100_000u64.div_ceil(4096) * 4096, "a file not cached");
     gw2.shutdown().await;
 }
+
+/// The share's root is the bucket prefix, not an object: a chmod of it is kept by the
+/// gateway and sends nothing to the store. Before, the uploader tried to write a
+/// marker at the key `/` for ever (InvalidKey), and `flush --wait` never returned
+/// (found by the SMB interop check, which opens the root to its users).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chmod_of_the_share_root_is_kept_and_flushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("bucket").display());
+    let gw = start(config(tmp.path(), &url), None).await;
+    // The root's owner: the share's default owner, nobody.
+    let mut c = mount_as(gw.nfs_addr, "/data", 65534, 65534).await;
+    let root = c.root_nfs_fh3();
+    setattr(&mut c, &root, mode_attr(0o1777)).await.unwrap();
+    common::gateway::flush_within(&gw, Duration::from_secs(10))
+        .await
+        .expect("flush after a chmod of the root");
+    let uploader = &gw.gateway.shares[0].uploader;
+    assert!(uploader.failing().is_empty(), "failing: {:?}", uploader.failing());
+    assert_eq!(getattr(&mut c, &root).await.unwrap().mode, 0o1777);
+    gw.shutdown().await;
+}
