@@ -12,6 +12,7 @@
 #
 # Usage: tests/interop/kernel-nfs.sh [--binary PATH] [--accel tcg|kvm] [--keep]
 #                                    [--guest SCRIPT --extra DIR --console FILE]
+#                                    [--smb] [--bucket-check SCRIPT]
 #   --binary PATH  the gateway (default: $CARGO_TARGET_DIR/debug/bucketgate or
 #                  target/debug/bucketgate; built with `cargo build --bin bucketgate`
 #                  only when missing)
@@ -22,6 +23,12 @@
 #                  reported the same way; this script's own bucket and restart checks
 #                  are then left out), with DIR's tree added to the guest's root and
 #                  the serial console copied to FILE (kernel-pjdfstest.sh uses these)
+#   --smb          the share is also served over SMB (its FUSE mount, the smbd the
+#                  gateway runs, an SMB user); the guest finds the port, user and
+#                  password as bgsmbport=, bgsmbuser=, bgsmbpass= on its kernel command
+#                  line, and a restart waits for the new smbd (kernel-cifs-guest.sh)
+#   --bucket-check SCRIPT  with --guest: after the flush, python3 SCRIPT BUCKET CONSOLE
+#                  prints "PASS name" / "FAIL name (why)" lines, counted as results
 # Environment:
 #   BUCKETGATE_VM_CACHE    kernel, packages and initramfs cache
 #                          (default ${XDG_CACHE_HOME:-$HOME/.cache}/bucketgate-vm)
@@ -46,6 +53,8 @@ keep=0
 guest=
 extra=
 console_copy=
+smb=0
+bucket_script=
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) bin=$2; shift 2 ;;
@@ -56,6 +65,8 @@ while [ $# -gt 0 ]; do
     --guest) guest=$(realpath "$2"); shift 2 ;;
     --extra) extra=$(realpath "$2"); shift 2 ;;
     --console) console_copy=$2; shift 2 ;;
+    --smb) smb=1; shift ;;
+    --bucket-check) bucket_script=$(realpath "$2"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -104,7 +115,7 @@ bin=$(realpath "$bin")
 # The base image (kernel + initramfs) is cached; its key covers this builder's version
 # and the kernel package. The guest's test script goes in a small second cpio archive
 # appended at each run, so changing the tests never rebuilds the image.
-image_version=5
+image_version=6
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
@@ -160,10 +171,16 @@ build_image() {
   if ldd "$root/sbin/mount.nfs" | grep 'not found' >&2; then
     echo "mount.nfs has unresolved libraries (above)" >&2; exit 2
   fi
-  # kernel modules: the NIC and the NFSv3 client, with their dependencies
+  # kernel modules: the NIC, the NFSv3 client and the SMB client (cifs, fs/cifs or
+  # fs/smb/client by kernel version), with their dependencies, and the crypto
+  # modules SMB 3 signing and encryption load on demand
   m="$stage/pkg/lib/modules/$kver"
   "$busybox" depmod -b "$stage/pkg" "$kver"
   local want=(kernel/drivers/virtio/virtio_pci.ko kernel/drivers/net/virtio_net.ko kernel/fs/nfs/nfsv3.ko)
+  local more
+  mapfile -t more < <(cd "$m" && { find kernel/fs -name 'cifs.ko*' | head -1
+    find kernel/crypto kernel/lib/crypto kernel/arch/x86/crypto -name '*.ko*' 2>/dev/null; })
+  want+=("${more[@]}")
   local w
   for w in "${want[@]}"; do
     echo "$w"
@@ -263,6 +280,25 @@ name = "data"
 url = "file://$work/bucket"
 squash = "none"
 TOML
+smb_args=
+if [ "$smb" = 1 ]; then
+  # smbd reaches the FUSE mount inside the work directory as the SMB user.
+  chmod 0755 "$work"
+  smb_port=$(free_port)
+  smb_pass="cifs-$RANDOM-$RANDOM"
+  cat >> "$work/gw.toml" <<TOML
+fuse_mount = "$work/mnt"
+smb = true
+smb_users = ["bgcifs"]
+[smb]
+listen = "127.0.0.1:$smb_port"
+run_smbd = true
+state_dir = "$work/smb"
+TOML
+  printf '%s\n' "$smb_pass" > "$work/smb-password"
+  "$bin" smb-user --config "$work/gw.toml" add bgcifs --password-file "$work/smb-password" >/dev/null
+  smb_args="bgsmbport=$smb_port bgsmbuser=bgcifs bgsmbpass=$smb_pass"
+fi
 "$bin" check-config --config "$work/gw.toml" >/dev/null
 # Objects another S3 writer left in the bucket before the gateway ever listed it: a
 # private file and a private directory (marker) of uid 1000, in the local store's own
@@ -296,11 +332,17 @@ seed_object home/secret $'top secret\n' 1000 1000 0100600
 seed_object home2/ "" 1000 1000 040700
 seed_object home2/inside $'inside\n' 1000 1000 0100644
 start_gateway() {
+  # With --smb the gateway serves once its own smbd does (after a kill -9 the old
+  # smbd still holds the port until the new gateway stops it).
+  local smbd_before _
+  smbd_before=$(grep -c "smbd serving" "$work/gateway.log" 2>/dev/null) || smbd_before=0
   RUST_LOG=${BUCKETGATE_VM_LOG:-info,bucketgate::nfs=debug} "$bin" serve --config "$work/gw.toml" >> "$work/gateway.log" 2>&1 &
   gw_pid=$!
-  local _
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+  for _ in $(seq 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null \
+      && { [ "$smb" = 0 ] || [ "$(grep -c "smbd serving" "$work/gateway.log")" -gt "$smbd_before" ]; }; then
+      return 0
+    fi
     sleep 0.1
   done
   echo "gateway did not start"; tail -30 "$work/gateway.log"; exit 1
@@ -342,7 +384,7 @@ timeout -k 5 "$vm_timeout" qemu-system-x86_64 \
   -nodefaults -no-user-config -display none -no-reboot \
   "${accel_args[@]}" -smp 1 -m 1024 \
   -kernel "$cache/image/vmlinuz" -initrd "$work/initrd.cpio" \
-  -append "console=ttyS0 quiet panic=-1 rdinit=/init bgport=$port bgsteptimeout=${BUCKETGATE_VM_STEP_TIMEOUT:-180}" \
+  -append "console=ttyS0 quiet panic=-1 rdinit=/init bgport=$port bgsteptimeout=${BUCKETGATE_VM_STEP_TIMEOUT:-180} $smb_args" \
   -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
   -serial "file:$work/console.log" -chardev "pipe,id=ack,path=$work/ack" -serial chardev:ack \
   < /dev/null > "$work/qemu.log" 2>&1 &
@@ -461,7 +503,12 @@ PY
 }
 # (only when the guest ran every step: after a hang its files are not all there)
 guest_complete=0
-if [ -n "$guest" ]; then
+if [ -n "$guest" ] && [ -n "$bucket_script" ]; then
+  while read -r verdict name rest; do
+    host_result "$verdict" "$name${rest:+ $rest}"
+  done < <(python3 "$bucket_script" "$work/bucket" "$work/console.txt" 2>&1 \
+    | sed -n 's/^\(PASS\|FAIL\) /\1 /p;s/^\(Traceback\|[A-Za-z]*Error\)/FAIL bucket-check-crashed: &/p')
+elif [ -n "$guest" ]; then
   echo "(bucket and restart checks left out: another guest script ran)"
 elif grep -aq '^BGTEST DONE' "$work/console.txt" && ! grep -aq '^BGTEST SKIP' "$work/console.txt"; then
   guest_complete=1
@@ -479,9 +526,13 @@ elif [ "$restarts" = 1 ]; then
 elif [ "$guest_complete" = 1 ]; then
   host_result FAIL "host:gateway-restarted-once ($restarts restarts)"
 fi
-gw_trouble=$(grep -E ' (ERROR|WARN) ' "$work/gateway.log" | grep -vE 'bucketgate::cli: (nfs\.listen|share\[0\]\.squash)' || true)
+# With --smb, the restart after the host's kill -9 takes back the FUSE mount and stops
+# the smbd the killed gateway left: warnings that kill caused.
+gw_trouble=$(grep -E ' (ERROR|WARN) ' "$work/gateway.log" \
+  | grep -vE 'bucketgate::cli: (nfs\.listen|share\[0\]\.squash)' \
+  | grep -vE 'unmounting a FUSE mount left by a gateway that stopped|stopping the smbd an earlier run of the gateway left running' || true)
 if [ -z "$gw_trouble" ]; then host_result PASS "host:gateway-log-clean"; else host_result FAIL "host:gateway-log-clean ($(echo "$gw_trouble" | wc -l) WARN/ERROR lines)"; fi
-guest_trouble=$(grep -iE 'nfs|rpc|lockd|xdr' "$work/guest-dmesg.txt" | grep -vE 'RPC: Registered|FS-Cache: Loaded|drop_caches' || true)
+guest_trouble=$(grep -iE 'nfs|rpc|lockd|xdr|CIFS: VFS' "$work/guest-dmesg.txt" | grep -vE 'RPC: Registered|FS-Cache: Loaded|drop_caches' || true)
 if [ -z "$guest_trouble" ]; then host_result PASS "host:guest-dmesg-clean"; else host_result FAIL "host:guest-dmesg-clean ($(echo "$guest_trouble" | wc -l) kernel messages)"; fi
 # NFS calls the kernel made, by procedure and status (debug lines of bucketgate::nfs)
 calls=$(sed -n 's/.*proc="\{0,1\}\([A-Z_0-9]*\).*nfs call status=\([A-Za-z_0-9]*\).*/\1 \2/p' "$work/gateway.log" | sort | uniq -c | sort -rn || true)
