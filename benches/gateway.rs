@@ -38,6 +38,13 @@
 //!     FILE_SYNC to it, 4,000 files in all, uploads held back: files/s and the p99 of
 //!     one file's two calls, vs 8 threads creating, writing and fdatasyncing their own
 //!     files on the same disk. `BENCH_FIGURES=11` runs only this figure.
+//! 12. SMB beside NFS on one gateway: Samba's smbd (run by the gateway) serving the
+//!     share's FUSE mount to smbclient (SMB 3), against the bench's NFS client on the
+//!     same gateway: a sequential write and a warm read of BENCH_MIB (NFS: 16 x 1 MiB
+//!     in flight, COMMIT at the end; SMB: `put` and `get`), and 1,000 files of 4 KiB
+//!     written one at a time (NFS: CREATE and WRITE FILE_SYNC; SMB: `mput`, each file
+//!     closed, which `strict sync` makes durable). Needs root, /dev/fuse, smbd and
+//!     smbclient; says SKIPPED without them. `BENCH_FIGURES=12` runs only this figure.
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
@@ -539,6 +546,10 @@ async fn main() {
         small_durable_files(&srv, tmp.path()).await;
         return;
     }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("12") {
+        smb_beside_nfs(&srv, tmp.path(), total, &block).await;
+        return;
+    }
 
     // 1. ingest
     let raw = raw_write(&tmp.path().join("raw.bin"), total, &block);
@@ -1032,6 +1043,129 @@ async fn small_durable_files(srv: &S3TestServer, tmp: &Path) {
         "11 one file's CREATE+WRITE: p50 {:.1} ms, p99 {:.1} ms ({CONNS} connections)",
         pct(&lat, 0.5),
         pct(&lat, 0.99)
+    );
+    gw.shutdown().await;
+}
+
+/// smbclient (SMB 3, as the guest) against `//127.0.0.1/data` on `port`, running
+/// `commands` in `dir`; panics with its output when it reports an error.
+fn smbclient(port: u16, dir: &Path, commands: &str) {
+    let out = std::process::Command::new("smbclient")
+        .args([
+            "//127.0.0.1/data",
+            "-p",
+            &port.to_string(),
+            "-N",
+            "-m",
+            "SMB3",
+            "-c",
+            commands,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("running smbclient");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("NT_STATUS_"),
+        "smbclient -c '{commands}':\n{text}"
+    );
+}
+
+async fn smb_beside_nfs(srv: &S3TestServer, tmp: &Path, total: usize, block: &Arc<Vec<u8>>) {
+    const SMALL: usize = 1000;
+    let have = |tool: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("smbd") && have("smbclient") && Path::new("/dev/fuse").exists()) {
+        println!(
+            "12 SKIPPED: needs smbd, smbclient and /dev/fuse (apt-get install samba samba-vfs-modules smbclient)"
+        );
+        return;
+    }
+    let dir = tmp.join("gw-smb");
+    let local = dir.join("local");
+    std::fs::create_dir_all(local.join("small")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(srv, &dir, Duration::from_secs(3600), Duration::from_secs(3600));
+    cfg.shares[0].fuse_mount = Some(dir.join("mnt"));
+    cfg.shares[0].smb = true;
+    cfg.shares[0].smb_guest = true;
+    cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.smb.run_smbd = true;
+    cfg.smb.state_dir = Some(dir.join("smb"));
+    let gw = Gateway::open(cfg, Some((srv.access_key.clone(), srv.secret_key.clone())), None)
+        .await
+        .expect("open")
+        .start()
+        .await
+        .expect("start");
+    // What smbclient sends, in the page cache before it is timed.
+    let src = local.join("src.bin");
+    let mut f = std::fs::File::create(&src).unwrap();
+    for _ in 0..total / MIB {
+        f.write_all(block).unwrap();
+    }
+    drop(f);
+    std::fs::read(&src).unwrap();
+    for i in 0..SMALL {
+        std::fs::write(local.join(format!("small/f{i:04}")), [7u8; 4096]).unwrap();
+    }
+    let smb = |commands: String| {
+        let local = local.clone();
+        async move {
+            let t = Instant::now();
+            tokio::task::spawn_blocking(move || smbclient(port, &local, &commands))
+                .await
+                .unwrap();
+            t.elapsed()
+        }
+    };
+    let mbps = |d: Duration| total as f64 / MIB as f64 / d.as_secs_f64();
+
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let fh = c.create(&root, "nfs.bin").await;
+    let t = Instant::now();
+    nfs_write(&c, &fh, total, 16, block).await;
+    let nfs_write_time = t.elapsed();
+    let smb_write = smb("put src.bin smb.bin".into()).await;
+    row(
+        "12 SMB sequential write",
+        mbps(smb_write),
+        "MiB/s",
+        Some((mbps(nfs_write_time), "NFS, 16 x 1 MiB in flight")),
+    );
+    let t = Instant::now();
+    assert_eq!(nfs_read(&c, &fh, total, 16).await, total);
+    let nfs_read_time = t.elapsed();
+    let smb_read = smb("get smb.bin /dev/null".into()).await;
+    row(
+        "12 SMB warm read",
+        mbps(smb_read),
+        "MiB/s",
+        Some((mbps(nfs_read_time), "NFS, 16 x 1 MiB in flight")),
+    );
+
+    let small = c.mkdir(&root, "small-nfs").await;
+    let t = Instant::now();
+    for i in 0..SMALL {
+        let fh = c.create(&small, &format!("f{i:04}")).await;
+        c.write(&fh, 0, &[7u8; 4096], 2).await;
+    }
+    let nfs_small = SMALL as f64 / t.elapsed().as_secs_f64();
+    let smb_small = smb("mkdir small-smb; cd small-smb; lcd small; prompt off; mput f*".into()).await;
+    row(
+        "12 SMB 4 KiB files, one client",
+        SMALL as f64 / smb_small.as_secs_f64(),
+        "files/s",
+        Some((nfs_small, "NFS CREATE + WRITE FILE_SYNC")),
     );
     gw.shutdown().await;
 }

@@ -123,12 +123,28 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
     let session = fuser::spawn_mount(fs, path, &config)
         .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
     invalidate::start(&cache, session.notifier(), &name).context("starting the FUSE invalidation thread")?;
+    widen_read_ahead(path);
     Ok(FuseMount {
         session: Some(session),
         path: path.to_owned(),
         calls,
         cache,
     })
+}
+
+/// The kernel reads ahead 128 KiB on a FUSE mount by default, so a sequential reader
+/// (smbd serving an SMB client) sends the share eight READs per MiB. The mount's
+/// backing device takes a larger window from sysfs; without it reads still work.
+fn widen_read_ahead(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    const READ_AHEAD_KB: u32 = 4096;
+    let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    if let Err(e) = std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
+        tracing::debug!(knob, error = %e, "could not widen the FUSE mount's read-ahead");
+    }
 }
 
 /// A mount point whose FUSE server is gone answers ENOTCONN: detach it so the new
