@@ -141,7 +141,11 @@ fn widen_read_ahead(path: &Path) {
     let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
         return;
     };
-    let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
     if let Err(e) = std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
         tracing::debug!(knob, error = %e, "could not widen the FUSE mount's read-ahead");
     }
