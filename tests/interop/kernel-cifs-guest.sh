@@ -5,54 +5,18 @@
 # restart the gateway under the live mount. Not meant to run anywhere else.
 # "A && B || fail" is on purpose: fail when either check is false.
 # shellcheck disable=SC2012,SC2015
-arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+# shellcheck source=tests/interop/kernel-guest-lib.sh
+. /guest-lib.sh
 SMBPORT=$(arg bgsmbport)
 SMBUSER=$(arg bgsmbuser)
 SMBPASS=$(arg bgsmbpass)
-STEP_TIMEOUT=$(arg bgsteptimeout)
-STEP_TIMEOUT=${STEP_TIMEOUT:-180}
 # No mount.cifs in the guest: the kernel takes the server's address as ip=.
 OPTS="vers=3.1.1,ip=10.0.2.2,port=$SMBPORT,username=$SMBUSER,password=$SMBPASS,uid=0,gid=0,hard"
 M=/mnt
-ABORT=
-now() { date +%s.%N; }
-fail() { printf '%s\n' "$*" >&2; exit 1; }
-eq() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
-info() { printf 'BGTEST INFO %s\n' "$*" > /dev/console; }
-host() { echo "BGTEST HOST $*" > /dev/console; }
-cold() { echo 3 > /proc/sys/vm/drop_caches; }
-sha() { sha256sum < "$1" | cut -d' ' -f1; }
 # A listing of a tree: type, size and checksum of every entry, by path.
 tree_sum() { (cd "$1" && find . -mindepth 1 | sort | while read -r p; do
   if [ -d "$p" ]; then echo "d $p"; else echo "f $p $(stat -c %s "$p") $(sha "$p")"; fi
 done); }
-
-run() {
-  name=$1; fn=$2
-  if [ -n "$ABORT" ]; then echo "BGTEST SKIP $name"; return; fi
-  echo "BGTEST START $name"
-  t0=$(now)
-  rm -f /tmp/step.timeout
-  ( set -e; $fn ) > /tmp/step.out 2>&1 &
-  pid=$!
-  ( sleep "$STEP_TIMEOUT"; echo x > /tmp/step.timeout; kill -9 "$pid" ) 2>/dev/null &
-  wd=$!
-  wait "$pid"; rc=$?
-  kill "$wd" 2>/dev/null; wait "$wd" 2>/dev/null
-  dt=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-  if [ -e /tmp/step.timeout ]; then
-    echo "BGTEST FAIL $name (hung: killed after ${STEP_TIMEOUT}s; remaining steps skipped)"
-    ABORT=1
-  elif [ "$rc" = 0 ]; then
-    echo "BGTEST PASS $name (${dt}s)"
-  else
-    echo "BGTEST FAIL $name (exit $rc, ${dt}s)"
-  fi
-  if [ -e /tmp/step.timeout ] || [ "$rc" != 0 ]; then
-    tail -n 40 /tmp/step.out | sed 's/^/BGTEST   | /'
-    dmesg | tail -n 25 | sed 's/^/BGTEST   dmesg| /'
-  fi
-}
 
 s_mount() {
   # The kernel loads the SMB 3 crypto modules on demand through its modprobe path;

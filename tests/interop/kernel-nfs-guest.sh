@@ -9,19 +9,11 @@
 # ls | grep is on purpose: what ls prints over NFS is under test. "A && B || fail" is
 # on purpose too: fail when either check is false.
 # shellcheck disable=SC2010,SC2012,SC2015
-PORT=$(sed -n 's/.*bgport=\([0-9]*\).*/\1/p' /proc/cmdline)
-STEP_TIMEOUT=$(sed -n 's/.*bgsteptimeout=\([0-9]*\).*/\1/p' /proc/cmdline)
-STEP_TIMEOUT=${STEP_TIMEOUT:-180}
+# shellcheck source=tests/interop/kernel-guest-lib.sh
+. /guest-lib.sh
+PORT=$(arg bgport)
 OPTS="vers=3,proto=tcp,port=$PORT,mountport=$PORT,nolock"
 M=/mnt
-ABORT=
-now() { date +%s.%N; }
-fail() { printf '%s\n' "$*" >&2; exit 1; }
-eq() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
-info() { printf 'BGTEST INFO %s\n' "$*" > /dev/console; }
-host() { echo "BGTEST HOST $*" > /dev/console; }
-cold() { echo 3 > /proc/sys/vm/drop_caches; }
-sha() { sha256sum < "$1" | cut -d' ' -f1; }
 # must_fail 'text|other text' CMD...: CMD must fail with a message holding one of them
 must_fail() {
   want=$1; shift
@@ -36,32 +28,6 @@ must_fail() {
   fail "'$*': got '$out', want '$want'"
 }
 
-run() {
-  name=$1; fn=$2
-  if [ -n "$ABORT" ]; then echo "BGTEST SKIP $name"; return; fi
-  echo "BGTEST START $name"
-  t0=$(now)
-  rm -f /tmp/step.timeout
-  ( set -e; $fn ) > /tmp/step.out 2>&1 &
-  pid=$!
-  ( sleep "$STEP_TIMEOUT"; echo x > /tmp/step.timeout; kill -9 "$pid" ) 2>/dev/null &
-  wd=$!
-  wait "$pid"; rc=$?
-  kill "$wd" 2>/dev/null; wait "$wd" 2>/dev/null
-  dt=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-  if [ -e /tmp/step.timeout ]; then
-    echo "BGTEST FAIL $name (hung: killed after ${STEP_TIMEOUT}s; remaining steps skipped)"
-    ABORT=1
-  elif [ "$rc" = 0 ]; then
-    echo "BGTEST PASS $name (${dt}s)"
-  else
-    echo "BGTEST FAIL $name (exit $rc, ${dt}s)"
-  fi
-  if [ -e /tmp/step.timeout ] || [ "$rc" != 0 ]; then
-    tail -n 40 /tmp/step.out | sed 's/^/BGTEST   | /'
-    dmesg | tail -n 25 | sed 's/^/BGTEST   dmesg| /'
-  fi
-}
 
 s_mount() {
   mkdir -p $M
@@ -227,6 +193,7 @@ s_permissions() {
 # Objects another writer left in the bucket (seeded by kernel-nfs.sh): the owner and
 # mode READDIRPLUS shows are the objects' own, and they decide what uid 2000 may do.
 s_listed_objects() {
+  # shellcheck disable=SC2317 # called through must_fail
   as2() { setpriv --reuid 2000 --regid 2000 --clear-groups -- "$@"; }
   cold
   ls -l $M/home

@@ -365,6 +365,7 @@ say "gateway $("$bin" --version) on 127.0.0.1:$port (admin $admin), bucket $work
 mkdir -p "$work/extra"
 [ -z "$extra" ] || cp -a "$extra/." "$work/extra/"
 cp "${guest:-$repo/tests/interop/kernel-nfs-guest.sh}" "$work/extra/tests.sh"
+cp "$repo/tests/interop/kernel-guest-lib.sh" "$work/extra/guest-lib.sh"
 chmod +x "$work/extra/tests.sh"
 (cd "$work/extra" && find . -print0 | cpio --null -o -H newc --quiet) > "$work/extra.cpio"
 cat "$cache/image/initramfs.cpio" "$work/extra.cpio" > "$work/initrd.cpio"
@@ -433,34 +434,12 @@ fi
 # keeps each object as a plain file under bucket/, its metadata in a JSON sidecar under
 # bucket/.bucketgate/meta/ (see src/remote/local.rs).
 bucket_check() {
-  python3 - "$work/bucket" "$work/console.txt" <<'PY'
-import hashlib, json, os, re, sys
-root, console = sys.argv[1], sys.argv[2]
-info = {}
-for line in open(console, errors="replace"):
-    m = re.match(r"BGTEST INFO (\S+) sha256 ([0-9a-f]{64})", line)
-    if m:
-        info[m.group(1)] = m.group(2)
-meta = {}
-for dp, _, fs in os.walk(os.path.join(root, ".bucketgate", "meta")):
-    for f in fs:
-        if f.endswith(".json"):
-            with open(os.path.join(dp, f)) as fh:
-                sc = json.load(fh)
-            meta[sc["key"]] = sc.get("meta")
-def path(p): return os.path.join(root, p)
-def exists(p): return os.path.lexists(path(p))
-def sha(p):
-    if not os.path.isfile(path(p)):
-        return "no object"
-    h = hashlib.sha256()
-    with open(path(p), "rb") as fh:
-        for b in iter(lambda: fh.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-def body(p): return open(path(p), "rb").read() if os.path.isfile(path(p)) else None
-def check(name, ok, detail=""):
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f" ({detail})"))
+  python3 - "$work/bucket" "$work/console.txt" "$repo/tests/interop" <<'PY'
+import os, sys
+sys.path.insert(0, sys.argv[3])
+from bucket_dir import Bucket, check
+b = Bucket(sys.argv[1], sys.argv[2])
+info, meta, path, exists, sha, body = b.info, b.meta, b.path, b.exists, b.sha, b.body
 for key, guest in (("big.bin", "big.bin"), ("t/log.txt", "t/log.txt"), ("t/during.bin", "big.bin"),
                    ("t/sparse.bin", "t/sparse.bin")):
     want = info.get(guest)
