@@ -636,6 +636,9 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> StoreError
         (_, "NoSuchKey" | "NoSuchUpload" | "NotFound") | (404, _) => StoreError::NotFound,
         (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed,
         (_, c) if TRANSIENT_CODES.contains(&c) => StoreError::Transient { code, message },
+        // An optional API the store lacks (ListMultipartUploads on some stores): it
+        // answered, so it is reachable, and asking again will not help.
+        (501, _) | (_, "NotImplemented") => StoreError::Permanent { code, message },
         (408 | 429, _) | (500..=599, _) => StoreError::Transient { code, message },
         _ => StoreError::Permanent { code, message },
     }
@@ -1099,6 +1102,8 @@ mod tests {
         assert_eq!(e.code(), "AccessDenied");
         assert!(matches!(c(400, "InvalidArgument"), StoreError::Permanent { .. }));
         assert!(matches!(c(400, "BadDigest"), StoreError::Permanent { .. }));
+        // An optional API the store lacks: an answer, not an outage.
+        assert!(matches!(c(501, "NotImplemented"), StoreError::Permanent { .. }));
     }
 
     #[test]
