@@ -1,7 +1,6 @@
 //! Calls that read: LOOKUP, ACCESS, READLINK, READ, READDIR, FSSTAT.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{Cache, MAX_NAME_BYTES};
@@ -95,17 +94,8 @@ impl Cache {
                 return Err(CacheError::NotCached(id, missing));
             }
         }
-        let mut buf = vec![0u8; len];
         let f = self.live_file(id)?;
-        let mut done = 0;
-        while done < len {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break, // sparse tail past the data file's end reads as zeros
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CacheError::from_io(e)),
-            }
-        }
+        let buf = read_span(&f, offset, len).map_err(CacheError::from_io)?;
         drop(guard);
         let eof = offset + len as u64 >= i.size;
         self.touch(&i);
@@ -182,5 +172,54 @@ impl Cache {
             total_files: s.f_files as u64,
             free_files: s.f_ffree as u64,
         })
+    }
+}
+
+/// `len` bytes of `f` from `offset`, zeros past its end (a sparse tail past the data
+/// file's end), read into a buffer that is not zero-filled first: the kernel writes
+/// it (a memset of every 1 MiB READ was 5% of a warm read's CPU samples).
+fn read_span(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        let at = (offset + done as u64) as libc::off_t;
+        // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare
+        // capacity, and only the `n` it reports written are exposed by `set_len`.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => break,
+            n if n > 0 => unsafe { buf.set_len(done + n as usize) },
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    buf.resize(len, 0);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_span;
+
+    #[test]
+    fn a_span_past_the_data_files_end_reads_as_zeros() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("data");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        assert_eq!(read_span(&f, 0, 10).unwrap(), b"0123456789");
+        assert_eq!(read_span(&f, 5, 10).unwrap(), b"56789\0\0\0\0\0");
+        assert_eq!(read_span(&f, 20, 3).unwrap(), b"\0\0\0");
+        assert_eq!(read_span(&f, 3, 0).unwrap(), b"");
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &big).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        assert_eq!(read_span(&f, 1 << 20, 1 << 20).unwrap(), big[1 << 20..2 << 20]);
     }
 }
