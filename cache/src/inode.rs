@@ -223,6 +223,9 @@ pub(crate) mod keys {
     /// the version a new write of that key may replace, and a name a listing must
     /// not bring back.
     pub const LEFT: u8 = b'L';
+    /// Left key → the attributes of writes of ours that may sit there unrecorded
+    /// (the intents of the inode that left it, `Cache::record_intent`); absent: none.
+    pub const LEFT_WRITES: u8 = b'W';
     /// Upload id → object key of a multipart upload this gateway started.
     pub const MULTIPART: u8 = b'U';
 
@@ -291,6 +294,12 @@ pub(crate) mod keys {
 
     pub fn left(key: &str) -> Vec<u8> {
         let mut k = vec![LEFT];
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    pub fn left_writes(key: &str) -> Vec<u8> {
+        let mut k = vec![LEFT_WRITES];
         k.extend_from_slice(key.as_bytes());
         k
     }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::attrs::Batch;
 use crate::engine::{Cache, now_ns};
 use crate::error::Result;
-use crate::inode::{Inode, keys};
+use crate::inode::{FileId, Inode, ObjectAttrs, encode, keys};
 
 /// A left key's value: the version is the gateway's own (`OURS` + ETag), or another
 /// client's that replaced it (`THEIRS`): never to be deleted, and shown by listings.
@@ -21,17 +21,74 @@ const THEIRS: u8 = b't';
 
 impl Cache {
     /// In `b`: the object at `key` (ETag `etag`, "" when unknown) no longer belongs
-    /// to any inode but is still in the store.
-    pub(crate) fn note_left(b: &mut Batch, key: &str, etag: &str) {
+    /// to inode `by`, nor to any other, but is still in the store. A write of `by`'s
+    /// whose reply was lost may have replaced that version: the attributes of its
+    /// noted writes (`noted`, its last, and the earlier ones) go with the key, so
+    /// that the next file to write there knows that object for ours. A failed read
+    /// of them only loses the note: a conflict copy later, never a lost version.
+    pub(crate) fn note_left(
+        &self,
+        b: &mut Batch,
+        key: &str,
+        etag: &str,
+        by: FileId,
+        noted: Option<ObjectAttrs>,
+    ) {
         let mut v = vec![OURS];
         v.extend_from_slice(etag.as_bytes());
         b.insert(keys::left(key), v);
+        self.add_left_writes(b, key, by, noted);
+    }
+
+    /// In `b`: the writes `by` noted (`noted`, and its earlier ones) join those that
+    /// may sit at left `key` unrecorded; every file that leaves the key adds its own.
+    pub(crate) fn add_left_writes(&self, b: &mut Batch, key: &str, by: FileId, noted: Option<ObjectAttrs>) {
+        const MAX_LEFT_WRITES: usize = 32;
+        let mut writes: Vec<ObjectAttrs> = match self.db.get(keys::left_writes(key)) {
+            Ok(Some(v)) => bincode::deserialize(&v).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let before = writes.len();
+        for w in self
+            .earlier_intents(by)
+            .unwrap_or_default()
+            .into_iter()
+            .chain(noted)
+        {
+            if !writes.contains(&w) {
+                writes.push(w);
+            }
+        }
+        if writes.len() > before {
+            let excess = writes.len().saturating_sub(MAX_LEFT_WRITES);
+            writes.drain(..excess);
+            b.insert(keys::left_writes(key), encode(&writes));
+        }
     }
 
     /// In `b`: the gateway no longer knows of a version of its own at `key` (deleted,
     /// or overwritten by an inode that now holds it).
     pub(crate) fn forget_left(b: &mut Batch, key: &str) {
         b.remove(keys::left(key));
+        b.remove(keys::left_writes(key));
+    }
+
+    /// Whether writes of ours may sit unrecorded at left `key` (see
+    /// `Cache::note_left`).
+    pub fn left_writes_noted(&self, key: &str) -> Result<bool> {
+        Ok(self.db.get(keys::left_writes(key))?.is_some())
+    }
+
+    /// Whether an object at left `key` carrying `attrs` is a write of ours whose reply
+    /// was lost, made by the inode that left the key (see `Cache::note_left`).
+    pub fn left_written_by_us(&self, key: &str, attrs: Option<ObjectAttrs>) -> Result<bool> {
+        let Some(attrs) = attrs else {
+            return Ok(false);
+        };
+        Ok(match self.db.get(keys::left_writes(key))? {
+            Some(v) => bincode::deserialize::<Vec<ObjectAttrs>>(&v)?.contains(&attrs),
+            None => false,
+        })
     }
 
     /// In `b`: another client replaced the version the gateway left at `key`; a
@@ -39,6 +96,7 @@ impl Cache {
     pub(crate) fn left_theirs(&self, b: &mut Batch, key: &str) -> Result<()> {
         if self.db.get(keys::left(key))?.is_some() {
             b.insert(keys::left(key), vec![THEIRS]);
+            b.remove(keys::left_writes(key));
         }
         Ok(())
     }

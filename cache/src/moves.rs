@@ -99,7 +99,7 @@ impl Cache {
         let mut b = Batch::default();
         b.remove(keys::moved(key));
         // Its object stays there until the newcomer's replaces it.
-        Self::note_left(&mut b, key, &i.remote.etag);
+        self.note_left(&mut b, key, &i.remote.etag, i.id, i.remote.overwrite_meta);
         i.remote.key = None;
         i.remote.etag.clear();
         i.remote.data_seq = 0;

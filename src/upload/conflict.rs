@@ -41,7 +41,7 @@ impl Uploader {
             // crash lost.
             Some(now)
                 if matches!(expect, Expect::Version(base) if same_etag(&now.etag, base))
-                    || self.written_by_us(ino, &now) =>
+                    || self.written_by_us(ino, rel, &now) =>
             {
                 return self
                     .upload_data(ino, key, meta, Expect::Version(&now.etag))
@@ -92,10 +92,12 @@ impl Uploader {
         Ok(())
     }
 
-    /// The object is a write of ours the cache has not recorded (a lost reply, a
-    /// crash); a failure to tell counts as another client's (a conflict copy, never
-    /// a lost version).
-    pub(super) fn written_by_us(&self, ino: &Inode, info: &ObjectInfo) -> bool {
+    /// The object at share-relative `rel` is a write of ours the cache has not
+    /// recorded (a lost reply, a crash): `ino`'s, or one of the file that left that
+    /// key before `ino` took it. A failure to tell counts as another client's (a
+    /// conflict copy, never a lost version).
+    pub(super) fn written_by_us(&self, ino: &Inode, rel: &str, info: &ObjectInfo) -> bool {
         self.cache.written_by_us(ino.id, info.meta).unwrap_or(false)
+            || self.cache.left_written_by_us(rel, info.meta).unwrap_or(false)
     }
 }

@@ -634,7 +634,7 @@ impl Uploader {
                     .map(Some);
             }
             Some(now) if src_version.is_some_and(|v| !same_etag(v, &now.etag)) => {
-                if self.written_by_us(ino, &now) {
+                if self.written_by_us(ino, r.key.as_deref().unwrap_or_default(), &now) {
                     return Ok(Some(
                         self.copy(&src, key, meta, ino.size, Some(&now.etag), dst).await?,
                     ));
@@ -660,7 +660,7 @@ impl Uploader {
                     .await?,
             )),
             None => Err(UploadError::Store(err)), // gone meanwhile: the next pass copies
-            Some(now) if self.written_by_us(ino, &now) => Ok(Some(
+            Some(now) if self.written_by_us(ino, rel, &now) => Ok(Some(
                 self.copy(&src, key, meta, ino.size, src_version, Expect::Version(&now.etag))
                     .await?,
             )),
@@ -882,12 +882,12 @@ impl Uploader {
                 Some(etag) if !etag.is_empty() => match self.store.delete_object_if(&key, &etag).await {
                     // Another version: ours too if an upload a crash kept from being
                     // recorded wrote it.
-                    Err(StoreError::PreconditionFailed) => self.delete_if_ours(id, &key, false).await,
+                    Err(StoreError::PreconditionFailed) => self.delete_if_ours(id, rel, &key, false).await,
                     done => done,
                 },
                 // A key it was writing, version unknown: ours only if it carries the
                 // metadata that write was to carry.
-                _ => self.delete_if_ours(id, &key, true).await,
+                _ => self.delete_if_ours(id, rel, &key, true).await,
             };
             match done {
                 Err(StoreError::PreconditionFailed) => {
@@ -937,13 +937,22 @@ impl Uploader {
 }
 
 impl Uploader {
-    /// Deletes `key` if the object there is one `id` wrote (its metadata is one noted
-    /// before a write: `Cache::written_by_us`); `PreconditionFailed` when it is
-    /// another client's.
+    /// Deletes `key` (share-relative `rel`) if the object there is one we wrote: `id`,
+    /// or the file that left the key to it (its metadata is one noted before a
+    /// write: `Cache::written_by_us`, `Cache::left_written_by_us`);
+    /// `PreconditionFailed` when it is another client's.
     /// Without such a note, `unnoted_is_ours` decides (true: a key from a cache made
     /// before the note was kept, deleted as it always was).
-    async fn delete_if_ours(&self, id: FileId, key: &str, unnoted_is_ours: bool) -> Result<(), StoreError> {
-        if !self.cache.writes_noted(id).unwrap_or(false) {
+    async fn delete_if_ours(
+        &self,
+        id: FileId,
+        rel: &str,
+        key: &str,
+        unnoted_is_ours: bool,
+    ) -> Result<(), StoreError> {
+        let noted = self.cache.writes_noted(id).unwrap_or(false)
+            || self.cache.left_writes_noted(rel).unwrap_or(false);
+        if !noted {
             return if unnoted_is_ours {
                 self.store.delete_object(key).await
             } else {
@@ -952,7 +961,10 @@ impl Uploader {
         }
         match self.store.head(key).await? {
             None => Ok(()),
-            Some(info) if self.cache.written_by_us(id, info.meta).unwrap_or(false) => {
+            Some(info)
+                if self.cache.written_by_us(id, info.meta).unwrap_or(false)
+                    || self.cache.left_written_by_us(rel, info.meta).unwrap_or(false) =>
+            {
                 self.store.delete_object_if(key, &info.etag).await
             }
             Some(_) => Err(StoreError::PreconditionFailed),

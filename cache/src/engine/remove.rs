@@ -25,8 +25,12 @@ impl Cache {
         // Keys it was writing (an upload in flight, or one a crash cut off) may hold
         // an object of its by now: left behind too, version unknown.
         for k in &victim.remote.stale_keys {
-            if !matches!(self.db.get(keys::left(k)), Ok(Some(_))) {
-                Self::note_left(b, k, "");
+            if matches!(self.db.get(keys::left(k)), Ok(Some(_))) {
+                // Left by another file before: its version stays the one to replace,
+                // and this file's writes may sit there too.
+                self.add_left_writes(b, k, victim.id, victim.remote.overwrite_meta);
+            } else {
+                self.note_left(b, k, "", victim.id, victim.remote.overwrite_meta);
             }
         }
         if let Some(k) = &victim.remote.key {
@@ -34,7 +38,13 @@ impl Cache {
             let _ = self.forget_moved(b, k, victim.id);
         }
         if let Some(k) = victim.remote.key.take() {
-            Self::note_left(b, &k, &victim.remote.etag);
+            self.note_left(
+                b,
+                &k,
+                &victim.remote.etag,
+                victim.id,
+                victim.remote.overwrite_meta,
+            );
             if !victim.remote.stale_keys.contains(&k) {
                 victim.remote.stale_keys.push(k);
             }

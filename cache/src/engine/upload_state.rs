@@ -67,13 +67,21 @@ impl Cache {
             Some(i) if i.id != ROOT_ID && (i.kind == Kind::Dir) == want_dir => i,
             _ => return Ok(false),
         };
+        if live.id == id {
+            return Ok(true);
+        }
+        // A write of `id`'s whose reply was lost may sit there: the live file, which
+        // replaces the key's object, must know it for ours.
+        let mut b = Batch::default();
+        let noted = self.load(id)?.and_then(|i| i.remote.overwrite_meta);
+        self.add_left_writes(&mut b, key, id, noted);
         let claimed =
             live.remote.key.as_deref() == Some(key) || live.remote.stale_keys.iter().any(|k| k == key);
-        if live.id == id || claimed {
+        if claimed {
+            self.commit_batch(b)?;
             return Ok(true);
         }
         live.remote.stale_keys.push(key.to_string());
-        let mut b = Batch::default();
         b.insert(&keys::queue(live.id), &[]);
         Self::put(&mut b, &live);
         self.commit_batch(b)?;
@@ -110,11 +118,11 @@ impl Cache {
         let moved_on = r.key.clone().filter(|old| old != key);
         if let Some(old) = &moved_on {
             // Its object there stays until the stale key is deleted.
-            Self::note_left(&mut b, old, &r.etag);
+            self.note_left(&mut b, old, &r.etag, id, r.overwrite_meta);
         }
         if i.unlinked {
             // Removed while uploading: the object just written is left behind.
-            Self::note_left(&mut b, key, etag);
+            self.note_left(&mut b, key, etag, id, r.overwrite_meta);
         } else {
             Self::forget_left(&mut b, key);
         }
@@ -222,7 +230,7 @@ impl Cache {
         Ok(())
     }
 
-    fn earlier_intents(&self, id: FileId) -> Result<Vec<ObjectAttrs>> {
+    pub(crate) fn earlier_intents(&self, id: FileId) -> Result<Vec<ObjectAttrs>> {
         Ok(match self.db.get(keys::intents(id))? {
             Some(v) => bincode::deserialize(&v)?,
             None => Vec::new(),
