@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::admin::{AdminClient, FlushRequest, ReadinessBody, RefreshRequest, StatusReport};
+use crate::admin::{AdminClient, FileStatus, FlushRequest, ReadinessBody, RefreshRequest, StatusReport};
 use crate::config::{AdminConfig, Config, EXAMPLE_TOML};
 
 #[derive(Debug, Parser)]
@@ -56,13 +56,17 @@ pub enum Command {
         #[command(subcommand)]
         action: SmbUserAction,
     },
-    /// Show shares, cache use, the upload queue and failing files of a running gateway.
+    /// Show shares, cache use, the upload queue and failing files of a running gateway;
+    /// with a PATH, where that file or directory stands with the store.
     Status {
         #[command(flatten)]
         target: AdminTarget,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// A file or directory, /<share>/<path>: clean, dirty since, uploading, or
+        /// failing (last error, attempts), with its object's key and ETag.
+        path: Option<String>,
     },
     /// Upload dirty files now instead of after upload_delay.
     Flush {
@@ -240,7 +244,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             smb_user(&cfg, action)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { target, json } => {
+        Command::Status {
+            target,
+            json,
+            path: Some(path),
+        } => {
+            let client = target.client()?;
+            let f = block_on(client.file_status(&path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                print!("{}", render_file_status(&f, unix_now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            target,
+            json,
+            path: None,
+        } => {
             let client = target.client()?;
             let (status, ready) = block_on(async { (client.status().await, client.readiness().await) });
             let status = status?;
@@ -396,6 +418,41 @@ pub fn render_readiness(r: &ReadinessBody) -> String {
     o
 }
 
+/// The human-readable `bucketgate status PATH` output.
+pub fn render_file_status(f: &FileStatus, now_unix_s: u64) -> String {
+    let mut o = format!("/{}{}  {}, {}\n", f.share, f.path, f.kind, human_bytes(f.size));
+    let state = match f.dirty_since_unix_s {
+        Some(t) => format!(
+            "{} (changed {} ago)",
+            f.state.as_str(),
+            human_duration(now_unix_s.saturating_sub(t as u64))
+        ),
+        None => f.state.as_str().to_string(),
+    };
+    o.push_str(&format!("state   {state}\n"));
+    match (&f.object_key, &f.etag) {
+        (Some(k), Some(e)) => o.push_str(&format!("object  {k}  ETag {e}\n")),
+        _ => o.push_str("object  none yet\n"),
+    }
+    if let Some(ff) = &f.failure {
+        o.push_str(&format!(
+            "failing {} attempts since {} ago: {}\n",
+            ff.attempts,
+            human_duration(now_unix_s.saturating_sub(ff.failing_since_unix_s)),
+            ff.last_error
+        ));
+    }
+    if let Some(n) = f.pending_below {
+        o.push_str(&format!("below   {n} waiting for the store\n"));
+    }
+    if f.conflict_copy {
+        o.push_str(
+            "note    a conflict copy: the local version set aside when another client wrote the object\n",
+        );
+    }
+    o
+}
+
 /// The human-readable `bucketgate status` output.
 pub fn render_status(s: &StatusReport, now_unix_s: u64) -> String {
     let mut o = format!(
@@ -514,6 +571,46 @@ mod tests {
             connectable("[::]:9108".parse().unwrap()),
             "[::1]:9108".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn a_files_status_says_where_it_stands() {
+        use crate::admin::{FileState, FileStatus};
+        assert_eq!(FileState::of(false, false, false), FileState::Clean);
+        assert_eq!(FileState::of(true, false, false), FileState::Dirty);
+        assert_eq!(FileState::of(true, true, false), FileState::Uploading);
+        assert_eq!(FileState::of(true, false, true), FileState::Failing);
+        // A retry in flight is uploading; its failures still show.
+        assert_eq!(FileState::of(true, true, true), FileState::Uploading);
+        let f = FileStatus {
+            share: "data".into(),
+            path: "/a/report.txt.conflict-20261207T120000Z".into(),
+            kind: "file".into(),
+            size: 2048,
+            state: FileState::Failing,
+            dirty_since_unix_s: Some(1_000.0),
+            object_key: None,
+            etag: None,
+            failure: Some(FailingFile {
+                share: "data".into(),
+                path: "/a/report.txt.conflict-20261207T120000Z".into(),
+                attempts: 3,
+                last_error: "AccessDenied".into(),
+                failing_since_unix_s: 1_030,
+            }),
+            conflict_copy: true,
+            pending_below: None,
+        };
+        let t = render_file_status(&f, 1_090);
+        for want in [
+            "/data/a/report.txt.conflict-20261207T120000Z  file, 2.0 KiB",
+            "state   failing (changed 1m 30s ago)",
+            "object  none yet",
+            "failing 3 attempts since 1m 0s ago: AccessDenied",
+            "a conflict copy",
+        ] {
+            assert!(t.contains(want), "{want:?} missing from\n{t}");
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use super::{
-    ErrorBody, FlushReport, FlushRequest, ReadinessBody, RefreshReport, RefreshRequest, StatusReport,
+    ErrorBody, FileStatus, FlushReport, FlushRequest, ReadinessBody, RefreshReport, RefreshRequest,
+    StatusReport,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -161,6 +162,27 @@ impl AdminClient {
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         self.call("GET", "/api/v1/status", None::<&()>, Some(REQUEST_TIMEOUT))
             .await
+    }
+
+    /// Where one file or directory (`/<share>/<path>`) stands with the store.
+    pub async fn file_status(&self, path: &str) -> Result<FileStatus, ClientError> {
+        // Everything but unreserved characters and '/' is percent-encoded.
+        let mut q = String::with_capacity(path.len());
+        for b in path.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                    q.push(b as char)
+                }
+                _ => q.push_str(&format!("%{b:02X}")),
+            }
+        }
+        self.call(
+            "GET",
+            &format!("/api/v1/status?path={q}"),
+            None::<&()>,
+            Some(REQUEST_TIMEOUT),
+        )
+        .await
     }
 
     /// With `req.wait` and no `req.timeout_s`, waits as long as the server does.

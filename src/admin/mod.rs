@@ -8,6 +8,7 @@
 //! | GET  | /healthz | 200 `ok` while the process serves HTTP |
 //! | GET  | /readyz | 200 or 503, JSON [`ReadinessBody`] naming each check |
 //! | GET  | /api/v1/status | JSON [`StatusReport`] |
+//! | GET  | /api/v1/status?path=/share/file | JSON [`FileStatus`]: where one file or directory stands |
 //! | POST | /api/v1/flush | JSON [`FlushRequest`] → [`FlushReport`] |
 //! | POST | /api/v1/refresh | JSON [`RefreshRequest`] → [`RefreshReport`] |
 //!
@@ -30,6 +31,10 @@ pub use server::{ApiAccess, MAX_BODY_BYTES, serve_admin};
 pub trait AdminApi: Send + Sync + 'static {
     /// A snapshot for `GET /api/v1/status` and `bucketgate status`.
     async fn status(&self) -> StatusReport;
+
+    /// Where one file or directory (`/<share>/<path>`) stands with the store, for
+    /// `GET /api/v1/status?path=` and `bucketgate status PATH`.
+    async fn file_status(&self, path: &str) -> Result<FileStatus, ApiError>;
 
     /// Starts uploading everything dirty under `req.path` (every share when `None`)
     /// now, without waiting for `upload_delay`. With `req.wait`, returns only once every
@@ -165,6 +170,67 @@ pub struct FailingFile {
     pub last_error: String,
     /// First failure of the current streak, seconds since the Unix epoch.
     pub failing_since_unix_s: u64,
+}
+
+/// One file's or directory's state with the store (File Gateway's per-file
+/// NotifyWhenUploaded has no such view; this is what an operator asks first).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileStatus {
+    pub share: String,
+    /// Path inside the share, starting with '/'.
+    pub path: String,
+    /// "file", "directory", "symlink", "fifo" or "socket".
+    pub kind: String,
+    pub size: u64,
+    /// [`FileState`]: clean, dirty, uploading or failing.
+    pub state: FileState,
+    /// Since when a change waits for the store, seconds since the Unix epoch.
+    pub dirty_since_unix_s: Option<f64>,
+    /// The object that holds it, relative to the share's prefix, and its ETag: the
+    /// last version this gateway uploaded or saw there (none before its first upload).
+    pub object_key: Option<String>,
+    pub etag: Option<String>,
+    /// The current run of failed uploads (`failing` only).
+    pub failure: Option<FailingFile>,
+    /// The local version set aside because another client wrote the object
+    /// (`<name>.conflict-<UTC time>`).
+    pub conflict_copy: bool,
+    /// Directories: files and directories below it that wait for the store.
+    pub pending_below: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// The store holds what the cache holds.
+    #[default]
+    Clean,
+    /// Changed here, waiting for its upload.
+    Dirty,
+    /// An upload of it is in flight.
+    Uploading,
+    /// Its last upload failed; it is retried with backoff.
+    Failing,
+}
+
+impl FileState {
+    pub fn of(dirty: bool, uploading: bool, failing: bool) -> FileState {
+        match () {
+            _ if uploading => FileState::Uploading,
+            _ if failing => FileState::Failing,
+            _ if dirty => FileState::Dirty,
+            _ => FileState::Clean,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Clean => "clean",
+            FileState::Dirty => "dirty",
+            FileState::Uploading => "uploading",
+            FileState::Failing => "failing",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -168,6 +168,7 @@ async fn route(
     peer: std::net::IpAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();
     if path.starts_with("/api/")
         && let Some(refused) = refuse(&req, access, peer)
@@ -230,7 +231,17 @@ async fn route(
                 },
             )
         }
-        "/api/v1/status" => json(StatusCode::OK, &api.status().await),
+        "/api/v1/status" => match query.as_deref().map(|q| query_param(q, "path")) {
+            None | Some(None) => json(StatusCode::OK, &api.status().await),
+            Some(Some(Err(e))) => api_error(&e),
+            Some(Some(Ok(p))) => match check_path(Some(&p)) {
+                Err(e) => api_error(&e),
+                Ok(()) => match api.file_status(&p).await {
+                    Ok(f) => json(StatusCode::OK, &f),
+                    Err(e) => api_error(&e),
+                },
+            },
+        },
         "/api/v1/flush" => match read_json::<FlushRequest>(req).await {
             Err(r) => r,
             Ok(f) => match check_flush(&f) {
@@ -323,6 +334,38 @@ fn refuse(req: &Request<Incoming>, access: &ApiAccess, peer: std::net::IpAddr) -
 /// Compares in time independent of where the inputs differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value of `name` in a query string (`a=1&path=%2Fdata%2Fx`), percent-decoded
+/// (`+` is a space, as forms encode it); `None` when it is not there.
+fn query_param(query: &str, name: &str) -> Option<Result<String, ApiError>> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let bad = || ApiError::BadRequest(format!("`{name}` is not percent-encoded UTF-8"));
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [bytes.next(), bytes.next()];
+                let hex = match hex {
+                    [Some(h), Some(l)] => [h, l],
+                    _ => return Some(Err(bad())),
+                };
+                match std::str::from_utf8(&hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => v,
+                    None => return Some(Err(bad())),
+                }
+            }
+            b => b,
+        });
+    }
+    Some(String::from_utf8(out).map_err(|_| bad()))
 }
 
 fn check_path(path: Option<&str>) -> Result<(), ApiError> {
@@ -443,6 +486,18 @@ fn api_error(e: &ApiError) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let q = |s: &str| query_param(s, "path").map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(q("path=%2Fdata%2Fa%20b+c"), Some(Ok("/data/a b c".into())));
+        assert_eq!(q("x=1&path=/data/%C3%A9t%C3%A9"), Some(Ok("/data/été".into())));
+        assert_eq!(q("x=1"), None);
+        assert_eq!(q("paths=/x"), None);
+        assert!(q("path=%2").unwrap().is_err());
+        assert!(q("path=%zz").unwrap().is_err());
+        assert!(q("path=%ff").unwrap().is_err(), "not UTF-8");
+    }
 
     /// Without a token, a network listener answers the API to this host's own
     /// clients only (an IPv4-mapped loopback address is one); with a token, to

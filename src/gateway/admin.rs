@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use super::Gateway;
 use crate::admin::{
     AdminApi, ApiError, CHECK_CONFIGURED, CHECK_METADATA_OPEN, CHECK_NFS_LISTENING, CHECK_STORE_REACHABLE,
-    CacheStatus, FailingFile, FlushReport, FlushRequest, QueueStatus, Readiness, RefreshReport,
-    RefreshRequest, ShareStatus, StatusReport,
+    CacheStatus, FailingFile, FileState, FileStatus, FlushReport, FlushRequest, QueueStatus, Readiness,
+    RefreshReport, RefreshRequest, ShareStatus, StatusReport,
 };
 
 pub struct Api(pub Arc<Gateway>);
@@ -58,6 +58,27 @@ pub fn install_scrape_hook(g: &Arc<Gateway>) {
     });
 }
 
+fn failing_file(share: &str, ff: crate::upload::FailingFile) -> FailingFile {
+    FailingFile {
+        share: share.to_string(),
+        path: format!("/{}", ff.path),
+        attempts: ff.attempts,
+        last_error: ff.last_error,
+        failing_since_unix_s: ff.failing_since_s,
+    }
+}
+
+fn kind_name(k: bucketgate_cache::Kind) -> &'static str {
+    use bucketgate_cache::Kind;
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+    }
+}
+
 impl Api {
     /// The shares and share-relative paths a request's path names: every share for
     /// none or "/", else the share "/share/path" names (an unknown one answers with
@@ -94,13 +115,7 @@ impl AdminApi for Api {
         let mut failing_files = Vec::new();
         for s in &g.shares {
             for ff in s.uploader.failing() {
-                failing_files.push(FailingFile {
-                    share: s.config.name.clone(),
-                    path: format!("/{}", ff.path),
-                    attempts: ff.attempts,
-                    last_error: ff.last_error,
-                    failing_since_unix_s: ff.failing_since_s,
-                });
+                failing_files.push(failing_file(&s.config.name, ff));
             }
         }
         failing_files.sort_by_key(|f| std::cmp::Reverse(f.attempts));
@@ -118,6 +133,52 @@ impl AdminApi for Api {
             },
             failing_files,
         }
+    }
+
+    async fn file_status(&self, path: &str) -> Result<FileStatus, ApiError> {
+        let (i, sub) = match self.scope(Some(path))?.as_slice() {
+            [(i, sub)] => (*i, sub.clone()),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "name a share, a directory or a file: /<share>/<path>".into(),
+                ));
+            }
+        };
+        let s = &self.0.shares[i];
+        let cache = &s.share.cache;
+        let ino = match cache.resolve(&sub) {
+            Ok(Some(ino)) => ino,
+            Ok(None) => {
+                return Err(ApiError::NotFound(format!(
+                    "/{}/{sub}: no such file or directory in the gateway's cache (a name not yet listed: `bucketgate refresh` its directory)",
+                    s.config.name
+                )));
+            }
+            Err(e) => return Err(ApiError::Internal(e.to_string())),
+        };
+        let (uploading, failing) = s.uploader.file_state(ino.id);
+        let dirty = ino.is_dirty();
+        let uploaded = ino.remote.key.clone();
+        let name = sub.rsplit('/').next().unwrap_or_default();
+        Ok(FileStatus {
+            share: s.config.name.clone(),
+            path: format!("/{sub}"),
+            kind: kind_name(ino.kind).into(),
+            size: ino.size,
+            state: FileState::of(dirty, uploading, failing.is_some()),
+            dirty_since_unix_s: (dirty && ino.dirty_since_ns > 0).then(|| ino.dirty_since_ns as f64 / 1e9),
+            etag: uploaded.as_ref().map(|_| ino.remote.etag.clone()),
+            object_key: uploaded,
+            failure: failing.map(|ff| failing_file(&s.config.name, ff)),
+            conflict_copy: name.contains(".conflict-"),
+            pending_below: (ino.kind == bucketgate_cache::Kind::Dir).then(|| {
+                s.uploader
+                    .pending_under(&sub)
+                    .iter()
+                    .filter(|p| p.id != ino.id)
+                    .count() as u64
+            }),
+        })
     }
 
     async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {

@@ -207,6 +207,28 @@ impl Uploader {
         v
     }
 
+    /// Whether an upload of `id` is in flight, and its failure streak if its last
+    /// upload failed.
+    pub fn file_state(&self, id: FileId) -> (bool, Option<FailingFile>) {
+        let s = self.sched.lock();
+        (s.in_flight.contains(&id), s.failing.get(&id).cloned())
+    }
+
+    /// Inodes waiting for the store under share-relative `path` ("" for all): the
+    /// ones a flush of it covers, with their records.
+    pub fn pending_under(&self, path: &str) -> Vec<Inode> {
+        let p = path.trim_matches('/');
+        let pending = self.cache.pending().unwrap_or_default();
+        pending
+            .into_iter()
+            .filter_map(|id| self.cache.load_any(id).ok().flatten())
+            .filter(|ino| match self.cache.path_of(ino) {
+                Ok(ip) => p.is_empty() || ip == p || ip.starts_with(&format!("{p}/")),
+                Err(_) => true, // unlinked: its deletion is part of any flush
+            })
+            .collect()
+    }
+
     /// Queued inodes (waiting or in flight).
     pub fn queued(&self) -> usize {
         let s = self.sched.lock();
@@ -251,24 +273,12 @@ impl Uploader {
     /// Makes every queued inode (under `path`, when given) due now. Returns the ids
     /// that were pending, with the change they must reach to count as uploaded.
     pub fn flush_now(&self, path: Option<&str>) -> Vec<(FileId, u64)> {
-        let pending = self.cache.pending().unwrap_or_default();
+        let pending = self.pending_under(path.unwrap_or(""));
         let now = Instant::now();
         let mut targets = Vec::new();
         let mut s = self.sched.lock();
-        for id in pending {
-            let Ok(Some(ino)) = self.cache.load_any(id) else {
-                continue;
-            };
-            if let Some(p) = path {
-                let p = p.trim_matches('/');
-                let in_scope = match self.cache.path_of(&ino) {
-                    Ok(ip) => p.is_empty() || ip == p || ip.starts_with(&format!("{p}/")),
-                    Err(_) => true, // unlinked: its deletion is part of any flush
-                };
-                if !in_scope {
-                    continue;
-                }
-            }
+        for ino in pending {
+            let id = ino.id;
             targets.push((id, ino.change_seq));
             s.flushing.insert(id);
             if s.in_flight.contains(&id) {

@@ -10,8 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucketgate::admin::ClientError;
 use bucketgate::admin::{
-    AdminApi, AdminClient, ApiAccess, ApiError, CacheStatus, FailingFile, FlushReport, FlushRequest,
-    QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, AdminClient, ApiAccess, ApiError, CacheStatus, FailingFile, FileState, FileStatus, FlushReport,
+    FlushRequest, QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport,
+    serve_admin,
 };
 use bucketgate::metrics::Metrics;
 use tokio::sync::{oneshot, watch};
@@ -89,6 +90,20 @@ fn report() -> StatusReport {
 impl AdminApi for TestApi {
     async fn status(&self) -> StatusReport {
         report()
+    }
+
+    /// Echoes the path it was given, to show what the query string carried.
+    async fn file_status(&self, path: &str) -> Result<FileStatus, ApiError> {
+        match path.strip_prefix("/data") {
+            Some(rest) => Ok(FileStatus {
+                share: "data".into(),
+                path: rest.into(),
+                kind: "file".into(),
+                state: FileState::Dirty,
+                ..FileStatus::default()
+            }),
+            None => Err(ApiError::NotFound(format!("no share for {path}"))),
+        }
     }
 
     async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {
@@ -318,6 +333,50 @@ async fn status_round_trips() {
     let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
     assert_eq!(v["failing_files"][0]["last_error"], "AccessDenied");
     assert_eq!(v["upload_queue"]["oldest_dirty_age_seconds"], 12.5);
+    shutdown(h).await;
+}
+
+/// `status?path=`: any name a file can have survives the query string, and a bad
+/// one is a 400 or a 404 in JSON.
+#[tokio::test]
+async fn file_status_takes_any_path() {
+    let h = start().await;
+    for name in ["/data/a b+c", "/data/été/€&x=1", "/data/100%", "/data/q?r#s"] {
+        let f = with_timeout(h.client.file_status(name)).await.unwrap();
+        assert_eq!((f.share.as_str(), f.path.as_str()), ("data", &name[5..]));
+        assert_eq!(f.state, FileState::Dirty);
+    }
+    let raw = with_timeout(
+        h.client
+            .request("GET", "/api/v1/status?path=%2Fdata%2Fx", None, None),
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    assert_eq!(
+        (v["path"].as_str(), v["state"].as_str()),
+        (Some("/x"), Some("dirty"))
+    );
+    expect_error(&h, "GET", "/api/v1/status?path=%zz", None, 400, "bad_request").await;
+    expect_error(
+        &h,
+        "GET",
+        "/api/v1/status?path=data%2Fx",
+        None,
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &h,
+        "GET",
+        "/api/v1/status?path=%2Fdata%2F..%2Fx",
+        None,
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(&h, "GET", "/api/v1/status?path=%2Fother", None, 404, "not_found").await;
     shutdown(h).await;
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bucketgate::admin::{
-    AdminApi, ApiAccess, ApiError, CacheStatus, FlushReport, FlushRequest, Readiness, RefreshReport,
-    RefreshRequest, ShareStatus, StatusReport, serve_admin,
+    AdminApi, ApiAccess, ApiError, CacheStatus, FileStatus, FlushReport, FlushRequest, Readiness,
+    RefreshReport, RefreshRequest, ShareStatus, StatusReport, serve_admin,
 };
 use bucketgate::metrics::Metrics;
 
@@ -115,6 +115,9 @@ impl AdminApi for Fixed {
             cache: CacheStatus::new(4 << 30, 1 << 30, 512 << 20),
             ..Default::default()
         }
+    }
+    async fn file_status(&self, path: &str) -> Result<FileStatus, ApiError> {
+        Err(ApiError::NotFound(format!("{path}: not in this stand-in")))
     }
     async fn flush(&self, req: FlushRequest) -> Result<FlushReport, ApiError> {
         match req.path.as_deref() {

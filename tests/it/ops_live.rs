@@ -318,6 +318,47 @@ async fn cli_body() {
     );
     let ready = api.request("GET", "/readyz", None, None).await.unwrap();
     assert_eq!(ready.status, 200, "{}", ready.text());
+    // One file's status: clean, with the object that holds it.
+    let ok = api.file_status("/data/ok.txt").await.unwrap();
+    assert_eq!(
+        (
+            ok.kind.as_str(),
+            ok.size,
+            ok.state.as_str(),
+            ok.object_key.as_deref()
+        ),
+        ("file", 200_000, "clean", Some("ok.txt")),
+        "{ok:?}"
+    );
+    assert!(!ok.etag.as_deref().unwrap_or_default().is_empty(), "{ok:?}");
+    let (code, out, err) = cli(&["status", "--admin", &admin, "/data/ok.txt"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("state   clean") && out.contains("object  ok.txt  ETag"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["status", "--admin", &admin, "/data/nothing-here"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404") && err.contains("nothing-here"), "{err}");
+
+    // While its upload is held in flight, a file is "uploading".
+    faulty.hold.store(true, Ordering::SeqCst);
+    put_file(&mut c, &root, "held.txt", b"held").await;
+    api.flush(&bucketgate::admin::FlushRequest::default())
+        .await
+        .unwrap();
+    eventually("an upload in flight", || async {
+        api.file_status("/data/held.txt").await.unwrap().state.as_str() == "uploading"
+    })
+    .await;
+    faulty.hold.store(false, Ordering::SeqCst);
+    faulty.gate.add_permits(1000);
+    let wait = bucketgate::admin::FlushRequest {
+        wait: true,
+        timeout_s: Some(30.0),
+        ..Default::default()
+    };
+    assert!(api.flush(&wait).await.unwrap().complete);
 
     // The store goes down: the next upload fails and is listed with its last error.
     faulty.down.store(true, Ordering::SeqCst);
@@ -349,6 +390,24 @@ async fn cli_body() {
     assert_eq!(v["upload_queue"]["failing_files"], 1);
     assert!(v["upload_queue"]["files"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v["failing_files"][0]["path"], "/stuck.bin");
+    let (code, out, err) = cli(&["status", "--admin", &admin, "/data/stuck.bin"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("object  none yet") && out.contains("injected outage"),
+        "{out}"
+    );
+    let stuck = api.file_status("/data/stuck.bin").await.unwrap();
+    assert!(
+        matches!(stuck.state.as_str(), "failing" | "uploading")
+            && stuck.failure.as_ref().is_some_and(|f| f.attempts >= 1),
+        "{stuck:?}"
+    );
+    let dir = api.file_status("/data").await.unwrap();
+    assert_eq!(
+        (dir.kind.as_str(), dir.pending_below),
+        ("directory", Some(1)),
+        "{dir:?}"
+    );
     assert!(v["failing_files"][0]["attempts"].as_u64().unwrap() >= 1);
     assert!(
         v["failing_files"][0]["last_error"]
