@@ -195,7 +195,8 @@ pub struct FileStatus {
     /// The local version set aside because another client wrote the object
     /// (`<name>.conflict-<UTC time>`).
     pub conflict_copy: bool,
-    /// Directories: files and directories below it that wait for the store.
+    /// Directories: files and directories below it that wait for the store (not
+    /// counting removed ones whose objects are still to be deleted).
     pub pending_below: Option<u64>,
 }
 

@@ -175,7 +175,9 @@ impl AdminApi for Api {
                 s.uploader
                     .pending_under(&sub)
                     .iter()
-                    .filter(|p| p.id != ino.id)
+                    // Removed files wait too (their objects' deletion), but not below
+                    // any directory that can be named.
+                    .filter(|p| p.id != ino.id && !p.unlinked)
                     .count() as u64
             }),
         })
