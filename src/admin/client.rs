@@ -166,19 +166,9 @@ impl AdminClient {
 
     /// Where one file or directory (`/<share>/<path>`) stands with the store.
     pub async fn file_status(&self, path: &str) -> Result<FileStatus, ClientError> {
-        // Everything but unreserved characters and '/' is percent-encoded.
-        let mut q = String::with_capacity(path.len());
-        for b in path.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                    q.push(b as char)
-                }
-                _ => q.push_str(&format!("%{b:02X}")),
-            }
-        }
         self.call(
             "GET",
-            &format!("/api/v1/status?path={q}"),
+            &format!("/api/v1/status?path={}", crate::remote::encode_key(path)),
             None::<&()>,
             Some(REQUEST_TIMEOUT),
         )

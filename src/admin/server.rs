@@ -343,29 +343,15 @@ fn query_param(query: &str, name: &str) -> Option<Result<String, ApiError>> {
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
     let bad = || ApiError::BadRequest(format!("`{name}` is not percent-encoded UTF-8"));
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'+' => b' ',
-            b'%' => {
-                let hex = [bytes.next(), bytes.next()];
-                let hex = match hex {
-                    [Some(h), Some(l)] => [h, l],
-                    _ => return Some(Err(bad())),
-                };
-                match std::str::from_utf8(&hex)
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => v,
-                    None => return Some(Err(bad())),
-                }
-            }
-            b => b,
-        });
+    // Every '%' starts an escape of two hex digits (the decoder would pass others on).
+    let escapes_whole = raw
+        .split('%')
+        .skip(1)
+        .all(|e| e.len() >= 2 && e.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !escapes_whole {
+        return Some(Err(bad()));
     }
-    Some(String::from_utf8(out).map_err(|_| bad()))
+    Some(crate::remote::url_decode(raw).ok_or_else(bad))
 }
 
 fn check_path(path: Option<&str>) -> Result<(), ApiError> {

@@ -15,6 +15,7 @@ pub use instrumented::Instrumented;
 pub use local::LocalStore;
 pub use meta::{ObjectAttrs, S_IFDIR, S_IFREG};
 pub use s3::{S3Settings, S3Store};
+pub(crate) use s3::{encode_key, url_decode};
 
 /// One object as seen in a listing or a HEAD.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -507,8 +507,9 @@ impl S3Store {
     }
 }
 
-/// Percent-encodes a key for `x-amz-copy-source`, keeping `/` and unreserved bytes.
-fn encode_key(key: &str) -> String {
+/// Percent-encodes a key for `x-amz-copy-source` (and a path for the admin API's
+/// query string), keeping `/` and unreserved bytes.
+pub(crate) fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
@@ -522,7 +523,7 @@ fn encode_key(key: &str) -> String {
 
 /// A key from a listing asked with `encoding-type=url`: `+` is a space and `%XX` a
 /// byte, as S3 encodes them. `None` for bytes that are not UTF-8 (S3 keys always are).
-fn url_decode(s: &str) -> Option<String> {
+pub(crate) fn url_decode(s: &str) -> Option<String> {
     let plus_as_space = s.replace('+', " ");
     percent_encoding::percent_decode_str(&plus_as_space)
         .decode_utf8()

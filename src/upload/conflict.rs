@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bucketgate_cache::Inode;
+use bucketgate_cache::{FileId, Inode};
 
 use super::{UploadError, Uploader};
 use crate::remote::{Expect, ObjectAttrs, ObjectInfo, StoreError, same_etag};
@@ -41,7 +41,7 @@ impl Uploader {
             // crash lost.
             Some(now)
                 if matches!(expect, Expect::Version(base) if same_etag(&now.etag, base))
-                    || self.written_by_us(ino, rel, &now) =>
+                    || self.written_by_us(ino.id, rel, &now) =>
             {
                 return self
                     .upload_data(ino, key, meta, Expect::Version(&now.etag))
@@ -93,11 +93,11 @@ impl Uploader {
     }
 
     /// The object at share-relative `rel` is a write of ours the cache has not
-    /// recorded (a lost reply, a crash): `ino`'s, or one of the file that left that
-    /// key before `ino` took it. A failure to tell counts as another client's (a
+    /// recorded (a lost reply, a crash): file `id`'s, or one of the file that left
+    /// that key before `id` took it. A failure to tell counts as another client's (a
     /// conflict copy, never a lost version).
-    pub(super) fn written_by_us(&self, ino: &Inode, rel: &str, info: &ObjectInfo) -> bool {
-        self.cache.written_by_us(ino.id, info.meta).unwrap_or(false)
+    pub(super) fn written_by_us(&self, id: FileId, rel: &str, info: &ObjectInfo) -> bool {
+        self.cache.written_by_us(id, info.meta).unwrap_or(false)
             || self.cache.left_written_by_us(rel, info.meta).unwrap_or(false)
     }
 }

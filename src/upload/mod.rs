@@ -644,7 +644,7 @@ impl Uploader {
                     .map(Some);
             }
             Some(now) if src_version.is_some_and(|v| !same_etag(v, &now.etag)) => {
-                if self.written_by_us(ino, r.key.as_deref().unwrap_or_default(), &now) {
+                if self.written_by_us(ino.id, r.key.as_deref().unwrap_or_default(), &now) {
                     return Ok(Some(
                         self.copy(&src, key, meta, ino.size, Some(&now.etag), dst).await?,
                     ));
@@ -670,7 +670,7 @@ impl Uploader {
                     .await?,
             )),
             None => Err(UploadError::Store(err)), // gone meanwhile: the next pass copies
-            Some(now) if self.written_by_us(ino, rel, &now) => Ok(Some(
+            Some(now) if self.written_by_us(ino.id, rel, &now) => Ok(Some(
                 self.copy(&src, key, meta, ino.size, src_version, Expect::Version(&now.etag))
                     .await?,
             )),
@@ -971,10 +971,7 @@ impl Uploader {
         }
         match self.store.head(key).await? {
             None => Ok(()),
-            Some(info)
-                if self.cache.written_by_us(id, info.meta).unwrap_or(false)
-                    || self.cache.left_written_by_us(rel, info.meta).unwrap_or(false) =>
-            {
+            Some(info) if self.written_by_us(id, rel, &info) => {
                 self.store.delete_object_if(key, &info.etag).await
             }
             Some(_) => Err(StoreError::PreconditionFailed),

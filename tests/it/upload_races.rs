@@ -285,14 +285,23 @@ async fn an_upload_whose_reply_was_lost_is_not_a_conflict_when_the_file_changes_
 
 /// Once uploaded, the bucket holds version three of `f.txt` and nothing set aside.
 async fn ends_with_version_three_alone(gw: bucketgate::gateway::Running, srv: &S3TestServer) {
+    ends_holding(gw, srv, &[("f.txt", b"version 333")]).await;
+}
+
+/// Once everything is uploaded, the bucket holds exactly `want` (key, bytes): no
+/// object of ours left behind, none set aside as a conflict copy.
+async fn ends_holding(gw: bucketgate::gateway::Running, srv: &S3TestServer, want: &[(&str, &[u8])]) {
     flush(&gw).await;
     let bucket = bucket_contents(srv).await;
+    let keys: Vec<&str> = bucket.keys().map(String::as_str).collect();
+    let want_keys: Vec<&str> = want.iter().map(|(k, _)| *k).collect();
     assert_eq!(
-        bucket.keys().collect::<Vec<_>>(),
-        ["f.txt"],
-        "the gateway set its own object aside as a conflict"
+        keys, want_keys,
+        "the bucket's keys (left behind, or set aside as a conflict)"
     );
-    assert_eq!(bucket["f.txt"], b"version 333");
+    for (k, bytes) in want {
+        assert_eq!(bucket[*k], *bytes, "{k}");
+    }
     gw.shutdown().await;
 }
 
@@ -378,10 +387,7 @@ async fn a_removed_file_takes_along_an_unheard_version_after_a_failed_retry() {
     let (gw, faulty, mut c, root, _) = unheard_version_then_failed_retry(tmp.path(), &srv).await;
     remove(&mut c, &root, "f.txt").await.unwrap();
     faulty.down.store(false, Ordering::SeqCst);
-    flush(&gw).await;
-    let keys: Vec<String> = bucket_contents(&srv).await.into_keys().collect();
-    assert!(keys.is_empty(), "left in the bucket: {keys:?}");
-    gw.shutdown().await;
+    ends_holding(gw, &srv, &[]).await;
 }
 
 /// The same file uploaded once the store is back is no conflict either.
@@ -448,10 +454,7 @@ async fn a_removed_file_takes_along_an_unheard_multipart_version() {
     let srv = S3TestServer::start().await;
     let (gw, _faulty, mut c, root, _) = unheard_multipart_version(tmp.path(), &srv).await;
     remove(&mut c, &root, "big.bin").await.unwrap();
-    flush(&gw).await;
-    let keys: Vec<String> = bucket_contents(&srv).await.into_keys().collect();
-    assert!(keys.is_empty(), "left in the bucket: {keys:?}");
-    gw.shutdown().await;
+    ends_holding(gw, &srv, &[]).await;
 }
 
 /// The same with a failed retry between (a change whose upload finds the store down)
@@ -468,10 +471,7 @@ async fn a_removed_file_takes_along_an_unheard_multipart_version_after_a_failed_
     let mut c = mount(gw.nfs_addr).await;
     let root = c.root_nfs_fh3();
     remove(&mut c, &root, "big.bin").await.unwrap();
-    flush(&gw).await;
-    let keys: Vec<String> = bucket_contents(&srv).await.into_keys().collect();
-    assert!(keys.is_empty(), "left in the bucket: {keys:?}");
-    gw.shutdown().await;
+    ends_holding(gw, &srv, &[]).await;
 }
 
 /// A file renamed after a version's put landed unheard at its old name: the upload
@@ -486,11 +486,7 @@ async fn a_file_renamed_after_an_unheard_version_takes_that_version_along() {
     let srv = S3TestServer::start().await;
     let (gw, _faulty, mut c, root, _) = unheard_version(tmp.path(), &srv).await;
     rename(&mut c, &root, "f.txt", &root, "g.txt").await.unwrap();
-    flush(&gw).await;
-    let bucket = bucket_contents(&srv).await;
-    assert_eq!(bucket.keys().collect::<Vec<_>>(), ["g.txt"], "left in the bucket");
-    assert_eq!(bucket["g.txt"], b"version TWO");
-    gw.shutdown().await;
+    ends_holding(gw, &srv, &[("g.txt", b"version TWO")]).await;
 }
 
 /// A file renamed after a version of it landed unheard, and a new file that takes
@@ -505,14 +501,5 @@ async fn a_name_taken_over_after_an_unheard_version_is_no_conflict() {
     let (gw, _faulty, mut c, root, _) = unheard_version(tmp.path(), &srv).await;
     rename(&mut c, &root, "f.txt", &root, "g.txt").await.unwrap();
     put_file(&mut c, &root, "f.txt", b"a new file").await;
-    flush(&gw).await;
-    let bucket = bucket_contents(&srv).await;
-    assert_eq!(
-        bucket.keys().collect::<Vec<_>>(),
-        ["f.txt", "g.txt"],
-        "nothing set aside"
-    );
-    assert_eq!(bucket["f.txt"], b"a new file");
-    assert_eq!(bucket["g.txt"], b"version TWO");
-    gw.shutdown().await;
+    ends_holding(gw, &srv, &[("f.txt", b"a new file"), ("g.txt", b"version TWO")]).await;
 }
