@@ -404,13 +404,15 @@ pub fn human_duration(secs: u64) -> String {
 
 /// The readiness lines of `bucketgate status`.
 pub fn render_readiness(r: &ReadinessBody) -> String {
-    if r.ready {
-        return "\nready   yes\n".to_string();
-    }
-    let mut o = String::from("\nready   NO\n");
+    let mut o = String::from(if r.ready {
+        "\nready   yes\n"
+    } else {
+        "\nready   NO\n"
+    });
     for c in r.checks.iter().filter(|c| !c.ok) {
+        let what = if c.advisory { "warning" } else { "failing check" };
         o.push_str(&format!(
-            "  failing check {}: {}\n",
+            "  {what} {}: {}\n",
             c.name,
             c.detail.as_deref().unwrap_or("-")
         ));
@@ -665,6 +667,7 @@ mod tests {
             name: name.into(),
             ok,
             detail: detail.map(str::to_string),
+            advisory: false,
         };
         let r = ReadinessBody {
             ready: false,
@@ -685,6 +688,17 @@ mod tests {
                 checks: vec![]
             })
             .contains("ready   yes")
+        );
+        let degraded = render_readiness(&ReadinessBody {
+            ready: true,
+            checks: vec![ReadinessCheck {
+                advisory: true,
+                ..check("events_queue_reachable", false, Some("refused"))
+            }],
+        });
+        assert!(
+            degraded.contains("ready   yes") && degraded.contains("warning events_queue_reachable: refused"),
+            "{degraded}"
         );
     }
 

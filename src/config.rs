@@ -235,6 +235,12 @@ pub struct ShareConfig {
     /// and the first access list.
     #[serde(default)]
     pub cache_stale_after: Option<HumanDuration>,
+    /// An SQS queue URL that receives the bucket's S3 event notifications
+    /// (ObjectCreated:*, ObjectRemoved:*): objects other clients write, overwrite or
+    /// delete under the share's prefix show within seconds instead of at the next
+    /// listing. Off when unset.
+    #[serde(default)]
+    pub events: Option<String>,
     /// JSON-lines audit log of changes made through this share; off when unset.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
@@ -1034,8 +1040,9 @@ impl Config {
             if matches!(loc, Some(ShareLocation::File { .. })) {
                 // S3-only settings on a directory share are a sign the operator meant
                 // something else; silently ignoring them would hide that.
-                let s3_only: [(&str, bool); 7] = [
+                let s3_only: [(&str, bool); 8] = [
                     ("region", s.region.is_some()),
+                    ("events", s.events.is_some()),
                     ("endpoint", s.endpoint.is_some()),
                     ("path_style", s.path_style),
                     ("storage_class", s.storage_class.is_some()),
@@ -1048,6 +1055,9 @@ impl Config {
                         p.add(k(key), "only applies to s3:// shares");
                     }
                 }
+            }
+            if let Some(q) = &s.events {
+                crate::events::QueueUrl::parse(q).map_or_else(|m| p.add(k("events"), m), |_| ());
             }
             if s.audit_reads && s.audit_log.is_none() {
                 p.add(k("audit_reads"), "needs audit_log");
@@ -1297,6 +1307,23 @@ mod tests {
             ),
             (share("sse_kms_key_id = \"k\""), "share[0].sse_kms_key_id"),
             (share("acl = \"log-delivery-write\""), "share[0].acl"),
+            (
+                share("events = \"q1\""),
+                "share[0].events: `q1` is not an SQS queue URL",
+            ),
+            (
+                share("events = \"https://k:s@sqs.us-east-1.amazonaws.com/1/q\""),
+                "share[0].events: must not carry credentials",
+            ),
+            (
+                share("").replace("s3://my-bucket/p/", "file:///srv/b")
+                    + "events = \"http://127.0.0.1:1/1/q\"\n",
+                "share[0].events: only applies to s3:// shares",
+            ),
+            (
+                share("events = \"https://sqs.us-east-1.amazonaws.com/\""),
+                "share[0].events",
+            ),
             (
                 share("audit_log = \"audit.jsonl\""),
                 "share[0].audit_log: `audit.jsonl` must be an absolute path",

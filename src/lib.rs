@@ -9,6 +9,7 @@ mod audit;
 pub mod cli;
 pub mod config;
 mod conns;
+pub mod events;
 mod fuse;
 pub mod gateway;
 mod logging;

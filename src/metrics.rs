@@ -160,6 +160,18 @@ pub struct Metrics {
     /// where the audit trail is a compliance requirement.
     pub audit_dropped_total: IntCounterVec,
 
+    // --- S3 event notifications (shares with `events`) ---
+    /// `bucketgate_events_total{share,result}`: S3 events from the share's queue that
+    /// fell under its prefix (`received`), and what came of each: `applied` (the key
+    /// was read from the store again and merged), `ignored` (nothing to do: the
+    /// gateway's own upload, a directory never listed, a name not shown) or `failed`
+    /// (the store did not answer; the queue sends the event again).
+    pub events_total: IntCounterVec,
+    /// `bucketgate_events_queue_reachable{share}`: 1 while the share's event queue
+    /// answers, 0 while it does not (the share keeps serving; others' changes show
+    /// at the next listing instead).
+    pub events_queue_reachable: IntGaugeVec,
+
     // --- readiness (set on each scrape from the AdminApi) ---
     /// `bucketgate_ready`: 1 when every readiness check passes (what /readyz says).
     pub ready: IntGauge,
@@ -404,6 +416,20 @@ impl Metrics {
                 ),
                 &["share"]
             )),
+            events_total: reg!(IntCounterVec::new(
+                o(
+                    "events_total",
+                    "S3 events from the share's queue: received, applied, ignored, failed."
+                ),
+                &["share", "result"]
+            )),
+            events_queue_reachable: reg!(IntGaugeVec::new(
+                o(
+                    "events_queue_reachable",
+                    "1 while the share's S3 event queue answers, 0 while it does not."
+                ),
+                &["share"]
+            )),
             ready: reg!(IntGauge::with_opts(o(
                 "ready",
                 "1 when every readiness check passes."
@@ -447,6 +473,12 @@ impl Metrics {
         m.cache_dirty_limit_bytes.set(clamp(cfg.dirty_limit_bytes()));
         for s in &cfg.shares {
             m.add_share(&s.name);
+            if s.events.is_some() {
+                for r in ["received", "applied", "ignored", "failed"] {
+                    m.events_total.with_label_values(&[&s.name, r]);
+                }
+                m.events_queue_reachable.with_label_values(&[&s.name]).set(1);
+            }
         }
         // At 0 from the first scrape, so rate() and alerts on it work at once.
         m.nfs_connections_rejected_total.with_label_values(&["limit"]);
@@ -670,6 +702,8 @@ impl Metrics {
             &self.fuse_calls_total,
             &self.fuse_call_duration_seconds,
             &self.audit_dropped_total,
+            &self.events_total,
+            &self.events_queue_reachable,
             &self.ready,
             &self.readiness_check,
             &self.smb_sessions,

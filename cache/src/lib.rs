@@ -39,5 +39,5 @@ pub use moves::KeyRelease;
 pub use notice::{Delivered, Notice, Watcher};
 pub use options::{CacheOptions, KeyCheck};
 pub use perm::{Caller, EXEC, READ, WRITE};
-pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind};
+pub use store_sync::{ListingChanges, MAX_SYMLINK_TARGET, ObjectHead, RemoteEntry, RemoteKind, same_etag};
 pub use upload_step::UploadStep;

@@ -67,7 +67,9 @@ pub const MAX_SYMLINK_TARGET: usize = 4096;
 /// New names a listing records per sled batch.
 const LISTING_BATCH: u64 = 512;
 
-pub(crate) fn same_etag(a: &str, b: &str) -> bool {
+/// Whether two ETags are the same, quoted or not (listings, HEADs and S3 events
+/// differ in that).
+pub fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
@@ -122,6 +124,46 @@ impl Cache {
         &self,
         dir: FileId,
         entries: Vec<RemoteEntry>,
+        started_ns: u64,
+    ) -> Result<ListingChanges> {
+        self.merge(dir, entries, None, started_ns)
+    }
+
+    /// Merges what the store holds under the names `only` of `dir` (an S3 event
+    /// named one of them), taken from `started_ns` on: `entries` are those of them
+    /// that exist. The rules are the listing's; the directory's own listing time is
+    /// left alone, for the names it holds besides these were not looked at.
+    pub fn apply_names(
+        &self,
+        dir: FileId,
+        only: &[Vec<u8>],
+        entries: Vec<RemoteEntry>,
+        started_ns: u64,
+    ) -> Result<ListingChanges> {
+        debug_assert!(entries.iter().all(|e| only.contains(&e.name)));
+        self.merge(dir, entries, Some(only), started_ns)
+    }
+
+    /// The entry `name` of `dir`, for merging what the store holds; no permission
+    /// is checked and nothing here goes into a reply.
+    pub fn child(&self, dir: FileId, name: &[u8]) -> Result<Option<Inode>> {
+        match self.lookup_entry(dir, name)? {
+            Some(de) => self.load(de.child),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether directory `dir` has any entry.
+    pub fn has_entries(&self, dir: FileId) -> Result<bool> {
+        Ok(self.db.scan_prefix(keys::seq_prefix(dir)).next().is_some())
+    }
+
+    /// [`Cache::apply_listing`] of every name (`only: None`) or of the names `only`.
+    fn merge(
+        &self,
+        dir: FileId,
+        entries: Vec<RemoteEntry>,
+        only: Option<&[Vec<u8>]>,
         started_ns: u64,
     ) -> Result<ListingChanges> {
         let mut changes = ListingChanges::default();
@@ -251,9 +293,18 @@ impl Cache {
                 }
             }
             // Names the store no longer has.
-            for kv in self.db.scan_prefix(keys::seq_prefix(dir)) {
-                let (k, name) = kv?;
-                if seen.contains(name.as_ref()) {
+            let names: Box<dyn Iterator<Item = Result<Vec<u8>>>> = match only {
+                Some(only) => Box::new(only.iter().cloned().map(Ok)),
+                None => Box::new(
+                    self.db
+                        .scan_prefix(keys::seq_prefix(dir))
+                        .values()
+                        .map(|v| Ok(v?.to_vec())),
+                ),
+            };
+            for name in names {
+                let name = name?;
+                if seen.contains(&name) {
                     continue;
                 }
                 let Some(de) = self.lookup_entry(dir, &name)? else {
@@ -270,7 +321,7 @@ impl Cache {
                         || self.db.scan_prefix(keys::seq_prefix(child.id)).next().is_none());
                 if gone_remotely {
                     b.remove(keys::name(dir, &name));
-                    b.remove(k);
+                    b.remove(&keys::seq(dir, de.seq));
                     b.remove_inode(child.id);
                     b.remove(&keys::blocks(child.id));
                     if child.kind == Kind::File {
@@ -287,7 +338,9 @@ impl Cache {
                     changes.removed += 1;
                 }
             }
-            d.listed_ns = now;
+            if only.is_none() {
+                d.listed_ns = now;
+            }
             Self::put(&mut b, &d);
             b.insert(keys::meta("next_id"), &st.next_id.to_be_bytes());
             self.commit_batch(b)?;

@@ -55,6 +55,8 @@ pub const CHECK_CONFIGURED: &str = "configured";
 pub const CHECK_METADATA_OPEN: &str = "metadata_open";
 pub const CHECK_NFS_LISTENING: &str = "nfs_listening";
 pub const CHECK_STORE_REACHABLE: &str = "store_reachable";
+/// Advisory: the shares keep serving without their event queue.
+pub const CHECK_EVENTS_QUEUE_REACHABLE: &str = "events_queue_reachable";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {
@@ -69,6 +71,10 @@ pub struct ReadinessCheck {
     /// Why it fails (or a hint when it passes); never a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A failing advisory check reports a degraded gateway that still serves: it
+    /// does not make `/readyz` answer 503.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
 }
 
 impl Readiness {
@@ -77,13 +83,23 @@ impl Readiness {
             name: name.to_string(),
             ok,
             detail,
+            advisory: false,
         });
         self
     }
 
-    /// Ready when there is at least one check and all pass.
+    /// An advisory check (see [`ReadinessCheck::advisory`]).
+    pub fn advise(mut self, name: &str, ok: bool, detail: Option<String>) -> Self {
+        self = self.check(name, ok, detail);
+        if let Some(c) = self.checks.last_mut() {
+            c.advisory = true;
+        }
+        self
+    }
+
+    /// Ready when there is at least one check and all but the advisory ones pass.
     pub fn is_ready(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.ok || c.advisory)
     }
 }
 

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use super::Gateway;
 use crate::admin::{
-    AdminApi, ApiError, CHECK_CONFIGURED, CHECK_METADATA_OPEN, CHECK_NFS_LISTENING, CHECK_STORE_REACHABLE,
-    CacheStatus, FailingFile, FileState, FileStatus, FlushReport, FlushRequest, QueueStatus, Readiness,
-    RefreshReport, RefreshRequest, ShareStatus, StatusReport,
+    AdminApi, ApiError, CHECK_CONFIGURED, CHECK_EVENTS_QUEUE_REACHABLE, CHECK_METADATA_OPEN,
+    CHECK_NFS_LISTENING, CHECK_STORE_REACHABLE, CacheStatus, FailingFile, FileState, FileStatus, FlushReport,
+    FlushRequest, QueueStatus, Readiness, RefreshReport, RefreshRequest, ShareStatus, StatusReport,
 };
 
 pub struct Api(pub Arc<Gateway>);
@@ -246,7 +246,7 @@ impl AdminApi for Api {
             .filter(|s| !s.instrumented.reachable())
             .map(|s| s.config.name.as_str())
             .collect();
-        Readiness::default()
+        let mut r = Readiness::default()
             .check(CHECK_CONFIGURED, !g.shares.is_empty(), None)
             .check(CHECK_METADATA_OPEN, true, None)
             .check(CHECK_NFS_LISTENING, g.nfs_listening.load(Ordering::Relaxed), None)
@@ -255,6 +255,24 @@ impl AdminApi for Api {
                 unreachable.is_empty(),
                 (!unreachable.is_empty())
                     .then(|| format!("last request failed for share(s): {}", unreachable.join(", "))),
-            )
+            );
+        if !g.event_feeds.is_empty() {
+            let failing: Vec<String> = g
+                .event_feeds
+                .iter()
+                .filter_map(|f| f.state.error().map(|e| format!("{}: {e}", f.url())))
+                .collect();
+            r = r.advise(
+                CHECK_EVENTS_QUEUE_REACHABLE,
+                failing.is_empty(),
+                (!failing.is_empty()).then(|| {
+                    format!(
+                        "serving; others' changes show at the next listing until the queue answers ({})",
+                        failing.join("; ")
+                    )
+                }),
+            );
+        }
+        r
     }
 }

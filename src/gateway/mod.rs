@@ -55,6 +55,8 @@ pub struct Gateway {
     pub config: Config,
     pub shares: Vec<ShareRuntime>,
     pub nfs: Arc<NfsService>,
+    /// One poller per S3 event queue the shares name (`events`).
+    pub event_feeds: Vec<Arc<crate::events::EventFeed>>,
     pub metrics: Metrics,
     pub started: Instant,
     /// How often an idle or unreachable store is probed for `/readyz` (see `probe`).
@@ -195,10 +197,32 @@ impl Gateway {
             shares.iter().map(|s| s.share.clone()).collect(),
             Some(metrics.clone()),
         ));
+        let mut event_feeds = Vec::new();
+        let mut queues: Vec<&str> = config.shares.iter().filter_map(|s| s.events.as_deref()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for url in queues {
+            let queue = crate::events::QueueUrl::parse(url).map_err(anyhow::Error::msg)?;
+            let fed: Vec<&ShareRuntime> = shares
+                .iter()
+                .filter(|s| s.config.events.as_deref() == Some(url))
+                .collect();
+            let region = fed.iter().find_map(|s| s.config.region.clone());
+            let feed = crate::events::EventFeed::new(
+                queue,
+                event_targets(fed),
+                region,
+                credentials.clone(),
+                Some(metrics.clone()),
+            )
+            .await;
+            event_feeds.push(Arc::new(feed));
+        }
         Ok(Gateway {
             config,
             shares,
             nfs,
+            event_feeds,
             metrics,
             started: Instant::now(),
             probe_interval: probe::PROBE_INTERVAL,
@@ -255,6 +279,9 @@ impl Gateway {
         });
 
         tasks.spawn(probe::run(gateway.clone(), stop.clone()));
+        for feed in &gateway.event_feeds {
+            tasks.spawn(feed.clone().run(stop.clone()));
+        }
         admin::install_scrape_hook(&gateway);
         let api = admin_api(&gateway);
         let metrics = gateway.metrics.clone();
@@ -307,6 +334,31 @@ impl Gateway {
             smbd,
             _background: background,
         })
+    }
+}
+
+/// The shares S3 events reach, with the bucket and prefix each is under.
+fn event_targets<'a>(shares: impl IntoIterator<Item = &'a ShareRuntime>) -> Vec<crate::events::Target> {
+    shares
+        .into_iter()
+        .filter_map(|s| match s.config.location() {
+            Ok(ShareLocation::S3 { bucket, .. }) => Some(crate::events::Target {
+                share: s.share.clone(),
+                bucket,
+                prefix: s.prefix.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Gateway {
+    /// Applies S3 events to every share they fall under, as the queue pollers do
+    /// (for tests of what an event does, without a queue).
+    pub async fn apply_events(&self, events: &[crate::events::S3Event]) -> crate::events::Applied {
+        crate::events::apply(&event_targets(&self.shares), events, Some(&self.metrics))
+            .await
+            .0
     }
 }
 

@@ -29,7 +29,7 @@ mod readthrough;
 
 use audited::done;
 pub use error::{Result, ShareError};
-pub use readthrough::{ReadThrough, read_object_attrs};
+pub use readthrough::{KeyEvent, ReadThrough, Revalidated, read_object_attrs};
 
 use crate::audit::Op;
 

@@ -14,8 +14,11 @@ use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::run_blocking as blocking;
+
+mod revalidate;
 use crate::remote::meta::{S_IFLNK, S_IFMT};
 use crate::remote::{ObjectInfo, ObjectStore, StoreError};
+pub use revalidate::{KeyEvent, Revalidated};
 
 /// Largest read-ahead window for one sequential reader.
 const MAX_WINDOW: u64 = 64 << 20;

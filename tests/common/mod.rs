@@ -4,6 +4,7 @@
 pub mod child;
 pub mod faulty;
 pub mod gateway;
+pub mod moto;
 pub mod nfs;
 pub mod s3server;
 
@@ -19,6 +20,11 @@ pub fn skipped(what: &str) {
 /// installs every tool and sets BUCKETGATE_REQUIRE_TOOLS, under which a missing one
 /// fails the test instead.
 pub fn have_tool(tool: &str, package: &str, part: &str) -> bool {
+    have_tool_from(tool, &format!("apt-get install {package}"), part)
+}
+
+/// [`have_tool`] for a tool that `install` (a command) installs.
+pub fn have_tool_from(tool: &str, install: &str, part: &str) -> bool {
     let found = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -27,11 +33,9 @@ pub fn have_tool(tool: &str, package: &str, part: &str) -> bool {
     if !found {
         assert!(
             std::env::var_os("BUCKETGATE_REQUIRE_TOOLS").is_none(),
-            "BUCKETGATE_REQUIRE_TOOLS is set but {tool} is missing (apt-get install {package})"
+            "BUCKETGATE_REQUIRE_TOOLS is set but {tool} is missing ({install})"
         );
-        skipped(&format!(
-            "{part}: {tool} is not installed (apt-get install {package})"
-        ));
+        skipped(&format!("{part}: {tool} is not installed ({install})"));
     }
     found
 }

@@ -838,6 +838,11 @@ impl S3 for Compat {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let (bucket, key) = (&req.input.bucket, &req.input.key);
         if !key.ends_with('/') {
+            // s3s-fs answers 500 for a key that is a directory of its files (other
+            // keys are below it); S3 has no such object.
+            if self.root.join(bucket).join(key).is_dir() {
+                return Err(s3_error!(NoSuchKey));
+            }
             return self.fs.head_object(req).await;
         }
         let (md, modified) = self.marker(bucket, key).ok_or_else(|| s3_error!(NoSuchKey))?;

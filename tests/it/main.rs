@@ -11,6 +11,8 @@ mod cli;
 mod conflicts;
 mod crash;
 mod crash_cache;
+mod events;
+mod events_sqs;
 mod fuse;
 mod isolation;
 mod nfs_exports;
