@@ -238,6 +238,12 @@ async fn health_ready_and_metrics() {
     );
 
     h.metrics.nfs_connections.set(2);
+    // As for a share with `events`: those series exist only then.
+    h.metrics.events_total.with_label_values(&["data", "applied"]);
+    h.metrics
+        .events_queue_reachable
+        .with_label_values(&["data"])
+        .set(1);
     let text = with_timeout(h.client.metrics_text()).await.unwrap();
     if let Ok(path) = std::env::var("BUCKETGATE_SAVE_SCRAPE") {
         // How ami/prometheus/testdata/scrape.prom is made.
