@@ -45,6 +45,12 @@
 //!     written one at a time (NFS: CREATE and WRITE FILE_SYNC; SMB: `mput`, each file
 //!     closed, which `strict sync` makes durable). Needs root, /dev/fuse, smbd and
 //!     smbclient; says SKIPPED without them. `BENCH_FIGURES=12` runs only this figure.
+//! 13. upload rate limit: BENCH_MIB/4 written through NFS and drained to S3 with no
+//!     limit (the baseline: what this machine can send), then with `[upload]
+//!     rate_limit` at a quarter of that, then with the same limit from a
+//!     `rate_schedule` entry that applies all day: the achieved upload rate against
+//!     the limit (goal: within 10%), and the NFS write rate into the cache with the
+//!     limit against without it. `BENCH_FIGURES=13` runs only this figure.
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
@@ -548,6 +554,10 @@ async fn main() {
     }
     if std::env::var("BENCH_FIGURES").as_deref() == Ok("12") {
         smb_beside_nfs(&srv, tmp.path(), total, &block).await;
+        return;
+    }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("13") {
+        rate_limited_uploads(&srv, tmp.path(), total / 4, &block).await;
         return;
     }
 
@@ -1168,4 +1178,84 @@ async fn smb_beside_nfs(srv: &S3TestServer, tmp: &Path, total: usize, block: &Ar
         Some((nfs_small, "NFS CREATE + WRITE FILE_SYNC")),
     );
     gw.shutdown().await;
+}
+
+/// Figure 13: one gateway per run, `total` bytes in 8 files written through NFS, then
+/// drained; returns (NFS write seconds, drain seconds).
+async fn limited_run(
+    srv: &S3TestServer,
+    dir: &Path,
+    total: usize,
+    block: &Arc<Vec<u8>>,
+    limit: impl FnOnce(&mut Config),
+) -> (Duration, Duration) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cfg = config(srv, dir, Duration::from_secs(3600), Duration::from_secs(3600));
+    limit(&mut cfg);
+    let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
+    let gw = Gateway::open(cfg, creds, None)
+        .await
+        .expect("open")
+        .start()
+        .await
+        .expect("start");
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let t = Instant::now();
+    for i in 0..8 {
+        let fh = c.create(&root, &format!("limited-{i}.bin")).await;
+        nfs_write(&c, &fh, total / 8, 16, block).await;
+    }
+    let write = t.elapsed();
+    let t = Instant::now();
+    flush(&gw).await;
+    let drain = t.elapsed();
+    gw.shutdown().await;
+    (write, drain)
+}
+
+async fn rate_limited_uploads(srv: &S3TestServer, tmp: &Path, total: usize, block: &Arc<Vec<u8>>) {
+    use bucketgate::config::{Rate, RateWindow};
+    let total = total.max(128 * MIB) / (8 * MIB) * (8 * MIB);
+    let mbps = |d: Duration| total as f64 / MIB as f64 / d.as_secs_f64();
+    let (free_write, free_drain) = limited_run(srv, &tmp.join("unlimited"), total, block, |_| {}).await;
+    // A quarter of what this machine sends, so the limit is what holds uploads back.
+    let limit = ((mbps(free_drain) / 4.0) as u64).max(1) << 20;
+    let limit_mib = (limit >> 20) as f64;
+    let (write, drain) = limited_run(srv, &tmp.join("limited"), total, block, |c| {
+        c.upload.rate_limit = Rate(Some(limit))
+    })
+    .await;
+    let window: RateWindow = toml::from_str(&format!(
+        "days = \"daily\"\nhours = \"00:00-24:00\"\nrate = \"{}MiB/s\"",
+        limit >> 20
+    ))
+    .unwrap();
+    let (_, sched_drain) = limited_run(srv, &tmp.join("scheduled"), total, block, |c| {
+        c.upload.rate_schedule = vec![window]
+    })
+    .await;
+    println!(
+        "13 upload rate limit {limit_mib:.0} MiB/s, {} MiB: unlimited drain {:.1} MiB/s",
+        total / MIB,
+        mbps(free_drain)
+    );
+    row(
+        "13 upload rate, rate_limit",
+        mbps(drain),
+        "MiB/s",
+        Some((limit_mib, "the limit")),
+    );
+    row(
+        "13 upload rate, rate_schedule",
+        mbps(sched_drain),
+        "MiB/s",
+        Some((limit_mib, "the limit")),
+    );
+    row(
+        "13 NFS write into cache, limited",
+        mbps(write),
+        "MiB/s",
+        Some((mbps(free_write), "no limit")),
+    );
 }

@@ -125,12 +125,7 @@ impl AuditLog {
     /// Opens (creating, mode 0640) `path` for appending and starts the writer thread.
     /// Fails at startup rather than at the first change if the file cannot be opened.
     pub fn open(share: &str, path: &Path, dropped_metric: Option<IntCounter>) -> std::io::Result<AuditLog> {
-        let file = open_append(path)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let p = path.to_path_buf();
-        std::thread::Builder::new()
-            .name(format!("audit-{share}"))
-            .spawn(move || writer(p, file, rx))?;
+        let tx = json_lines(&format!("audit-{share}"), path, CHANNEL_CAPACITY)?;
         Ok(AuditLog {
             share: share.to_string(),
             tx,
@@ -271,9 +266,26 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Opens (creating, mode 0640) the JSON-lines file `path` for appending and starts a
+/// writer thread named `name` for it; records sent to the channel become lines.
+/// Fails at once if the file cannot be opened.
+pub(crate) fn json_lines<R: Serialize + Send + 'static>(
+    name: &str,
+    path: &Path,
+    capacity: usize,
+) -> std::io::Result<mpsc::Sender<R>> {
+    let file = open_append(path)?;
+    let (tx, rx) = mpsc::channel(capacity);
+    let p = path.to_path_buf();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || writer(p, file, rx))?;
+    Ok(tx)
+}
+
 /// The writer thread: appends lines, flushes whenever the queue runs dry (so a line is
 /// on disk within moments of the call, not when a buffer fills), reopens a rotated file.
-fn writer(path: PathBuf, file: File, mut rx: mpsc::Receiver<Record>) {
+fn writer<R: Serialize>(path: PathBuf, file: File, mut rx: mpsc::Receiver<R>) {
     let mut ino = file.metadata().map(|m| (m.dev(), m.ino())).ok();
     let mut out = BufWriter::new(file);
     let mut last_check = Instant::now();
@@ -292,7 +304,7 @@ fn writer(path: PathBuf, file: File, mut rx: mpsc::Receiver<Record>) {
                         warned = false;
                     }
                     Err(e) if !warned => {
-                        tracing::warn!(path = %path.display(), error = %e, "audit log reopen failed");
+                        tracing::warn!(path = %path.display(), error = %e, "log reopen failed");
                         warned = true;
                     }
                     Err(_) => {}
@@ -309,7 +321,7 @@ fn writer(path: PathBuf, file: File, mut rx: mpsc::Receiver<Record>) {
             if let Err(e) = out.write_all(&line)
                 && !warned
             {
-                tracing::warn!(path = %path.display(), error = %e, "audit log write failed");
+                tracing::warn!(path = %path.display(), error = %e, "log write failed");
                 warned = true;
             }
             next = if batch < 1024 { rx.try_recv().ok() } else { None };
@@ -317,7 +329,7 @@ fn writer(path: PathBuf, file: File, mut rx: mpsc::Receiver<Record>) {
         if let Err(e) = out.flush()
             && !warned
         {
-            tracing::warn!(path = %path.display(), error = %e, "audit log write failed");
+            tracing::warn!(path = %path.display(), error = %e, "log write failed");
             warned = true;
         }
     }

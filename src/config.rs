@@ -1,6 +1,9 @@
 //! The one TOML file that configures a gateway. Unknown keys are rejected and every
 //! bad value is an error that names its key.
 
+mod rate;
+pub use rate::{Days, Hours, MIN_RATE, Rate, RateWindow};
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -155,6 +158,10 @@ pub struct UploadConfig {
     /// (UploadPartCopy) instead of with one CopyObject: S3's limit is 5 GiB, some
     /// S3-compatible stores have a lower one.
     pub max_single_copy: ByteSize,
+    /// Bytes sent to the store per second, across shares; unlimited by default.
+    pub rate_limit: Rate,
+    /// Other limits by day and hour (local time); the first that applies wins.
+    pub rate_schedule: Vec<RateWindow>,
 }
 
 impl Default for UploadConfig {
@@ -166,6 +173,8 @@ impl Default for UploadConfig {
             part_concurrency: 8,
             memory: ByteSize(256 << 20),
             max_single_copy: ByteSize(MAX_SINGLE_PUT),
+            rate_limit: Rate::default(),
+            rate_schedule: Vec::new(),
         }
     }
 }
@@ -241,6 +250,16 @@ pub struct ShareConfig {
     /// listing. Off when unset.
     #[serde(default)]
     pub events: Option<String>,
+    /// Upload notifications: a JSON-lines file that gets one line per object that
+    /// reached the store, and/or a webhook (http://) that gets each as a POST.
+    #[serde(default)]
+    pub upload_log: Option<PathBuf>,
+    #[serde(default)]
+    pub upload_webhook: Option<String>,
+    /// How long a file must go without another upload before its notification is
+    /// sent (File Gateway's SettlingTimeInSeconds).
+    #[serde(default = "default_upload_settle")]
+    pub upload_settle: HumanDuration,
     /// JSON-lines audit log of changes made through this share; off when unset.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
@@ -368,6 +387,9 @@ fn smb_share_problems(s: &ShareConfig, add: &mut impl FnMut(&str, String)) {
     }
 }
 
+fn default_upload_settle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
 fn default_true() -> bool {
     true
 }
@@ -1077,6 +1099,10 @@ impl Config {
                     }
                 };
             own_path(p, "audit_log", "audit log", |s| s.audit_log.as_ref());
+            own_path(p, "upload_log", "upload log", |s| s.upload_log.as_ref());
+            if let Some(w) = &s.upload_webhook {
+                crate::upload::Webhook::parse(w).map_or_else(|m| p.add(k("upload_webhook"), m), |_| ());
+            }
             if let Some(a) = &s.audit_log
                 && a.is_absolute()
                 && a.is_dir()

@@ -160,6 +160,16 @@ pub struct Metrics {
     /// where the audit trail is a compliance requirement.
     pub audit_dropped_total: IntCounterVec,
 
+    /// `bucketgate_upload_rate_limit_bytes_per_second`: the upload rate limit now
+    /// (`[upload] rate_limit`, or the schedule entry that applies); 0 when unlimited.
+    pub upload_rate_limit_bytes_per_second: IntGauge,
+
+    /// `bucketgate_upload_notifications_total{share,sink,result}`: upload
+    /// notifications (shares with `upload_log` / `upload_webhook`): `sent` to the log
+    /// or the webhook, `failed` (the webhook refused every attempt), `dropped` (a
+    /// queue was full; uploads never wait for notifications).
+    pub upload_notifications_total: IntCounterVec,
+
     // --- S3 event notifications (shares with `events`) ---
     /// `bucketgate_events_total{share,result}`: S3 events from the share's queue that
     /// fell under its prefix (`received`), and what came of each: `applied` (the key
@@ -416,6 +426,17 @@ impl Metrics {
                 ),
                 &["share"]
             )),
+            upload_rate_limit_bytes_per_second: reg!(IntGauge::with_opts(o(
+                "upload_rate_limit_bytes_per_second",
+                "The upload rate limit now, in bytes per second; 0 when unlimited."
+            ))),
+            upload_notifications_total: reg!(IntCounterVec::new(
+                o(
+                    "upload_notifications_total",
+                    "Upload notifications by sink (log, webhook) and result (sent, failed, dropped)."
+                ),
+                &["share", "sink", "result"]
+            )),
             events_total: reg!(IntCounterVec::new(
                 o(
                     "events_total",
@@ -473,6 +494,17 @@ impl Metrics {
         m.cache_dirty_limit_bytes.set(clamp(cfg.dirty_limit_bytes()));
         for s in &cfg.shares {
             m.add_share(&s.name);
+            for (sink, on) in [
+                ("log", s.upload_log.is_some()),
+                ("webhook", s.upload_webhook.is_some()),
+            ] {
+                for r in ["sent", "failed", "dropped"] {
+                    if on && (sink == "webhook" || r != "failed") {
+                        m.upload_notifications_total
+                            .with_label_values(&[&s.name, sink, r]);
+                    }
+                }
+            }
             if s.events.is_some() {
                 for r in ["received", "applied", "ignored", "failed"] {
                     m.events_total.with_label_values(&[&s.name, r]);
@@ -702,6 +734,8 @@ impl Metrics {
             &self.fuse_calls_total,
             &self.fuse_call_duration_seconds,
             &self.audit_dropped_total,
+            &self.upload_rate_limit_bytes_per_second,
+            &self.upload_notifications_total,
             &self.events_total,
             &self.events_queue_reachable,
             &self.ready,

@@ -49,6 +49,9 @@ pub fn install_scrape_hook(g: &Arc<Gateway>) {
         let f = figures(&g);
         m.set_cache(g.config.cache.capacity.0, f.used, f.dirty);
         m.set_upload_queue(f.queued, f.dirty, f.oldest, f.failing);
+        let rate = g.rate_limiter.as_ref().and_then(|l| l.current()).unwrap_or(0);
+        m.upload_rate_limit_bytes_per_second
+            .set(i64::try_from(rate).unwrap_or(i64::MAX));
         for s in &g.shares {
             let (files, bytes) = s.share.cache.evicted();
             m.sync_evictions(&s.config.name, files, bytes);

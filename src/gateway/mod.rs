@@ -57,6 +57,8 @@ pub struct Gateway {
     pub nfs: Arc<NfsService>,
     /// One poller per S3 event queue the shares name (`events`).
     pub event_feeds: Vec<Arc<crate::events::EventFeed>>,
+    /// `[upload] rate_limit` and its schedule, shared by every share's store.
+    pub rate_limiter: Option<Arc<crate::upload::RateLimiter>>,
     pub metrics: Metrics,
     pub started: Instant,
     /// How often an idle or unreachable store is probed for `/readyz` (see `probe`).
@@ -92,6 +94,8 @@ impl Gateway {
         let metrics = Metrics::from_config(&config);
         let mut shares = Vec::new();
         let upload_memory = Arc::new(tokio::sync::Semaphore::new(config.upload.memory.0 as usize));
+        let rate_limiter =
+            crate::upload::RateLimiter::new(config.upload.rate_limit, config.upload.rate_schedule.clone());
         for sc in &config.shares {
             let (raw, prefix) = match &store_override {
                 Some(s) => (s.clone(), prefix_of(&sc.url)),
@@ -102,7 +106,7 @@ impl Gateway {
             if prefix.len() + 2 > MAX_KEY_BYTES {
                 bail!("share {}: prefix too long", sc.name);
             }
-            let instrumented = Instrumented::new(raw, metrics.clone(), &sc.name);
+            let instrumented = Instrumented::new(raw, metrics.clone(), &sc.name, rate_limiter.clone());
             let store: Arc<dyn ObjectStore> = instrumented.clone();
             let dir: PathBuf = config.cache.dir.join("shares").join(&sc.name);
             let opts = CacheOptions {
@@ -137,6 +141,16 @@ impl Gateway {
                 },
                 Some((metrics.clone(), sc.name.clone())),
             );
+            if sc.upload_log.is_some() || sc.upload_webhook.is_some() {
+                let settings = crate::upload::NotifySettings {
+                    log: sc.upload_log.clone(),
+                    webhook: sc.upload_webhook.clone(),
+                    settle: sc.upload_settle.0,
+                };
+                let n = crate::upload::UploadNotifier::start(&sc.name, settings, Some(metrics.clone()))
+                    .with_context(|| format!("share {}: opening upload_log", sc.name))?;
+                uploader.notify_to(n);
+            }
             let audit = match &sc.audit_log {
                 Some(path) => Some(Arc::new(
                     AuditLog::open(
@@ -223,6 +237,7 @@ impl Gateway {
             shares,
             nfs,
             event_feeds,
+            rate_limiter,
             metrics,
             started: Instant::now(),
             probe_interval: probe::PROBE_INTERVAL,

@@ -1,6 +1,7 @@
 //! Wraps a share's store to record every request in the metrics (latency by S3
-//! operation, errors by code, bytes up and down) and to remember whether the store
-//! answered its last request, for `/readyz`.
+//! operation, errors by code, bytes up and down), to remember whether the store
+//! answered its last request, for `/readyz`, and to pace uploads to the upload rate
+//! limit (before a request is sent: its latency leaves the wait out).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,9 +14,11 @@ use super::{
     CompletedPart, Expect, ListPage, ObjectAttrs, ObjectInfo, ObjectStore, PartBody, StoreError, StoreResult,
 };
 use crate::metrics::Metrics;
+use crate::upload::RateLimiter;
 
 pub struct Instrumented {
     inner: Arc<dyn ObjectStore>,
+    limiter: Option<Arc<RateLimiter>>,
     metrics: Metrics,
     share: String,
     reachable: AtomicBool,
@@ -25,9 +28,15 @@ pub struct Instrumented {
 }
 
 impl Instrumented {
-    pub fn new(inner: Arc<dyn ObjectStore>, metrics: Metrics, share: &str) -> Arc<Instrumented> {
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        metrics: Metrics,
+        share: &str,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> Arc<Instrumented> {
         Arc::new(Instrumented {
             inner,
+            limiter,
             metrics,
             share: share.to_string(),
             reachable: AtomicBool::new(true),
@@ -57,6 +66,12 @@ impl Instrumented {
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    async fn pace(&self, n: u64) {
+        if let Some(l) = &self.limiter {
+            l.wait(n).await;
+        }
+    }
+
     fn uploaded(&self, n: usize) {
         self.metrics
             .store_uploaded_bytes_total
@@ -78,6 +93,7 @@ macro_rules! timed {
 impl ObjectStore for Instrumented {
     async fn put_object(&self, key: &str, body: Bytes, meta: &ObjectAttrs) -> StoreResult<String> {
         let n = body.len();
+        self.pace(n as u64).await;
         let r = timed!(self, "PutObject", self.inner.put_object(key, body, meta));
         if r.is_ok() {
             self.uploaded(n);
@@ -99,6 +115,7 @@ impl ObjectStore for Instrumented {
         body: PartBody,
     ) -> StoreResult<String> {
         let n = body.len() as usize;
+        self.pace(n as u64).await;
         let r = timed!(
             self,
             "UploadPart",
@@ -198,6 +215,7 @@ impl ObjectStore for Instrumented {
         expect: Expect<'_>,
     ) -> StoreResult<String> {
         let n = body.len();
+        self.pace(n as u64).await;
         let r = timed!(
             self,
             "PutObject",

@@ -38,7 +38,11 @@ pub(crate) use failpoint;
 mod conflict;
 mod keylock;
 mod moves;
+mod notify;
+mod rate;
 mod transfer;
+pub use notify::{NotifySettings, UploadNotifier, Webhook};
+pub use rate::RateLimiter;
 
 use keylock::KeyLocks;
 
@@ -148,6 +152,8 @@ pub struct Uploader {
     /// outlives an upload cancelled at shutdown, so shutdown takes this exclusively
     /// before the cache is closed.
     blocking: Arc<tokio::sync::RwLock<()>>,
+    /// Upload notifications (`upload_log`, `upload_webhook`), when the share has them.
+    notifier: std::sync::OnceLock<Arc<UploadNotifier>>,
 }
 
 fn now_s() -> u64 {
@@ -193,7 +199,13 @@ impl Uploader {
             counters: UploadCounters::default(),
             metrics,
             blocking: Arc::default(),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends an event for every object this uploader writes from now on.
+    pub fn notify_to(&self, n: Arc<UploadNotifier>) {
+        let _ = self.notifier.set(n);
     }
 
     pub fn full_key(&self, rel: &str) -> String {
@@ -549,6 +561,12 @@ impl Uploader {
             if !self.cache.hand_over_stale_key(0, rel)? {
                 self.store.delete_object(&key).await?;
             }
+            return Ok(());
+        }
+        if let Some(n) = self.notifier.get()
+            && step != UploadStep::PutMarker
+        {
+            n.uploaded(key, ino.size, &etag);
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ mod rpc_layer;
 mod rpc_libnfs;
 mod smb;
 mod soak;
+mod upload_notify;
 mod upload_races;
 mod writeback;
 mod writeback_s3;
