@@ -1180,8 +1180,9 @@ async fn smb_beside_nfs(srv: &S3TestServer, tmp: &Path, total: usize, block: &Ar
     gw.shutdown().await;
 }
 
-/// Figure 13: one gateway per run, `total` bytes in 8 files written through NFS, then
-/// drained; returns (NFS write seconds, drain seconds).
+/// Figure 13: one gateway per run, `total` bytes in 8 files written through NFS
+/// while they upload (upload_delay 100 ms); returns (seconds until every write is
+/// committed, seconds until every byte is in the store), both from the first write.
 async fn limited_run(
     srv: &S3TestServer,
     dir: &Path,
@@ -1190,7 +1191,7 @@ async fn limited_run(
     limit: impl FnOnce(&mut Config),
 ) -> (Duration, Duration) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut cfg = config(srv, dir, Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut cfg = config(srv, dir, Duration::from_millis(100), Duration::from_secs(60));
     limit(&mut cfg);
     let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
     let gw = Gateway::open(cfg, creds, None)
@@ -1207,7 +1208,6 @@ async fn limited_run(
         nfs_write(&c, &fh, total / 8, 16, block).await;
     }
     let write = t.elapsed();
-    let t = Instant::now();
     flush(&gw).await;
     let drain = t.elapsed();
     gw.shutdown().await;
@@ -1231,14 +1231,19 @@ async fn rate_limited_uploads(srv: &S3TestServer, tmp: &Path, total: usize, bloc
         limit >> 20
     ))
     .unwrap();
-    let (_, sched_drain) = limited_run(srv, &tmp.join("scheduled"), total, block, |c| {
+    let (sched_write, sched_drain) = limited_run(srv, &tmp.join("scheduled"), total, block, |c| {
         c.upload.rate_schedule = vec![window]
     })
     .await;
+    // The unlimited run again: this VM's disk and page cache vary from one run to the
+    // next; the two bracket what the limited runs met.
+    let (free_write2, _) = limited_run(srv, &tmp.join("unlimited-again"), total, block, |_| {}).await;
     println!(
-        "13 upload rate limit {limit_mib:.0} MiB/s, {} MiB: unlimited drain {:.1} MiB/s",
+        "13 upload rate limit {limit_mib:.0} MiB/s, {} MiB: unlimited write+upload {:.1} MiB/s; unlimited NFS writes {:.1} and {:.1} MiB/s",
         total / MIB,
-        mbps(free_drain)
+        mbps(free_drain),
+        mbps(free_write),
+        mbps(free_write2)
     );
     row(
         "13 upload rate, rate_limit",
@@ -1252,10 +1257,17 @@ async fn rate_limited_uploads(srv: &S3TestServer, tmp: &Path, total: usize, bloc
         "MiB/s",
         Some((limit_mib, "the limit")),
     );
+    let free = mbps(free_write).max(mbps(free_write2));
     row(
-        "13 NFS write into cache, limited",
+        "13 NFS writes, uploads limited",
         mbps(write),
         "MiB/s",
-        Some((mbps(free_write), "no limit")),
+        Some((free, "best unlimited run")),
+    );
+    row(
+        "13 NFS writes, uploads scheduled",
+        mbps(sched_write),
+        "MiB/s",
+        Some((free, "best unlimited run")),
     );
 }

@@ -244,6 +244,10 @@ async fn health_ready_and_metrics() {
         .events_queue_reachable
         .with_label_values(&["data"])
         .set(1);
+    // And with upload notifications.
+    h.metrics
+        .upload_notifications_total
+        .with_label_values(&["data", "log", "sent"]);
     let text = with_timeout(h.client.metrics_text()).await.unwrap();
     if let Ok(path) = std::env::var("BUCKETGATE_SAVE_SCRAPE") {
         // How ami/prometheus/testdata/scrape.prom is made.
