@@ -293,17 +293,17 @@ impl Cache {
                 }
             }
             // Names the store no longer has.
-            let names: Box<dyn Iterator<Item = Result<Vec<u8>>>> = match only {
-                Some(only) => Box::new(only.iter().cloned().map(Ok)),
-                None => Box::new(
-                    self.db
-                        .scan_prefix(keys::seq_prefix(dir))
-                        .values()
-                        .map(|v| Ok(v?.to_vec())),
-                ),
+            // (the name's order key when scanned, its name)
+            type Named = Result<(Option<sled::IVec>, Vec<u8>)>;
+            let names: Box<dyn Iterator<Item = Named>> = match only {
+                Some(only) => Box::new(only.iter().map(|n| Ok((None, n.clone())))),
+                None => Box::new(self.db.scan_prefix(keys::seq_prefix(dir)).map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((Some(k), v.to_vec()))
+                })),
             };
-            for name in names {
-                let name = name?;
+            for named in names {
+                let (k, name) = named?;
                 if seen.contains(&name) {
                     continue;
                 }
@@ -321,7 +321,10 @@ impl Cache {
                         || self.db.scan_prefix(keys::seq_prefix(child.id)).next().is_none());
                 if gone_remotely {
                     b.remove(keys::name(dir, &name));
-                    b.remove(&keys::seq(dir, de.seq));
+                    match k {
+                        Some(k) => b.remove(k),
+                        None => b.remove(&keys::seq(dir, de.seq)),
+                    }
                     b.remove_inode(child.id);
                     b.remove(&keys::blocks(child.id));
                     if child.kind == Kind::File {
