@@ -534,7 +534,9 @@ async fn metrics_body() {
     // has an error `code` label, so it appears with the first error (as Prometheus
     // client conventions have it); the outage test above sees it. The FUSE families
     // appear with a FUSE mount (`fuse::changes_through_the_mount_are_audited`), the
-    // SMB one with an open SMB session (`smb::smbclient_reads_and_writes_a_guest_share`).
+    // SMB one with an open SMB session (`smb::smbclient_reads_and_writes_a_guest_share`),
+    // the events and upload notification ones on shares with `events`, `upload_log`
+    // or `upload_webhook` (`events::`, `upload_notify::`).
     let live: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -547,6 +549,8 @@ async fn metrics_body() {
             *n != "bucketgate_store_errors_total"
                 && !n.starts_with("bucketgate_fuse_")
                 && !n.starts_with("bucketgate_smb_")
+                && !n.starts_with("bucketgate_events_")
+                && !n.starts_with("bucketgate_upload_notifications_")
         })
         .collect();
     assert!(missing.is_empty(), "missing from a live scrape: {missing:?}");
