@@ -51,9 +51,18 @@
 //!     `rate_schedule` entry that applies all day: the achieved upload rate against
 //!     the limit (goal: within 10%), and the NFS write rate into the cache with the
 //!     limit against without it. `BENCH_FIGURES=13` runs only this figure.
+//! 14. two gateways on one bucket, each long-polling its own SQS queue fed by the
+//!     bucket's S3 events through an SNS topic, all on moto's server: for 50 files,
+//!     the time from the end of a file's upload through gateway A (`flush`) until a
+//!     LOOKUP through gateway B finds it, vs the time from a plain PutObject until
+//!     its event is received from a third queue (the notification path alone).
+//!     Needs `moto_server` (pip install 'moto[server]'); says SKIPPED without it.
+//!     `BENCH_FIGURES=14` runs only this figure.
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
+#[path = "../tests/common/moto.rs"]
+mod moto;
 #[path = "../tests/common/null_s3.rs"]
 mod null_s3;
 #[path = "../tests/common/s3server.rs"]
@@ -554,6 +563,10 @@ async fn main() {
     }
     if std::env::var("BENCH_FIGURES").as_deref() == Ok("12") {
         smb_beside_nfs(&srv, tmp.path(), total, &block).await;
+        return;
+    }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("14") {
+        propagation(tmp.path()).await;
         return;
     }
     if std::env::var("BENCH_FIGURES").as_deref() == Ok("13") {
@@ -1270,4 +1283,83 @@ async fn rate_limited_uploads(srv: &S3TestServer, tmp: &Path, total: usize, bloc
         "MiB/s",
         Some((free, "best unlimited run")),
     );
+}
+
+/// Figure 14: the median and the largest of `d`.
+fn median_max(mut d: Vec<Duration>) -> (f64, f64) {
+    d.sort();
+    let ms = |x: Duration| x.as_secs_f64() * 1e3;
+    (ms(d[d.len() / 2]), ms(d[d.len() - 1]))
+}
+
+async fn propagation(tmp: &Path) {
+    const FILES: usize = 50;
+    let here = std::process::Command::new("sh")
+        .args(["-c", "command -v moto_server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !here {
+        println!("14 SKIPPED: needs moto_server (pip install 'moto[server]')");
+        return;
+    }
+    let m = moto::Moto::start().await;
+    let bucket = "bench-events";
+    let queues = m.bucket_with_queues(bucket, &["gateway-a", "gateway-b", "plain"]).await;
+
+    // The notification path alone: PutObject, then the event from a queue.
+    let mut plain = Vec::new();
+    for i in 0..FILES {
+        let key = format!("plain/{i}");
+        m.s3.put_object().bucket(bucket).key(&key).body(vec![1u8; 4096].into()).send().await.unwrap();
+        let t = Instant::now();
+        'wait: loop {
+            let got = m.sqs.receive_message().queue_url(&queues[2]).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
+            for msg in got.messages() {
+                let _ = m.sqs.delete_message().queue_url(&queues[2]).receipt_handle(msg.receipt_handle().unwrap()).send().await;
+                let events = bucketgate::events::parse::parse(msg.body().unwrap_or_default()).unwrap_or_default();
+                if events.iter().any(|e| e.key == key) {
+                    break 'wait;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no event for {key}");
+        }
+        plain.push(t.elapsed());
+    }
+
+    let gateway = |name: &str, queue: &str| {
+        let dir = tmp.join(name);
+        let toml = format!(
+            "[nfs]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[cache]\ndir = \"{}\"\ncapacity = \"4GiB\"\nupload_delay = \"100ms\"\n\
+             [[share]]\nname = \"data\"\nurl = \"s3://{bucket}/gw/\"\nendpoint = \"{}\"\npath_style = true\nregion = \"us-east-1\"\nevents = \"{queue}\"\n",
+            dir.join("cache").display(),
+            m.endpoint
+        );
+        Config::from_toml(&toml).unwrap()
+    };
+    let creds = || Some((moto::ACCESS_KEY.to_owned(), moto::SECRET_KEY.to_owned()));
+    let a = Gateway::open(gateway("a", &queues[0]), creds(), None).await.unwrap().start().await.unwrap();
+    let b = Gateway::open(gateway("b", &queues[1]), creds(), None).await.unwrap().start().await.unwrap();
+    let ca = Client::connect(a.nfs_addr, 1000, 1000).await;
+    let cb = Client::connect(b.nfs_addr, 1000, 1000).await;
+    let (ra, rb) = (ca.mount("/data").await, cb.mount("/data").await);
+    cb.readdir_names(&rb).await; // B has listed the directory: what follows are events
+    let mut through = Vec::new();
+    for i in 0..FILES {
+        let name = format!("f{i}.txt");
+        let fh = ca.create(&ra, &name).await;
+        ca.write(&fh, 0, &[7u8; 4096], 2).await;
+        flush(&a).await;
+        let t = Instant::now();
+        while cb.try_lookup(&rb, &name).await.is_none() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{name} never showed through B");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        through.push(t.elapsed());
+    }
+    let (pm, px) = median_max(plain);
+    let (gm, gx) = median_max(through);
+    row("14 A's upload -> B shows it, median", gm, "ms", Some((pm, "PutObject -> its event, median")));
+    row("14 A's upload -> B shows it, max", gx, "ms", Some((px, "PutObject -> its event, max")));
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -436,6 +436,15 @@ pub fn render_file_status(f: &FileStatus, now_unix_s: u64) -> String {
         (Some(k), Some(e)) => o.push_str(&format!("object  {k}  ETag {e}\n")),
         _ => o.push_str("object  none yet\n"),
     }
+    if f.object_key.is_some() {
+        let store = match (f.store_holds_etag, &f.version_id) {
+            (Some(true), Some(v)) => format!("holds this ETag, version {v} (checked now)"),
+            (Some(true), None) => "holds this ETag (checked now)".to_string(),
+            (Some(false), _) => "holds another version, or none: another client changed it".to_string(),
+            (None, _) => "not checked: the store did not answer".to_string(),
+        };
+        o.push_str(&format!("store   {store}\n"));
+    }
     if let Some(ff) = &f.failure {
         o.push_str(&format!(
             "failing {} attempts since {} ago: {}\n",
@@ -593,6 +602,8 @@ mod tests {
             dirty_since_unix_s: Some(1_000.0),
             object_key: None,
             etag: None,
+            store_holds_etag: None,
+            version_id: None,
             failure: Some(FailingFile {
                 share: "data".into(),
                 path: "/a/report.txt.conflict-20261207T120000Z".into(),
@@ -613,6 +624,20 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want:?} missing from\n{t}");
         }
+        assert!(!t.contains("store   "), "no object, nothing checked:\n{t}");
+        let clean = FileStatus {
+            state: FileState::Clean,
+            dirty_since_unix_s: None,
+            object_key: Some("a/report.txt".into()),
+            etag: Some("abc".into()),
+            store_holds_etag: Some(true),
+            version_id: Some("v7".into()),
+            failure: None,
+            conflict_copy: false,
+            ..f
+        };
+        let t = render_file_status(&clean, 1_090);
+        assert!(t.contains("store   holds this ETag, version v7 (checked now)"), "{t}");
     }
 
     #[test]

@@ -205,6 +205,19 @@ impl Client {
         assert_eq!(Self::status(&r), 0, "GETATTR");
     }
 
+    /// LOOKUP → the handle, or `None` when the name is not there.
+    pub async fn try_lookup(&self, dir: &[u8], name: &str) -> Option<Vec<u8>> {
+        let mut a = Vec::new();
+        opaque(&mut a, dir);
+        opaque(&mut a, name.as_bytes());
+        let r = self.call(100003, 3, 3, &a).await;
+        if Self::status(&r) != 0 {
+            return None;
+        }
+        let len = u32::from_be_bytes(r[4..8].try_into().unwrap()) as usize;
+        Some(r[8..8 + len].to_vec())
+    }
+
     /// LOOKUP → the handle.
     pub async fn lookup(&self, dir: &[u8], name: &str) -> Vec<u8> {
         let mut a = Vec::new();

@@ -206,6 +206,13 @@ pub struct FileStatus {
     /// last version this gateway uploaded or saw there (none before its first upload).
     pub object_key: Option<String>,
     pub etag: Option<String>,
+    /// What a HEAD of that object found just now: whether the store still holds
+    /// that ETag (`None`: no object yet, or the store did not answer in time), and the
+    /// version's id in a bucket with versioning.
+    #[serde(default)]
+    pub store_holds_etag: Option<bool>,
+    #[serde(default)]
+    pub version_id: Option<String>,
     /// The current run of failed uploads (`failing` only).
     pub failure: Option<FailingFile>,
     /// The local version set aside because another client wrote the object

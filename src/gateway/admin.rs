@@ -16,6 +16,9 @@ use crate::admin::{
 
 pub struct Api(pub Arc<Gateway>);
 
+/// How long `status PATH` waits for the HEAD that checks a file against the store.
+const STATUS_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Figures {
     used: u64,
     dirty: u64,
@@ -163,6 +166,24 @@ impl AdminApi for Api {
         let dirty = ino.is_dirty();
         let uploaded = ino.remote.key.clone();
         let name = sub.rsplit('/').next().unwrap_or_default();
+        // Asked of the store itself, so "clean" is checked against the bucket.
+        let head = match &uploaded {
+            Some(rel) if !ino.remote.etag.is_empty() => {
+                let key = format!("{}{rel}", s.prefix);
+                tokio::time::timeout(STATUS_HEAD_TIMEOUT, s.store.head(&key))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            _ => None,
+        };
+        let store_holds_etag = head
+            .as_ref()
+            .map(|h| h.as_ref().is_some_and(|o| bucketgate_cache::same_etag(&o.etag, &ino.remote.etag)));
+        let version_id = match (&head, store_holds_etag) {
+            (Some(Some(o)), Some(true)) => o.version_id.clone(),
+            _ => None,
+        };
         Ok(FileStatus {
             share: s.config.name.clone(),
             path: format!("/{sub}"),
@@ -172,6 +193,8 @@ impl AdminApi for Api {
             dirty_since_unix_s: (dirty && ino.dirty_since_ns > 0).then(|| ino.dirty_since_ns as f64 / 1e9),
             etag: uploaded.as_ref().map(|_| ino.remote.etag.clone()),
             object_key: uploaded,
+            store_holds_etag,
+            version_id,
             failure: failing.map(|ff| failing_file(&s.config.name, ff)),
             conflict_copy: name.contains(".conflict-"),
             pending_below: (ino.kind == bucketgate_cache::Kind::Dir).then(|| {

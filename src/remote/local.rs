@@ -535,6 +535,7 @@ impl Inner {
                 etag: sc.etag,
                 last_modified_ns: fs::metadata(&sc_path).ok().map(|m| mtime_ns(&m)),
                 meta: sc.meta.map(Into::into),
+                version_id: None,
             }));
         }
         let md = match fs::symlink_metadata(&path) {
@@ -562,6 +563,7 @@ impl Inner {
             etag,
             last_modified_ns: Some(mtime_ns(md)),
             meta,
+            version_id: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub struct ObjectInfo {
     /// POSIX attributes from user metadata; `None` when the object carries none
     /// (listings never carry them; HEAD does).
     pub meta: Option<ObjectAttrs>,
+    /// The version's id in a bucket with versioning (HEAD only; S3's "null" and
+    /// unversioned stores give `None`).
+    pub version_id: Option<String>,
 }
 
 /// One page of a ListObjectsV2-style listing.

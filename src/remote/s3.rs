@@ -924,6 +924,7 @@ impl ObjectStore for S3Store {
             etag: out.e_tag().map(unquote).unwrap_or_default(),
             last_modified_ns,
             meta,
+            version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
         }))
     }
 
@@ -967,6 +968,7 @@ impl ObjectStore for S3Store {
                     etag: o.e_tag().map(unquote).unwrap_or_default(),
                     last_modified_ns: o.last_modified().and_then(to_ns),
                     meta: None,
+                    version_id: None,
                 })
             })
             .collect();

@@ -681,6 +681,7 @@ mod tests {
             etag: String::new(),
             last_modified_ns: Some(1),
             meta: None,
+            version_id: None,
         }
     }
 

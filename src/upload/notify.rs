@@ -8,6 +8,10 @@
 //! Settling: an object written again within `upload_settle` of its last upload
 //! replaces the pending event, so a file rewritten every second while it grows gives
 //! one event once it has stopped changing for that long.
+//!
+//! Version ids: a settled event's object is read back with a HEAD (a few at a time,
+//! off the upload path) while the bucket shows versions; when a HEAD shows none, the
+//! bucket is taken as unversioned and asked again only every 10 minutes.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -19,12 +23,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::remote::ObjectStore;
 
 /// Events waiting to settle or to be sent, per sink.
 const QUEUE: usize = 10_000;
 /// A webhook delivery is tried this many times, 1, 2, 4, ... s apart.
 const WEBHOOK_ATTEMPTS: u32 = 6;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// HEADs for version ids in flight, and how long one may take.
+const VERSION_LOOKUPS: usize = 8;
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a bucket whose objects showed no version id is taken as unversioned.
+const UNVERSIONED_RECHECK: Duration = Duration::from_secs(600);
 
 /// One object that reached the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -35,6 +45,8 @@ pub struct Uploaded {
     pub key: String,
     pub size: u64,
     pub etag: String,
+    /// The object version's id, in a bucket with versioning.
+    pub version_id: Option<String>,
     /// When the upload finished, RFC 3339 UTC.
     pub time: String,
 }
@@ -59,6 +71,7 @@ impl UploadNotifier {
     pub fn start(
         share: &str,
         settings: NotifySettings,
+        store: Arc<dyn ObjectStore>,
         metrics: Option<Metrics>,
     ) -> std::io::Result<Arc<UploadNotifier>> {
         let log = match &settings.log {
@@ -76,7 +89,16 @@ impl UploadNotifier {
             tx
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(settle(rx, settings.settle, log, webhook, metrics.clone()));
+        let sinks = Arc::new(Sinks {
+            log,
+            webhook,
+            metrics: metrics.clone(),
+            store,
+            lookups: tokio::sync::Semaphore::new(VERSION_LOOKUPS),
+            pending: Arc::new(tokio::sync::Semaphore::new(QUEUE)),
+            unversioned_since: parking_lot::Mutex::new(None),
+        });
+        tokio::spawn(settle(rx, settings.settle, sinks));
         Ok(Arc::new(UploadNotifier {
             share: share.to_string(),
             tx,
@@ -92,6 +114,7 @@ impl UploadNotifier {
             key,
             size,
             etag: etag.trim_matches('"').to_string(),
+            version_id: None,
             time: crate::audit::rfc3339_now(),
         };
         if self.tx.try_send(u).is_err() {
@@ -108,15 +131,52 @@ fn count(metrics: &Option<(Metrics, String)>, sink: &str, result: &str) {
     }
 }
 
-/// Holds each event until its key has had no newer upload for `settle`, then hands
-/// it to the sinks.
-async fn settle(
-    mut rx: mpsc::Receiver<Uploaded>,
-    settle: Duration,
+/// Where settled events go, and what finding their version ids needs.
+struct Sinks {
     log: Option<mpsc::Sender<Uploaded>>,
     webhook: Option<mpsc::Sender<Uploaded>>,
     metrics: Option<(Metrics, String)>,
-) {
+    store: Arc<dyn ObjectStore>,
+    lookups: tokio::sync::Semaphore,
+    /// Settled events not yet handed to the sinks (bounded like every queue here).
+    pending: Arc<tokio::sync::Semaphore>,
+    /// When a HEAD last showed no version id.
+    unversioned_since: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Sinks {
+    /// Fills in the version id (while the bucket shows versions), then hands the
+    /// event to the log and the webhook.
+    async fn emit(self: Arc<Self>, mut u: Uploaded, _pending: tokio::sync::OwnedSemaphorePermit) {
+        let look = self
+            .unversioned_since
+            .lock()
+            .is_none_or(|t| t.elapsed() > UNVERSIONED_RECHECK);
+        if look && let Ok(_permit) = self.lookups.acquire().await {
+            let head = tokio::time::timeout(VERSION_TIMEOUT, self.store.head(&u.key)).await;
+            if let Ok(Ok(Some(o))) = head
+                && bucketgate_cache::same_etag(&o.etag, &u.etag)
+            {
+                *self.unversioned_since.lock() = o.version_id.is_none().then(Instant::now);
+                u.version_id = o.version_id;
+            }
+        }
+        if let Some(tx) = &self.log {
+            let result = if tx.try_send(u.clone()).is_ok() { "sent" } else { "dropped" };
+            count(&self.metrics, "log", result);
+        }
+        // The webhook's sender counts what it sends and what it gives up on.
+        if let Some(tx) = &self.webhook
+            && tx.try_send(u).is_err()
+        {
+            count(&self.metrics, "webhook", "dropped");
+        }
+    }
+}
+
+/// Holds each event until its key has had no newer upload for `settle`, then hands
+/// it to the sinks.
+async fn settle(mut rx: mpsc::Receiver<Uploaded>, settle: Duration, sinks: Arc<Sinks>) {
     // Arrival order is due order (one settle time for all); `latest` says which
     // arrival of a key is its newest.
     let mut queue: VecDeque<(Instant, u64, Uploaded)> = VecDeque::new();
@@ -140,19 +200,9 @@ async fn settle(
                 continue; // uploaded again since: that event stands for both
             }
             latest.remove(&u.key);
-            if let Some(tx) = &log {
-                let result = if tx.try_send(u.clone()).is_ok() {
-                    "sent"
-                } else {
-                    "dropped"
-                };
-                count(&metrics, "log", result);
-            }
-            // The webhook's sender counts what it sends and what it gives up on.
-            if let Some(tx) = &webhook
-                && tx.try_send(u).is_err()
-            {
-                count(&metrics, "webhook", "dropped");
+            match sinks.pending.clone().try_acquire_owned() {
+                Ok(p) => drop(tokio::spawn(sinks.clone().emit(u, p))),
+                Err(_) => count(&sinks.metrics, "settle", "dropped"),
             }
         }
     }

@@ -23,6 +23,11 @@ pub fn have_tool(tool: &str, package: &str, part: &str) -> bool {
     have_tool_from(tool, &format!("apt-get install {package}"), part)
 }
 
+/// Whether moto's server is here (`common::moto`); says SKIPPED when not.
+pub fn moto_here(part: &str) -> bool {
+    have_tool_from("moto_server", "pip install 'moto[server]'", part)
+}
+
 /// [`have_tool`] for a tool that `install` (a command) installs.
 pub fn have_tool_from(tool: &str, install: &str, part: &str) -> bool {
     let found = std::process::Command::new("sh")
