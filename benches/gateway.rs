@@ -1304,19 +1304,42 @@ async fn propagation(tmp: &Path) {
     }
     let m = moto::Moto::start().await;
     let bucket = "bench-events";
-    let queues = m.bucket_with_queues(bucket, &["gateway-a", "gateway-b", "plain"]).await;
+    let queues = m
+        .bucket_with_queues(bucket, &["gateway-a", "gateway-b", "plain"])
+        .await;
 
     // The notification path alone: PutObject, then the event from a queue.
     let mut plain = Vec::new();
     for i in 0..FILES {
         let key = format!("plain/{i}");
-        m.s3.put_object().bucket(bucket).key(&key).body(vec![1u8; 4096].into()).send().await.unwrap();
+        m.s3.put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(vec![1u8; 4096].into())
+            .send()
+            .await
+            .unwrap();
         let t = Instant::now();
         'wait: loop {
-            let got = m.sqs.receive_message().queue_url(&queues[2]).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
+            let got = m
+                .sqs
+                .receive_message()
+                .queue_url(&queues[2])
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
             for msg in got.messages() {
-                let _ = m.sqs.delete_message().queue_url(&queues[2]).receipt_handle(msg.receipt_handle().unwrap()).send().await;
-                let events = bucketgate::events::parse::parse(msg.body().unwrap_or_default()).unwrap_or_default();
+                let _ = m
+                    .sqs
+                    .delete_message()
+                    .queue_url(&queues[2])
+                    .receipt_handle(msg.receipt_handle().unwrap())
+                    .send()
+                    .await;
+                let events =
+                    bucketgate::events::parse::parse(msg.body().unwrap_or_default()).unwrap_or_default();
                 if events.iter().any(|e| e.key == key) {
                     break 'wait;
                 }
@@ -1337,8 +1360,18 @@ async fn propagation(tmp: &Path) {
         Config::from_toml(&toml).unwrap()
     };
     let creds = || Some((moto::ACCESS_KEY.to_owned(), moto::SECRET_KEY.to_owned()));
-    let a = Gateway::open(gateway("a", &queues[0]), creds(), None).await.unwrap().start().await.unwrap();
-    let b = Gateway::open(gateway("b", &queues[1]), creds(), None).await.unwrap().start().await.unwrap();
+    let a = Gateway::open(gateway("a", &queues[0]), creds(), None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let b = Gateway::open(gateway("b", &queues[1]), creds(), None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
     let ca = Client::connect(a.nfs_addr, 1000, 1000).await;
     let cb = Client::connect(b.nfs_addr, 1000, 1000).await;
     let (ra, rb) = (ca.mount("/data").await, cb.mount("/data").await);
@@ -1351,15 +1384,28 @@ async fn propagation(tmp: &Path) {
         flush(&a).await;
         let t = Instant::now();
         while cb.try_lookup(&rb, &name).await.is_none() {
-            assert!(t.elapsed() < Duration::from_secs(30), "{name} never showed through B");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name} never showed through B"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         through.push(t.elapsed());
     }
     let (pm, px) = median_max(plain);
     let (gm, gx) = median_max(through);
-    row("14 A's upload -> B shows it, median", gm, "ms", Some((pm, "PutObject -> its event, median")));
-    row("14 A's upload -> B shows it, max", gx, "ms", Some((px, "PutObject -> its event, max")));
+    row(
+        "14 A's upload -> B shows it, median",
+        gm,
+        "ms",
+        Some((pm, "PutObject -> its event, median")),
+    );
+    row(
+        "14 A's upload -> B shows it, max",
+        gx,
+        "ms",
+        Some((px, "PutObject -> its event, max")),
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

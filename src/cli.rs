@@ -637,7 +637,10 @@ mod tests {
             ..f
         };
         let t = render_file_status(&clean, 1_090);
-        assert!(t.contains("store   holds this ETag, version v7 (checked now)"), "{t}");
+        assert!(
+            t.contains("store   holds this ETag, version v7 (checked now)"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -177,9 +177,10 @@ impl AdminApi for Api {
             }
             _ => None,
         };
-        let store_holds_etag = head
-            .as_ref()
-            .map(|h| h.as_ref().is_some_and(|o| bucketgate_cache::same_etag(&o.etag, &ino.remote.etag)));
+        let store_holds_etag = head.as_ref().map(|h| {
+            h.as_ref()
+                .is_some_and(|o| bucketgate_cache::same_etag(&o.etag, &ino.remote.etag))
+        });
         let version_id = match (&head, store_holds_etag) {
             (Some(Some(o)), Some(true)) => o.version_id.clone(),
             _ => None,

@@ -147,8 +147,13 @@ impl Gateway {
                     webhook: sc.upload_webhook.clone(),
                     settle: sc.upload_settle.0,
                 };
-                let n = crate::upload::UploadNotifier::start(&sc.name, settings, store.clone(), Some(metrics.clone()))
-                    .with_context(|| format!("share {}: opening upload_log", sc.name))?;
+                let n = crate::upload::UploadNotifier::start(
+                    &sc.name,
+                    settings,
+                    store.clone(),
+                    Some(metrics.clone()),
+                )
+                .with_context(|| format!("share {}: opening upload_log", sc.name))?;
                 uploader.notify_to(n);
             }
             let audit = match &sc.audit_log {

@@ -162,7 +162,11 @@ impl Sinks {
             }
         }
         if let Some(tx) = &self.log {
-            let result = if tx.try_send(u.clone()).is_ok() { "sent" } else { "dropped" };
+            let result = if tx.try_send(u.clone()).is_ok() {
+                "sent"
+            } else {
+                "dropped"
+            };
             count(&self.metrics, "log", result);
         }
         // The webhook's sender counts what it sends and what it gives up on.

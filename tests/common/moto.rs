@@ -32,7 +32,10 @@ impl Drop for Moto {
 impl Moto {
     pub async fn start() -> Moto {
         // Self-contained (the bench includes this file too): a port nobody holds now.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
             .stdout(Stdio::null())

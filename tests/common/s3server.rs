@@ -242,6 +242,30 @@ impl S3TestServer {
         req.send().await.unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
+    /// Deletes an object as another S3 client would.
+    pub async fn their_delete(&self, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
+    }
+
+    /// The ETag of the object at `key` now, unquoted.
+    pub async fn etag(&self, key: &str) -> String {
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+        h.e_tag().unwrap_or_default().trim_matches('"').to_owned()
+    }
+
     /// s3s-fs behind [`Compat`], bucket [`BUCKET`] created.
     pub async fn start() -> S3TestServer {
         Self::start_with(true).await

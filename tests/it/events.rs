@@ -33,28 +33,6 @@ async fn gateway(srv: &S3TestServer, dir: &std::path::Path) -> Running {
     .await
 }
 
-async fn etag_of(srv: &S3TestServer, key: &str) -> String {
-    let h = srv
-        .client
-        .head_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    h.e_tag().unwrap().to_owned()
-}
-
-async fn their_delete(srv: &S3TestServer, key: &str) {
-    srv.client
-        .delete_object()
-        .bucket(&srv.bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-}
-
 fn created(srv: &S3TestServer, key: &str, etag: &str) -> S3Event {
     S3Event {
         bucket: srv.bucket.clone(),
@@ -108,11 +86,11 @@ async fn others_changes_show_once_their_events_are_applied() {
     srv.their_put("pre/added.txt", b"hello", None).await;
     srv.their_put("pre/tree/deep/leaf.txt", b"leaf", None).await;
     srv.their_put("pre/sub/second.txt", b"2", None).await;
-    their_delete(&srv, "pre/goes.txt").await;
-    their_delete(&srv, "pre/sub/inner.txt").await;
+    srv.their_delete("pre/goes.txt").await;
+    srv.their_delete("pre/sub/inner.txt").await;
     let events = vec![
-        created(&srv, "pre/changes.txt", &etag_of(&srv, "pre/changes.txt").await),
-        created(&srv, "pre/added.txt", &etag_of(&srv, "pre/added.txt").await),
+        created(&srv, "pre/changes.txt", &srv.etag("pre/changes.txt").await),
+        created(&srv, "pre/added.txt", &srv.etag("pre/added.txt").await),
         created(&srv, "pre/tree/deep/leaf.txt", ""),
         created(&srv, "pre/sub/second.txt", ""),
         removed(&srv, "pre/goes.txt"),
@@ -162,7 +140,7 @@ async fn own_uploads_are_recognised_and_stale_events_end_at_the_bucket() {
     let root = c.root_nfs_fh3();
     let fh = put_file(&mut c, &root, "ours.txt", b"written here").await;
     flush(&gw).await;
-    let ours = created(&srv, "pre/ours.txt", &etag_of(&srv, "pre/ours.txt").await);
+    let ours = created(&srv, "pre/ours.txt", &srv.etag("pre/ours.txt").await);
     let before = store_requests(&gw);
     let applied = gw.gateway.apply_events(&[ours.clone(), ours.clone()]).await;
     assert_eq!((applied.applied, applied.ignored), (0, 2), "{applied:?}");
@@ -171,14 +149,14 @@ async fn own_uploads_are_recognised_and_stale_events_end_at_the_bucket() {
 
     // Another client deletes it, then writes it again; the events come the other
     // way round, and the first twice.
-    their_delete(&srv, "pre/ours.txt").await;
+    srv.their_delete("pre/ours.txt").await;
     srv.their_put("pre/ours.txt", b"theirs now", None).await;
-    let theirs = created(&srv, "pre/ours.txt", &etag_of(&srv, "pre/ours.txt").await);
+    let theirs = created(&srv, "pre/ours.txt", &srv.etag("pre/ours.txt").await);
     let del = removed(&srv, "pre/ours.txt");
     gw.gateway.apply_events(&[theirs.clone(), del.clone(), del]).await;
     assert_eq!(read_all(&mut c, &fh).await, b"theirs now");
     // Deleted again; its event comes before the late one of the version it deleted.
-    their_delete(&srv, "pre/ours.txt").await;
+    srv.their_delete("pre/ours.txt").await;
     gw.gateway
         .apply_events(&[removed(&srv, "pre/ours.txt"), theirs])
         .await;
@@ -211,9 +189,9 @@ async fn a_local_change_survives_events_and_both_versions_are_kept() {
         .unwrap();
 
     srv.their_put("pre/doc.txt", b"theirs", None).await;
-    their_delete(&srv, "pre/gone.txt").await;
+    srv.their_delete("pre/gone.txt").await;
     let events = [
-        created(&srv, "pre/doc.txt", &etag_of(&srv, "pre/doc.txt").await),
+        created(&srv, "pre/doc.txt", &srv.etag("pre/doc.txt").await),
         removed(&srv, "pre/gone.txt"),
     ];
     gw.gateway.apply_events(&events).await;
@@ -308,7 +286,7 @@ async fn a_directory_goes_with_its_last_object() {
     let a = lookup(&mut c, &root, "a").await.unwrap();
     let b = lookup(&mut c, &a, "b").await.unwrap();
     assert_eq!(names(&mut c, &b).await, ["only.txt"]);
-    their_delete(&srv, "pre/a/b/only.txt").await;
+    srv.their_delete("pre/a/b/only.txt").await;
     let applied = gw
         .gateway
         .apply_events(&[removed(&srv, "pre/a/b/only.txt")])

@@ -63,26 +63,8 @@ async fn two_gateways_see_each_others_changes_through_s3_events() {
     }
     let moto = Moto::start().await;
     let queues = moto.bucket_with_queues(BUCKET, &["gateway-a", "gateway-b"]).await;
-    moto.s3
-        .put_bucket_versioning()
-        .bucket(BUCKET)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
     let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // A also reports its uploads, with their version ids.
-    let uploads = ta.path().join("uploads.jsonl");
-    let creds = Some((moto::ACCESS_KEY.to_owned(), moto::SECRET_KEY.to_owned()));
-    let a_config = share_with(&gateway_config(ta.path(), &moto, &queues[0]), |s| {
-        s.upload_log = Some(uploads.clone());
-        s.upload_settle = bucketgate::config::HumanDuration(Duration::ZERO);
-    });
-    let a = start(a_config, creds).await;
+    let a = gateway(ta.path(), &moto, &queues[0]).await;
     let b = gateway(tb.path(), &moto, &queues[1]).await;
     let (mut ca, mut cb) = (mount(a.nfs_addr).await, mount(b.nfs_addr).await);
     let (ra, rb) = (ca.root_nfs_fh3(), cb.root_nfs_fh3());
@@ -162,28 +144,62 @@ async fn two_gateways_see_each_others_changes_through_s3_events() {
     versions.sort();
     assert_eq!(versions, ["edited on A", "edited on B"]);
 
-    // A file's status and its upload event carry the version the bucket holds.
-    let head = moto.s3.head_object().bucket(BUCKET).key("pre/f03.txt").send().await.unwrap();
+    // With versioning on (only now: moto sends no event for a delete marker, which
+    // S3 does as ObjectRemoved:DeleteMarkerCreated), a file's status and its upload
+    // event carry the version the bucket holds.
+    moto.s3
+        .put_bucket_versioning()
+        .bucket(BUCKET)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // A third gateway, under a prefix of its own, started now: it reports its uploads.
+    let tc = tempfile::tempdir().unwrap();
+    let uploads = tc.path().join("uploads.jsonl");
+    let c_config = share_with(&config(tc.path(), &format!("s3://{BUCKET}/ver/")), |s| {
+        s.endpoint = Some(moto.endpoint.clone());
+        s.path_style = true;
+        s.region = Some("us-east-1".into());
+        s.upload_log = Some(uploads.clone());
+        s.upload_settle = bucketgate::config::HumanDuration(Duration::ZERO);
+    });
+    let creds = Some((moto::ACCESS_KEY.to_owned(), moto::SECRET_KEY.to_owned()));
+    let gc = start(c_config, creds).await;
+    let mut cc = mount(gc.nfs_addr).await;
+    let rc = cc.root_nfs_fh3();
+    put_file(&mut cc, &rc, "versioned.txt", b"one version").await;
+    flush(&gc).await;
+    let head = moto
+        .s3
+        .head_object()
+        .bucket(BUCKET)
+        .key("ver/versioned.txt")
+        .send()
+        .await
+        .unwrap();
     let version = head.version_id().expect("a versioned bucket").to_owned();
-    let status = bucketgate::gateway::admin_api(&a.gateway)
-        .file_status("/data/f03.txt")
+    let status = bucketgate::gateway::admin_api(&gc.gateway)
+        .file_status("/data/versioned.txt")
         .await
         .unwrap();
     assert_eq!(status.store_holds_etag, Some(true), "{status:?}");
     assert_eq!(status.version_id.as_deref(), Some(version.as_str()), "{status:?}");
-    until("f03's upload event", async || {
+    let logged = async || {
         std::fs::read_to_string(&uploads)
             .unwrap_or_default()
-            .contains("\"key\":\"pre/f03.txt\"")
-    })
-    .await;
-    let line = std::fs::read_to_string(&uploads)
-        .unwrap()
-        .lines()
-        .find(|l| l.contains("\"key\":\"pre/f03.txt\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .unwrap();
+            .lines()
+            .find(|l| l.contains("\"key\":\"ver/versioned.txt\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    };
+    until("the upload event", async || logged().await.is_some()).await;
+    let line = logged().await.unwrap();
     assert_eq!(line["version_id"], version.as_str(), "{line}");
+    gc.shutdown().await;
 
     let m = b.gateway.metrics.render();
     assert!(

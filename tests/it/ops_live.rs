@@ -331,7 +331,11 @@ async fn cli_body() {
         "{ok:?}"
     );
     assert!(!ok.etag.as_deref().unwrap_or_default().is_empty(), "{ok:?}");
-    assert_eq!(ok.store_holds_etag, Some(true), "checked against the bucket: {ok:?}");
+    assert_eq!(
+        ok.store_holds_etag,
+        Some(true),
+        "checked against the bucket: {ok:?}"
+    );
     let (code, out, err) = cli(&["status", "--admin", &admin, "/data/ok.txt"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
