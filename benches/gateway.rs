@@ -34,10 +34,13 @@
 //!     read a reply, while a client at another address READs 1 MiB at a time: its
 //!     latency beside the same READs with no such connections, the process's peak
 //!     RSS and the reply memory held. `BENCH_FIGURES=10` runs only this figure.
-//! 11. small durable files: 8 connections each CREATE a file and WRITE 4 KiB
-//!     FILE_SYNC to it, 4,000 files in all, uploads held back: files/s and the p99 of
-//!     one file's two calls, vs 8 threads creating, writing and fdatasyncing their own
-//!     files on the same disk. `BENCH_FIGURES=11` runs only this figure.
+//! 11. small durable files, uploads held back: CREATE + WRITE 4 KiB FILE_SYNC, and
+//!     CREATE + WRITE UNSTABLE + COMMIT, on 8 and on 32 connections, 20,000 files each
+//!     (BENCH_SMALL_FILES), then FILE_SYNC on 8 connections at 10x the count (no
+//!     decay; BENCH_SMALL_DECAY=0 skips it): files/s, each file's p50 and p99, and
+//!     durable requests per metadata flush (group commit), vs 8 threads creating,
+//!     writing and fdatasyncing their own files on the same disk.
+//!     `BENCH_FIGURES=11` runs only this figure.
 //! 12. SMB beside NFS on one gateway: Samba's smbd (run by the gateway) serving the
 //!     share's FUSE mount to smbclient (SMB 3), against the bench's NFS client on the
 //!     same gateway: a sequential write and a warm read of BENCH_MIB (NFS: 16 x 1 MiB
@@ -58,6 +61,11 @@
 //!     its event is received from a third queue (the notification path alone).
 //!     Needs `moto_server` (pip install 'moto[server]'); says SKIPPED without it.
 //!     `BENCH_FIGURES=14` runs only this figure.
+//! 15. small uploads: 20,000 files of 4 KiB (BENCH_SMALL_FILES) written and
+//!     committed with uploads held back, then `flush` until all are clean, with
+//!     `small_file_concurrency` at 8, 32 and 64; vs aws-sdk-s3 PutObject of the same
+//!     bytes, the same number at a time, to the same server. `BENCH_FIGURES=15` runs
+//!     only this figure.
 
 #[path = "../tests/common/faulty.rs"]
 mod faulty;
@@ -565,6 +573,10 @@ async fn main() {
         smb_beside_nfs(&srv, tmp.path(), total, &block).await;
         return;
     }
+    if std::env::var("BENCH_FIGURES").as_deref() == Ok("15") {
+        small_uploads(&srv, tmp.path()).await;
+        return;
+    }
     if std::env::var("BENCH_FIGURES").as_deref() == Ok("14") {
         propagation(tmp.path()).await;
         return;
@@ -1007,44 +1019,55 @@ async fn non_readers(srv: &S3TestServer, tmp: &Path) {
 
 /// Figure 11: CREATE + WRITE FILE_SYNC of 4 KiB files on 8 connections, beside 8
 /// threads doing create + write + fdatasync of their own files on the same disk.
-async fn small_durable_files(srv: &S3TestServer, tmp: &Path) {
-    const FILES: usize = 4000;
-    const CONNS: usize = 8;
-    let raw_dir = tmp.join("raw-small");
-    std::fs::create_dir_all(&raw_dir).unwrap();
+/// Figure 11's baseline: `threads` threads creating, writing 4 KiB and fdatasyncing
+/// files of their own in `dir`; files per second.
+fn raw_small_files(dir: &Path, files: usize, threads: usize) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
     let t = Instant::now();
     std::thread::scope(|s| {
-        for w in 0..CONNS {
-            let dir = raw_dir.clone();
+        for w in 0..threads {
             s.spawn(move || {
                 use std::io::Write;
-                for i in (w..FILES).step_by(CONNS) {
-                    let mut f = std::fs::File::create(dir.join(format!("f{i:05}"))).unwrap();
+                for i in (w..files).step_by(threads) {
+                    let mut f = std::fs::File::create(dir.join(format!("f{i:06}"))).unwrap();
                     f.write_all(&[7u8; 4096]).unwrap();
                     f.sync_data().unwrap();
                 }
             });
         }
     });
-    let raw = FILES as f64 / t.elapsed().as_secs_f64();
-    let dir = tmp.join("gw-small");
-    std::fs::create_dir_all(&dir).unwrap();
-    let gw = gateway(srv, &dir, Duration::from_secs(3600)).await;
-    let root = Client::connect(gw.nfs_addr, 1000, 1000)
-        .await
-        .mount("/data")
-        .await;
+    files as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Figure 11: `files` files of 4 KiB made durable through `conns` connections into a
+/// new directory `dir_name`, each CREATE + WRITE FILE_SYNC (`commit` false) or CREATE
+/// + WRITE UNSTABLE + COMMIT; (files/s, each file's latency).
+async fn durable_small_files(
+    gw: &Running,
+    dir_name: &str,
+    files: usize,
+    conns: usize,
+    commit: bool,
+) -> (f64, Vec<Duration>) {
+    let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
+    let root = c.mount("/data").await;
+    let dir = c.mkdir(&root, dir_name).await;
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..CONNS {
-        let (addr, root) = (gw.nfs_addr, root.clone());
+    for w in 0..conns {
+        let (addr, dir) = (gw.nfs_addr, dir.clone());
         tasks.spawn(async move {
             let c = Client::connect(addr, 1000, 1000).await;
             let mut lat = Vec::new();
-            for i in (w..FILES).step_by(CONNS) {
+            for i in (w..files).step_by(conns) {
                 let one = Instant::now();
-                let fh = c.create(&root, &format!("f{i:05}")).await;
-                c.write(&fh, 0, &[7u8; 4096], 2).await;
+                let fh = c.create(&dir, &format!("f{i:06}")).await;
+                if commit {
+                    c.write(&fh, 0, &[7u8; 4096], 0).await;
+                    c.commit(&fh).await;
+                } else {
+                    c.write(&fh, 0, &[7u8; 4096], 2).await;
+                }
                 lat.push(one.elapsed());
             }
             lat
@@ -1054,19 +1077,47 @@ async fn small_durable_files(srv: &S3TestServer, tmp: &Path) {
     while let Some(l) = tasks.join_next().await {
         lat.extend(l.unwrap());
     }
-    let rate = FILES as f64 / t.elapsed().as_secs_f64();
     lat.sort();
-    row(
-        "11 CREATE+WRITE FILE_SYNC 4 KiB",
-        rate,
-        "files/s",
-        Some((raw, "8 threads: create, write, fdatasync")),
-    );
-    println!(
-        "11 one file's CREATE+WRITE: p50 {:.1} ms, p99 {:.1} ms ({CONNS} connections)",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
+    (files as f64 / t.elapsed().as_secs_f64(), lat)
+}
+
+async fn small_durable_files(srv: &S3TestServer, tmp: &Path) {
+    let files: usize = std::env::var("BENCH_SMALL_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let raw = raw_small_files(&tmp.join("raw-small"), files, 8);
+    let dir = tmp.join("gw-small");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Uploads held back: the figure is the durable path to the cache.
+    let gw = gateway(srv, &dir, Duration::from_secs(3600)).await;
+    let cache = gw.gateway.shares[0].share.cache.clone();
+    let mut runs = vec![
+        ("FILE_SYNC", 8, files, false),
+        ("FILE_SYNC", 32, files, false),
+        ("UNSTABLE+COMMIT", 8, files, true),
+        ("UNSTABLE+COMMIT", 32, files, true),
+    ];
+    if std::env::var("BENCH_SMALL_DECAY").as_deref() != Ok("0") {
+        runs.push(("FILE_SYNC", 8, files * 10, false));
+    }
+    for (n, (how, conns, count, commit)) in runs.into_iter().enumerate() {
+        let (flushes0, answered0) = cache.flush_counts();
+        let (rate, lat) = durable_small_files(&gw, &format!("run{n}"), count, conns, commit).await;
+        let (flushes, answered) = cache.flush_counts();
+        row(
+            &format!("11 {how} 4 KiB, {conns} conns, {count}"),
+            rate,
+            "files/s",
+            Some((raw, "8 threads: create, write, fdatasync")),
+        );
+        println!(
+            "11   p50 {:.1} ms, p99 {:.1} ms per file; {:.2} durable requests per metadata flush",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            (answered - answered0) as f64 / (flushes - flushes0).max(1) as f64
+        );
+    }
     gw.shutdown().await;
 }
 
@@ -1408,4 +1459,55 @@ async fn propagation(tmp: &Path) {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Figure 15's baseline: `files` PutObjects of 4 KiB, `conc` in flight; files/s.
+async fn direct_small_puts(srv: &S3TestServer, prefix: &str, files: usize, conc: usize) -> f64 {
+    let permits = Arc::new(tokio::sync::Semaphore::new(conc));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..files {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let (client, bucket, key) = (srv.client.clone(), srv.bucket.clone(), format!("{prefix}/f{i:06}"));
+        tasks.spawn(async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(vec![7u8; 4096].into())
+                .send()
+                .await
+                .unwrap();
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    files as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn small_uploads(srv: &S3TestServer, tmp: &Path) {
+    let files: usize = std::env::var("BENCH_SMALL_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    for conc in [8, 32, 64] {
+        let dir = tmp.join(format!("small-up-{conc}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = config(srv, &dir, Duration::from_secs(3600), Duration::from_secs(3600));
+        cfg.upload.small_file_concurrency = conc;
+        let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
+        let gw = Gateway::open(cfg, creds, None).await.expect("open").start().await.expect("start");
+        durable_small_files(&gw, "up", files, 8, true).await;
+        let t = Instant::now();
+        flush(&gw).await;
+        let rate = files as f64 / t.elapsed().as_secs_f64();
+        gw.shutdown().await;
+        let direct = direct_small_puts(srv, &format!("direct-{conc}"), files, conc).await;
+        row(
+            &format!("15 small uploads, {conc} at a time"),
+            rate,
+            "files/s",
+            Some((direct, "aws-sdk-s3 PutObject, as many at a time")),
+        );
+    }
 }

@@ -148,6 +148,9 @@ pub struct UploadConfig {
     pub part_size: ByteSize,
     /// Files uploaded at once.
     pub concurrency: usize,
+    /// Files below this size upload on workers of their own, this many at once.
+    pub small_file_threshold: ByteSize,
+    pub small_file_concurrency: usize,
     /// Parts of one multipart upload in flight at once.
     pub part_concurrency: usize,
     /// Memory for upload bodies across all shares: a file below the multipart
@@ -170,6 +173,8 @@ impl Default for UploadConfig {
             multipart_threshold: ByteSize(16 << 20),
             part_size: ByteSize(16 << 20),
             concurrency: 8,
+            small_file_threshold: ByteSize(1 << 20),
+            small_file_concurrency: 32,
             part_concurrency: 8,
             memory: ByteSize(256 << 20),
             max_single_copy: ByteSize(MAX_SINGLE_PUT),
@@ -945,6 +950,15 @@ impl Config {
         }
         if u.concurrency == 0 {
             p.add("upload.concurrency", "must be at least 1");
+        }
+        if u.small_file_concurrency == 0 {
+            p.add("upload.small_file_concurrency", "must be at least 1");
+        }
+        if u.small_file_threshold.0 > u.multipart_threshold.0 {
+            p.add(
+                "upload.small_file_threshold",
+                "must be at most upload.multipart_threshold (small files go up in one PutObject)",
+            );
         }
         if !((4 << 20)..=(4 << 30)).contains(&u.memory.0) {
             p.add("upload.memory", "must be 4MiB..4GiB");

@@ -19,6 +19,7 @@ mod conflict;
 mod engine;
 mod error;
 mod format;
+mod group_flush;
 mod inode;
 mod left;
 mod moves;

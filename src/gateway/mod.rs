@@ -397,6 +397,8 @@ pub fn upload_settings(config: &Config, memory: Arc<tokio::sync::Semaphore>) -> 
         multipart_threshold: config.upload.multipart_threshold.0,
         part_size: config.upload.part_size.0,
         concurrency: config.upload.concurrency,
+        small_file_threshold: config.upload.small_file_threshold.0,
+        small_file_concurrency: config.upload.small_file_concurrency,
         part_concurrency: config.upload.part_concurrency,
         max_single_copy: config.upload.max_single_copy.0,
         check_conflicts: true,

@@ -53,6 +53,9 @@ const MAX_PARTS: u64 = 10_000;
 /// Part size for UploadPartCopy: few requests, each far below S3's 5 GiB part limit.
 const COPY_PART: u64 = 512 << 20;
 
+/// Due inodes looked at per scheduling round for a free worker of their kind.
+const DUE_SCAN: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct UploadSettings {
     /// Quiet time after the last change before a file is uploaded.
@@ -62,6 +65,12 @@ pub struct UploadSettings {
     pub multipart_threshold: u64,
     pub part_size: u64,
     pub concurrency: usize,
+    /// Files below `small_file_threshold` bytes go up on workers of their own,
+    /// `small_file_concurrency` of them: a small PutObject is mostly round trip, so
+    /// more of them in flight keep the link busy, and a large file never holds back
+    /// thousands of small ones.
+    pub small_file_threshold: u64,
+    pub small_file_concurrency: usize,
     pub part_concurrency: usize,
     /// Larger objects are copied with UploadPartCopy parts (S3: 5 GiB).
     pub max_single_copy: u64,
@@ -121,14 +130,15 @@ impl Schedule {
         self.order.insert((at, id));
     }
 
-    fn take_due(&mut self, now: Instant) -> Option<FileId> {
-        let &(at, id) = self.order.iter().next()?;
-        if at > now {
-            return None;
-        }
+    /// Up to `n` of the inodes due now, earliest first (not taken).
+    fn due_now(&self, now: Instant, n: usize) -> Vec<(Instant, FileId)> {
+        self.order.iter().take_while(|(at, _)| *at <= now).take(n).copied().collect()
+    }
+
+    fn take(&mut self, at: Instant, id: FileId) {
         self.order.remove(&(at, id));
         self.due.remove(&id);
-        Some(id)
+        self.in_flight.insert(id);
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -206,6 +216,16 @@ impl Uploader {
     /// Sends an event for every object this uploader writes from now on.
     pub fn notify_to(&self, n: Arc<UploadNotifier>) {
         let _ = self.notifier.set(n);
+    }
+
+    /// Whether `id` goes up on the small-file workers (an inode that cannot be read
+    /// counts as small: its pass is short).
+    fn is_small(&self, id: FileId) -> bool {
+        self.cache
+            .load_any(id)
+            .ok()
+            .flatten()
+            .is_none_or(|i| i.size < self.settings.small_file_threshold)
     }
 
     pub fn full_key(&self, rel: &str) -> String {
@@ -332,30 +352,34 @@ impl Uploader {
     pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<FileId>, stop: CancellationToken) {
         self.abort_leftover_multiparts().await;
         let workers = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let small_workers = Arc::new(Semaphore::new(self.settings.small_file_concurrency.max(1)));
         // Uploads in flight are owned here, so stopping stops them too: a detached
         // upload would keep the share's cache (and its sled lock) alive after
         // `Running::shutdown` returned, and a restart in the same process would fail.
         let mut running = tokio::task::JoinSet::new();
         loop {
-            // Start everything that is due while workers are free.
+            // Start what is due, earliest first, while its kind of worker is free: a
+            // small file is not held back behind a large one that waits for a worker.
             loop {
-                let Ok(permit) = workers.clone().try_acquire_owned() else {
-                    break;
-                };
-                let id = {
-                    let mut s = self.sched.lock();
-                    let Some(id) = s.take_due(Instant::now()) else {
-                        break;
+                let due = self.sched.lock().due_now(Instant::now(), DUE_SCAN);
+                let mut started = false;
+                for (at, id) in due {
+                    let pool = if self.is_small(id) { &small_workers } else { &workers };
+                    let Ok(permit) = pool.clone().try_acquire_owned() else {
+                        continue;
                     };
-                    s.in_flight.insert(id);
-                    id
-                };
-                let me = self.clone();
-                running.spawn(async move {
-                    me.process(id).await;
-                    drop(permit);
-                    me.wake.notify_one();
-                });
+                    self.sched.lock().take(at, id);
+                    started = true;
+                    let me = self.clone();
+                    running.spawn(async move {
+                        me.process(id).await;
+                        drop(permit);
+                        me.wake.notify_one();
+                    });
+                }
+                if !started {
+                    break;
+                }
             }
             let next = self.sched.lock().next_due();
             let sleep = async {

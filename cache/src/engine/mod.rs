@@ -119,6 +119,8 @@ pub struct Cache {
     pub(crate) attrs: AttrCache,
     /// Keys whose objects the uploader deleted lately (see [`Cache::leaving`]).
     pub(crate) gone: crate::left::Gone,
+    /// Concurrent requests that need durability share sled flushes.
+    pub(crate) group: crate::group_flush::GroupFlush,
 }
 
 /// Disk space a file takes: its allocated blocks (less than its size when sparse).
@@ -330,7 +332,9 @@ impl Cache {
     /// SYMLINK, REMOVE, RMDIR, RENAME and SETATTR as stable once answered (they never
     /// resend them), so those call this before answering; WRITE leaves it to COMMIT
     /// and FILE_SYNC. Never called with the state lock held: every other request
-    /// would wait for the disk.
+    /// would wait for the disk. Concurrent callers share flushes (group commit,
+    /// `crate::group_flush`): each returns once a flush that started after it called
+    /// has finished.
     pub fn flush_metadata(&self) -> Result<()> {
         failpoint!(
             "cache::flush_metadata",
@@ -338,13 +342,20 @@ impl Cache {
                 "failpoint cache::flush_metadata"
             )))
         );
-        // sled 0.34.7 loses the last batch applied before a kill -9 even after a
-        // successful flush, unless some other write follows it in the log
-        // (tests/it/crash.rs, acknowledged_namespace_changes_survive_kill9, caught a
-        // SETATTR lost this way). A one-key write after it makes it recoverable.
-        self.db
-            .insert(keys::meta("flushed_at"), &now_ns().to_be_bytes())?;
-        self.db.flush()?;
-        Ok(())
+        self.group.durable(|| {
+            // sled 0.34.7 loses the last batch applied before a kill -9 even after a
+            // successful flush, unless some other write follows it in the log
+            // (tests/it/crash.rs, acknowledged_namespace_changes_survive_kill9, caught
+            // a SETATTR lost this way). A one-key write after it makes it recoverable.
+            self.db
+                .insert(keys::meta("flushed_at"), &now_ns().to_be_bytes())?;
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// (metadata flushes run, durable requests they answered) since the cache opened.
+    pub fn flush_counts(&self) -> (u64, u64) {
+        self.group.counts()
     }
 }

@@ -146,6 +146,7 @@ impl Cache {
             evict_pending: std::sync::atomic::AtomicBool::new(false),
             attrs,
             gone: Default::default(),
+            group: Default::default(),
         };
         cache.load_lru()?;
         Ok(cache)
