@@ -61,10 +61,8 @@ impl GroupFlush {
                 st.durable = st.durable.max(upto);
             }
             self.finished.notify_all();
-            if let Err(e) = result {
-                // The waiters it would have answered lead their own attempt.
-                return Err(e);
-            }
+            // On failure, the waiters it would have answered lead their own attempt.
+            result?;
         }
     }
 
@@ -103,7 +101,10 @@ mod tests {
                             Ok(())
                         })
                         .unwrap();
-                        assert!(flushed.load(Ordering::SeqCst) >= mine, "answered before its change was flushed");
+                        assert!(
+                            flushed.load(Ordering::SeqCst) >= mine,
+                            "answered before its change was flushed"
+                        );
                     }
                 })
             })

@@ -53,8 +53,10 @@ const MAX_PARTS: u64 = 10_000;
 /// Part size for UploadPartCopy: few requests, each far below S3's 5 GiB part limit.
 const COPY_PART: u64 = 512 << 20;
 
-/// Due inodes looked at per scheduling round for a free worker of their kind.
-const DUE_SCAN: usize = 256;
+/// Due inodes looked at per scheduling round for a free worker of their kind: how
+/// far a file of one kind can jump ahead of the other kind's waiting files. Every
+/// round looks at them all again (rounds come with every change and finished upload).
+const DUE_SCAN: usize = 32;
 
 #[derive(Clone, Debug)]
 pub struct UploadSettings {
@@ -132,7 +134,12 @@ impl Schedule {
 
     /// Up to `n` of the inodes due now, earliest first (not taken).
     fn due_now(&self, now: Instant, n: usize) -> Vec<(Instant, FileId)> {
-        self.order.iter().take_while(|(at, _)| *at <= now).take(n).copied().collect()
+        self.order
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(n)
+            .copied()
+            .collect()
     }
 
     fn take(&mut self, at: Instant, id: FileId) {
@@ -357,17 +364,35 @@ impl Uploader {
         // upload would keep the share's cache (and its sled lock) alive after
         // `Running::shutdown` returned, and a restart in the same process would fail.
         let mut running = tokio::task::JoinSet::new();
+        // Each due file's kind (small or not), read once while it waits for a worker:
+        // a full pool of one kind must not make every round read every inode again.
+        let mut small: HashMap<FileId, bool> = HashMap::new();
         loop {
             // Start what is due, earliest first, while its kind of worker is free: a
             // small file is not held back behind a large one that waits for a worker.
             loop {
+                let free = |p: &Semaphore| p.available_permits() > 0;
+                if !free(&workers) && !free(&small_workers) {
+                    break;
+                }
                 let due = self.sched.lock().due_now(Instant::now(), DUE_SCAN);
                 let mut started = false;
                 for (at, id) in due {
-                    let pool = if self.is_small(id) { &small_workers } else { &workers };
+                    if !free(&workers) && !free(&small_workers) {
+                        break;
+                    }
+                    let is_small = *small.entry(id).or_insert_with(|| self.is_small(id));
+                    let pool = if is_small { &small_workers } else { &workers };
+                    if !free(pool) {
+                        continue;
+                    }
                     let Ok(permit) = pool.clone().try_acquire_owned() else {
                         continue;
                     };
+                    small.remove(&id);
+                    if small.len() > 4 * DUE_SCAN {
+                        small.clear(); // kinds of files no longer due
+                    }
                     self.sched.lock().take(at, id);
                     started = true;
                     let me = self.clone();
