@@ -146,7 +146,7 @@ pub struct UploadConfig {
     /// Files at or above this size go up as multipart uploads.
     pub multipart_threshold: ByteSize,
     pub part_size: ByteSize,
-    /// Files uploaded at once.
+    /// Files of `small_file_threshold` and more uploaded at once.
     pub concurrency: usize,
     /// Files below this size upload on workers of their own, this many at once.
     pub small_file_threshold: ByteSize,
