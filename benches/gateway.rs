@@ -126,16 +126,26 @@ async fn gateway_with(
     upload_delay: Duration,
     max_dirty_age: Duration,
 ) -> Running {
-    Gateway::open(
-        config(srv, dir, upload_delay, max_dirty_age),
-        Some((srv.access_key.clone(), srv.secret_key.clone())),
-        None,
-    )
-    .await
-    .expect("open")
-    .start()
-    .await
-    .expect("start")
+    start(srv, config(srv, dir, upload_delay, max_dirty_age)).await
+}
+
+/// A gateway on `cfg`, with the test server's keys.
+async fn start(srv: &S3TestServer, cfg: Config) -> Running {
+    let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
+    Gateway::open(cfg, creds, None)
+        .await
+        .expect("open")
+        .start()
+        .await
+        .expect("start")
+}
+
+/// Files per run of figures 11 and 15: BENCH_SMALL_FILES, else 20,000.
+fn small_files() -> usize {
+    std::env::var("BENCH_SMALL_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
 }
 
 fn config(
@@ -1072,10 +1082,7 @@ async fn durable_small_files(
 }
 
 async fn small_durable_files(srv: &S3TestServer, tmp: &Path) {
-    let files: usize = std::env::var("BENCH_SMALL_FILES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let files = small_files();
     let raw = raw_small_files(&tmp.join("raw-small"), files, 8);
     let dir = tmp.join("gw-small");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1164,12 +1171,7 @@ async fn smb_beside_nfs(srv: &S3TestServer, tmp: &Path, total: usize, block: &Ar
     cfg.smb.listen = format!("127.0.0.1:{port}").parse().unwrap();
     cfg.smb.run_smbd = true;
     cfg.smb.state_dir = Some(dir.join("smb"));
-    let gw = Gateway::open(cfg, Some((srv.access_key.clone(), srv.secret_key.clone())), None)
-        .await
-        .expect("open")
-        .start()
-        .await
-        .expect("start");
+    let gw = start(srv, cfg).await;
     // What smbclient sends, in the page cache before it is timed.
     let src = local.join("src.bin");
     let mut f = std::fs::File::create(&src).unwrap();
@@ -1247,13 +1249,7 @@ async fn limited_run(
     std::fs::create_dir_all(dir).unwrap();
     let mut cfg = config(srv, dir, Duration::from_millis(100), Duration::from_secs(60));
     limit(&mut cfg);
-    let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
-    let gw = Gateway::open(cfg, creds, None)
-        .await
-        .expect("open")
-        .start()
-        .await
-        .expect("start");
+    let gw = start(srv, cfg).await;
     let c = Client::connect(gw.nfs_addr, 1000, 1000).await;
     let root = c.mount("/data").await;
     let t = Instant::now();
@@ -1494,22 +1490,13 @@ async fn direct_small_puts(
 }
 
 async fn small_uploads(srv: &S3TestServer, tmp: &Path) {
-    let files: usize = std::env::var("BENCH_SMALL_FILES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let files = small_files();
     for conc in [8, 32, 64] {
         let dir = tmp.join(format!("small-up-{conc}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = config(srv, &dir, Duration::from_secs(3600), Duration::from_secs(3600));
         cfg.upload.small_file_concurrency = conc;
-        let creds = Some((srv.access_key.clone(), srv.secret_key.clone()));
-        let gw = Gateway::open(cfg, creds, None)
-            .await
-            .expect("open")
-            .start()
-            .await
-            .expect("start");
+        let gw = start(srv, cfg).await;
         durable_small_files(&gw, &format!("up{conc}"), files, 8, true).await;
         let cache = gw.gateway.shares[0].share.cache.clone();
         let (flushes0, answered0) = cache.flush_counts();

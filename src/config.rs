@@ -1092,8 +1092,10 @@ impl Config {
                     }
                 }
             }
-            if let Some(q) = &s.events {
-                crate::events::QueueUrl::parse(q).map_or_else(|m| p.add(k("events"), m), |_| ());
+            if let Some(q) = &s.events
+                && let Err(m) = crate::events::QueueUrl::parse(q)
+            {
+                p.add(k("events"), m);
             }
             if s.audit_reads && s.audit_log.is_none() {
                 p.add(k("audit_reads"), "needs audit_log");
@@ -1114,8 +1116,10 @@ impl Config {
                 };
             own_path(p, "audit_log", "audit log", |s| s.audit_log.as_ref());
             own_path(p, "upload_log", "upload log", |s| s.upload_log.as_ref());
-            if let Some(w) = &s.upload_webhook {
-                crate::upload::Webhook::parse(w).map_or_else(|m| p.add(k("upload_webhook"), m), |_| ());
+            if let Some(w) = &s.upload_webhook
+                && let Err(m) = crate::upload::Webhook::parse(w)
+            {
+                p.add(k("upload_webhook"), m);
             }
             if let Some(a) = &s.audit_log
                 && a.is_absolute()

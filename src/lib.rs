@@ -12,6 +12,7 @@ mod conns;
 pub mod events;
 mod fuse;
 pub mod gateway;
+mod http1;
 mod logging;
 pub mod metrics;
 pub mod nfs;

@@ -1,14 +1,13 @@
-//! A minimal admin-API client (one HTTP/1.1 request per connection, hyper's client
-//! conn API), used by `bucketgate status|flush|refresh` and the tests.
+//! A minimal admin-API client (one HTTP/1.1 request per connection, `crate::http1`),
+//! used by `bucketgate status|flush|refresh` and the tests.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
@@ -101,10 +100,6 @@ impl AdminClient {
             }
         };
         let exchange = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            let driver = tokio::spawn(conn);
             let mut req = Request::builder()
                 .method(method)
                 .uri(path)
@@ -118,25 +113,16 @@ impl AdminClient {
             let req = req
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .map_err(|e| http(format!("building request: {e}")))?;
-            let resp = sender.send_request(req).await.map_err(|e| http(e.to_string()))?;
-            let status = resp.status().as_u16();
+            let resp = crate::http1::exchange(stream, req).await.map_err(http)?;
             let content_type = resp
                 .headers()
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| http(e.to_string()))?
-                .to_bytes();
-            drop(sender);
-            driver.abort();
             Ok(Reply {
-                status,
+                status: resp.status().as_u16(),
                 content_type,
-                body,
+                body: resp.into_body(),
             })
         };
         match timeout {

@@ -277,23 +277,16 @@ impl Webhook {
     }
 
     async fn post(&self, body: &[u8]) -> Result<(), String> {
-        use http_body_util::{BodyExt, Full};
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
         let req = hyper::Request::post(&self.path)
             .header("host", &self.authority)
             .header("content-type", "application/json")
             .header("user-agent", concat!("bucketgate/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
+        let status = crate::http1::exchange(stream, req).await?.status();
         if status.is_success() {
             Ok(())
         } else {

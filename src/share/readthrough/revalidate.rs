@@ -49,48 +49,44 @@ impl ReadThrough {
         // show or to the key's own name: that is the name the event changes here.
         let mut dir = ROOT_ID;
         let mut trail: Vec<(FileId, &str)> = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
+        let mut at = 0;
+        let child = loop {
             if self.cache.get(dir)?.listed_ns == 0 {
                 return Ok(Revalidated::Ignored("its directory was never listed"));
             }
-            let child = self.cache.child(dir, part.as_bytes())?;
-            let last = i + 1 == parts.len();
-            if let Some(c) = &child
-                && c.kind == Kind::Dir
-                && !c.unlinked
-                && !last
+            let child = self.cache.child(dir, parts[at].as_bytes())?;
+            match &child {
+                Some(c) if c.kind == Kind::Dir && !c.unlinked && at + 1 < parts.len() => {
+                    trail.push((dir, parts[at]));
+                    dir = c.id;
+                    at += 1;
+                }
+                _ => break child,
+            }
+        };
+        let last = at + 1 == parts.len();
+        match (event, &child) {
+            (KeyEvent::Removed, None) => return Ok(Revalidated::Ignored("a name not shown")),
+            (KeyEvent::Created { etag }, Some(c))
+                if last && c.kind == Kind::File && !etag.is_empty() && same_etag(&c.remote.etag, etag) =>
             {
-                trail.push((dir, part));
-                dir = c.id;
-                continue;
+                return Ok(Revalidated::Ignored("this version is known"));
             }
-            match (event, &child) {
-                (KeyEvent::Removed, None) => return Ok(Revalidated::Ignored("a name not shown")),
-                (KeyEvent::Created { etag }, Some(c))
-                    if last
-                        && c.kind == Kind::File
-                        && !etag.is_empty()
-                        && same_etag(&c.remote.etag, etag) =>
-                {
-                    return Ok(Revalidated::Ignored("this version is known"));
-                }
-                _ => {}
-            }
-            let mut changes = self.merge_name(dir, part).await?;
-            // A removal may leave directories that only the removed object made.
-            let mut removed = changes.removed > 0;
-            while removed && let Some((parent, name)) = trail.pop() {
-                if self.cache.has_entries(dir)? {
-                    break;
-                }
-                let up = self.merge_name(parent, name).await?;
-                removed = up.removed > 0;
-                changes.add(up);
-                dir = parent;
-            }
-            return Ok(Revalidated::Merged(changes));
+            _ => {}
         }
-        Ok(Revalidated::Ignored("a key that cannot be a path"))
+        let mut changes = self.merge_name(dir, parts[at]).await?;
+        // A removal may leave directories that only the removed object made.
+        let mut removed = changes.removed > 0;
+        while removed && let Some((parent, name)) = trail.pop() {
+            if self.cache.has_entries(dir)? {
+                break;
+            }
+            let up = self.merge_name(parent, name).await?;
+            removed = up.removed > 0;
+            changes.add(up);
+            dir = parent;
+        }
+        Ok(Revalidated::Merged(changes))
     }
 
     /// Reads what the store holds under `name` in directory `dir` (an object, and
