@@ -16,13 +16,15 @@ use parking_lot::Mutex;
 
 use crate::error::Result;
 use crate::inode::{FileId, Inode, keys};
+use crate::journal::{Journal, Op};
 
 const STRIPES: usize = 64;
 
-/// A sled batch that remembers which inodes it writes or removes.
+/// Changes to the metadata store, applied together (through the journal,
+/// `crate::journal`), remembering which inodes they write or remove.
 #[derive(Default)]
 pub(crate) struct Batch {
-    sled: sled::Batch,
+    ops: Vec<Op>,
     inodes: Vec<(FileId, Option<Arc<Inode>>)>,
 }
 
@@ -31,23 +33,26 @@ impl Batch {
     pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
         let key = key.into();
         debug_assert_ne!(key.first(), Some(&keys::INODE), "inodes go through put_inode");
-        self.sled.insert(key, value);
+        self.ops.push((key, Some(value.into())));
     }
 
     pub(crate) fn remove(&mut self, key: impl Into<sled::IVec>) {
         let key = key.into();
         debug_assert_ne!(key.first(), Some(&keys::INODE), "inodes go through remove_inode");
-        self.sled.remove(key);
+        self.ops.push((key, None));
     }
 
     pub(crate) fn put_inode(&mut self, ino: &Inode) {
-        self.sled.insert(&keys::inode(ino.id), crate::inode::encode(ino));
+        self.ops.push((
+            sled::IVec::from(&keys::inode(ino.id)[..]),
+            Some(crate::inode::encode(ino).into()),
+        ));
         self.inodes.push((ino.id, Some(Arc::new(ino.clone()))));
     }
 
     pub(crate) fn remove_inode(&mut self, id: FileId) {
-        self.sled.remove(&keys::inode(id));
-        self.sled.remove(&keys::intents(id));
+        self.ops.push((sled::IVec::from(&keys::inode(id)[..]), None));
+        self.ops.push((sled::IVec::from(&keys::intents(id)[..]), None));
         self.inodes.push((id, None));
     }
 }
@@ -117,11 +122,10 @@ impl AttrCache {
         Ok(Some(i))
     }
 
-    /// Applies `batch` to `db` and brings the hot set in line with it.
-    pub(crate) fn commit(&self, db: &sled::Db, batch: Batch) -> Result<()> {
+    /// Applies `batch` through `journal` and brings the hot set in line with it.
+    pub(crate) fn commit(&self, journal: &Journal, batch: Batch) -> Result<()> {
         let Some(map) = &self.map else {
-            db.apply_batch(batch.sled)?;
-            return Ok(());
+            return journal.apply(&batch.ops);
         };
         let mut stripes: Vec<usize> = batch.inodes.iter().map(|(id, _)| Self::stripe(*id)).collect();
         stripes.sort_unstable();
@@ -131,7 +135,7 @@ impl AttrCache {
         for (id, _) in &batch.inodes {
             map.invalidate(id);
         }
-        db.apply_batch(batch.sled)?;
+        journal.apply(&batch.ops)?;
         // The last write of an id in the batch is what sled now holds.
         let mut seen = std::collections::HashSet::new();
         for (id, ino) in batch.inodes.into_iter().rev() {

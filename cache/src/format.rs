@@ -19,7 +19,7 @@ use crate::error::{CacheError, Result};
 use crate::inode::{FileId, Kind, decode_inode, encode, keys};
 
 /// The format this build writes and reads.
-pub const CACHE_FORMAT: u32 = 2;
+pub const CACHE_FORMAT: u32 = 3;
 
 /// Caches written before the format was recorded (main up to 2026-12-03) are
 /// format 1: the records this build reads, unchanged.
@@ -61,6 +61,10 @@ pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
 fn migrate(db: &sled::Db, from: u32) -> Result<()> {
     match from {
         1 => to_format_2(db),
+        // Format 3 keeps the metadata changes since the last checkpoint in the
+        // journal (`crate::journal`), where a build that knows none would lose them.
+        // A format-2 cache has no journal: every change is in sled already.
+        2 => Ok(()),
         _ => Err(CacheError::Meta(format!("no migration from cache format {from}"))),
     }
 }

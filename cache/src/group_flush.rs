@@ -1,14 +1,14 @@
 //! Group commit for the metadata store: requests that must be durable before their
 //! reply (COMMIT, FILE_SYNC WRITE, CREATE, MKDIR, REMOVE, RENAME, SETATTR, ...) share
-//! sled flushes instead of paying one each.
+//! fdatasyncs of the metadata journal (`crate::journal`) instead of paying one each.
 //!
 //! The rule: a caller's change is applied before it asks, and it is answered once a
 //! flush that *started after it asked* has finished. One flush runs at a time; the
 //! callers that arrive while it runs wait for it, then one of them starts the next
 //! flush for all of them. So N concurrent requests cost about two flushes, not N, and
 //! a request never waits behind more than the flush in progress and its own. No lock
-//! is held while a flush runs: the state lock is taken only to take a ticket and to
-//! record a finished flush.
+//! is held while a flush runs: this module's own lock is taken only to take a ticket
+//! and to record a finished flush.
 
 use parking_lot::{Condvar, Mutex};
 

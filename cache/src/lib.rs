@@ -21,6 +21,7 @@ mod error;
 mod format;
 mod group_flush;
 mod inode;
+mod journal;
 mod left;
 mod moves;
 mod multipart;

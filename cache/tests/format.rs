@@ -51,8 +51,19 @@ fn read_whole(c: &Cache, path: &str) -> Vec<u8> {
 /// the format is recorded from then on.
 #[test]
 fn a_cache_written_before_formats_were_recorded_opens_and_reads_back() {
+    opens_and_reads_back("cache-format-1");
+}
+
+/// Written by main at 96a0e09 (2026-12-07), the last build without the metadata
+/// journal (format 3): opened, migrated and read back the same way.
+#[test]
+fn a_cache_written_before_the_metadata_journal_opens_and_reads_back() {
+    opens_and_reads_back("cache-format-2");
+}
+
+fn opens_and_reads_back(name: &str) {
     let t = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("cache-format-1"), t.path());
+    copy_dir(&fixture(name), t.path());
     for _ in 0..2 {
         let c = Cache::open(t.path(), CacheOptions::default()).unwrap();
         assert_eq!(read_whole(&c, "docs/a.txt"), b"hello fixture\n");

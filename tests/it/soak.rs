@@ -66,7 +66,9 @@ async fn client_round(addr: std::net::SocketAddr, me: usize, mut model: Model, s
             // Overwrite part of a file (maybe extending it), then COMMIT.
             r if r < 65 => {
                 let n = pick(&mut rng);
-                let fh = lookup(&mut c, &dir, &n).await.expect("lookup");
+                let fh = lookup(&mut c, &dir, &n)
+                    .await
+                    .unwrap_or_else(|e| panic!("lookup c{me}/{n}: {e:?}"));
                 let cur = model.get_mut(&n).unwrap();
                 let off = rng.below(cur.len() as u64 + 1) as usize;
                 let patch = body(1 + rng.below(70_000) as usize, rng.next());
@@ -86,18 +88,30 @@ async fn client_round(addr: std::net::SocketAddr, me: usize, mut model: Model, s
                 if from == to {
                     continue;
                 }
-                rename(&mut c, &dir, &from, &dir, &to).await.expect("rename");
+                rename(&mut c, &dir, &from, &dir, &to)
+                    .await
+                    .unwrap_or_else(|e| panic!("rename c{me}/{from} -> {to}: {e:?}"));
                 let data = model.remove(&from).unwrap();
                 model.insert(to, data);
             }
             _ => {
                 let n = pick(&mut rng);
-                remove(&mut c, &dir, &n).await.expect("remove");
+                remove(&mut c, &dir, &n)
+                    .await
+                    .unwrap_or_else(|e| panic!("remove c{me}/{n}: {e:?}"));
                 model.remove(&n);
             }
         }
     }
     model
+}
+
+/// The temporary directory goes with the test: a failure keeps the gateway's log
+/// (RUST_LOG=bucketgate=debug makes it name every object written and deleted).
+fn keep_log(gw: &ChildGateway, seed: u64) -> std::path::PathBuf {
+    let kept = std::env::temp_dir().join(format!("soak-{seed}.log"));
+    let _ = std::fs::copy(&gw.log_path, &kept);
+    kept
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +156,13 @@ async fn clients_outages_and_kills_end_with_bucket_equal_to_model() {
             tasks.push(tokio::spawn(client_round(gw.nfs_addr, me, m, rng.next())));
         }
         for t in tasks {
-            models.push(t.await.expect("client task"));
+            match t.await {
+                Ok(m) => models.push(m),
+                Err(e) => panic!(
+                    "SOAK_SEED={seed}: a client failed in round {round}: {e}; gateway log in {}",
+                    keep_log(&gw, seed).display()
+                ),
+            }
         }
         outage.await.unwrap();
         // Uploads are running (short upload_delay): stop the gateway under them.
@@ -191,16 +211,10 @@ async fn clients_outages_and_kills_end_with_bucket_equal_to_model() {
         })
         .collect();
     let ok = missing.is_empty() && extra.is_empty() && wrong.is_empty();
-    // The temporary directory goes with the test; keep the gateway's log of a failure
-    // (RUST_LOG=bucketgate=debug makes it name every object written and deleted).
-    let kept = std::env::temp_dir().join(format!("soak-{seed}.log"));
-    if !ok {
-        let _ = std::fs::copy(&gw.log_path, &kept);
-    }
     assert!(
         ok,
         "SOAK_SEED={seed}: missing {missing:?}, extra {extra:?}, wrong {wrong:?}; gateway log in {}",
-        kept.display()
+        keep_log(&gw, seed).display()
     );
     // And through NFS after all that, every file reads as committed.
     let mut c = mount(gw.nfs_addr).await;

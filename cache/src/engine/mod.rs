@@ -119,8 +119,9 @@ pub struct Cache {
     pub(crate) attrs: AttrCache,
     /// Keys whose objects the uploader deleted lately (see [`Cache::leaving`]).
     pub(crate) gone: crate::left::Gone,
-    /// Concurrent requests that need durability share sled flushes.
-    pub(crate) group: crate::group_flush::GroupFlush,
+    /// Every metadata change goes through it; concurrent requests that need
+    /// durability share its fdatasyncs.
+    pub(crate) journal: crate::journal::Journal,
 }
 
 /// Disk space a file takes: its allocated blocks (less than its size when sparse).
@@ -252,30 +253,58 @@ impl Cache {
         if let Some(f) = self.files.get(&id) {
             return Ok(f);
         }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.data_path(id))
-            .map_err(CacheError::from_io)?;
-        let f = Arc::new(f);
+        let f = Arc::new(self.open_data_file(id)?.0);
         self.files.insert(id, f.clone());
         Ok(f)
     }
 
+    /// The data file of `id`, made when missing; whether this call made it.
+    fn open_data_file(&self, id: FileId) -> Result<(File, bool)> {
+        let path = self.data_path(id);
+        let open = |create_new| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(create_new)
+                .open(&path)
+        };
+        let made = match open(false) {
+            Ok(f) => return Ok((f, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(true),
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(f) => Ok((f, true)),
+            // Made by a concurrent caller meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                open(false).map(|f| (f, false)).map_err(CacheError::from_io)
+            }
+            Err(e) => Err(CacheError::from_io(e)),
+        }
+    }
+
     /// The data file of a live inode, for callers not holding the state lock (READ,
-    /// WRITE, the uploader). Opening creates the file, so on a cache miss it is opened
-    /// under the state lock after checking the inode still exists: otherwise a REMOVE
-    /// landing between the caller's check and the open would leave a new, empty data
-    /// file behind that nothing ever deletes.
+    /// WRITE, the uploader). Opening may create the file, which allocates an inode on
+    /// the cache disk: that is done before taking the state lock, or creating one
+    /// file would hold back every request of the share. Whether the inode is still
+    /// live is checked after, under the lock: when a REMOVE landed first, a file this
+    /// call made is deleted again, or it would stay behind with nothing to ever
+    /// delete it (a file it found is left to whoever owns it).
     pub(crate) fn live_file(&self, id: FileId) -> Result<Arc<File>> {
         if let Some(f) = self.files.get(&id) {
             return Ok(f);
         }
+        let (f, made) = self.open_data_file(id)?;
         let _st = self.state.lock();
-        self.get(id)?;
-        self.file(id)
+        if let Err(e) = self.get(id) {
+            if made {
+                let _ = fs::remove_file(self.data_path(id));
+            }
+            return Err(e);
+        }
+        let f = Arc::new(f);
+        self.files.insert(id, f.clone());
+        Ok(f)
     }
 
     /// Bytes a file takes on the cache disk, for `st_blocks` and NFS `used`: what its
@@ -325,16 +354,16 @@ impl Cache {
     }
 
     pub(crate) fn commit_batch(&self, batch: Batch) -> Result<()> {
-        self.attrs.commit(&self.db, batch)
+        self.attrs.commit(&self.journal, batch)
     }
 
     /// Makes everything applied so far durable. NFSv3 clients treat CREATE, MKDIR,
     /// SYMLINK, REMOVE, RMDIR, RENAME and SETATTR as stable once answered (they never
     /// resend them), so those call this before answering; WRITE leaves it to COMMIT
     /// and FILE_SYNC. Never called with the state lock held: every other request
-    /// would wait for the disk. Concurrent callers share flushes (group commit,
-    /// `crate::group_flush`): each returns once a flush that started after it called
-    /// has finished.
+    /// would wait for the disk. Concurrent callers share the journal's fdatasyncs
+    /// (group commit, `crate::journal`): each returns once one that started after it
+    /// called has finished.
     pub fn flush_metadata(&self) -> Result<()> {
         failpoint!(
             "cache::flush_metadata",
@@ -342,20 +371,12 @@ impl Cache {
                 "failpoint cache::flush_metadata"
             )))
         );
-        self.group.durable(|| {
-            // sled 0.34.7 loses the last batch applied before a kill -9 even after a
-            // successful flush, unless some other write follows it in the log
-            // (tests/it/crash.rs, acknowledged_namespace_changes_survive_kill9, caught
-            // a SETATTR lost this way). A one-key write after it makes it recoverable.
-            self.db
-                .insert(keys::meta("flushed_at"), &now_ns().to_be_bytes())?;
-            self.db.flush()?;
-            Ok(())
-        })
+        self.journal.durable()
     }
 
-    /// (metadata flushes run, durable requests they answered) since the cache opened.
+    /// (journal fdatasyncs run, durable requests they answered) since the cache
+    /// opened.
     pub fn flush_counts(&self) -> (u64, u64) {
-        self.group.counts()
+        self.journal.counts()
     }
 }

@@ -12,6 +12,7 @@ use super::{Cache, ROOT_ID, State, disk_bytes, now_ns};
 use crate::attrs::AttrCache;
 use crate::error::{CacheError, Result};
 use crate::inode::{FileId, Inode, Kind, decode_inode, encode, keys};
+use crate::journal::Journal;
 use crate::options::CacheOptions;
 
 impl Cache {
@@ -20,10 +21,13 @@ impl Cache {
     pub fn open(dir: &Path, opts: CacheOptions) -> Result<Cache> {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("meta"))
-            .flush_every_ms(Some(500))
-            .open()?;
+        let meta_dir = dir.join("meta");
+        // No flushes of its own: sled is flushed at the journal's checkpoints, and
+        // each flush would hold back every batch while it runs (`crate::journal`).
+        let db = sled::Config::new().path(&meta_dir).flush_every_ms(None).open()?;
+        // What the journal holds was written in this cache's format: replayed
+        // before the format is checked or migrated.
+        let journal = Journal::open(dir, &meta_dir, &db)?;
         crate::format::check(&db, dir)?;
         let mut state = State {
             next_id: ROOT_ID + 1,
@@ -146,7 +150,7 @@ impl Cache {
             evict_pending: std::sync::atomic::AtomicBool::new(false),
             attrs,
             gone: Default::default(),
-            group: Default::default(),
+            journal,
         };
         cache.load_lru()?;
         Ok(cache)
