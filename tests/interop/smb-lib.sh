@@ -57,10 +57,13 @@ TOML
 
 # smb_serve: starts the gateway (again, after a kill) and waits for its smbd.
 smb_serve() {
+  # Counted before the gateway starts: its shell makes the log file only once it
+  # runs, so counting after could find no file (an empty count) on a first start.
+  touch "$work/gw.log"
+  local started
+  started=$(grep -c "smbd serving" "$work/gw.log" || true)
   "$smb_bin" serve --config "$work/gw.toml" >>"$work/gw.log" 2>&1 &
   gw_pid=$!
-  local started
-  started=$(grep -c "smbd serving" "$work/gw.log" 2>/dev/null || true)
   for _ in $(seq 1 150); do
     [ "$(grep -c "smbd serving" "$work/gw.log")" -gt "$started" ] && break
     kill -0 "$gw_pid" 2>/dev/null || smb_fail "the gateway exited"
