@@ -25,11 +25,16 @@ pub const CACHE_FORMAT: u32 = 3;
 /// format 1: the records this build reads, unchanged.
 const UNRECORDED: u32 = 1;
 
-/// Checks the format of the cache in `db` (at `dir`, for messages), migrating an
-/// older one and recording the format of a new or unrecorded one.
-pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
-    let key = keys::meta("format");
-    let found = match db.get(&key)? {
+/// Refuses a cache of a newer format before anything of it is touched: its
+/// journal is not this build's to replay or delete, and the newer build must find
+/// it as it left it.
+pub(crate) fn refuse_newer(db: &sled::Db, dir: &Path) -> Result<()> {
+    found(db, dir).map(drop)
+}
+
+/// The format of the cache in `db`; an error for one newer than this build's.
+fn found(db: &sled::Db, dir: &Path) -> Result<u32> {
+    let found = match db.get(keys::meta("format"))? {
         Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
             CacheError::Meta(format!(
                 "the cache in {} has a malformed format record",
@@ -48,11 +53,18 @@ pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    Ok(found)
+}
+
+/// Checks the format of the cache in `db` (at `dir`, for messages), migrating an
+/// older one and recording the format of a new or unrecorded one.
+pub(crate) fn check(db: &sled::Db, dir: &Path) -> Result<()> {
+    let found = found(db, dir)?;
     for from in found..CACHE_FORMAT {
         migrate(db, from)?;
         tracing::info!(cache = %dir.display(), from, to = from + 1, "cache format migrated");
     }
-    db.insert(key, &CACHE_FORMAT.to_be_bytes())?;
+    db.insert(keys::meta("format"), &CACHE_FORMAT.to_be_bytes())?;
     db.flush()?;
     Ok(())
 }
@@ -155,10 +167,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         drop(Cache::open(t.path(), CacheOptions::default()).unwrap());
         set_format(t.path(), CACHE_FORMAT + 1);
+        // What the newer build left in its journal stays for it.
+        let theirs = t.path().join("journal").join(format!("{:016x}", 1));
+        std::fs::write(&theirs, b"a record of a format this build does not know").unwrap();
         let e = reopen(t.path()).err().expect("refused").to_string();
         assert!(
             e.contains(&format!("has format {}", CACHE_FORMAT + 1)) && e.contains("empty cache directory"),
             "{e}"
+        );
+        assert_eq!(
+            std::fs::read(&theirs).unwrap(),
+            b"a record of a format this build does not know",
+            "the newer build's journal was touched"
         );
     }
 

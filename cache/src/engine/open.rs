@@ -26,7 +26,8 @@ impl Cache {
         // each flush would hold back every batch while it runs (`crate::journal`).
         let db = sled::Config::new().path(&meta_dir).flush_every_ms(None).open()?;
         // What the journal holds was written in this cache's format: replayed
-        // before the format is checked or migrated.
+        // before the format is migrated, but not before a newer one is refused.
+        crate::format::refuse_newer(&db, dir)?;
         let journal = Journal::open(dir, &meta_dir, &db)?;
         crate::format::check(&db, dir)?;
         let mut state = State {
