@@ -107,7 +107,7 @@ fi
 echo "build-local: idempotent: second run changed nothing ($(wc -l <"$work/manifest.1") entries compared)"
 
 step "systemd-analyze verify (the image's own systemd)"
-units=(bucketgate.service bucketgate-cache-disk.service var-cache-bucketgate.mount
+units=(bucketgate.service bucketgate-smbd.service bucketgate-cache-disk.service var-cache-bucketgate.mount
     bucketgate-firstboot.service bucketgate-unconfigured.socket bucketgate-unconfigured@0.service)
 verify_out=$(chroot "$root" systemd-analyze verify "${units[@]/#//etc/systemd/system/}" 2>&1) && verify_rc=0 || verify_rc=$?
 # verify prints warnings (unknown keys, bad values) but exits 0 for them: any output fails.

@@ -7,7 +7,8 @@
 #
 # Without a binary it provisions a small stand-in script and says so: the image
 # checks do not need the real gateway, but CI should pass target/{debug,release}/bucketgate.
-# Installs what it needs from Debian (packer 1.6.6, shellcheck, debootstrap, python3).
+# Installs what it needs from Debian (packer 1.6.6, shellcheck, debootstrap, python3,
+# smbclient for the boot test's SMB share).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +18,7 @@ step() { echo "== ami/ci: $* (+$((SECONDS - start))s)"; }
 
 need=()
 for tool in packer:packer shellcheck:shellcheck debootstrap:debootstrap /usr/bin/python3:python3 \
-    curl:curl unshare:util-linux nsenter:util-linux; do
+    curl:curl unshare:util-linux nsenter:util-linux smbclient:smbclient; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then

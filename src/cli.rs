@@ -42,12 +42,25 @@ pub enum Command {
     CheckConfig {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Print only the FUSE mount points of a valid configuration, one per line
+        /// (for the AMI's systemd generator, which lets the gateway mount them).
+        #[arg(long)]
+        fuse_mounts: bool,
     },
     /// Print the smb.conf that serves the configured SMB shares (for smbd's own
     /// systemd unit; `[smb] run_smbd` writes it itself).
     SmbConf {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Write it to FILE instead, and into [smb] state_dir with the directories
+        /// Samba writes to, as `run_smbd` does; run as root, also widen each SMB
+        /// share's mount read-ahead as the gateway does.
+        #[arg(long, short, value_name = "FILE", conflicts_with = "check")]
+        output: Option<PathBuf>,
+        /// Print nothing; exit 0 when a share has smb = true, 1 when none does (for
+        /// systemd's ExecCondition).
+        #[arg(long)]
+        check: bool,
     },
     /// The SMB users of the shares (Samba's user database under [smb] state_dir).
     SmbUser {
@@ -214,7 +227,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Init { output, force } => init(output.as_deref(), force),
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig { config, fuse_mounts } => match Config::load(&config) {
+            // What the config mounts, whatever this host lacks to serve it.
+            Ok(cfg) if fuse_mounts => {
+                for path in cfg.shares.iter().filter_map(|s| s.fuse_path()) {
+                    println!("{}", path.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Ok(cfg) if let Some(p) = crate::smb::host_problems(&cfg) => {
                 eprintln!("{}: {p}", config.display());
                 Ok(ExitCode::FAILURE)
@@ -231,12 +251,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::SmbConf { config } => {
+        Command::SmbConf {
+            config,
+            output,
+            check,
+        } => {
             let cfg = Config::load(&config).map_err(anyhow::Error::msg)?;
             if !cfg.shares.iter().any(|s| s.smb) {
+                if check {
+                    return Ok(ExitCode::FAILURE);
+                }
                 anyhow::bail!("{}: no share has smb = true", config.display());
             }
-            print!("{}", crate::smb::render(&cfg, &cfg.smb.state_dir(&cfg.cache.dir)));
+            match output {
+                _ if check => {}
+                Some(path) => {
+                    let conf = crate::smb::write_conf(&cfg)?;
+                    std::fs::copy(&conf, &path).with_context(|| format!("writing {}", path.display()))?;
+                    for s in cfg.shares.iter().filter(|s| s.smb) {
+                        if let Some(mount) = s.fuse_path() {
+                            crate::fuse::widen_read_ahead(&mount);
+                        }
+                    }
+                }
+                None => print!("{}", crate::smb::render(&cfg, &cfg.smb.state_dir(&cfg.cache.dir))),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::SmbUser { config, action } => {

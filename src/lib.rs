@@ -17,6 +17,7 @@ mod logging;
 pub mod metrics;
 pub mod nfs;
 pub mod remote;
+mod sd_notify;
 pub mod share;
 pub mod smb;
 mod upload;

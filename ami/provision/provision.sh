@@ -44,9 +44,16 @@ apt-get update -qq
 # amazon-ec2-utils: udev rules that name EBS NVMe volumes by their block-device-mapping
 #   name (/dev/sdb) and turn off the NVMe I/O timeout on EBS volumes.
 # prometheus-node-exporter: host metrics on :9100.
+# samba, samba-vfs-modules: smbd for shares with smb = true (bucketgate-smbd.service).
 apt-get install -y -qq --no-install-recommends \
     ca-certificates curl xfsprogs util-linux udev amazon-ec2-utils \
-    prometheus-node-exporter >/dev/null
+    prometheus-node-exporter samba samba-vfs-modules >/dev/null
+# Debian's own Samba units would take 445/tcp with the host's smb.conf: the gateway's
+# smbd runs from bucketgate-smbd.service on the smb.conf of the configured shares.
+systemctl mask smbd.service nmbd.service samba-ad-dc.service 2>&1 | sed 's/^/provision: /'
+if [[ -d /run/systemd/system ]]; then
+    systemctl stop smbd.service nmbd.service 2>/dev/null || true
+fi
 
 log "system user bucketgate ($BUCKETGATE_UID:$BUCKETGATE_GID)"
 if getent group bucketgate >/dev/null; then
@@ -78,6 +85,9 @@ install -m 0755 -o root -g root "$files/bin/bucketgate-cache-disk" /usr/local/sb
 install -m 0755 -o root -g root "$files/bin/bucketgate-firstboot" /usr/local/sbin/bucketgate-firstboot
 install -d -m 0755 /usr/local/lib/bucketgate
 install -m 0755 -o root -g root "$files/bin/not-configured-http" /usr/local/lib/bucketgate/not-configured-http
+install -m 0644 -o root -g root "$files/systemd/fuse-sandbox.conf" /usr/local/lib/bucketgate/fuse-sandbox.conf
+install -d -m 0755 /etc/systemd/system-generators
+install -m 0755 -o root -g root "$files/bin/bucketgate-generator" /etc/systemd/system-generators/bucketgate-generator
 
 log "directories and configuration"
 # /etc/bucketgate: the config (written at boot from user data) is readable by the service.
@@ -112,7 +122,7 @@ done
 shopt -u nullglob
 
 log "systemd units"
-for unit in bucketgate.service bucketgate-cache-disk.service var-cache-bucketgate.mount \
+for unit in bucketgate.service bucketgate-smbd.service bucketgate-cache-disk.service var-cache-bucketgate.mount \
     bucketgate-firstboot.service bucketgate-unconfigured.socket bucketgate-unconfigured@.service; do
     install -m 0644 -o root -g root "$files/systemd/$unit" "/etc/systemd/system/$unit"
 done
@@ -120,8 +130,8 @@ dropin='dev-disk-by\x2dlabel-bgcache.device.d'
 install -d -m 0755 "/etc/systemd/system/$dropin"
 install -m 0644 "$files/systemd/$dropin/bucketgate-timeout.conf" "/etc/systemd/system/$dropin/bucketgate-timeout.conf"
 # Offline in a chroot (systemctl only makes the symlinks), live on the build instance.
-systemctl enable bucketgate.service bucketgate-firstboot.service var-cache-bucketgate.mount \
-    prometheus-node-exporter.service 2>&1 | sed 's/^/provision: /'
+systemctl enable bucketgate.service bucketgate-smbd.service bucketgate-firstboot.service \
+    var-cache-bucketgate.mount prometheus-node-exporter.service 2>&1 | sed 's/^/provision: /'
 if [[ -d /run/systemd/system ]]; then
     systemctl daemon-reload
 fi

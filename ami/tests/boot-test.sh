@@ -13,6 +13,9 @@
 #           the service (a probing stand-in) runs as bucketgate inside its sandbox;
 #           stops gracefully on SIGTERM.
 #   boot 4: same volume -> not reformatted, files still there, service runs.
+#   boot 5: user data with an SMB share and the image's own gateway -> the generator
+#           lets it mount FUSE, bucketgate-smbd.service serves the mount, an SMB
+#           client's file reaches the bucket, kill -9 restarts both.
 # IMDS is a fake (tests/fake-imds.py) inside the booted system on 127.0.0.1.
 #
 # usage: boot-test.sh ROOT   (works on a copy; ROOT is not changed)
@@ -121,6 +124,75 @@ BOOT
 }
 in_vm() { nsenter -t "$pid" -m -p -n -r -w "$@"; }
 
+# Boot 5: user data with an SMB share, the image's own gateway and smbd, an SMB client
+# from this host (inside the booted system's network namespace only).
+boot_smb() {
+    cp "$work/bucketgate.image" "$root/usr/local/bin/bucketgate"
+    rm -rf "$root/etc/systemd/system/bucketgate.service.d"
+    [[ -e $root/dev/fuse ]] || mknod -m 0666 "$root/dev/fuse" c 10 229
+    cat >"$root/var/lib/fake-imds/user-data" <<'TOML'
+#bucketgate-config
+[nfs]
+listen = "127.0.0.1:2049"
+[admin]
+listen = "127.0.0.1:9108"
+[cache]
+dir = "/var/cache/bucketgate/cache"
+capacity = "200MiB"
+[smb]
+listen = "127.0.0.1:445"
+[[share]]
+name = "data"
+url = "file:///var/cache/bucketgate/bucket/"
+smb = true
+smb_guest = true
+TOML
+    boot
+    local main smbd1 smbd2 got
+    is "SMB share: bucketgate.service runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
+    is "... with the FUSE drop-in the generator wrote from the new user data" \
+        "$(in_vm systemctl show -P DropInPaths bucketgate.service | tr ' ' '\n' | grep -c 50-fuse.conf)" "1"
+    if [[ $(in_vm systemctl is-active bucketgate-smbd.service) != active ]]; then
+        in_vm journalctl -b --no-pager -o short-monotonic -u bucketgate-firstboot.service -u bucketgate.service \
+            -u bucketgate-smbd.service | tail -n 40 >&2
+    fi
+    main=$(in_vm systemctl show -P MainPID bucketgate.service)
+    is "... as bucketgate, not root" "$(in_vm stat -c %U "/proc/$main")" "bucketgate"
+    # CAP_NET_BIND_SERVICE (bit 10) and CAP_SYS_ADMIN (bit 21), nothing else.
+    has "... with CAP_SYS_ADMIN added to CAP_NET_BIND_SERVICE only" '^CapEff:.0000000000200400' in_vm grep CapEff "/proc/$main/status"
+    is "... in the host's mount namespace (a mount in its own would be seen by nobody)" \
+        "$(in_vm readlink "/proc/$main/ns/mnt")" "$(in_vm readlink /proc/1/ns/mnt)"
+    has "the share is mounted with FUSE" '^fuse' in_vm findmnt -no FSTYPE /run/bucketgate/smb/data
+    is "bucketgate-smbd.service runs" "$(in_vm systemctl is-active bucketgate-smbd.service)" "active"
+    smbc() { nsenter -t "$pid" -n smbclient //127.0.0.1/data -N -m SMB3 -c "$1" 2>&1; }
+    head -c 3000000 /dev/urandom >"$work/put.bin"
+    smbc "put $work/put.bin file.bin" >"$work/smb.log" || cat "$work/smb.log"
+    in_vm bucketgate flush --wait --timeout 60 --admin 127.0.0.1:9108 >/dev/null 2>&1 || true
+    is "a file put over SMB reaches the bucket whole" \
+        "$(in_vm sha256sum /var/cache/bucketgate/bucket/file.bin 2>&1 | cut -d' ' -f1)" "$(sha256sum <"$work/put.bin" | cut -d' ' -f1)"
+    smbd1=$(in_vm systemctl show -P MainPID bucketgate-smbd.service)
+    in_vm systemctl kill -s KILL --kill-whom=main bucketgate.service
+    for _ in $(seq 60); do
+        smbd2=$(in_vm systemctl show -P MainPID bucketgate-smbd.service)
+        [[ $smbd2 != 0 && $smbd2 != "$smbd1" && $(in_vm systemctl is-active bucketgate-smbd.service) == active ]] && break
+        sleep 0.5
+    done
+    is "kill -9 of the gateway: it restarts" "$(in_vm systemctl is-active bucketgate.service)" "active"
+    is "... and smbd was restarted with it" "$( [[ $smbd2 != "$smbd1" && $smbd2 != 0 ]] && echo yes)" "yes"
+    rm -f "$work/get.bin"
+    smbc "get file.bin $work/get.bin" >"$work/smb.log" || cat "$work/smb.log"
+    got=$(sha256sum <"$work/get.bin" 2>/dev/null | cut -d' ' -f1)
+    is "... and the share serves the file again over SMB" "$got" "$(sha256sum <"$work/put.bin" | cut -d' ' -f1)"
+    in_vm systemctl stop bucketgate.service
+    is "stopping the gateway stops smbd" "$(in_vm systemctl is-active bucketgate-smbd.service)" "inactive"
+    is "... and its FUSE mount is gone" "$(in_vm findmnt -no FSTYPE /run/bucketgate/smb/data)" ""
+    local smbd_gone gw_stopping
+    smbd_gone=$(in_vm systemctl show -P InactiveEnterTimestampMonotonic bucketgate-smbd.service)
+    gw_stopping=$(in_vm systemctl show -P ActiveExitTimestampMonotonic bucketgate.service)
+    is "... smbd was gone before the gateway began to stop (and unmount)" "$((smbd_gone <= gw_stopping))" "1"
+    stop_boot
+}
+
 echo "# boot 1: no user data, no cache volume"
 boot
 is "firstboot ran" "$(in_vm systemctl is-active bucketgate-firstboot.service)" "active"
@@ -165,8 +237,9 @@ else
     sed -i "s|^#CACHE_DEVICE=.*|CACHE_DEVICE=$loopdev|" "$root/etc/bucketgate/cache-disk.env"
     mkdir -p "$root/etc/systemd/system/var-cache-bucketgate.mount.d"
     printf '[Mount]\nWhat=%s\n' "$loopdev" >"$root/etc/systemd/system/var-cache-bucketgate.mount.d/test.conf"
-    # A gateway stand-in that reports what its sandbox lets it do, then serves until
-    # SIGTERM and records a graceful stop.
+    # The image's own binary, for boot 5; boots 3 and 4 run a stand-in that reports
+    # what its sandbox lets it do, then serves until SIGTERM and records a graceful stop.
+    cp "$root/usr/local/bin/bucketgate" "$work/bucketgate.image"
     cat >"$root/usr/local/bin/bucketgate" <<'STANDIN'
 #!/bin/bash
 case $1 in
@@ -183,11 +256,16 @@ serve)
     } >"$out.tmp" 2>&1
     mv "$out.tmp" "$out"
     trap 'echo graceful >/var/cache/bucketgate/stopped; exit 0' TERM
+    systemd-notify --ready
     while :; do sleep 1 & wait $!; done
     ;;
+*) exit 1 ;;
 esac
 STANDIN
     chmod 0755 "$root/usr/local/bin/bucketgate"
+    # The stand-in's READY=1 comes from systemd-notify, a child of the main process.
+    mkdir -p "$root/etc/systemd/system/bucketgate.service.d"
+    printf '[Service]\nNotifyAccess=all\n' >"$root/etc/systemd/system/bucketgate.service.d/standin.conf"
     touch "$root/tmp/host-tmp-marker"
     boot
     is "cache-disk unit formatted and is done" "$(in_vm systemctl is-active bucketgate-cache-disk.service)" "active"
@@ -209,6 +287,9 @@ STANDIN
     has "ReadWritePaths: the cache is writable" '^cache=writable' echo "$probe"
     has "PrivateTmp" '^tmp=private' echo "$probe"
     is "cache root handed to the service user" "$(in_vm stat -c '%a %U:%G' /var/cache/bucketgate)" "750 bucketgate:bucketgate"
+    is "no FUSE mount in the config: no drop-in relaxes the sandbox" \
+        "$(in_vm systemctl show -P DropInPaths bucketgate.service | tr ' ' '\n' | grep -c 50-fuse.conf)" "0"
+    is "no SMB share: bucketgate-smbd.service is skipped" "$(in_vm systemctl is-active bucketgate-smbd.service)" "inactive"
     uuid1=$(blkid -p -o value -s UUID "$work/cache.img")
     in_vm systemctl stop bucketgate.service
     is "SIGTERM stop is graceful" "$(in_vm cat /var/cache/bucketgate/stopped 2>&1)" "graceful"
@@ -231,6 +312,15 @@ STANDIN
     is "starting bucketgate stops the responder" "$(in_vm systemctl is-active bucketgate-unconfigured.socket)" "inactive"
     is "... and bucketgate runs" "$(in_vm systemctl is-active bucketgate.service)" "active"
     stop_boot
+
+    echo "# boot 5: the image's gateway serving an SMB share through bucketgate-smbd.service"
+    if grep -q standin <("$work/bucketgate.image" --version 2>&1); then
+        echo "SKIPPED: boot 5 (SMB on the image): the image holds a stand-in, not the gateway (give ami/ci.sh the binary)"
+    elif ! command -v smbclient >/dev/null; then
+        bad "boot 5 needs smbclient on this host (apt-get install smbclient)"
+    else
+        boot_smb
+    fi
 fi
 
 echo "$pass passed, $fail failed"

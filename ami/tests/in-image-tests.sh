@@ -55,9 +55,14 @@ for f in "$(dirname "$0")"/../grafana/*.json "$(dirname "$0")"/../prometheus/*.y
     check "shipped $d/$(basename "$f")" cmp -s "$f" "/usr/share/bucketgate/$d/$(basename "$f")"
 done
 check "node_exporter installed" test -x /usr/bin/prometheus-node-exporter
-for u in bucketgate.service bucketgate-firstboot.service var-cache-bucketgate.mount prometheus-node-exporter.service; do
+for u in bucketgate.service bucketgate-smbd.service bucketgate-firstboot.service var-cache-bucketgate.mount \
+    prometheus-node-exporter.service; do
     is "enabled: $u" "$(systemctl is-enabled "$u" 2>/dev/null)" "enabled"
 done
+for u in smbd.service nmbd.service; do
+    is "Debian's $u masked (bucketgate-smbd.service serves SMB)" "$(systemctl is-enabled "$u" 2>/dev/null)" "masked"
+done
+check "Samba's smbd and its fileid module" test -f "$(/usr/sbin/smbd -b | sed -n 's/^ *MODULESDIR: *//p')/vfs/fileid.so"
 is "not-configured socket is started on demand only" "$(systemctl is-enabled bucketgate-unconfigured.socket 2>/dev/null)" "static"
 check "EBS NVMe udev rules (amazon-ec2-utils)" test -f /lib/udev/rules.d/70-ec2-nvme-devices.rules
 check "xfs tools" command -v mkfs.xfs
@@ -68,6 +73,28 @@ for k in NoNewPrivileges=yes ProtectSystem=strict ReadWritePaths=/var/cache/buck
     RequiresMountsFor=/var/cache/bucketgate ConditionPathExists=/etc/bucketgate/bucketgate.toml; do
     check "bucketgate.service has $k" grep -qx "$k" "$u"
 done
+
+echo "# systemd generator: bucketgate.service may mount FUSE only when its config says so"
+is "generator installed" "$(mode_owner /etc/systemd/system-generators/bucketgate-generator)" "755 root:root"
+gen() { # gen MOUNTS...: runs the generator with a bucketgate that lists MOUNTS as the config's
+    rm -rf /tmp/gen && mkdir -p /tmp/gen/out
+    if (($#)); then printf '%s\n' "$@" >/tmp/gen/mounts; else : >/tmp/gen/mounts; fi
+    printf '#!/bin/sh\ncat /tmp/gen/mounts\n' >/tmp/gen/bin && chmod 0755 /tmp/gen/bin
+    : >/tmp/gen/config.toml
+    BUCKETGATE_BIN=/tmp/gen/bin BUCKETGATE_CONFIG=/tmp/gen/config.toml \
+        /etc/systemd/system-generators/bucketgate-generator /tmp/gen/out /tmp/gen/early /tmp/gen/late
+}
+gen
+check "no FUSE mount: no drop-in, the full sandbox" test ! -e /tmp/gen/out/bucketgate.service.d
+gen /run/bucketgate/smb/data '/srv/odd name'
+d=/tmp/gen/out/bucketgate.service.d/50-fuse.conf
+for k in ProtectSystem=no PrivateTmp=no DeviceAllow=/dev/fuse\ rw CapabilityBoundingSet=CAP_SYS_ADMIN \
+    AmbientCapabilities=CAP_SYS_ADMIN SystemCallFilter=@mount \
+    "ExecStartPre=+-/usr/bin/install -d -o bucketgate -g bucketgate -m 0755 /run/bucketgate/smb/data"; do
+    check "FUSE mounts: drop-in has $k" grep -qx "$k" "$d"
+done
+check "a mount point systemd would need quoted is left out" bash -c "! grep -q 'odd name' $d"
+rm -rf /tmp/gen
 
 echo "# cache disk: find, format once, never reformat"
 cd_test() { # cd_test VAR=VALUE... -- runs the script with a fake /dev

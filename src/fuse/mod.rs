@@ -135,9 +135,18 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
 /// The kernel reads ahead 128 KiB on a FUSE mount by default, so a sequential reader
 /// (smbd serving an SMB client) sends the share eight READs per MiB. The mount's
 /// backing device takes a larger window from sysfs; without it reads still work.
-fn widen_read_ahead(path: &Path) {
+/// Anything but a FUSE mount at `path` is left alone.
+pub(crate) fn widen_read_ahead(path: &Path) {
     use std::os::unix::fs::MetadataExt;
     const READ_AHEAD_KB: u32 = 4096;
+    const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+    let is_fuse = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .ok()
+        .and_then(|c| statfs(&c).ok())
+        .is_some_and(|s| s.f_type as libc::c_long == FUSE_SUPER_MAGIC);
+    if !is_fuse {
+        return;
+    }
     let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
         return;
     };
@@ -174,11 +183,12 @@ fn reclaim_stale(path: &Path) -> anyhow::Result<()> {
 
 /// statfs(2), which the kernel always asks the FUSE server (a stat may be answered
 /// from attributes it still holds).
-fn statfs(path: &std::ffi::CStr) -> std::io::Result<()> {
+fn statfs(path: &std::ffi::CStr) -> std::io::Result<libc::statfs> {
     let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: a valid NUL-terminated path and a buffer of the right type.
     if unsafe { libc::statfs(path.as_ptr(), buf.as_mut_ptr()) } == 0 {
-        Ok(())
+        // SAFETY: statfs filled it.
+        Ok(unsafe { buf.assume_init() })
     } else {
         Err(std::io::Error::last_os_error())
     }

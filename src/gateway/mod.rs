@@ -444,6 +444,7 @@ async fn run_async(config: Config, embedded: bool) -> anyhow::Result<()> {
         tracing::info!(share = %s.share.export_path, url = %s.config.url, "exporting");
     }
     tracing::info!(nfs = %addr, admin = %running.admin_addr, "serving");
+    crate::sd_notify::notify("READY=1");
     if embedded {
         let (h, p) = (addr.ip(), addr.port());
         println!("bucketgate is serving the embedded default configuration.");
@@ -455,6 +456,7 @@ async fn run_async(config: Config, embedded: bool) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("stopping: finishing calls in flight; the upload queue stays on disk");
+    crate::sd_notify::notify("STOPPING=1");
     running.shutdown().await;
     Ok(())
 }

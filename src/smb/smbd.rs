@@ -97,6 +97,8 @@ impl Smbd {
             .args(["--foreground", "--no-process-group", "-s"])
             .arg(&conf)
             .process_group(0)
+            // Its readiness is the gateway's to report (Type=notify).
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

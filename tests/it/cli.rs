@@ -98,6 +98,54 @@ fn check_config_reports_every_error_with_its_key() {
     assert!(out(&o).1.contains("missing.toml"));
 }
 
+/// What the AMI's units ask of a configuration: the FUSE mounts its generator lets
+/// the gateway make, and the smb.conf smbd's own unit runs on.
+#[test]
+fn check_config_lists_fuse_mounts_and_smb_conf_writes_what_smbd_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let file = dir.path().join("g.toml");
+    let f = file.to_str().unwrap();
+    let shares = format!(
+        "[cache]\ndir = \"{d}/cache\"\n[smb]\nstate_dir = \"{d}/smb\"\n\
+         [[share]]\nname = \"plain\"\nurl = \"file://{d}/b1\"\n\
+         [[share]]\nname = \"mounted\"\nurl = \"file://{d}/b2\"\nfuse_mount = \"{d}/m\"\n"
+    );
+    std::fs::write(&file, &shares).unwrap();
+    let o = bucketgate(&["check-config", "--fuse-mounts", "--config", f]);
+    assert!(o.status.success(), "{:?}", out(&o));
+    assert_eq!(out(&o).0, format!("{d}/m\n"));
+    // No SMB share: smbd's unit is skipped (ExecCondition), quietly.
+    let o = bucketgate(&["smb-conf", "--check", "--config", f]);
+    assert_eq!((o.status.code(), out(&o).0.as_str()), (Some(1), ""));
+
+    std::fs::write(
+        &file,
+        format!("{shares}[[share]]\nname = \"win\"\nurl = \"file://{d}/b3\"\nsmb = true\nsmb_guest = true\n"),
+    )
+    .unwrap();
+    let o = bucketgate(&["check-config", "--fuse-mounts", "--config", f]);
+    assert_eq!(
+        out(&o).0,
+        format!("{d}/m\n/run/bucketgate/smb/win\n"),
+        "{:?}",
+        out(&o)
+    );
+    let o = bucketgate(&["smb-conf", "--check", "--config", f]);
+    assert_eq!((o.status.code(), out(&o).0.as_str()), (Some(0), ""));
+    let printed = out(&bucketgate(&["smb-conf", "--config", f])).0;
+    assert!(printed.contains("[win]"), "{printed}");
+    let target = dir.path().join("run-smb.conf");
+    let o = bucketgate(&["smb-conf", "--config", f, "--output", target.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", out(&o));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), printed);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("smb/smb.conf")).unwrap(),
+        printed
+    );
+    assert!(dir.path().join("smb/private").is_dir() && dir.path().join("smb/lock").is_dir());
+}
+
 struct Fixed;
 
 #[async_trait]
