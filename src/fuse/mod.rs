@@ -598,7 +598,11 @@ impl Filesystem for ShareFs {
         // Every read and write names its file; the count only keeps a file removed
         // while open readable. O_TRUNC arrives as a SETATTR.
         self.opens.opened(ino.0);
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        // The kernel keeps a file's cached pages across opens: every change made
+        // elsewhere reaches it as an invalidation (invalidate.rs), and a changed mtime
+        // or size drops them too (FUSE_AUTO_INVAL_DATA). A warm read (smbd serving a
+        // file again) then needs no call here.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(

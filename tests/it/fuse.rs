@@ -119,6 +119,23 @@ async fn files_pass_between_fuse_nfs_and_the_bucket() {
     .await
     .unwrap();
     assert_eq!(again, b"REWRITTEN over NFS!", "stale pages after an NFS write");
+    // Closed, its pages kept (FOPEN_KEEP_CACHE), rewritten again: a new open reads the
+    // new bytes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write_at(
+        &mut c,
+        &nf,
+        0,
+        b"REWRITTEN once more",
+        nfs3_types::nfs3::stable_how::FILE_SYNC,
+    )
+    .await
+    .unwrap();
+    let m = mnt.clone();
+    let reopened = tokio::task::spawn_blocking(move || std::fs::read(m.join("docs/from-nfs.txt")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reopened, b"REWRITTEN once more", "stale pages kept across opens");
 
     flush(&gw).await;
     let bucket = bucket_contents(&srv).await;
@@ -128,7 +145,7 @@ async fn files_pass_between_fuse_nfs_and_the_bucket() {
     );
     assert_eq!(
         bucket.get("docs/from-nfs.txt").map(Vec::as_slice),
-        Some(&b"REWRITTEN over NFS!"[..])
+        Some(&b"REWRITTEN once more"[..])
     );
 
     // An object another client puts is read through FUSE once listed.
