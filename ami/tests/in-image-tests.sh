@@ -94,6 +94,14 @@ for k in ProtectSystem=no PrivateTmp=no DeviceAllow=/dev/fuse\ rw CapabilityBoun
     check "FUSE mounts: drop-in has $k" grep -qx "$k" "$d"
 done
 check "a mount point systemd would need quoted is left out" bash -c "! grep -q 'odd name' $d"
+sandbox=$(sed -n 's/^Environment=BUCKETGATE_FUSE_MOUNTS=//p' "$d")
+genc() { env BUCKETGATE_BIN=/tmp/gen/bin BUCKETGATE_CONFIG=/tmp/gen/config.toml "$@" \
+    /etc/systemd/system-generators/bucketgate-generator --check; }
+check "--check: the sandbox fits the config's mounts" genc BUCKETGATE_FUSE_MOUNTS="$sandbox"
+check "--check: mounts added by hand without a reload fail the start" bash -c "$(declare -f genc); ! genc"
+: >/tmp/gen/mounts
+check "--check: mounts removed by hand without a reload fail the start" bash -c "$(declare -f genc); ! genc BUCKETGATE_FUSE_MOUNTS=$sandbox"
+check "--check: no mounts and no drop-in is fine" genc
 rm -rf /tmp/gen
 
 echo "# cache disk: find, format once, never reformat"

@@ -113,16 +113,19 @@ pub fn mount(share: Arc<Share>, path: &Path, rt: tokio::runtime::Handle) -> anyh
     config.acl = SessionACL::All;
     config.n_threads = Some(2);
     let calls = Arc::default();
+    let undelivered = Arc::<invalidate::Undelivered>::default();
     let (cache, name) = (share.cache.clone(), share.name.clone());
     let fs = ShareFs {
         share,
         rt,
         calls: Arc::clone(&calls),
         opens: Arc::default(),
+        undelivered: Arc::clone(&undelivered),
     };
     let session = fuser::spawn_mount(fs, path, &config)
         .with_context(|| format!("mounting the share with FUSE at {}", path.display()))?;
-    invalidate::start(&cache, session.notifier(), &name).context("starting the FUSE invalidation thread")?;
+    invalidate::start(&cache, session.notifier(), &name, undelivered)
+        .context("starting the FUSE invalidation thread")?;
     widen_read_ahead(path);
     Ok(FuseMount {
         session: Some(session),
@@ -199,6 +202,7 @@ struct ShareFs {
     rt: tokio::runtime::Handle,
     calls: Arc<tokio::sync::RwLock<()>>,
     opens: Arc<Opens>,
+    undelivered: Arc<invalidate::Undelivered>,
 }
 
 /// The largest file not all in the cache that is fetched to stay readable through
@@ -601,8 +605,14 @@ impl Filesystem for ShareFs {
         // The kernel keeps a file's cached pages across opens: every change made
         // elsewhere reaches it as an invalidation (invalidate.rs), and a changed mtime
         // or size drops them too (FUSE_AUTO_INVAL_DATA). A warm read (smbd serving a
-        // file again) then needs no call here.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        // file again) then needs no call here. A file whose invalidation was lost has
+        // them dropped now.
+        let keep = if self.undelivered.keep_cache(ino.0) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), keep);
     }
 
     fn read(
