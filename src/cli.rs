@@ -257,14 +257,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
         } => {
             let cfg = Config::load(&config).map_err(anyhow::Error::msg)?;
-            if !cfg.shares.iter().any(|s| s.smb) {
-                if check {
-                    return Ok(ExitCode::FAILURE);
-                }
+            let smb = cfg.shares.iter().any(|s| s.smb);
+            if check {
+                return Ok(if smb { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            if !smb {
                 anyhow::bail!("{}: no share has smb = true", config.display());
             }
             match output {
-                _ if check => {}
                 Some(path) => {
                     let conf = crate::smb::write_conf(&cfg)?;
                     std::fs::copy(&conf, &path).with_context(|| format!("writing {}", path.display()))?;
