@@ -426,20 +426,24 @@ impl Share {
         max: usize,
         with_attrs: bool,
     ) -> Result<DirPage> {
-        self.rt.ensure_listed(dir).await?;
-        let (cache, who) = (self.cache.clone(), caller.clone());
-        let mut listing = self
-            .blocking(move || cache.readdir(&who, dir, cookie, max))
-            .await
-            .0?;
-        let d = self.cache.get(dir)?;
         let described = with_attrs
             && self
                 .cache
                 .access(caller, dir)
                 .is_ok_and(|(_, rwx)| rwx & EXEC != 0);
         if described {
-            self.read_entry_attrs(&mut listing).await;
+            self.rt.ensure_listed_with_attrs(dir).await?;
+        } else {
+            self.rt.ensure_listed(dir).await?;
+        }
+        let (cache, who) = (self.cache.clone(), caller.clone());
+        let mut listing = self
+            .blocking(move || cache.readdir(&who, dir, cookie, max))
+            .await
+            .0?;
+        let d = self.cache.get(dir)?;
+        if described {
+            self.read_entry_attrs(dir, &mut listing).await;
         }
         Ok(DirPage {
             listing,
@@ -527,17 +531,15 @@ impl Share {
         }
     }
 
-    async fn read_entry_attrs(&self, listing: &mut Listing) {
-        let pending: Vec<FileId> = listing
+    async fn read_entry_attrs(&self, dir: FileId, listing: &mut Listing) {
+        let pending: Vec<(FileId, Vec<u8>)> = listing
             .entries
             .iter()
             .filter(|e| e.attr.meta_pending)
-            .map(|e| e.attr.id)
+            .map(|e| (e.attr.id, e.name.clone()))
             .collect();
-        if pending.is_empty() {
-            return;
-        }
-        if let Err(e) = self.rt.read_attrs(&pending).await {
+        let entries = listing.entries.len();
+        if let Err(e) = self.rt.read_page_attrs(dir, &pending, entries).await {
             tracing::debug!(error = %e, "reading listed entries' attributes failed; sending them without");
         }
         listing.entries.retain_mut(|e| {

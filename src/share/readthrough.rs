@@ -15,6 +15,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::run_blocking as blocking;
 
+mod ahead;
 mod revalidate;
 use crate::remote::meta::{S_IFLNK, S_IFMT};
 use crate::remote::{ObjectInfo, ObjectStore, StoreError};
@@ -33,6 +34,9 @@ const READS_IN_FLIGHT: u64 = 16;
 /// HEADs in flight when a directory's entries need their attributes (a READDIRPLUS
 /// page of a directory never looked at); measured in `benches/`.
 const HEAD_CONCURRENCY: usize = 64;
+/// Directories whose metadata is read ahead at once; a READDIRPLUS of another reads
+/// each page's attributes as it comes.
+const MAX_AHEAD: usize = 8;
 /// Hidden keys remembered so each is logged and counted once.
 const MAX_HIDDEN_REMEMBERED: usize = 100_000;
 
@@ -55,6 +59,8 @@ pub struct ReadThrough {
     /// One fetch of a given range at a time; a second reader waits, then finds it cached.
     fetching: RangeLocks,
     listing: Mutex<HashMap<FileId, Arc<AsyncMutex<()>>>>,
+    /// Directories whose entries' metadata is being read ahead of READDIRPLUS.
+    ahead: Arc<Mutex<HashMap<FileId, Arc<ahead::Ahead>>>>,
     /// When each directory's last listing in this process started. Staleness is
     /// measured on tokio's clock, not the wall clock: a clock step cannot make every
     /// directory stale (or none), and tests can pause time. A directory not listed
@@ -155,23 +161,28 @@ async fn head_of(
             symlink_target: None,
         })));
     };
-    let key = format!("{prefix}{rel}");
-    let Some(info) = store.head(&key).await.map_err(store_err)? else {
-        return Ok(Some(None));
+    head_key(store, &format!("{prefix}{rel}"), ino.kind == Kind::File)
+        .await
+        .map(Some)
+}
+
+/// What the store holds at `key` (`None`: no such object); for a regular file whose
+/// metadata says symlink, with the target its body holds.
+async fn head_key(store: &dyn ObjectStore, key: &str, file: bool) -> Result<Option<ObjectHead>, CacheError> {
+    let Some(info) = store.head(key).await.map_err(store_err)? else {
+        return Ok(None);
     };
     let attrs = info.meta;
     let symlink_target = match attrs {
-        Some(a) if a.mode & S_IFMT == S_IFLNK && ino.kind == Kind::File => {
-            symlink_body(store, &key, &info).await?
-        }
+        Some(a) if a.mode & S_IFMT == S_IFLNK && file => symlink_body(store, key, &info).await?,
         _ => None,
     };
-    Ok(Some(Some(ObjectHead {
+    Ok(Some(ObjectHead {
         etag: info.etag,
         size: info.size,
         attrs,
         symlink_target,
-    })))
+    }))
 }
 
 /// The target of an object whose metadata says symlink: its body, when that can be
@@ -228,6 +239,7 @@ impl ReadThrough {
             stale_after,
             fetching: Mutex::default(),
             listing: Mutex::default(),
+            ahead: Arc::default(),
             listed_at: Mutex::default(),
             streams: Mutex::default(),
             hidden: Mutex::default(),
@@ -238,6 +250,16 @@ impl ReadThrough {
     /// Lists `dir` from the store if it never was, or if it is older than
     /// `cache_stale_after`.
     pub async fn ensure_listed(&self, dir: FileId) -> Result<(), CacheError> {
+        self.ensure_listed_with(dir, false).await
+    }
+
+    /// [`Self::ensure_listed`] for a READDIRPLUS whose entries' attributes will be
+    /// read: a listing made here reads them ahead (see `ahead`).
+    pub async fn ensure_listed_with_attrs(&self, dir: FileId) -> Result<(), CacheError> {
+        self.ensure_listed_with(dir, true).await
+    }
+
+    async fn ensure_listed_with(&self, dir: FileId, attrs: bool) -> Result<(), CacheError> {
         if !self.needs_listing(dir)? {
             return Ok(());
         }
@@ -246,7 +268,7 @@ impl ReadThrough {
         if !self.needs_listing(dir)? {
             return Ok(()); // listed by whoever held the lock
         }
-        match self.list(dir).await {
+        match self.list_with(dir, attrs).await {
             Ok(_) => Ok(()),
             // Listed before: serve that listing until the store answers again.
             Err(e) if self.cache.get(dir)?.listed_ns != 0 => {
@@ -281,11 +303,12 @@ impl ReadThrough {
     }
 
     /// Every key under `prefix` (paginated ListObjectsV2), with `delimiter`'s common
-    /// prefixes.
+    /// prefixes; each page's names are handed to `feed` as it arrives.
     async fn list_keys(
         &self,
         prefix: &str,
         delimiter: Option<&str>,
+        feed: Option<&ahead::Feed>,
     ) -> Result<(Vec<ObjectInfo>, Vec<String>), CacheError> {
         let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
@@ -295,6 +318,20 @@ impl ReadThrough {
                 .list(prefix, delimiter, token.as_deref(), LIST_PAGE)
                 .await
                 .map_err(store_err)?;
+            if let Some(f) = feed {
+                let names = page.objects.iter().map(|o| (&o.key, false));
+                for (key, dir) in names.chain(page.common_prefixes.iter().map(|p| (p, true))) {
+                    let rel = key.strip_prefix(prefix).unwrap_or_default();
+                    let name = if dir {
+                        rel.strip_suffix('/').unwrap_or_default()
+                    } else {
+                        rel
+                    };
+                    if name_ok(name) && !name.contains('/') {
+                        f.entry(name, key, dir);
+                    }
+                }
+            }
             objects.extend(page.objects);
             prefixes.extend(page.common_prefixes);
             match page.next_token {
@@ -331,6 +368,12 @@ impl ReadThrough {
 
     /// Lists `dir` now (paginated ListObjectsV2 with a delimiter; no HEAD per object).
     pub async fn list(&self, dir: FileId) -> Result<ListingChanges, CacheError> {
+        self.list_with(dir, false).await
+    }
+
+    /// [`Self::list`]; with `attrs`, the entries' metadata is read ahead as the
+    /// listing's pages arrive.
+    async fn list_with(&self, dir: FileId, attrs: bool) -> Result<ListingChanges, CacheError> {
         let d = self.cache.get(dir)?;
         if d.kind != Kind::Dir {
             return Err(CacheError::NotDir);
@@ -338,7 +381,8 @@ impl ReadThrough {
         let prefix = self.dir_prefix(&d)?;
         let started = now_ns();
         let started_at = tokio::time::Instant::now();
-        let (objects, prefixes) = self.list_keys(&prefix, Some("/")).await?;
+        let feed = if attrs { self.start_ahead(dir) } else { None };
+        let (objects, prefixes) = self.list_keys(&prefix, Some("/"), feed.as_ref()).await?;
         let mut tree = Tree::default();
         let leaving = self.cache.anything_leaving()?;
         for o in objects {
@@ -353,7 +397,24 @@ impl ReadThrough {
         let entries = tree.take("");
         let changes = self.apply(dir, entries, started).await?;
         self.listed_at.lock().insert(dir, started_at);
+        if let Some(f) = feed {
+            f.listed();
+        }
         Ok(changes)
+    }
+
+    /// A read-ahead of `dir`'s metadata, unless one runs already or too many do.
+    fn start_ahead(&self, dir: FileId) -> Option<ahead::Feed> {
+        let mut running = self.ahead.lock();
+        if running.contains_key(&dir) || running.len() >= MAX_AHEAD {
+            return None;
+        }
+        let map = self.ahead.clone();
+        let (a, feed) = ahead::Ahead::start(self.cache.clone(), self.store.clone(), dir, move || {
+            map.lock().remove(&dir);
+        });
+        running.insert(dir, a);
+        Some(feed)
     }
 
     /// Lists everything below `dir` at every depth (ListObjectsV2 without a
@@ -369,7 +430,7 @@ impl ReadThrough {
         let prefix = self.dir_prefix(&d)?;
         let started = now_ns();
         let started_at = tokio::time::Instant::now();
-        let (objects, _) = self.list_keys(&prefix, None).await?;
+        let (objects, _) = self.list_keys(&prefix, None, None).await?;
         let mut tree = Tree::default();
         let leaving = self.cache.anything_leaving()?;
         for o in objects {
@@ -546,11 +607,39 @@ impl ReadThrough {
                 Err(e) => result = Err(e),
             }
         }
+        if found.is_empty() {
+            return result;
+        }
         // Applied in one batch: a thread hand-off and a metadata commit per entry cost
         // more than its HEAD (figure 8 in benches/).
         let cache = self.cache.clone();
         blocking(move || cache.apply_heads(found)).await?;
         result
+    }
+
+    /// Reads the attributes of a READDIRPLUS page's `pending` entries (of `entries`
+    /// in the page): those `dir`'s read-ahead is reading are waited for, the rest are
+    /// read here, and so is any the read-ahead gave up on.
+    pub async fn read_page_attrs(
+        &self,
+        dir: FileId,
+        pending: &[(FileId, Vec<u8>)],
+        entries: usize,
+    ) -> Result<(), CacheError> {
+        let Some(ahead) = self.ahead.lock().get(&dir).cloned() else {
+            let ids: Vec<FileId> = pending.iter().map(|(id, _)| *id).collect();
+            return self.read_attrs(&ids).await;
+        };
+        let names: Vec<&[u8]> = pending.iter().map(|(_, n)| n.as_slice()).collect();
+        let started = ahead.take_page(entries, &names);
+        let (theirs, mine): (Vec<_>, Vec<_>) = pending.iter().zip(started).partition(|(_, s)| *s);
+        let ids = |v: &[(&(FileId, Vec<u8>), bool)]| v.iter().map(|((id, _), _)| *id).collect::<Vec<_>>();
+        let waited: Vec<&[u8]> = theirs.iter().map(|((_, n), _)| n.as_slice()).collect();
+        let mine = ids(&mine);
+        let (r, ()) = futures::join!(self.read_attrs(&mine), ahead.wait(&waited));
+        r?;
+        // Known by now unless the read-ahead gave up on them; those cost a HEAD here.
+        self.read_attrs(&ids(&theirs)).await
     }
 
     /// Fetches the given byte ranges of a partial file into the cache.

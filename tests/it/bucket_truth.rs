@@ -253,6 +253,97 @@ async fn listed_objects_show_their_own_attributes_and_placeholders_decide_nothin
     .expect("bounded");
 }
 
+/// The HEADs a READDIRPLUS of a never-listed directory needs are read ahead of the
+/// client's pages, but only so far: a client that reads one page does not cost a
+/// HEAD of every object, and one that reads them all costs one HEAD per object (a
+/// page never reads again what the read-ahead is reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdirplus_reads_metadata_ahead_of_its_pages_but_only_a_window_ahead() {
+    tokio::time::timeout(LIMIT, async {
+        let srv = S3TestServer::start().await;
+        // More objects than the read-ahead's window (4,096) and a page together.
+        let objects = 5_000;
+        for i in 0..objects {
+            let key = format!("pre/big/o{i:05}");
+            let path = srv.object_path(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+            srv.set_etag(&key, &format!("{i:032x}"));
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = gateway(&srv, s3_config(&srv, tmp.path())).await;
+        let mut c = mount_as(gw.nfs_addr, "/data", 1000, 1000).await;
+        let root = c.root_nfs_fh3();
+        let big = lookup(&mut c, &root, "big").await.unwrap();
+        let heads = || {
+            metric_sum(
+                &gw.gateway.metrics.render(),
+                "bucketgate_store_request_duration_seconds_count",
+                "HeadObject",
+            )
+        };
+        let before = heads();
+        let r = c
+            .readdirplus(&READDIRPLUS3args {
+                dir: big.clone(),
+                cookie: 0,
+                cookieverf: cookieverf3::default(),
+                dircount: 8192,
+                maxcount: 65536,
+            })
+            .await
+            .expect("rpc");
+        let Nfs3Result::Ok(page) = r else {
+            panic!("readdirplus failed")
+        };
+        let page = page.reply.entries.0;
+        assert!(page.len() > 100, "a page of {} entries", page.len());
+        for e in &page {
+            assert!(
+                matches!(e.name_attributes, Nfs3Option::Some(_)),
+                "every entry of the page with attributes"
+            );
+        }
+        // Let the read-ahead run as far as it will.
+        let mut last = heads();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = heads();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let ahead = (last - before) as usize;
+        // The page the engine read may hold a few more entries than maxcount let
+        // into the reply.
+        assert!(
+            ahead >= page.len() && ahead <= 2 * page.len() + 4096,
+            "{ahead} HEADs after one page of {} entries",
+            page.len()
+        );
+        assert!(
+            ahead > 2 * page.len(),
+            "{ahead} HEADs: the next pages' were read ahead"
+        );
+        assert!(
+            ahead < objects,
+            "the read-ahead stopped short of the directory's end"
+        );
+        let all = entries(&mut c, &big).await;
+        assert_eq!(all.len(), objects);
+        assert!(all.iter().all(|(_, a, fh)| a.is_some() && fh.is_some()));
+        assert_eq!(
+            (heads() - before) as usize,
+            objects,
+            "one HEAD per object, none twice"
+        );
+        gw.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 /// A handle that reaches an inode known only from a listing, without LOOKUP or
 /// READDIRPLUS (MOUNT of a subdirectory): GETATTR and ACCESS still read the real
 /// attributes first.
