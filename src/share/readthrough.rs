@@ -410,9 +410,15 @@ impl ReadThrough {
             return None;
         }
         let map = self.ahead.clone();
-        let (a, feed) = ahead::Ahead::start(self.cache.clone(), self.store.clone(), dir, move || {
-            map.lock().remove(&dir);
-        });
+        let (a, feed) = ahead::Ahead::start(
+            self.cache.clone(),
+            self.store.clone(),
+            self.prefix.clone(),
+            dir,
+            move || {
+                map.lock().remove(&dir);
+            },
+        );
         running.insert(dir, a);
         Some(feed)
     }
@@ -637,9 +643,10 @@ impl ReadThrough {
         let waited: Vec<&[u8]> = theirs.iter().map(|((_, n), _)| n.as_slice()).collect();
         let mine = ids(&mine);
         let (r, ()) = futures::join!(self.read_attrs(&mine), ahead.wait(&waited));
-        r?;
-        // Known by now unless the read-ahead gave up on them; those cost a HEAD here.
-        self.read_attrs(&ids(&theirs)).await
+        // Known by now unless the read-ahead gave up on them or could not apply
+        // what it read; those cost a HEAD here.
+        let rest = self.read_attrs(&ids(&theirs)).await;
+        r.and(rest)
     }
 
     /// Fetches the given byte ranges of a partial file into the cache.
