@@ -30,7 +30,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -367,12 +367,18 @@ async fn connection<P: Nfs3Program, E: Exports>(
     let mut tasks = JoinSet::new();
     tasks.spawn(writer(wr, rx, shared.limits.reply_write_timeout).in_current_span());
     let permits = Arc::new(Semaphore::new(per_conn));
+    // Told when the connection's last call has been answered. The reader is woken
+    // for that alone, not as each call ends: a wake-up per call put the reader ahead
+    // of the writer with the reply on the worker's queue.
+    let quiet = Arc::new(Notify::new());
     let mut inbuf = BytesMut::new();
     let mut decoder = RecordDecoder::new(shared.limits.max_record_bytes);
     let idle = shared.limits.idle_timeout;
     let mut malformed = 0usize;
 
     'conn: loop {
+        // Finished calls, reaped without waiting.
+        while tasks.try_join_next().is_some() {}
         let record = match decoder.decode(&mut inbuf) {
             Err(claimed) => {
                 warn!(
@@ -387,8 +393,10 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 r
             }
             Ok(Decoded::NeedMore(need)) => {
-                // Only the writer left: no call running, waiting for the client.
-                reg.set_idle(tasks.len() <= 1 && inbuf.is_empty());
+                // Every call answered (each holds a permit until its reply is
+                // written), waiting for the client.
+                let answered = permits.available_permits() == per_conn;
+                reg.set_idle(answered && inbuf.is_empty());
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
                     _ = reg.close.cancelled() => {
@@ -396,9 +404,8 @@ async fn connection<P: Nfs3Program, E: Exports>(
                         break;
                     }
                     _ = tx.closed() => break,
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                    // Only the writer left: no call running.
-                    _ = tokio::time::sleep(idle), if tasks.len() <= 1 => {
+                    _ = quiet.notified(), if !answered => continue,
+                    _ = tokio::time::sleep(idle), if answered => {
                         debug!(?idle, "idle connection closed");
                         break;
                     }
@@ -434,13 +441,10 @@ async fn connection<P: Nfs3Program, E: Exports>(
                 continue;
             }
         }
-        let permit = loop {
-            tokio::select! {
-                p = permits.clone().acquire_owned() => break p.expect("semaphore never closed"),
-                _ = stop.wait_for(|s| *s) => break 'conn,
-                _ = tx.closed() => break 'conn,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = stop.wait_for(|s| *s) => break 'conn,
+            _ = tx.closed() => break 'conn,
         };
         let need = match &parsed {
             Ok((h, args)) if h.prog == nfs3_types::nfs3::PROGRAM => {
@@ -448,15 +452,18 @@ async fn connection<P: Nfs3Program, E: Exports>(
             }
             _ => replies::SMALL_REPLY,
         };
-        let held = loop {
-            tokio::select! {
-                h = shared.replies.acquire(peer.ip(), need) => break h,
-                _ = stop.wait_for(|s| *s) => break 'conn,
-                _ = tx.closed() => break 'conn,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
+        let held = tokio::select! {
+            h = shared.replies.acquire(peer.ip(), need) => h,
+            _ = stop.wait_for(|s| *s) => break 'conn,
+            _ = tx.closed() => break 'conn,
         };
-        tasks.spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), (permit, held)).in_current_span());
+        let hold = Hold {
+            permit: Some(permit),
+            _held: held,
+            quiet: quiet.clone(),
+            per_conn,
+        };
+        tasks.spawn(handle_call(shared.clone(), parsed, peer, tx.clone(), hold).in_current_span());
     }
 
     // Stop reading; calls in flight finish and their replies are written, then the
@@ -499,7 +506,26 @@ fn grow_by(len: usize, spare: usize, need: usize) -> Option<usize> {
 /// until its reply is written: a call counts against `max_calls_per_connection` and
 /// its reply's bytes against the budget until then, so a client that does not read
 /// its replies stops being read from, and what waits in memory for it is bounded.
-type Hold = (OwnedSemaphorePermit, Held);
+/// The last to go tells the reader, whose idle state and timeout count only while
+/// no call is unanswered.
+struct Hold {
+    permit: Option<OwnedSemaphorePermit>,
+    _held: Held,
+    quiet: Arc<Notify>,
+    per_conn: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else { return };
+        let permits = permit.semaphore().clone();
+        drop(permit);
+        if permits.available_permits() == self.per_conn {
+            self.quiet.notify_one();
+        }
+    }
+}
+
 type Queued = (Outgoing, Hold);
 
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
