@@ -12,10 +12,9 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use bucketgate_cache::{Cache, Delivered, Notice, Watcher};
 use fuser::{INodeNo, Notifier};

@@ -29,7 +29,7 @@ use crate::remote::ObjectStore;
 /// Entries headed beyond those the READDIRPLUS pages have asked for (counted, not
 /// positions: the read-ahead goes in listing order): about 1 s of HEADs at the rate
 /// figure 8 measures, so the next pages find their attributes read.
-pub(super) const WINDOW: usize = 4096;
+const WINDOW: usize = 4096;
 /// Names taken on per directory, so that memory stays bounded for a directory of
 /// millions; the pages of a larger directory read the rest themselves.
 const MAX_NAMES: usize = 4 * WINDOW;
